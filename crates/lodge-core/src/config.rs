@@ -1,0 +1,294 @@
+//! The hub's configuration: a TOML file whose every key can be overridden by an environment
+//! variable `LODGE_<SECTION>_<KEY>`. Unknown keys are errors that name the key, so a typo never
+//! silently falls back to a default. Loading only reads; nothing here starts anything.
+
+use crate::duration::serde_human;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Sections that environment variables may override. `LODGE_DATA_DIR`, `LODGE_CONFIG`,
+/// `LODGE_MASTER_KEY` and `LODGE_TOKEN` are not sections and are left alone.
+pub const SECTIONS: [&str; 4] = ["server", "auth", "sessions", "metrics"];
+
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub sessions: SessionsConfig,
+    pub metrics: MetricsConfig,
+    /// Named resource profiles (`[profiles.NAME]`); users are assigned one. `default` always
+    /// exists even when the file does not declare it.
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// The URL clients use to reach the hub (for `mcp-config` and when behind a proxy).
+    pub public_url: Option<String>,
+    /// Extra `Host` header values accepted (DNS-rebinding protection). Loopback names are
+    /// always accepted when bound to loopback.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the hub (`scheme://host:port`). Requests with any other
+    /// `Origin` header are refused; requests without one (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Allow binding a non-loopback address without TLS (e.g. behind a TLS-terminating proxy).
+    pub insecure_public: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            public_url: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            insecure_public: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a verified token is trusted before the store is asked again. Revocation through
+    /// the REST API is immediate; through the CLI it takes effect within this time.
+    #[serde(with = "serde_human")]
+    pub token_cache: Duration,
+    /// Failed authentications allowed per client address per minute before it gets 429.
+    pub failed_auth_per_minute: u32,
+    /// May admins act on other users' MCP endpoints (JupyterHub's `admin_access`)?
+    pub admin_access: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_cache: Duration::from_secs(2),
+            failed_auth_per_minute: 30,
+            admin_access: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// A legacy MCP session unused for this long ends.
+    #[serde(with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// A legacy MCP session ends this long after it began, used or not.
+    #[serde(with = "serde_human")]
+    pub max_age: Duration,
+    /// Live sessions one user may hold.
+    pub max_per_user: u32,
+    /// How often last-use times are written back to the store.
+    #[serde(with = "serde_human")]
+    pub flush_interval: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_age: Duration::from_secs(24 * 3600),
+            max_per_user: 100,
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/api/metrics` without a token (for a Prometheus on a trusted network).
+    pub public: bool,
+}
+
+/// A resource profile. Rooms (a later part of the hub) read their limits from here.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Profile {
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML in {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid configuration ({origin}): {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `LODGE_<SECTION>_<KEY>` overrides from `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: p.to_owned(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut overridden = Vec::new();
+        for (var, value) in env {
+            if let Some((section, key)) = env_key(&var) {
+                let entry = table
+                    .entry(section.to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(t) = entry else {
+                    return Err(ConfigError::Invalid {
+                        origin: var,
+                        message: format!("[{section}] is not a table in the config file"),
+                    });
+                };
+                t.insert(key, env_value(&value));
+                overridden.push(var);
+            }
+        }
+        let origin = match (path, overridden.is_empty()) {
+            (Some(p), true) => p.display().to_string(),
+            (Some(p), false) => format!("{} with {}", p.display(), overridden.join(", ")),
+            (None, true) => "defaults".to_owned(),
+            (None, false) => format!("environment {}", overridden.join(", ")),
+        };
+        let mut cfg: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.clone(),
+                    message: e.message().to_owned(),
+                })?;
+        cfg.profiles.entry("default".to_owned()).or_default();
+        cfg.validate()
+            .map_err(|message| ConfigError::Invalid { origin, message })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.server.max_body_bytes < 1024 {
+            return Err("server.max_body_bytes must be at least 1024".into());
+        }
+        if self.sessions.max_per_user == 0 {
+            return Err("sessions.max_per_user must be at least 1".into());
+        }
+        for name in self.profiles.keys() {
+            if crate::UserName::parse(name).is_err() {
+                return Err(format!(
+                    "profile name {name:?} is invalid: use the same form as user names"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_profile(&self, name: &str) -> bool {
+        self.profiles.contains_key(name)
+    }
+}
+
+/// `LODGE_SESSIONS_IDLE_TIMEOUT` → (`sessions`, `idle_timeout`), for known sections only.
+fn env_key(var: &str) -> Option<(&'static str, String)> {
+    let rest = var.strip_prefix("LODGE_")?;
+    let (section, key) = rest.split_once('_')?;
+    let section = SECTIONS
+        .into_iter()
+        .find(|s| s.eq_ignore_ascii_case(section))?;
+    (!key.is_empty()).then(|| (section, key.to_ascii_lowercase()))
+}
+
+/// Env values are TOML literals when they parse as one (`5`, `true`, `["a"]`), else strings.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_have_default_profile() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.server.bind.to_string(), "127.0.0.1:8765");
+        assert!(c.has_profile("default"));
+        assert_eq!(c.sessions.idle_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn file_and_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lodge.toml");
+        std::fs::write(
+            &p,
+            "[sessions]\nidle_timeout = \"10m\"\nmax_per_user = 3\n[profiles.gpu]\ndescription = \"big\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("LODGE_SESSIONS_MAX_PER_USER", "7"),
+                ("LODGE_SERVER_BIND", "127.0.0.1:0"),
+                ("LODGE_SERVER_ALLOWED_HOSTS", "[\"hub.example\"]"),
+                ("LODGE_TOKEN", "not-config"),
+                ("LODGE_DATA_DIR", "/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sessions.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.sessions.max_per_user, 7);
+        assert_eq!(c.server.bind.port(), 0);
+        assert_eq!(c.server.allowed_hosts, vec!["hub.example"]);
+        assert!(c.has_profile("gpu") && c.has_profile("default"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_culprit() {
+        let e = Config::load(None, env(&[("LODGE_SERVER_BINDD", "x")])).unwrap_err();
+        assert!(e.to_string().contains("bindd"), "{e}");
+        assert!(e.to_string().contains("LODGE_SERVER_BINDD"), "{e}");
+        let e = Config::load(None, env(&[("LODGE_SESSIONS_IDLE_TIMEOUT", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+        let e = Config::load(None, env(&[("LODGE_SESSIONS_MAX_PER_USER", "0")])).unwrap_err();
+        assert!(e.to_string().contains("max_per_user"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/lodge.toml")), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/lodge.toml"), "{e}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Lodge's shared vocabulary: user names, scopes, API tokens, durations and the hub's
+//! configuration. Everything here is pure (no I/O beyond reading the config file) so that the
+//! store, the hub and the CLI agree on one definition of each rule.
+
+pub mod config;
+pub mod duration;
+pub mod name;
+pub mod scope;
+pub mod time;
+pub mod token;
+
+pub use config::{Config, ConfigError};
+pub use name::{NameError, UserName};
+pub use scope::{Scope, ScopeError, ScopeKind, Scopes};
+pub use token::{NewToken, TokenHash};

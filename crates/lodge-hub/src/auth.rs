@@ -1,0 +1,253 @@
+//! Authentication: turns an `Authorization` header into a [`Principal`], or a 401/429.
+//!
+//! Tokens are looked up by their public id and their SHA-256 compared in constant time. Verified
+//! tokens are cached for `auth.token_cache` so the hot path does no I/O; failed attempts are
+//! limited per client address. This module decides who is calling, not what they may do.
+
+use crate::audit::Auditor;
+use crate::error::ApiError;
+use lodge_core::time::now_ms;
+use lodge_core::{Scopes, TokenHash, UserName, token};
+use lodge_store::Store;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// The authenticated caller of one request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub token_id: String,
+    pub user_id: i64,
+    pub user: UserName,
+    pub admin: bool,
+    pub profile: String,
+    pub scopes: Scopes,
+}
+
+struct Cached {
+    principal: Principal,
+    expires_ms: Option<i64>,
+    verified_ms: i64,
+    last_used_ms: AtomicI64,
+    flushed_ms: AtomicI64,
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    audit: Auditor,
+    ttl_ms: i64,
+    failures_per_minute: u32,
+    cache: RwLock<HashMap<TokenHash, Arc<Cached>>>,
+    failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+const WINDOW_MS: i64 = 60_000;
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        audit: Auditor,
+        ttl: Duration,
+        failures_per_minute: u32,
+    ) -> Self {
+        Self {
+            store,
+            audit,
+            ttl_ms: ttl.as_millis() as i64,
+            failures_per_minute,
+            cache: RwLock::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verifies the `Authorization` header value (`Bearer T` or `token T`).
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
+        let presented = match header.map(parse_authorization) {
+            None => return Err(self.fail(client, "missing credentials", None).await),
+            Some(None) => {
+                return Err(self
+                    .fail(client, "malformed Authorization header", None)
+                    .await);
+            }
+            Some(Some(t)) => t,
+        };
+        let Some((id, hash)) = token::parse(presented) else {
+            return Err(self.fail(client, "not a Lodge token", None).await);
+        };
+        let now = now_ms();
+        let cached = self.cache_get(&hash);
+        if cached.is_none() {
+            self.check_rate(client, now)?;
+        }
+        let entry = match cached {
+            Some(c) if now - c.verified_ms < self.ttl_ms => c,
+            _ => match self.verify(id, &hash, now).await? {
+                Some(c) => c,
+                None => {
+                    self.cache_remove(&hash);
+                    return Err(self
+                        .fail(client, "unknown or revoked token", Some(id))
+                        .await);
+                }
+            },
+        };
+        if entry.expires_ms.is_some_and(|e| e <= now) {
+            return Err(self.fail(client, "token expired", Some(id)).await);
+        }
+        entry.last_used_ms.store(now, Ordering::Relaxed);
+        Ok(entry.principal.clone())
+    }
+
+    async fn verify(
+        &self,
+        id: &str,
+        hash: &TokenHash,
+        now: i64,
+    ) -> Result<Option<Arc<Cached>>, ApiError> {
+        let Some(row) = self.store.token_for_auth(id).await? else {
+            return Ok(None);
+        };
+        if !hash.ct_eq(&row.hash) {
+            return Ok(None);
+        }
+        let principal = Principal {
+            token_id: row.id,
+            user_id: row.user.id,
+            scopes: row.scopes.effective(&row.user.name, row.user.admin),
+            user: row.user.name,
+            admin: row.user.admin,
+            profile: row.user.profile,
+        };
+        let entry = Arc::new(Cached {
+            principal,
+            expires_ms: row.expires_ms,
+            verified_ms: now,
+            last_used_ms: AtomicI64::new(0),
+            flushed_ms: AtomicI64::new(0),
+        });
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(*hash, entry.clone());
+        }
+        Ok(Some(entry))
+    }
+
+    fn cache_get(&self, hash: &TokenHash) -> Option<Arc<Cached>> {
+        self.cache.read().ok()?.get(hash).cloned()
+    }
+
+    fn cache_remove(&self, hash: &TokenHash) {
+        if let Ok(mut c) = self.cache.write() {
+            c.remove(hash);
+        }
+    }
+
+    /// Forget cached verifications of one token (REST revocation) or of everything.
+    pub fn invalidate(&self, token_id: Option<&str>) {
+        if let Ok(mut c) = self.cache.write() {
+            match token_id {
+                Some(id) => c.retain(|_, v| v.principal.token_id != id),
+                None => c.clear(),
+            }
+        }
+    }
+
+    /// Clients over their failure budget get 429 before any lookup, unless they present a
+    /// token this hub has verified before (so a guesser cannot lock out a NAT's real users).
+    fn check_rate(&self, client: Option<IpAddr>, now: i64) -> Result<(), ApiError> {
+        let Some(ip) = client else { return Ok(()) };
+        let Ok(f) = self.failures.lock() else {
+            return Ok(());
+        };
+        if let Some((start, count)) = f.get(&ip)
+            && now - start < WINDOW_MS
+            && *count >= self.failures_per_minute
+        {
+            let retry_after_s = ((WINDOW_MS - (now - start)) / 1000).max(1) as u64;
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "too many failed authentications from {ip}; retry after {retry_after_s}s"
+                ),
+                retry_after_s,
+            });
+        }
+        Ok(())
+    }
+
+    async fn fail(&self, client: Option<IpAddr>, reason: &str, token_id: Option<&str>) -> ApiError {
+        metrics::counter!("lodge_auth_failures_total", "reason" => reason.to_owned()).increment(1);
+        if let Some(ip) = client
+            && let Ok(mut f) = self.failures.lock()
+        {
+            let now = now_ms();
+            let e = f.entry(ip).or_insert((now, 0));
+            if now - e.0 >= WINDOW_MS {
+                *e = (now, 0);
+            }
+            e.1 += 1;
+            if f.len() > 100_000 {
+                f.retain(|_, (start, _)| now - *start < WINDOW_MS);
+            }
+        }
+        self.audit.auth_failure(reason, token_id, client);
+        ApiError::Unauthorized(format!(
+            "{reason}: send 'Authorization: Bearer lodge_…' with a valid token (create one with 'lodge token create USER')"
+        ))
+    }
+
+    /// Last-use times not yet written to the store.
+    pub fn take_dirty_uses(&self) -> Vec<(String, i64)> {
+        let Ok(c) = self.cache.read() else {
+            return Vec::new();
+        };
+        c.values()
+            .filter_map(|e| {
+                let used = e.last_used_ms.load(Ordering::Relaxed);
+                let flushed = e.flushed_ms.swap(used, Ordering::Relaxed);
+                (used > flushed).then(|| (e.principal.token_id.clone(), used))
+            })
+            .collect()
+    }
+
+    /// Drops cache entries long unused, so the cache holds only tokens in active use.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        if let Ok(mut c) = self.cache.write() {
+            c.retain(|_, e| {
+                now - e.last_used_ms.load(Ordering::Relaxed).max(e.verified_ms) < 600_000
+            });
+        }
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|_, (start, _)| now - *start < WINDOW_MS);
+        }
+    }
+}
+
+/// `Bearer T` or `token T` (JupyterHub's form), case-insensitive scheme, one space or more.
+fn parse_authorization(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    let t = rest.trim();
+    (ok && !t.is_empty() && !t.contains(' ')).then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_authorization as p;
+
+    #[test]
+    fn authorization_forms() {
+        assert_eq!(p("Bearer abc"), Some("abc"));
+        assert_eq!(p("bearer  abc "), Some("abc"));
+        assert_eq!(p("token abc"), Some("abc"));
+        assert_eq!(p("Basic abc"), None);
+        assert_eq!(p("Bearer"), None);
+        assert_eq!(p("Bearer a b"), None);
+        assert_eq!(p(""), None);
+    }
+}

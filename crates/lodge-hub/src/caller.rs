@@ -1,0 +1,74 @@
+//! Whom a request acts for. It comes only from credentials (and, for `/user/{name}/mcp`, a scope
+//! that allows acting for that user), never from tool arguments.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use lodge_core::{ScopeKind, UserName};
+use lodge_store::Store;
+
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: i64,
+    pub user: UserName,
+    pub admin: bool,
+    pub profile: String,
+    /// The token owner when acting for someone else (a service token), else `None`.
+    pub actor: Option<UserName>,
+}
+
+impl Caller {
+    fn own(p: &Principal) -> Self {
+        Self {
+            user_id: p.user_id,
+            user: p.user.clone(),
+            admin: p.admin,
+            profile: p.profile.clone(),
+            actor: None,
+        }
+    }
+}
+
+fn denied() -> ApiError {
+    // One answer whether or not the user exists, so the endpoint cannot be used to list users.
+    ApiError::Forbidden("this token may not use that user's MCP endpoint".into())
+}
+
+/// Resolves the user an MCP request acts for: the token's owner on `/mcp`, or `target` on
+/// `/user/{target}/mcp` if the token may act for them.
+pub async fn resolve(
+    p: &Principal,
+    target: Option<&str>,
+    store: &dyn Store,
+    admin_access: bool,
+) -> Result<Caller, ApiError> {
+    let Some(target) = target else {
+        if !p.scopes.grants(ScopeKind::Mcp, &p.user, Some(&p.user)) {
+            return Err(ApiError::Forbidden(
+                "token lacks scope 'mcp': create one with 'lodge token create USER --scopes mcp'"
+                    .into(),
+            ));
+        }
+        return Ok(Caller::own(p));
+    };
+    let name = UserName::parse(target).map_err(|_| denied())?;
+    if name == p.user {
+        return if p.scopes.grants(ScopeKind::Mcp, &p.user, Some(&name)) {
+            Ok(Caller::own(p))
+        } else {
+            Err(denied())
+        };
+    }
+    let allowed =
+        p.scopes.grants(ScopeKind::Mcp, &p.user, Some(&name)) || (admin_access && p.admin);
+    if !allowed {
+        return Err(denied());
+    }
+    let user = store.user(&name).await?.ok_or_else(denied)?;
+    Ok(Caller {
+        user_id: user.id,
+        user: user.name,
+        admin: user.admin,
+        profile: user.profile,
+        actor: Some(p.user.clone()),
+    })
+}

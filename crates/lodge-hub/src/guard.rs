@@ -1,0 +1,133 @@
+//! DNS-rebinding and cross-origin protection, as the MCP transport spec requires: the `Host`
+//! header must name this hub, and a browser `Origin`, when present, must be allowed. Runs before
+//! authentication on every route.
+
+use crate::error::ApiError;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use lodge_core::config::ServerConfig;
+use std::sync::Arc;
+
+pub struct HostGuard {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+}
+
+impl HostGuard {
+    /// Loopback names are accepted on any port when bound to loopback; otherwise only the
+    /// configured hosts (and the public URL's host).
+    pub fn new(cfg: &ServerConfig, bound: std::net::SocketAddr) -> Self {
+        let mut hosts: Vec<String> = cfg
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        if bound.ip().is_loopback() || bound.ip().is_unspecified() {
+            hosts.extend(["localhost", "127.0.0.1", "[::1]"].map(String::from));
+        }
+        let mut origins: Vec<String> = cfg
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
+        if let Some(url) = &cfg.public_url {
+            let url = url.trim_end_matches('/').to_ascii_lowercase();
+            if let Some(authority) = url
+                .split("://")
+                .nth(1)
+                .map(|r| r.split('/').next().unwrap_or(r))
+            {
+                hosts.push(authority.to_owned());
+                if let Some((scheme, _)) = url.split_once("://") {
+                    origins.push(format!("{scheme}://{authority}"));
+                }
+            }
+        }
+        Self { hosts, origins }
+    }
+
+    fn host_ok(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let bare = strip_port(&host);
+        self.hosts.iter().any(|h| *h == host || *h == bare)
+    }
+
+    fn origin_ok(&self, origin: &str) -> bool {
+        let o = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.origins.iter().any(|a| *a == o)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+pub async fn check(State(g): State<Arc<HostGuard>>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match host {
+        Some(h) if g.host_ok(h) => {}
+        Some(h) => {
+            let shown: String = h.chars().take(80).collect();
+            return ApiError::Forbidden(format!(
+                "Host {shown:?} is not served here: add it to server.allowed_hosts (DNS-rebinding protection)"
+            ))
+            .into_response();
+        }
+        None => return ApiError::BadRequest("missing Host header".into()).into_response(),
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let ok = origin.to_str().map(|o| g.origin_ok(o)).unwrap_or(false);
+        if !ok {
+            return ApiError::Forbidden(
+                "Origin not allowed: add it to server.allowed_origins to let this browser origin call the hub".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_defaults() {
+        let g = HostGuard::new(&ServerConfig::default(), "127.0.0.1:8765".parse().unwrap());
+        assert!(g.host_ok("127.0.0.1:8765"));
+        assert!(g.host_ok("localhost:1"));
+        assert!(g.host_ok("[::1]:8765"));
+        assert!(!g.host_ok("evil.example:8765"));
+        assert!(!g.host_ok("127.0.0.1.evil.example"));
+        assert!(!g.origin_ok("http://evil.example"));
+    }
+
+    #[test]
+    fn configured_hosts_and_origins() {
+        let cfg = ServerConfig {
+            allowed_hosts: vec!["hub.example".into()],
+            allowed_origins: vec!["https://app.example/".into()],
+            public_url: Some("https://lodge.example/".into()),
+            ..Default::default()
+        };
+        let g = HostGuard::new(&cfg, "10.0.0.1:8765".parse().unwrap());
+        assert!(g.host_ok("hub.example"));
+        assert!(g.host_ok("hub.example:443"));
+        assert!(g.host_ok("lodge.example"));
+        assert!(!g.host_ok("localhost"));
+        assert!(g.origin_ok("https://app.example"));
+        assert!(g.origin_ok("https://lodge.example"));
+        assert!(!g.origin_ok("https://app.example.evil"));
+    }
+}

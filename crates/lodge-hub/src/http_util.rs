@@ -1,0 +1,28 @@
+//! Small HTTP helpers shared by the MCP endpoint and the REST API.
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+/// The client's address, when the server was started with connect info (always, in `serve`).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+pub fn authorization(h: &HeaderMap) -> Option<&str> {
+    h.get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""))
+}

@@ -1,0 +1,161 @@
+//! Lodge's control plane: the HTTP server, the MCP endpoint, authentication, sessions, the REST
+//! API, metrics and the audit trail. The hub decides who may do what and routes calls to tool
+//! sets; it never reads a user's files or runs user code itself (rooms do that).
+
+pub mod accounts;
+pub mod audit;
+pub mod auth;
+pub mod caller;
+pub mod error;
+mod guard;
+mod http_util;
+pub mod mcp;
+pub mod metrics;
+mod rest;
+pub mod sessions;
+pub mod tools;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use lodge_core::Config;
+use lodge_store::{Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use audit::Auditor;
+
+/// Everything a request handler may need, shared behind one `Arc`.
+pub struct Hub {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub auth: auth::Authenticator,
+    pub sessions: Arc<sessions::Sessions>,
+    pub audit: Auditor,
+    pub tools: tools::Registry,
+}
+
+impl Hub {
+    /// Loads persisted sessions and starts the audit writer. Call inside a Tokio runtime.
+    pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        metrics::install();
+        let audit = Auditor::start(store.clone());
+        let sessions = Arc::new(sessions::Sessions::load(store.clone(), &config.sessions).await?);
+        let auth = auth::Authenticator::new(
+            store.clone(),
+            audit.clone(),
+            config.auth.token_cache,
+            config.auth.failed_auth_per_minute,
+        );
+        let tools = tools::Registry::default().with(tools::SessionInfoTools::new(
+            sessions.clone(),
+            config.sessions.clone(),
+        ));
+        ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            auth,
+            sessions,
+            audit,
+            tools,
+        }))
+    }
+
+    /// The complete HTTP application; `bound` is the listening address (for Host checks).
+    pub fn router(self: &Arc<Self>, bound: SocketAddr) -> Router {
+        let guard = Arc::new(guard::HostGuard::new(&self.config.server, bound));
+        let mcp_routes = get(mcp::get).post(mcp::post_own).delete(mcp::delete);
+        let user_mcp = get(mcp::get).post(mcp::post_user).delete(mcp::delete);
+        Router::new()
+            .route("/mcp", mcp_routes)
+            .route("/user/{name}/mcp", user_mcp)
+            .route("/api/health", get(rest::health))
+            .route("/api/metrics", get(rest::metrics))
+            .route("/api/users", get(rest::list_users).post(rest::add_user))
+            .route(
+                "/api/users/{name}",
+                get(rest::get_user).delete(rest::remove_user),
+            )
+            .route(
+                "/api/users/{name}/tokens",
+                get(rest::list_tokens).post(rest::create_token),
+            )
+            .route(
+                "/api/users/{name}/tokens/{id}",
+                axum::routing::delete(rest::revoke_token),
+            )
+            .route("/api/sessions", get(rest::list_sessions))
+            .route(
+                "/api/sessions/{id}",
+                get(rest::get_session).delete(rest::end_session),
+            )
+            .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
+            .layer(DefaultBodyLimit::max(self.config.server.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+            .layer(axum::middleware::from_fn(metrics::track))
+            .with_state(self.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests and flushes pending writes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let bound = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        let app = self
+            .router(bound)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        stop.cancel();
+        let _ = maintenance.await;
+        self.flush().await;
+        served
+    }
+
+    /// Writes batched state (last-use times, audit records) to the store.
+    pub async fn flush(&self) {
+        if let Err(e) = self.sessions.flush().await {
+            tracing::error!(error = %e, "cannot write session last-use times");
+        }
+        let uses = self.auth.take_dirty_uses();
+        if !uses.is_empty()
+            && let Err(e) = self.store.touch_tokens(&uses).await
+        {
+            tracing::error!(error = %e, "cannot write token last-use times");
+        }
+        self.audit.flush().await;
+    }
+
+    /// Periodic work: write-behind flushes, session expiry, cache sweeps.
+    async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+        let period = self
+            .config
+            .sessions
+            .flush_interval
+            .max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.sessions.reap().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(ended = n, "expired sessions ended"),
+                Err(e) => tracing::error!(error = %e, "session expiry failed"),
+            }
+            self.flush().await;
+            self.auth.sweep();
+        }
+    }
+}

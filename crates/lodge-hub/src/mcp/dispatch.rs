@@ -1,0 +1,110 @@
+//! Method dispatch: one JSON-RPC request in, one MCP result (or error) out.
+
+use super::RequestCx;
+use super::jsonrpc::{internal, invalid_params, method_not_found};
+use super::version;
+use crate::Hub;
+use crate::audit::ToolCallRecord;
+use crate::tools::CallContext;
+use rmcp::model::{
+    CallToolRequestParams, DiscoverResult, ErrorData, Implementation, ListToolsResult,
+    ProtocolVersion, ServerCapabilities, ServerResult,
+};
+use serde_json::Value;
+use std::time::Instant;
+
+pub fn server_info() -> Implementation {
+    Implementation::new("lodge", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn capabilities() -> ServerCapabilities {
+    ServerCapabilities::builder().enable_tools().build()
+}
+
+pub const INSTRUCTIONS: &str = "Lodge gives you a private room on a shared hub. Call session_info to see who you are and your limits.";
+
+/// Answers one request. `initialize` is handled by the endpoint because it creates a session.
+pub async fn request(
+    hub: &Hub,
+    cx: &RequestCx<'_>,
+    method: &str,
+    params: Option<Value>,
+) -> Result<ServerResult, ErrorData> {
+    let mut result = match method {
+        "ping" => ServerResult::empty(()),
+        "server/discover" => ServerResult::DiscoverResult(discover()),
+        "tools/list" => ServerResult::ListToolsResult(ListToolsResult::with_all_items(
+            hub.tools.list(cx.caller),
+        )),
+        "tools/call" => ServerResult::CallToolResult(call_tool(hub, cx, params).await?),
+        _ => return Err(method_not_found(method)),
+    };
+    if version::is_modern(cx.protocol) {
+        result.fill_missing_cache_hints();
+    } else {
+        result.strip_result_type_for_legacy_peer();
+        result.strip_non_object_output_for_legacy_peer();
+    }
+    Ok(result)
+}
+
+fn discover() -> DiscoverResult {
+    let versions = version::SUPPORTED
+        .iter()
+        .filter_map(|v| serde_json::from_value::<ProtocolVersion>(Value::from(*v)).ok())
+        .collect();
+    let mut d = DiscoverResult::new(versions, capabilities()).with_server_info(server_info());
+    d.instructions = Some(INSTRUCTIONS.to_owned());
+    d
+}
+
+async fn call_tool(
+    hub: &Hub,
+    cx: &RequestCx<'_>,
+    params: Option<Value>,
+) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    let params = params.unwrap_or_else(|| Value::Object(Default::default()));
+    let p: CallToolRequestParams =
+        serde_json::from_value(params).map_err(|e| invalid_params(format!("tools/call: {e}")))?;
+    let name = p.name.as_ref();
+    let set = hub.tools.find(name).ok_or_else(|| {
+        let shown: String = name.chars().take(100).collect();
+        invalid_params(format!(
+            "unknown tool: {shown} (tools/list shows the tools you have)"
+        ))
+    })?;
+    let args = p.arguments.unwrap_or_default();
+    let digest = crate::audit::digest(&args);
+    let tcx = CallContext {
+        caller: cx.caller,
+        session_id: cx.session_id,
+        protocol: cx.protocol,
+    };
+    let started = Instant::now();
+    let result = match set.call(name, args, &tcx).await {
+        Ok(r) => r,
+        Err(e) => e.into_result(),
+    };
+    let elapsed = started.elapsed();
+    let outcome = if result.is_error == Some(true) {
+        "error"
+    } else {
+        "ok"
+    };
+    metrics::counter!("lodge_tool_calls_total", "tool" => name.to_owned(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("lodge_tool_call_duration_seconds", "tool" => name.to_owned())
+        .record(elapsed.as_secs_f64());
+    hub.audit.tool_call(ToolCallRecord {
+        user: cx.caller.user.as_str(),
+        session: cx.session_id,
+        tool: name,
+        digest,
+        outcome,
+        duration_ms: elapsed.as_millis() as i64,
+    });
+    if result.content.is_empty() && result.structured_content.is_none() {
+        return Err(internal(format!("tool {name} returned nothing")));
+    }
+    Ok(result)
+}

@@ -1,0 +1,325 @@
+//! Legacy MCP sessions (revisions before 2026-07-28): owned by one user, persisted in the store
+//! before their id is handed out, so they survive a hub restart.
+//!
+//! The in-memory index is the fast path: a lookup costs no I/O and an idle session costs about a
+//! hundred bytes. Last-use times are written back every `sessions.flush_interval`. Sessions hold
+//! no per-user state; rooms and kernels are keyed by user, never by session.
+
+use lodge_core::config::SessionsConfig;
+use lodge_core::time::now_ms;
+use lodge_store::{NewSession, Store, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// A live session as the hub keeps it in memory.
+#[derive(Debug)]
+pub struct Session {
+    pub user_id: i64,
+    pub protocol: &'static str,
+    pub created_ms: i64,
+    last_seen_ms: AtomicI64,
+    flushed_ms: AtomicI64,
+}
+
+impl Session {
+    pub fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Unknown, expired, or another user's: deliberately indistinguishable.
+    #[error("session not found or expired: start a new one with initialize")]
+    NotFound,
+    #[error(
+        "user has {0} live sessions, the limit (sessions.max_per_user): end one with DELETE or wait for idle ones to expire"
+    )]
+    TooMany(u32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<u128, Arc<Session>>,
+    by_user: HashMap<i64, HashSet<u128>>,
+}
+
+impl Index {
+    fn insert(&mut self, id: u128, s: Arc<Session>) {
+        self.by_user.entry(s.user_id).or_default().insert(id);
+        self.by_id.insert(id, s);
+    }
+
+    fn remove(&mut self, id: u128) -> Option<Arc<Session>> {
+        let s = self.by_id.remove(&id)?;
+        if let Some(set) = self.by_user.get_mut(&s.user_id) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_user.remove(&s.user_id);
+            }
+        }
+        Some(s)
+    }
+}
+
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    idle_ms: i64,
+    max_age_ms: i64,
+    max_per_user: u32,
+    index: RwLock<Index>,
+}
+
+/// Session ids are 32 lowercase hex digits (a random UUID); anything else is not one of ours.
+pub fn parse_id(s: &str) -> Option<u128> {
+    (s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| u128::from_str_radix(s, 16).ok())
+    .flatten()
+}
+
+pub fn format_id(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+impl Sessions {
+    /// Loads live sessions from the store, dropping those that expired while the hub was down.
+    pub async fn load(store: Arc<dyn Store>, cfg: &SessionsConfig) -> Result<Self, StoreError> {
+        let me = Self {
+            store: store.clone(),
+            idle_ms: cfg.idle_timeout.as_millis() as i64,
+            max_age_ms: cfg.max_age.as_millis() as i64,
+            max_per_user: cfg.max_per_user,
+            index: RwLock::new(Index::default()),
+        };
+        let now = now_ms();
+        let mut stale = Vec::new();
+        let mut idx = Index::default();
+        for row in store.sessions().await? {
+            let Some(id) = parse_id(&row.id) else {
+                stale.push(row.id);
+                continue;
+            };
+            if me.expired(row.created_ms, row.last_seen_ms, now) {
+                stale.push(row.id);
+                continue;
+            }
+            let s = Session {
+                user_id: row.user_id,
+                protocol: crate::mcp::version::intern(&row.protocol),
+                created_ms: row.created_ms,
+                last_seen_ms: AtomicI64::new(row.last_seen_ms),
+                flushed_ms: AtomicI64::new(row.last_seen_ms),
+            };
+            idx.insert(id, Arc::new(s));
+        }
+        if !stale.is_empty() {
+            store.delete_sessions(&stale).await?;
+        }
+        *me.write() = idx;
+        Ok(me)
+    }
+
+    fn expired(&self, created: i64, last_seen: i64, now: i64) -> bool {
+        now - last_seen > self.idle_ms || now - created > self.max_age_ms
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates and persists a session; the id is returned only once it is durable.
+    pub async fn create(
+        &self,
+        user_id: i64,
+        protocol: &'static str,
+        client: &str,
+    ) -> Result<String, SessionError> {
+        let id = uuid::Uuid::new_v4().as_u128();
+        let now = now_ms();
+        let session = Arc::new(Session {
+            user_id,
+            protocol,
+            created_ms: now,
+            last_seen_ms: AtomicI64::new(now),
+            flushed_ms: AtomicI64::new(now),
+        });
+        {
+            // Reserve under the lock so concurrent creates cannot exceed the limit.
+            let mut idx = self.write();
+            let n = idx.by_user.get(&user_id).map_or(0, |s| s.len()) as u32;
+            if n >= self.max_per_user {
+                return Err(SessionError::TooMany(self.max_per_user));
+            }
+            idx.insert(id, session);
+        }
+        let row = NewSession {
+            id: format_id(id),
+            user_id,
+            protocol: protocol.to_owned(),
+            client: client.chars().take(200).collect(),
+            created_ms: now,
+        };
+        if let Err(e) = self.store.create_session(&row).await {
+            self.write().remove(id);
+            return Err(e.into());
+        }
+        metrics::gauge!("lodge_sessions_active").increment(1.0);
+        Ok(row.id)
+    }
+
+    /// Finds `id` for `user_id` and marks it used. Unknown, expired and foreign sessions all
+    /// give the same [`SessionError::NotFound`].
+    pub async fn touch(&self, id: &str, user_id: i64) -> Result<Arc<Session>, SessionError> {
+        let key = parse_id(id).ok_or(SessionError::NotFound)?;
+        let s = self
+            .read()
+            .by_id
+            .get(&key)
+            .cloned()
+            .ok_or(SessionError::NotFound)?;
+        if s.user_id != user_id {
+            return Err(SessionError::NotFound);
+        }
+        let now = now_ms();
+        if self.expired(s.created_ms, s.last_seen_ms(), now) {
+            self.end_many(vec![key]).await?;
+            return Err(SessionError::NotFound);
+        }
+        s.last_seen_ms.fetch_max(now, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    /// Ends `id` if it belongs to `user_id` (or to anyone, when `user_id` is None: admins).
+    pub async fn end(&self, id: &str, user_id: Option<i64>) -> Result<(), SessionError> {
+        let key = parse_id(id).ok_or(SessionError::NotFound)?;
+        {
+            let idx = self.read();
+            let s = idx.by_id.get(&key).ok_or(SessionError::NotFound)?;
+            if user_id.is_some_and(|u| u != s.user_id) {
+                return Err(SessionError::NotFound);
+            }
+        }
+        if self.end_many(vec![key]).await? == 0 {
+            return Err(SessionError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn end_many(&self, keys: Vec<u128>) -> Result<usize, SessionError> {
+        let removed: Vec<u128> = {
+            let mut idx = self.write();
+            keys.into_iter()
+                .filter(|k| idx.remove(*k).is_some())
+                .collect()
+        };
+        if !removed.is_empty() {
+            let ids: Vec<String> = removed.iter().map(|k| format_id(*k)).collect();
+            self.store.delete_sessions(&ids).await?;
+            metrics::gauge!("lodge_sessions_active").decrement(removed.len() as f64);
+        }
+        Ok(removed.len())
+    }
+
+    /// Ends every session of one user (user removed).
+    pub async fn end_user(&self, user_id: i64) -> Result<usize, SessionError> {
+        let keys: Vec<u128> = self
+            .read()
+            .by_user
+            .get(&user_id)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        self.end_many(keys).await
+    }
+
+    /// Ends sessions past their idle timeout or max age; returns how many.
+    pub async fn reap(&self) -> Result<usize, SessionError> {
+        let now = now_ms();
+        let expired: Vec<u128> = self
+            .read()
+            .by_id
+            .iter()
+            .filter(|(_, s)| self.expired(s.created_ms, s.last_seen_ms(), now))
+            .map(|(k, _)| *k)
+            .collect();
+        self.end_many(expired).await
+    }
+
+    /// Writes changed last-use times to the store.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let dirty: Vec<(String, i64)> = self
+            .read()
+            .by_id
+            .iter()
+            .filter_map(|(k, s)| {
+                let seen = s.last_seen_ms();
+                let old = s.flushed_ms.swap(seen, Ordering::Relaxed);
+                (seen > old).then(|| (format_id(*k), seen))
+            })
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        self.store.touch_sessions(&dirty).await
+    }
+
+    /// Sessions of one user, or of everyone (`None`), as (id, session) pairs.
+    pub fn list(&self, user_id: Option<i64>) -> Vec<(String, Arc<Session>)> {
+        let idx = self.read();
+        match user_id {
+            Some(u) => idx
+                .by_user
+                .get(&u)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| idx.by_id.get(k).map(|s| (format_id(*k), s.clone())))
+                .collect(),
+            None => idx
+                .by_id
+                .iter()
+                .map(|(k, s)| (format_id(*k), s.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.read().by_id.get(&parse_id(id)?).cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn count_for(&self, user_id: i64) -> usize {
+        self.read().by_user.get(&user_id).map_or(0, |s| s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_junk() {
+        let id = uuid::Uuid::new_v4().as_u128();
+        assert_eq!(parse_id(&format_id(id)), Some(id));
+        for bad in [
+            "",
+            "xyz",
+            "../../etc/passwd",
+            &"A".repeat(32),
+            &"0".repeat(33),
+            "+0000000000000000000000000000000",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The tool registry: every MCP tool a user sees comes from a [`ToolSet`]. Built-in sets
+//! (sessions now; files, commands, kernels, git later) and per-user upstream servers all plug in
+//! here, so the MCP endpoint never needs to know which tools exist.
+//!
+//! A set answers for the tools it owns; the registry only routes. Tool sets must validate their
+//! input and report bad input as a [`ToolError`], never panic.
+
+mod session_info;
+
+pub use session_info::SessionInfoTools;
+
+use crate::caller::Caller;
+use async_trait::async_trait;
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// What a tool call knows about its caller and transport.
+pub struct CallContext<'a> {
+    pub caller: &'a Caller,
+    pub session_id: Option<&'a str>,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The arguments did not match the tool's schema; the text says which field and why.
+    #[error("invalid arguments for {tool}: {reason}")]
+    InvalidArguments { tool: String, reason: String },
+    /// The tool ran and failed; the text is shown to the caller.
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait ToolSet: Send + Sync + 'static {
+    /// The tools this set offers to `caller`.
+    fn tools(&self, caller: &Caller) -> Vec<Tool>;
+    /// Does this set answer for `name`? Must agree with [`ToolSet::tools`].
+    fn owns(&self, name: &str) -> bool;
+    async fn call(
+        &self,
+        name: &str,
+        args: JsonObject,
+        cx: &CallContext<'_>,
+    ) -> Result<CallToolResult, ToolError>;
+}
+
+#[derive(Default, Clone)]
+pub struct Registry {
+    sets: Vec<Arc<dyn ToolSet>>,
+}
+
+impl Registry {
+    pub fn with(mut self, set: impl ToolSet) -> Self {
+        self.sets.push(Arc::new(set));
+        self
+    }
+
+    pub fn list(&self, caller: &Caller) -> Vec<Tool> {
+        self.sets.iter().flat_map(|s| s.tools(caller)).collect()
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<dyn ToolSet>> {
+        self.sets.iter().find(|s| s.owns(name))
+    }
+}
+
+/// A tool definition whose input schema is derived from the argument type, so the schema and
+/// the validation can never disagree.
+pub fn define<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
+    Tool::new(
+        name,
+        description,
+        rmcp::handler::server::common::schema_for_type::<T>(),
+    )
+}
+
+/// Parses tool arguments into `T`, naming the tool and the offending field on failure.
+pub fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ToolError> {
+    serde_json::from_value(serde_json::Value::Object(args)).map_err(|e| {
+        ToolError::InvalidArguments {
+            tool: tool.to_owned(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+impl ToolError {
+    pub fn into_result(self) -> CallToolResult {
+        CallToolResult::error(vec![ContentBlock::text(self.to_string())])
+    }
+}

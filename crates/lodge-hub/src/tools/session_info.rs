@@ -1,0 +1,86 @@
+//! `session_info`: who the caller is, which session and profile they use, their limits and
+//! their own live sessions. It reads only the caller's own records.
+
+use super::{CallContext, ToolError, ToolSet, define, parse_args};
+use crate::caller::Caller;
+use crate::sessions::Sessions;
+use async_trait::async_trait;
+use lodge_core::config::SessionsConfig;
+use lodge_core::time::rfc3339;
+use rmcp::model::{CallToolResult, JsonObject, Tool};
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// session_info takes no arguments.
+pub struct NoArgs {}
+
+pub struct SessionInfoTools {
+    sessions: Arc<Sessions>,
+    limits: SessionsConfig,
+    tools: Vec<Tool>,
+}
+
+impl SessionInfoTools {
+    pub fn new(sessions: Arc<Sessions>, limits: SessionsConfig) -> Self {
+        let tools = vec![define::<NoArgs>(
+            "session_info",
+            "Who you are on this Lodge hub: user, current session, profile, limits and your live sessions.",
+        )];
+        Self {
+            sessions,
+            limits,
+            tools,
+        }
+    }
+}
+
+#[async_trait]
+impl ToolSet for SessionInfoTools {
+    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
+        self.tools.clone()
+    }
+
+    fn owns(&self, name: &str) -> bool {
+        name == "session_info"
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        args: JsonObject,
+        cx: &CallContext<'_>,
+    ) -> Result<CallToolResult, ToolError> {
+        let NoArgs {} = parse_args(name, args)?;
+        let own: Vec<_> = self
+            .sessions
+            .list(Some(cx.caller.user_id))
+            .into_iter()
+            .map(|(id, s)| {
+                json!({
+                    "id": id,
+                    "protocol": s.protocol,
+                    "created": rfc3339(s.created_ms),
+                    "last_seen": rfc3339(s.last_seen_ms()),
+                })
+            })
+            .collect();
+        let info = json!({
+            "user": cx.caller.user,
+            "admin": cx.caller.admin,
+            "acting_via": cx.caller.actor,
+            "session_id": cx.session_id,
+            "protocol_version": cx.protocol,
+            "profile": cx.caller.profile,
+            "limits": {
+                "max_sessions_per_user": self.limits.max_per_user,
+                "session_idle_timeout_s": self.limits.idle_timeout.as_secs(),
+                "session_max_age_s": self.limits.max_age.as_secs(),
+            },
+            "usage": { "sessions": own.len() },
+            "sessions": own,
+        });
+        Ok(CallToolResult::structured(info))
+    }
+}

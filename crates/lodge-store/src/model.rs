@@ -1,0 +1,125 @@
+//! Plain data exchanged with the store.
+
+use lodge_core::{Scopes, TokenHash, UserName};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct User {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: UserName,
+    pub admin: bool,
+    pub profile: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub name: UserName,
+    pub admin: bool,
+    pub profile: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewTokenRow {
+    pub id: String,
+    pub user: UserName,
+    pub hash: TokenHash,
+    pub scopes: Scopes,
+    pub note: String,
+    pub expires_ms: Option<i64>,
+}
+
+/// What `token list` shows: never the secret, never the hash.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: UserName,
+    pub scopes: Vec<String>,
+    pub note: String,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub last_used_ms: Option<i64>,
+}
+
+/// A token row joined with its owner, for verification.
+#[derive(Clone, Debug)]
+pub struct TokenAuth {
+    pub id: String,
+    pub hash: Vec<u8>,
+    pub scopes: Scopes,
+    pub expires_ms: Option<i64>,
+    pub user: User,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub id: String,
+    pub user_id: i64,
+    pub protocol: String,
+    pub client: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionRow {
+    pub id: String,
+    pub user_id: i64,
+    pub user: UserName,
+    pub protocol: String,
+    pub client: String,
+    pub created_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    AuthFailure,
+    ToolCall,
+    Admin,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::AuthFailure => "auth_failure",
+            AuditKind::ToolCall => "tool_call",
+            AuditKind::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            AuditKind::AuthFailure,
+            AuditKind::ToolCall,
+            AuditKind::Admin,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRecord {
+    pub ts_ms: i64,
+    pub kind: AuditKind,
+    pub user: Option<String>,
+    pub session: Option<String>,
+    /// The tool name, the admin action (`user.add`, `token.revoke`), or the auth failure reason.
+    pub action: String,
+    /// SHA-256 of the tool arguments: lets an auditor match calls without storing their values.
+    pub digest: Option<String>,
+    pub outcome: String,
+    pub duration_ms: Option<i64>,
+    pub client: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub user: Option<String>,
+    pub since_ms: Option<i64>,
+    pub kind: Option<AuditKind>,
+    pub limit: u32,
+}

@@ -1,0 +1,153 @@
+//! The command-line surface (SPEC §1–3, §8). Help texts here are the user's reference.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lodge",
+    version,
+    about = "Lodge: a multi-tenant MCP hub. Each user gets a private room of MCP tools."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Where Lodge keeps its database, keys and workspaces.
+    #[arg(
+        long,
+        global = true,
+        env = "LODGE_DATA_DIR",
+        default_value = "./lodge-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Config file (TOML). Default: DATA_DIR/lodge.toml when it exists.
+    #[arg(long, global = true, env = "LODGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (e.g. info, debug, lodge_hub=debug). RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Add, list and remove users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Print a ready .mcp.json for MCP clients such as Claude Code.
+    McpConfig(McpConfigArgs),
+    /// Show audit records: auth failures, tool calls and admin actions.
+    Audit(AuditArgs),
+    /// Benchmark a hub over loopback HTTP and print p50/p99 figures.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.bind).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Allow a non-loopback address without TLS (e.g. behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub insecure_public: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user (names: ^[a-z][a-z0-9_-]{0,31}$).
+    Add {
+        name: String,
+        /// Make the user an admin (holds every scope).
+        #[arg(long)]
+        admin: bool,
+        /// Resource profile from [profiles.NAME] in the config.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user, their tokens and sessions.
+    Remove {
+        name: String,
+        /// Also delete the user's workspace and secrets.
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token; prints the token alone on stdout (it is shown only once).
+    Create {
+        name: String,
+        /// Comma-separated scopes (default: mcp). 'inherit' gives all the user's role holds.
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Lifetime such as 30d or 12h (default: never expires).
+        #[arg(long)]
+        expires: Option<String>,
+        /// A note to recognise the token by.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List a user's tokens (ids, scopes, expiry, last use; never secrets).
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct McpConfigArgs {
+    pub name: String,
+    /// Hub URL (default: server.public_url, else http://BIND).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Environment variable the client reads the token from.
+    #[arg(long, default_value = "LODGE_TOKEN")]
+    pub token_env: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only records about this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records since this long ago (e.g. 1h) or since an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only one kind: auth_failure, tool_call or admin.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// At most this many records (the newest).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}

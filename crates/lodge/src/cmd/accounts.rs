@@ -1,0 +1,186 @@
+//! `lodge user …`, `lodge token …` and `lodge mcp-config`: thin wrappers over
+//! `lodge_hub::accounts`, which holds the rules, so the CLI and REST API cannot drift apart.
+
+use super::Context;
+use crate::cli::{Global, McpConfigArgs, TokenCmd, UserCmd};
+use anyhow::{Result, bail};
+use lodge_core::UserName;
+use lodge_core::time::rfc3339;
+use lodge_hub::Auditor;
+use lodge_hub::accounts::{Accounts, TokenRequest};
+
+fn opt_time(ms: Option<i64>) -> String {
+    ms.map(rfc3339).unwrap_or_else(|| "-".into())
+}
+
+pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
+    let ctx = Context::open(g).await?;
+    let audit = Auditor::start(ctx.store.clone());
+    let acc = Accounts {
+        store: &*ctx.store,
+        config: &ctx.config,
+        audit: &audit,
+        actor: None,
+    };
+    let result = match c {
+        UserCmd::Add {
+            name,
+            admin,
+            profile,
+        } => {
+            let u = acc.add_user(&name, admin, profile.as_deref()).await?;
+            eprintln!(
+                "added user {}{} (profile {})",
+                u.name,
+                if u.admin { " (admin)" } else { "" },
+                u.profile
+            );
+            Ok(())
+        }
+        UserCmd::List { json } => {
+            let users = ctx.store.list_users().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!("{:<32} {:<6} {:<16} CREATED", "NAME", "ADMIN", "PROFILE");
+                for u in users {
+                    println!(
+                        "{:<32} {:<6} {:<16} {}",
+                        u.name,
+                        u.admin,
+                        u.profile,
+                        rfc3339(u.created_ms)
+                    );
+                }
+            }
+            Ok(())
+        }
+        UserCmd::Remove { name, purge } => {
+            let u = acc.remove_user(&name).await?;
+            if purge {
+                // Workspaces live under DATA_DIR/workspaces/NAME; the name is validated, so
+                // this path cannot leave that folder.
+                let ws = ctx.data_dir.join("workspaces").join(u.name.as_str());
+                if ws.exists() {
+                    std::fs::remove_dir_all(&ws)?;
+                }
+            }
+            eprintln!(
+                "removed user {}{}",
+                u.name,
+                if purge { " and purged their data" } else { "" }
+            );
+            Ok(())
+        }
+    };
+    ctx.close(Some(audit)).await;
+    result
+}
+
+pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
+    let ctx = Context::open(g).await?;
+    let audit = Auditor::start(ctx.store.clone());
+    let acc = Accounts {
+        store: &*ctx.store,
+        config: &ctx.config,
+        audit: &audit,
+        actor: None,
+    };
+    let result = match c {
+        TokenCmd::Create {
+            name,
+            scopes,
+            expires,
+            note,
+        } => {
+            let (secret, info) = acc
+                .create_token(TokenRequest {
+                    owner: &name,
+                    scopes: scopes.as_deref(),
+                    expires: expires.as_deref(),
+                    note: &note,
+                })
+                .await?;
+            println!("{secret}");
+            eprintln!(
+                "created token {} for {} (scopes {}; expires {}). It is shown only once.",
+                info.id,
+                info.user,
+                info.scopes.join(","),
+                opt_time(info.expires_ms)
+            );
+            Ok(())
+        }
+        TokenCmd::List { name, json } => {
+            let n = UserName::parse(&name)?;
+            if ctx.store.user(&n).await?.is_none() {
+                bail!("no user named {n}: create it with 'lodge user add {n}'");
+            }
+            let tokens = ctx.store.list_tokens(&n).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                println!(
+                    "{:<10} {:<28} {:<25} {:<25} NOTE",
+                    "ID", "SCOPES", "EXPIRES", "LAST USED"
+                );
+                for t in tokens {
+                    println!(
+                        "{:<10} {:<28} {:<25} {:<25} {}",
+                        t.id,
+                        t.scopes.join(","),
+                        opt_time(t.expires_ms),
+                        opt_time(t.last_used_ms),
+                        t.note
+                    );
+                }
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { id } => {
+            let info = acc.revoke_token(&id).await?;
+            eprintln!(
+                "revoked token {} of {}; a running hub stops accepting it within auth.token_cache ({})",
+                info.id,
+                info.user,
+                humantime::format_duration(ctx.config.auth.token_cache)
+            );
+            Ok(())
+        }
+    };
+    ctx.close(Some(audit)).await;
+    result
+}
+
+pub async fn mcp_config(g: &Global, a: McpConfigArgs) -> Result<()> {
+    let ctx = Context::open(g).await?;
+    let n = UserName::parse(&a.name)?;
+    if ctx.store.user(&n).await?.is_none() {
+        bail!("no user named {n}: create it with 'lodge user add {n}'");
+    }
+    if a.token_env.is_empty()
+        || !a
+            .token_env
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        bail!("--token-env must be an environment variable name such as LODGE_TOKEN");
+    }
+    let base = a
+        .url
+        .or(ctx.config.server.public_url.clone())
+        .unwrap_or_else(|| format!("http://{}", ctx.config.server.bind));
+    let url = format!("{}/user/{n}/mcp", base.trim_end_matches('/'));
+    let cfg = serde_json::json!({
+        "mcpServers": {
+            "lodge": {
+                "type": "http",
+                "url": url,
+                "headers": { "Authorization": format!("Bearer ${{{}}}", a.token_env) }
+            }
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&cfg)?);
+    ctx.close(None).await;
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `lodge serve`: binds, refuses unsafe public binds, runs the hub until SIGINT/SIGTERM.
+
+use super::Context;
+use crate::cli::{Global, ServeArgs};
+use anyhow::{Context as _, Result, bail};
+use lodge_hub::Hub;
+use std::io::Write;
+
+pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
+    let ctx = Context::open(g).await?;
+    let mut config = ctx.config.clone();
+    if let Some(b) = a.bind {
+        config.server.bind = b;
+    }
+    config.server.insecure_public |= a.insecure_public;
+    let bind = config.server.bind;
+    if !bind.ip().is_loopback() {
+        if !config.server.insecure_public {
+            bail!(
+                "refusing to listen on {bind} without TLS: tokens would cross the network in clear. \
+                 Bind 127.0.0.1 and put a TLS proxy in front, then pass --insecure-public \
+                 (or set server.insecure_public = true)"
+            );
+        }
+        tracing::warn!(
+            "!!! listening on non-loopback {bind} WITHOUT TLS: only do this behind a TLS-terminating proxy !!!"
+        );
+    }
+    if ctx.store.list_users().await?.is_empty() {
+        eprintln!(
+            "lodge: no users yet. Create one:  lodge --data-dir {dir} user add alice --admin && lodge --data-dir {dir} token create alice",
+            dir = ctx.data_dir.display()
+        );
+    }
+    let hub = Hub::start(config, ctx.store.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} (in use? choose another with --bind)"))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "lodge {} listening on http://{addr}",
+            env!("CARGO_PKG_VERSION")
+        )?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, data_dir = %ctx.data_dir.display(), "hub started");
+    hub.serve(listener, shutdown_signal()).await?;
+    tracing::info!("hub stopped");
+    ctx.close(None).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: draining requests");
+}
