@@ -178,8 +178,12 @@ impl Scopes {
         Self(v)
     }
 
-    /// Refuses scopes the owner's role cannot hold (a user asking for `admin:users`).
+    /// Refuses scopes the owner's role cannot hold (a user asking for `admin:users`). Admins
+    /// hold every scope, including `mcp!user=NAME` for service tokens that act for one user.
     pub fn check_held_by(&self, owner: &UserName, admin: bool) -> Result<(), ScopeError> {
+        if admin {
+            return Ok(());
+        }
         let role = Self::for_role(admin);
         for s in &self.0 {
             if !role.covers(s, owner) {
@@ -195,6 +199,9 @@ impl Scopes {
     /// The token's scopes limited to what the owner's current role still holds, so that
     /// demoting an admin takes effect on their existing tokens.
     pub fn effective(&self, owner: &UserName, admin: bool) -> Self {
+        if admin {
+            return self.clone();
+        }
         let role = Self::for_role(admin);
         Self(
             self.0
@@ -296,6 +303,22 @@ mod tests {
         assert!(other.check_held_by(&alice, false).is_err());
         let own = Scopes::parse_list("mcp!user=alice,self", false).unwrap();
         assert!(own.check_held_by(&alice, false).is_ok());
+    }
+
+    #[test]
+    fn admins_may_mint_service_tokens_for_one_user() {
+        let root = n("root");
+        let s = Scopes::parse_list("mcp!user=bob", true).unwrap();
+        assert!(s.check_held_by(&root, true).is_ok());
+        assert!(
+            s.effective(&root, true)
+                .grants(ScopeKind::Mcp, &root, Some(&n("bob")))
+        );
+        // Demoted, the same token no longer acts for bob.
+        assert!(
+            !s.effective(&root, false)
+                .grants(ScopeKind::Mcp, &root, Some(&n("bob")))
+        );
     }
 
     #[test]
