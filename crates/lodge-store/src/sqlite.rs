@@ -50,6 +50,21 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Applies `sql` (binding a time, then an id) to each pair in one transaction: the shape of
+    /// every write-behind "last used" update.
+    async fn touch_many(
+        &self,
+        sql: &'static str,
+        items: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in items {
+            sqlx::query(sql).bind(at).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 fn user_from_row(row: &sqlx::sqlite::SqliteRow, prefix: &str) -> Result<User, sqlx::Error> {
@@ -217,18 +232,11 @@ impl Store for SqliteStore {
     }
 
     async fn touch_tokens(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE tokens SET last_used_ms = max(coalesce(last_used_ms, 0), ?) WHERE id = ?",
-            )
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.touch_many(
+            "UPDATE tokens SET last_used_ms = max(coalesce(last_used_ms, 0), ?) WHERE id = ?",
+            uses,
+        )
+        .await
     }
 
     async fn create_session(&self, s: &NewSession) -> Result<(), StoreError> {
@@ -285,16 +293,11 @@ impl Store for SqliteStore {
     }
 
     async fn touch_sessions(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (id, at) in seen {
-            sqlx::query("UPDATE sessions SET last_seen_ms = max(last_seen_ms, ?) WHERE id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.touch_many(
+            "UPDATE sessions SET last_seen_ms = max(last_seen_ms, ?) WHERE id = ?",
+            seen,
+        )
+        .await
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {

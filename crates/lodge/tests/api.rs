@@ -103,45 +103,23 @@ async fn rest_scopes_are_enforced_per_target_user() {
     assert_eq!(initialize(&hub, &minted).await.status(), 200);
 
     // Admin user management over REST, with clear errors for bad input.
-    let post_user = |body: Value| {
-        http()
+    let post_user = async |body: Value| {
+        let r = http()
             .post(format!("{}/api/users", hub.base))
             .bearer_auth(&root)
             .json(&body)
             .send()
+            .await;
+        r.expect("post").status().as_u16()
     };
+    assert_eq!(post_user(json!({"name": "carol"})).await, 201);
+    assert_eq!(post_user(json!({"name": "carol"})).await, 409);
+    assert_eq!(post_user(json!({"name": "Carol!"})).await, 400);
     assert_eq!(
-        post_user(json!({"name": "carol"}))
-            .await
-            .expect("post")
-            .status(),
-        201
-    );
-    assert_eq!(
-        post_user(json!({"name": "carol"}))
-            .await
-            .expect("post")
-            .status(),
-        409
-    );
-    assert_eq!(
-        post_user(json!({"name": "Carol!"}))
-            .await
-            .expect("post")
-            .status(),
+        post_user(json!({"name": "dave", "profile": "gpu"})).await,
         400
     );
-    assert_eq!(
-        post_user(json!({"name": "dave", "profile": "gpu"}))
-            .await
-            .expect("post")
-            .status(),
-        400
-    );
-    assert_eq!(
-        post_user(json!({"nom": "x"})).await.expect("post").status(),
-        400
-    );
+    assert_eq!(post_user(json!({"nom": "x"})).await, 400);
     let r = http()
         .post(format!("{}/api/users", hub.base))
         .bearer_auth(&alice_self)

@@ -56,6 +56,17 @@ async fn initialize(url: &str, token: &str) -> String {
         .to_owned()
 }
 
+/// An `initialize` on `/mcp` with this exact `Authorization` header value.
+async fn init_as(w: &World, authorization: &str) -> Response {
+    post(
+        &w.hub.mcp_url(),
+        Some(authorization),
+        None,
+        &init_body("2025-11-25"),
+    )
+    .await
+}
+
 /// The liveness check every attack ends with: alice can still open a session and call a tool.
 async fn still_serves(w: &World) {
     let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
@@ -69,6 +80,15 @@ async fn still_serves(w: &World) {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["result"]["structuredContent"]["user"], "alice");
+}
+
+/// Asserts an HTTP status and JSON-RPC error code, showing the body when they differ.
+fn expect_rpc_error(s: StatusCode, v: &Value, status: u16, code: i64, what: &str) {
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_i64()),
+        (status, Some(code)),
+        "{what}: {v}"
+    );
 }
 
 async fn error_json(r: Response) -> (StatusCode, Value) {
@@ -103,18 +123,12 @@ async fn malformed_authorization_headers_get_401() {
         "Bearer lodge_",
         &format!("Bearer{good}"),
     ] {
-        let r = post(&w.hub.mcp_url(), Some(h), None, &init_body("2025-11-25")).await;
+        let r = init_as(&w, h).await;
         assert_eq!(r.status(), 401, "header {h:?}");
         assert!(r.headers().contains_key("www-authenticate"));
     }
     // JupyterHub's `token` scheme is accepted.
-    let r = post(
-        &w.hub.mcp_url(),
-        Some(&format!("token {good}")),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
+    let r = init_as(&w, &format!("token {good}")).await;
     assert_eq!(r.status(), 200);
     still_serves(&w).await;
 }
@@ -133,13 +147,7 @@ async fn wrong_tokens_get_401() {
         "ghp_notours",
         &w.alice[..20],
     ] {
-        let r = post(
-            &w.hub.mcp_url(),
-            Some(&format!("Bearer {t}")),
-            None,
-            &init_body("2025-11-25"),
-        )
-        .await;
+        let r = init_as(&w, &format!("Bearer {t}")).await;
         assert_eq!(r.status(), 401, "token {t}");
     }
     still_serves(&w).await;
@@ -149,22 +157,10 @@ async fn wrong_tokens_get_401() {
 async fn expired_token_gets_401() {
     let w = world();
     let short = w.hub.token("alice", &["--expires", "1s"]);
-    let r = post(
-        &w.hub.mcp_url(),
-        Some(&format!("Bearer {short}")),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
+    let r = init_as(&w, &format!("Bearer {short}")).await;
     assert_eq!(r.status(), 200, "fresh token must work first");
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    let r = post(
-        &w.hub.mcp_url(),
-        Some(&format!("Bearer {short}")),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
+    let r = init_as(&w, &format!("Bearer {short}")).await;
     let (s, v) = error_json(r).await;
     assert_eq!(s, 401);
     assert!(
@@ -187,17 +183,7 @@ async fn revoked_token_gets_401_via_rest_at_once_and_via_cli_within_cache_ttl() 
     let victim = w.hub.token("alice", &["--note", "to revoke"]);
     let id = &victim["lodge_".len().."lodge_".len() + 8];
     let auth = format!("Bearer {victim}");
-    assert_eq!(
-        post(
-            &w.hub.mcp_url(),
-            Some(&auth),
-            None,
-            &init_body("2025-11-25")
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(init_as(&w, &auth).await.status(), 200);
     let r = http()
         .delete(format!("{}/api/users/alice/tokens/{id}", w.hub.base))
         .bearer_auth(&admin)
@@ -205,43 +191,16 @@ async fn revoked_token_gets_401_via_rest_at_once_and_via_cli_within_cache_ttl() 
         .await
         .expect("revoke");
     assert_eq!(r.status(), 204);
-    assert_eq!(
-        post(
-            &w.hub.mcp_url(),
-            Some(&auth),
-            None,
-            &init_body("2025-11-25")
-        )
-        .await
-        .status(),
-        401
-    );
+    assert_eq!(init_as(&w, &auth).await.status(), 401);
 
     // CLI revocation reaches a running hub within auth.token_cache (default 2 s).
     let victim2 = w.hub.token("alice", &[]);
     let auth2 = format!("Bearer {victim2}");
-    assert_eq!(
-        post(
-            &w.hub.mcp_url(),
-            Some(&auth2),
-            None,
-            &init_body("2025-11-25")
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(init_as(&w, &auth2).await.status(), 200);
     w.hub.ok(&["token", "revoke", &victim2[6..14]]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
     loop {
-        let s = post(
-            &w.hub.mcp_url(),
-            Some(&auth2),
-            None,
-            &init_body("2025-11-25"),
-        )
-        .await
-        .status();
+        let s = init_as(&w, &auth2).await.status();
         if s == 401 {
             break;
         }
@@ -321,13 +280,7 @@ async fn filtered_service_token_acts_for_exactly_one_user() {
         .await;
         assert_eq!(r.status(), 403, "svc token on {other}");
     }
-    let r = post(
-        &w.hub.mcp_url(),
-        Some(&auth),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
+    let r = init_as(&w, &auth).await;
     assert_eq!(r.status(), 403, "a bob-only token has no own /mcp");
     still_serves(&w).await;
 }
@@ -510,11 +463,7 @@ async fn unknown_method_is_method_not_found_in_both_revisions() {
         "application/json",
     )
     .await;
-    assert_eq!(
-        (s.as_u16(), v["error"]["code"].as_i64()),
-        (200, Some(-32601)),
-        "{v}"
-    );
+    expect_rpc_error(s, &v, 200, -32601, "");
     assert_eq!(v["id"], 9);
     let r = http()
         .post(w.hub.mcp_url())
@@ -527,11 +476,7 @@ async fn unknown_method_is_method_not_found_in_both_revisions() {
         .await
         .expect("req");
     let (s, v) = error_json(r).await;
-    assert_eq!(
-        (s.as_u16(), v["error"]["code"].as_i64()),
-        (404, Some(-32601)),
-        "{v}"
-    );
+    expect_rpc_error(s, &v, 404, -32601, "");
     still_serves(&w).await;
 }
 
@@ -584,39 +529,23 @@ async fn stateless_requests_with_inconsistent_versions_are_refused() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"]["tools"][0]["name"], "session_info");
     let (s, v) = error_json(send(None, None, meta("2026-07-28")).await.expect("req")).await;
-    assert_eq!(
-        (s.as_u16(), v["error"]["code"].as_i64()),
-        (400, Some(-32020)),
-        "missing header: {v}"
-    );
+    expect_rpc_error(s, &v, 400, -32020, "missing header");
     let (s, v) = error_json(
         send(Some("2026-07-28"), Some("tools/call"), meta("2026-07-28"))
             .await
             .expect("req"),
     )
     .await;
-    assert_eq!(
-        (s.as_u16(), v["error"]["code"].as_i64()),
-        (400, Some(-32020)),
-        "method header lies: {v}"
-    );
+    expect_rpc_error(s, &v, 400, -32020, "method header lies");
     let (s, v) = error_json(
         send(Some("2099-01-01"), None, meta("2099-01-01"))
             .await
             .expect("req"),
     )
     .await;
-    assert_eq!(
-        (s.as_u16(), v["error"]["code"].as_i64()),
-        (400, Some(-32022)),
-        "future version: {v}"
-    );
+    expect_rpc_error(s, &v, 400, -32022, "future version");
     let (s, v) = error_json(send(None, None, json!({})).await.expect("req")).await;
-    assert_eq!(
-        (s.as_u16(), v["error"]["code"].as_i64()),
-        (400, Some(-32600)),
-        "no session, no version: {v}"
-    );
+    expect_rpc_error(s, &v, 400, -32600, "no session, no version");
     still_serves(&w).await;
 }
 
@@ -628,31 +557,14 @@ async fn failed_auth_flood_is_rate_limited_but_known_tokens_still_work() {
     let mut statuses = Vec::new();
     for i in 0..12 {
         let t = format!("Bearer lodge_{:0>40}", i);
-        statuses.push(
-            post(&w.hub.mcp_url(), Some(&t), None, &init_body("2025-11-25"))
-                .await
-                .status()
-                .as_u16(),
-        );
+        statuses.push(init_as(&w, &t).await.status().as_u16());
     }
     assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
-    let r = post(
-        &w.hub.mcp_url(),
-        Some("Bearer lodge_guess"),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
+    let r = init_as(&w, "Bearer lodge_guess").await;
     // Malformed tokens are refused before the budget check, still 401.
     assert!(r.status() == 401 || r.status() == 429);
-    let r = post(
-        &w.hub.mcp_url(),
-        Some(&format!("Bearer lodge_{:0>40}", 99)),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
+    let r = init_as(&w, &format!("Bearer lodge_{:0>40}", 99)).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     let r = post(
@@ -695,6 +607,8 @@ async fn missing_session_and_get_stream_are_clear() {
         .await
         .expect("get");
     assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST, DELETE");
+    assert_eq!(error_json(r).await.1["error"]["code"], "method_not_allowed");
     let r = http().get(w.hub.mcp_url()).send().await.expect("get");
     assert_eq!(
         r.status(),

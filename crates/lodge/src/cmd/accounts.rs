@@ -13,7 +13,11 @@ fn opt_time(ms: Option<i64>) -> String {
     ms.map(rfc3339).unwrap_or_else(|| "-".into())
 }
 
-pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
+/// Opens the store with an audit writer for operator actions, runs `f`, flushes and closes.
+async fn with_accounts<F>(g: &Global, f: F) -> Result<()>
+where
+    F: AsyncFnOnce(&Context, &Accounts<'_>) -> Result<()>,
+{
     let ctx = Context::open(g).await?;
     let audit = Auditor::start(ctx.store.clone());
     let acc = Accounts {
@@ -22,7 +26,13 @@ pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
         audit: &audit,
         actor: None,
     };
-    let result = match c {
+    let result = f(&ctx, &acc).await;
+    ctx.close(Some(audit)).await;
+    result
+}
+
+pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
+    with_accounts(g, async |ctx, acc| match c {
         UserCmd::Add {
             name,
             admin,
@@ -72,21 +82,12 @@ pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
             );
             Ok(())
         }
-    };
-    ctx.close(Some(audit)).await;
-    result
+    })
+    .await
 }
 
 pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
-    let ctx = Context::open(g).await?;
-    let audit = Auditor::start(ctx.store.clone());
-    let acc = Accounts {
-        store: &*ctx.store,
-        config: &ctx.config,
-        audit: &audit,
-        actor: None,
-    };
-    let result = match c {
+    with_accounts(g, async |ctx, acc| match c {
         TokenCmd::Create {
             name,
             scopes,
@@ -147,9 +148,8 @@ pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
             );
             Ok(())
         }
-    };
-    ctx.close(Some(audit)).await;
-    result
+    })
+    .await
 }
 
 pub async fn mcp_config(g: &Global, a: McpConfigArgs) -> Result<()> {
