@@ -131,15 +131,13 @@ impl Accounts<'_> {
             None => Scopes::default_token(),
         };
         scopes.check_held_by(&owner, user.admin)?;
-        let expires_ms = match req
+        let lifetime = req
             .expires
             .map(duration::parse_optional)
             .transpose()?
-            .flatten()
-        {
-            Some(d) => Some(now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64)),
-            None => None,
-        };
+            .flatten();
+        let expires_ms =
+            lifetime.map(|d| now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64));
         if req.note.chars().count() > 200 {
             return Err(AccountError::NoteTooLong);
         }

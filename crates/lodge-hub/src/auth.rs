@@ -69,7 +69,10 @@ impl Authenticator {
         client: Option<IpAddr>,
     ) -> Result<Principal, ApiError> {
         let presented = match header.map(parse_authorization) {
-            None => return Err(self.fail(client, "missing credentials", None).await),
+            None => {
+                let e = self.fail(client, "missing credentials", None).await;
+                return Err(ApiError::NoCredentials(e.to_string()));
+            }
             Some(None) => {
                 return Err(self
                     .fail(client, "malformed Authorization header", None)

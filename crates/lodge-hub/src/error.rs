@@ -6,6 +6,10 @@ use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// No credentials were sent at all (RFC 6750: the challenge carries no error code).
+    #[error("{0}")]
+    NoCredentials(String),
+    /// Credentials were sent and are not valid.
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -33,7 +37,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NoCredentials(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -49,7 +53,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NoCredentials(_) | ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
@@ -71,12 +75,28 @@ impl From<lodge_store::StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+impl ApiError {
+    /// The same failure for an MCP endpoint: status and headers kept, the body a JSON-RPC error
+    /// so that MCP clients show the message to their users.
+    pub fn into_jsonrpc_response(self) -> Response {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": -32000, "message": self.to_string(), "data": {"reason": self.code()}},
+        });
+        self.respond(body)
+    }
+
+    fn respond(self, body: serde_json::Value) -> Response {
         let mut resp = (self.status(), axum::Json(body)).into_response();
         let h = resp.headers_mut();
         match &self {
+            ApiError::NoCredentials(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="lodge""#),
+                );
+            }
             ApiError::Unauthorized(_) => {
                 h.insert(
                     header::WWW_AUTHENTICATE,
@@ -91,5 +111,12 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        self.respond(body)
     }
 }

@@ -55,7 +55,7 @@ impl HostGuard {
 
     fn origin_ok(&self, origin: &str) -> bool {
         let o = origin.trim_end_matches('/').to_ascii_lowercase();
-        self.origins.iter().any(|a| *a == o)
+        self.origins.contains(&o)
     }
 }
 

@@ -107,8 +107,25 @@ async fn no_token_gets_401_with_www_authenticate() {
             .expect("ascii")
             .starts_with("Bearer")
     );
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        !challenge.contains("error="),
+        "RFC 6750: no error code without credentials: {challenge}"
+    );
     let (_, v) = error_json(r).await;
-    assert_eq!(v["error"]["code"], "unauthorized");
+    // MCP endpoints answer in JSON-RPC form so MCP clients can show the reason.
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["error"]["data"]["reason"], "unauthorized");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("lodge token create"),
+        "{v}"
+    );
     still_serves(&w).await;
 }
 
@@ -149,6 +166,8 @@ async fn wrong_tokens_get_401() {
     ] {
         let r = init_as(&w, &format!("Bearer {t}")).await;
         assert_eq!(r.status(), 401, "token {t}");
+        let challenge = r.headers()["www-authenticate"].to_str().expect("ascii");
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
     }
     still_serves(&w).await;
 }
@@ -608,7 +627,10 @@ async fn missing_session_and_get_stream_are_clear() {
         .expect("get");
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST, DELETE");
-    assert_eq!(error_json(r).await.1["error"]["code"], "method_not_allowed");
+    assert_eq!(
+        error_json(r).await.1["error"]["data"]["reason"],
+        "method_not_allowed"
+    );
     let r = http().get(w.hub.mcp_url()).send().await.expect("get");
     assert_eq!(
         r.status(),

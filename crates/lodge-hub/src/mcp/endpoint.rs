@@ -49,12 +49,12 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     if let Err(e) = hub.auth.authenticate(authorization(&headers), ip).await {
-        return e.into_response();
+        return e.into_jsonrpc_response();
     }
-    let mut r =
-        ApiError::BadRequest("this endpoint has no GET stream: POST JSON-RPC messages".into())
-            .into_response();
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    let mut r = ApiError::MethodNotAllowed(
+        "this endpoint has no GET stream: POST JSON-RPC messages".into(),
+    )
+    .into_jsonrpc_response();
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
     r
@@ -69,18 +69,18 @@ pub async fn delete(
 ) -> Response {
     let caller = match authenticate(&hub, path.map(|p| p.0), ip, &headers).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => return e.into_jsonrpc_response(),
     };
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return ApiError::BadRequest("DELETE needs an Mcp-Session-Id header".into())
-            .into_response();
+            .into_jsonrpc_response();
     };
     match hub.sessions.end(sid, Some(caller.user_id)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(SessionError::NotFound) => {
-            ApiError::NotFound(SessionError::NotFound.to_string()).into_response()
+            ApiError::NotFound(SessionError::NotFound.to_string()).into_jsonrpc_response()
         }
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_jsonrpc_response(),
     }
 }
 
@@ -109,7 +109,7 @@ async fn post(
 ) -> Response {
     let caller = match authenticate(&hub, target, ip, &headers).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => return e.into_jsonrpc_response(),
     };
     let body = match body {
         Ok(b) => b,
@@ -118,17 +118,18 @@ async fn post(
                 "request body over {} bytes (server.max_body_bytes)",
                 hub.config.server.max_body_bytes
             ))
-            .into_response();
+            .into_jsonrpc_response();
         }
         Err(rej) => {
-            return ApiError::BadRequest(format!("cannot read body: {rej}")).into_response();
+            return ApiError::BadRequest(format!("cannot read body: {rej}"))
+                .into_jsonrpc_response();
         }
     };
     if !is_json(&headers) {
         return ApiError::UnsupportedMediaType(
             "MCP messages must be sent with Content-Type: application/json".into(),
         )
-        .into_response();
+        .into_jsonrpc_response();
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -348,7 +349,8 @@ fn rpc_error(status: StatusCode, id: Value, e: &ErrorData) -> Response {
 
 fn json_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    let mut r =
+        (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     if let Some(sid) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
         r.headers_mut().insert(SESSION_HEADER, sid);
     }

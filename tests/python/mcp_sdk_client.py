@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Third-party client check: talk to a Lodge hub with the official Python `mcp` SDK (2.x).
+
+Usage: python mcp_sdk_client.py URL TOKEN
+
+Initializes a ClientSession over the SDK's streamable HTTP transport (Authorization: Bearer TOKEN),
+lists tools (must include `session_info`), calls `session_info` with `{}` and prints ONE JSON line
+to stdout:
+
+    {"protocol": ..., "tools": [...], "session_info": {...}}
+
+Every HTTP exchange is logged to stderr ("http: METHOD URL -> STATUS"), with the body of any
+error response. Any failure exits non-zero with a message on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+OVERALL_TIMEOUT_S = 60
+HTTP_TIMEOUT_S = 20
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def log_response(response: httpx2.Response) -> None:
+    req = response.request
+    line = f"http: {req.method} {req.url} -> {response.status_code}"
+    ctype = response.headers.get("content-type")
+    if ctype:
+        line += f" ({ctype})"
+    if response.status_code >= 400:
+        try:
+            body = (await response.aread()).decode("utf-8", "replace")
+        except Exception as exc:  # the body is only diagnostics
+            body = f"<unreadable: {exc}>"
+        line += f" body: {body.strip()[:500]}"
+    log(line)
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """anyio task groups wrap errors in ExceptionGroups; report the first real one."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def run(url: str, token: str) -> dict[str, Any]:
+    http_client = create_mcp_http_client(
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx2.Timeout(HTTP_TIMEOUT_S),
+    )
+    http_client.event_hooks["response"] = [log_response]
+    async with http_client:
+        async with streamable_http_client(url, http_client=http_client) as (read, write):
+            async with ClientSession(read, write, read_timeout_seconds=HTTP_TIMEOUT_S) as session:
+                try:
+                    init = await session.initialize()
+                except MCPError as exc:
+                    raise CheckFailed(f"initialize failed: {exc.error.code} {exc.error.message}") from exc
+                log(f"initialized: protocol {init.protocol_version}, server {init.server_info.name}")
+                protocol = session.protocol_version
+
+                listed = await session.list_tools()
+                tools = [t.name for t in listed.tools]
+                if "session_info" not in tools:
+                    raise CheckFailed(f"tools/list has no session_info: {tools}")
+
+                result = await session.call_tool("session_info", {})
+                if result.is_error:
+                    raise CheckFailed(f"session_info returned an error result: {result.model_dump_json()}")
+                info = result.structured_content
+                if info is None:
+                    texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+                    if not texts:
+                        raise CheckFailed(f"session_info returned neither structuredContent nor text: {result}")
+                    try:
+                        info = json.loads(texts[0])
+                    except json.JSONDecodeError as exc:
+                        raise CheckFailed(f"session_info text is not JSON: {texts[0]!r}") from exc
+    # Leaving streamable_http_client sends DELETE for the session (terminate_on_close).
+    return {"protocol": protocol, "tools": tools, "session_info": info}
+
+
+async def run_with_deadline(url: str, token: str) -> dict[str, Any]:
+    with anyio.fail_after(OVERALL_TIMEOUT_S):
+        return await run(url, token)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        log("usage: mcp_sdk_client.py URL TOKEN")
+        return 2
+    url, token = argv[1], argv[2]
+    try:
+        out = anyio.run(run_with_deadline, url, token)
+    except BaseException as exc:  # noqa: BLE001 - any failure is a failed check
+        leaf = first_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            raise
+        if isinstance(leaf, MCPError):
+            msg = f"MCP error {leaf.error.code}: {leaf.error.message}"
+        else:
+            msg = f"{type(leaf).__name__}: {leaf}"
+        log(f"FAILED against {url}: {msg}")
+        return 1
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
