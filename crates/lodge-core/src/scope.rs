@@ -73,6 +73,10 @@ pub enum ScopeError {
     Empty,
     #[error("user {owner} may not hold scope {scope}: only admins hold admin and read scopes")]
     NotHeld { owner: String, scope: String },
+    #[error(
+        "the requesting token may not grant scope {0}: a new token gets at most the scopes of the token that creates it"
+    )]
+    Exceeds(String),
 }
 
 fn known_list() -> String {
@@ -222,6 +226,34 @@ impl Scopes {
         })
     }
 
+    /// Refuses to mint scopes (for a token owned by `owner`) that the creating token (held by
+    /// `creator_owner`) could not exercise itself, as JupyterHub does. `self` lets a user mint
+    /// their own `mcp`/`self` tokens; `admin:tokens` for a user lets one mint that user's
+    /// personal scopes; anything else must be held by the creator as it stands.
+    pub fn check_within(
+        &self,
+        owner: &UserName,
+        creator: &Scopes,
+        creator_owner: &UserName,
+    ) -> Result<(), ScopeError> {
+        for s in &self.0 {
+            let target = match (&s.user, s.kind.is_personal()) {
+                (Some(u), _) => Some(u),
+                (None, true) => Some(owner),
+                (None, false) => None,
+            };
+            let by_self = s.kind.is_personal()
+                && target == Some(creator_owner)
+                && creator.grants(ScopeKind::OwnSelf, creator_owner, Some(creator_owner));
+            let by_admin = s.kind.is_personal()
+                && creator.grants(ScopeKind::AdminTokens, creator_owner, target);
+            if !(by_self || by_admin || creator.grants(s.kind, creator_owner, target)) {
+                return Err(ScopeError::Exceeds(s.to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// Does any scope grant `kind` for acting on `target` (None: the collection as a whole)?
     pub fn grants(&self, kind: ScopeKind, owner: &UserName, target: Option<&UserName>) -> bool {
         self.0.iter().any(|s| s.grants(kind, owner, target))
@@ -318,6 +350,28 @@ mod tests {
         assert!(
             !s.effective(&root, false)
                 .grants(ScopeKind::Mcp, &root, Some(&n("bob")))
+        );
+    }
+
+    #[test]
+    fn new_tokens_stay_within_the_creating_token() {
+        let (root, alice) = (n("root"), n("alice"));
+        let self_only = Scopes::parse_list("self", true).unwrap();
+        let all = Scopes::parse_list("inherit", true).unwrap();
+        let mcp = Scopes::parse_list("mcp,self", false).unwrap();
+        assert!(mcp.check_within(&root, &self_only, &root).is_ok());
+        assert!(
+            all.check_within(&root, &self_only, &root).is_err(),
+            "self must not mint admin"
+        );
+        assert!(all.check_within(&root, &all, &root).is_ok());
+        let admin_tokens = Scopes::parse_list("admin:tokens", true).unwrap();
+        assert!(mcp.check_within(&alice, &admin_tokens, &root).is_ok());
+        let read = Scopes::parse_list("read:users", true).unwrap();
+        assert!(read.check_within(&root, &admin_tokens, &root).is_err());
+        assert!(
+            mcp.check_within(&alice, &self_only, &root).is_err(),
+            "self is about oneself"
         );
     }
 

@@ -45,6 +45,7 @@ impl From<AccountError> for crate::error::ApiError {
                 A::NotFound(e.to_string())
             }
             AccountError::Exists(_) => A::Conflict(e.to_string()),
+            AccountError::Scope(lodge_core::ScopeError::Exceeds(_)) => A::Forbidden(e.to_string()),
             AccountError::Store(s) => s.into(),
             other => A::BadRequest(other.to_string()),
         }
@@ -52,6 +53,8 @@ impl From<AccountError> for crate::error::ApiError {
 }
 
 pub struct TokenRequest<'a> {
+    /// The token creating this one, with its owner; `None` for the operator at the CLI.
+    pub creator: Option<(&'a UserName, &'a Scopes)>,
     pub owner: &'a str,
     pub scopes: Option<&'a str>,
     pub expires: Option<&'a str>,
@@ -131,6 +134,9 @@ impl Accounts<'_> {
             None => Scopes::default_token(),
         };
         scopes.check_held_by(&owner, user.admin)?;
+        if let Some((creator_owner, creator)) = req.creator {
+            scopes.check_within(&owner, creator, creator_owner)?;
+        }
         let lifetime = req
             .expires
             .map(duration::parse_optional)

@@ -68,26 +68,30 @@ impl Authenticator {
         header: Option<&str>,
         client: Option<IpAddr>,
     ) -> Result<Principal, ApiError> {
-        let presented = match header.map(parse_authorization) {
-            None => {
+        let now = now_ms();
+        let presented = header.map(parse_authorization);
+        let parsed = presented.flatten().and_then(token::parse);
+        let cached = parsed.and_then(|(_, hash)| self.cache_get(&hash));
+        // Over-budget clients are refused before any lookup or audit write, whatever they send,
+        // unless they present a token this hub already verified.
+        if cached.is_none() {
+            self.check_rate(client, now)?;
+        }
+        let (id, hash) = match (presented, parsed) {
+            (None, _) => {
                 let e = self.fail(client, "missing credentials", None).await;
                 return Err(ApiError::NoCredentials(e.to_string()));
             }
-            Some(None) => {
+            (Some(None), _) => {
                 return Err(self
                     .fail(client, "malformed Authorization header", None)
                     .await);
             }
-            Some(Some(t)) => t,
+            (Some(Some(_)), None) => {
+                return Err(self.fail(client, "not a Lodge token", None).await);
+            }
+            (Some(Some(_)), Some(p)) => p,
         };
-        let Some((id, hash)) = token::parse(presented) else {
-            return Err(self.fail(client, "not a Lodge token", None).await);
-        };
-        let now = now_ms();
-        let cached = self.cache_get(&hash);
-        if cached.is_none() {
-            self.check_rate(client, now)?;
-        }
         let entry = match cached {
             Some(c) if now - c.verified_ms < self.ttl_ms => c,
             _ => match self.verify(id, &hash, now).await? {

@@ -56,8 +56,11 @@ fn target(p: &Principal, name: &str, kinds: &[ScopeKind]) -> Result<UserName, Ap
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
+    b.map(|Json(t)| t).map_err(|e| match &e {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(e.body_text()),
+        _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
+        _ => ApiError::BadRequest(e.body_text()),
+    })
 }
 
 fn accounts<'a>(hub: &'a Hub, p: &'a Principal) -> Accounts<'a> {
@@ -170,6 +173,7 @@ pub async fn create_token(
     let scopes = b.scopes.map(|s| s.join(","));
     let (secret, info) = accounts(&hub, &p)
         .create_token(TokenRequest {
+            creator: Some((&p.user, &p.scopes)),
             owner: &name,
             scopes: scopes.as_deref(),
             expires: b.expires.as_deref(),

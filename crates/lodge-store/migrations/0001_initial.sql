@@ -1,7 +1,9 @@
 -- Lodge's first schema: users, API tokens (hashes only), legacy MCP sessions, audit records.
 -- Timestamps are Unix milliseconds.
+-- AUTOINCREMENT: a removed user's id is never given to a new user, so nothing keyed by id
+-- (sessions in a running hub, later rooms) can pass from one person to another.
 CREATE TABLE users (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     name        TEXT NOT NULL UNIQUE,
     admin       INTEGER NOT NULL DEFAULT 0,
     profile     TEXT NOT NULL DEFAULT 'default',

@@ -33,9 +33,9 @@ pub struct Global {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Log filter (e.g. info, debug, lodge_hub=debug). RUST_LOG also works.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log filter (e.g. info, debug, lodge_hub=debug). Default: RUST_LOG, else info.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

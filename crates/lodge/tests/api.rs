@@ -102,6 +102,17 @@ async fn rest_scopes_are_enforced_per_target_user() {
     let minted = v["token"].as_str().expect("token").to_owned();
     assert_eq!(initialize(&hub, &minted).await.status(), 200);
 
+    // A self-only token of an admin cannot mint an admin token (no escalation through REST).
+    let root_self = hub.token("root", &["--scopes", "self"]);
+    let r = http()
+        .post(format!("{}/api/users/root/tokens", hub.base))
+        .bearer_auth(&root_self)
+        .json(&json!({"scopes": ["inherit"]}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403, "self-only token minted an admin token");
+
     // Admin user management over REST, with clear errors for bad input.
     let post_user = async |body: Value| {
         let r = http()
@@ -120,6 +131,22 @@ async fn rest_scopes_are_enforced_per_target_user() {
         400
     );
     assert_eq!(post_user(json!({"nom": "x"})).await, 400);
+    let r = http()
+        .post(format!("{}/api/users", hub.base))
+        .bearer_auth(&root)
+        .body(r#"{"name":"zed"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 415, "JSON body without Content-Type");
+    let r = http()
+        .post(format!("{}/api/users", hub.base))
+        .bearer_auth(&root)
+        .json(&json!({"name": "x".repeat(5 * 1024 * 1024)}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 413, "oversized REST body");
     let r = http()
         .post(format!("{}/api/users", hub.base))
         .bearer_auth(&alice_self)
@@ -452,6 +479,11 @@ fn cli_refuses_bad_input_with_clear_messages() {
     // An unknown config key names itself.
     let out = hub.lodge(&["--config", "/nonexistent.toml", "user", "list"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+    // Read commands on a mistyped DATA_DIR say so instead of creating an empty one.
+    let missing = hub.dir.join("typo");
+    let out = common::lodge_in(&missing, &[], &["audit"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Lodge data in"));
+    assert!(!missing.exists(), "a read command created DATA_DIR");
     let out = common::lodge_in(
         &hub.dir,
         &[("LODGE_SERVER_BINDD".into(), "x".into())],
@@ -484,4 +516,56 @@ fn public_bind_without_tls_is_refused() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-public"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_session_info_over_many_sessions_stays_bounded_and_alive() {
+    let hub = TestHub::start();
+    hub.add_user("alice");
+    let t = hub.token("alice", &[]);
+    let mut sids = Vec::new();
+    for _ in 0..40 {
+        sids.push(
+            initialize(&hub, &t).await.headers()["mcp-session-id"]
+                .to_str()
+                .expect("sid")
+                .to_owned(),
+        );
+    }
+    // Every call updates last-use times while others list and sort them.
+    let calls = (0..400).map(|i| {
+        let (url, t, sid) = (hub.mcp_url(), t.clone(), sids[i % sids.len()].clone());
+        tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(t)
+                .header("mcp-session-id", sid)
+                .json(&json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "session_info", "arguments": {}}}))
+                .send()
+                .await
+                .expect("call");
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("json")
+        })
+    });
+    for c in futures_join(calls).await {
+        let v = c.expect("task");
+        let info = &v["result"]["structuredContent"];
+        assert_eq!(info["usage"]["sessions"], 40);
+        assert_eq!(
+            info["sessions"].as_array().expect("list").len(),
+            20,
+            "reply must be capped"
+        );
+    }
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await);
+    }
+    out
 }

@@ -488,6 +488,7 @@ async fn unknown_method_is_method_not_found_in_both_revisions() {
         .post(w.hub.mcp_url())
         .bearer_auth(&w.alice)
         .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "sudo/make_me_admin")
         .json(&json!({"jsonrpc": "2.0", "id": 10, "method": "sudo/make_me_admin", "params": {"_meta": {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {}}}}))
@@ -563,6 +564,13 @@ async fn stateless_requests_with_inconsistent_versions_are_refused() {
     )
     .await;
     expect_rpc_error(s, &v, 400, -32022, "future version");
+    let (s, v) = error_json(
+        send(Some("2026-07-28"), None, meta("2026-07-28"))
+            .await
+            .expect("req"),
+    )
+    .await;
+    expect_rpc_error(s, &v, 400, -32020, "missing Mcp-Method header");
     let (s, v) = error_json(send(None, None, json!({})).await.expect("req")).await;
     expect_rpc_error(s, &v, 400, -32600, "no session, no version");
     still_serves(&w).await;
@@ -580,9 +588,11 @@ async fn failed_auth_flood_is_rate_limited_but_known_tokens_still_work() {
     }
     assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
-    let r = init_as(&w, "Bearer lodge_guess").await;
-    // Malformed tokens are refused before the budget check, still 401.
-    assert!(r.status() == 401 || r.status() == 429);
+    // Missing and malformed credentials count against the same budget (no audit flood).
+    assert_eq!(init_as(&w, "Bearer lodge_guess").await.status(), 429);
+    assert_eq!(init_as(&w, "Basic x").await.status(), 429);
+    let r = post(&w.hub.mcp_url(), None, None, &init_body("2025-11-25")).await;
+    assert_eq!(r.status(), 429);
     let r = init_as(&w, &format!("Bearer lodge_{:0>40}", 99)).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
@@ -598,6 +608,24 @@ async fn failed_auth_flood_is_rate_limited_but_known_tokens_still_work() {
         200,
         "a verified token must not be locked out by a guesser on the same address"
     );
+    still_serves(&w).await;
+}
+
+#[tokio::test]
+async fn a_session_cannot_switch_protocol_version() {
+    let w = world();
+    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let r = http()
+        .post(w.hub.mcp_url())
+        .bearer_auth(&w.alice)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&call_body())
+        .send()
+        .await
+        .expect("req");
+    let (s, v) = error_json(r).await;
+    expect_rpc_error(s, &v, 400, -32020, "session negotiated 2025-11-25");
     still_serves(&w).await;
 }
 

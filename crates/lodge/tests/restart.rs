@@ -141,3 +141,21 @@ fn sigkill_mid_write_loses_no_committed_user_or_token() {
         assert_eq!(body["result"]["structuredContent"]["user"], *user);
     }
 }
+
+#[tokio::test]
+async fn a_new_user_never_inherits_a_removed_users_sessions() {
+    let hub = TestHub::start();
+    hub.add_user("bob");
+    let tb = hub.token("bob", &[]);
+    let sid = initialize(&hub, &tb).await;
+    // Removed through the CLI while the hub runs, then a new user is added.
+    hub.ok(&["user", "remove", "bob"]);
+    hub.add_user("carol");
+    let tc = hub.token("carol", &[]);
+    let (status, body) = call_session_info(&hub, &tc, &sid).await;
+    assert_eq!(status, 404, "carol reached bob's old session: {body}");
+    let own = initialize(&hub, &tc).await;
+    let (_, body) = call_session_info(&hub, &tc, &own).await;
+    let listed = body["result"]["structuredContent"]["sessions"].to_string();
+    assert!(!listed.contains(&sid), "carol sees bob's session: {listed}");
+}

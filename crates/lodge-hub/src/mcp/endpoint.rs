@@ -45,10 +45,11 @@ pub async fn post_user(
 /// Lodge offers no server-initiated SSE stream; the transport spec allows 405 here.
 pub async fn get(
     State(hub): State<Arc<Hub>>,
+    path: Option<Path<String>>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = hub.auth.authenticate(authorization(&headers), ip).await {
+    if let Err(e) = authenticate(&hub, path.map(|p| p.0), ip, &headers).await {
         return e.into_jsonrpc_response();
     }
     let mut r = ApiError::MethodNotAllowed(
@@ -77,9 +78,7 @@ pub async fn delete(
     };
     match hub.sessions.end(sid, Some(caller.user_id)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(SessionError::NotFound) => {
-            ApiError::NotFound(SessionError::NotFound.to_string()).into_jsonrpc_response()
-        }
+        Err(e @ SessionError::NotFound) => session_error(Value::Null, e),
         Err(e) => ApiError::Internal(e.to_string()).into_jsonrpc_response(),
     }
 }
@@ -177,13 +176,17 @@ async fn request(
         Some(sid) => match hub.sessions.touch(sid, caller.user_id).await {
             Ok(s) => {
                 if let Some(v) = header_str(headers, VERSION_HEADER)
-                    && !version::is_supported(v)
+                    && v != s.protocol
                 {
-                    return rpc_error(
-                        StatusCode::BAD_REQUEST,
-                        id,
-                        &jsonrpc::unsupported_version(v),
-                    );
+                    let e = if version::is_supported(v) {
+                        jsonrpc::header_mismatch(format!(
+                            "MCP-Protocol-Version {v} differs from this session's {}",
+                            s.protocol
+                        ))
+                    } else {
+                        jsonrpc::unsupported_version(v)
+                    };
+                    return rpc_error(StatusCode::BAD_REQUEST, id, &e);
                 }
                 s.protocol
             }
@@ -257,11 +260,10 @@ fn stateless_version(
             "MCP-Protocol-Version header must be present and equal to _meta protocolVersion",
         ));
     }
-    if let Some(h) = headers.get(METHOD_HEADER)
-        && h.as_bytes() != method.as_bytes()
-    {
+    // The stateless revision routes on headers, so they must be present and tell the truth.
+    if headers.get(METHOD_HEADER).map(|h| h.as_bytes()) != Some(method.as_bytes()) {
         return Err(jsonrpc::header_mismatch(
-            "Mcp-Method header does not match the body's method",
+            "Mcp-Method header must be present and equal to the body's method",
         ));
     }
     if !meta.is_some_and(|m| m.contains_key(META_CAPS)) {
@@ -349,8 +351,7 @@ fn rpc_error(status: StatusCode, id: Value, e: &ErrorData) -> Response {
 
 fn json_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r =
-        (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     if let Some(sid) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
         r.headers_mut().insert(SESSION_HEADER, sid);
     }

@@ -11,6 +11,10 @@ use rmcp::model::{CallToolResult, JsonObject, Tool};
 use serde_json::json;
 use std::sync::Arc;
 
+/// How many of the caller's sessions `session_info` lists (newest first); `usage.sessions`
+/// still counts them all.
+const SHOWN_SESSIONS: usize = 20;
+
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// session_info takes no arguments.
@@ -53,16 +57,26 @@ impl ToolSet for SessionInfoTools {
         cx: &CallContext<'_>,
     ) -> Result<CallToolResult, ToolError> {
         let NoArgs {} = parse_args(name, args)?;
-        let own: Vec<_> = self
+        // The newest few sessions only: the reply must not grow with the user's session count.
+        // Snapshot last-use times first: concurrent calls update them, and sorting on live
+        // values would not be a total order.
+        let mut own: Vec<_> = self
             .sessions
             .list(Some(cx.caller.user_id))
             .into_iter()
-            .map(|(id, s)| {
+            .map(|(id, s)| (s.last_seen_ms(), id, s))
+            .collect();
+        let total = own.len();
+        own.sort_unstable_by_key(|(seen, ..)| std::cmp::Reverse(*seen));
+        let shown: Vec<_> = own
+            .into_iter()
+            .take(SHOWN_SESSIONS)
+            .map(|(seen, id, s)| {
                 json!({
                     "id": id,
                     "protocol": s.protocol,
                     "created": rfc3339(s.created_ms),
-                    "last_seen": rfc3339(s.last_seen_ms()),
+                    "last_seen": rfc3339(seen),
                 })
             })
             .collect();
@@ -78,8 +92,8 @@ impl ToolSet for SessionInfoTools {
                 "session_idle_timeout_s": self.limits.idle_timeout.as_secs(),
                 "session_max_age_s": self.limits.max_age.as_secs(),
             },
-            "usage": { "sessions": own.len() },
-            "sessions": own,
+            "usage": { "sessions": total },
+            "sessions": shown,
         });
         Ok(CallToolResult::structured(info))
     }

@@ -1,7 +1,7 @@
 //! `lodge user …`, `lodge token …` and `lodge mcp-config`: thin wrappers over
 //! `lodge_hub::accounts`, which holds the rules, so the CLI and REST API cannot drift apart.
 
-use super::Context;
+use super::{Context, Create};
 use crate::cli::{Global, McpConfigArgs, TokenCmd, UserCmd};
 use anyhow::{Result, bail};
 use lodge_core::UserName;
@@ -14,11 +14,11 @@ fn opt_time(ms: Option<i64>) -> String {
 }
 
 /// Opens the store with an audit writer for operator actions, runs `f`, flushes and closes.
-async fn with_accounts<F>(g: &Global, f: F) -> Result<()>
+async fn with_accounts<F>(g: &Global, create: Create, f: F) -> Result<()>
 where
     F: AsyncFnOnce(&Context, &Accounts<'_>) -> Result<()>,
 {
-    let ctx = Context::open(g).await?;
+    let ctx = Context::open(g, create).await?;
     let audit = Auditor::start(ctx.store.clone());
     let acc = Accounts {
         store: &*ctx.store,
@@ -32,7 +32,12 @@ where
 }
 
 pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
-    with_accounts(g, async |ctx, acc| match c {
+    let create = if matches!(c, UserCmd::Add { .. }) {
+        Create::Yes
+    } else {
+        Create::No
+    };
+    with_accounts(g, create, async |ctx, acc| match c {
         UserCmd::Add {
             name,
             admin,
@@ -87,7 +92,7 @@ pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
 }
 
 pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
-    with_accounts(g, async |ctx, acc| match c {
+    with_accounts(g, Create::No, async |ctx, acc| match c {
         TokenCmd::Create {
             name,
             scopes,
@@ -96,6 +101,7 @@ pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
         } => {
             let (secret, info) = acc
                 .create_token(TokenRequest {
+                    creator: None,
                     owner: &name,
                     scopes: scopes.as_deref(),
                     expires: expires.as_deref(),
@@ -153,7 +159,7 @@ pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
 }
 
 pub async fn mcp_config(g: &Global, a: McpConfigArgs) -> Result<()> {
-    let ctx = Context::open(g).await?;
+    let ctx = Context::open(g, Create::No).await?;
     let n = UserName::parse(&a.name)?;
     if ctx.store.user(&n).await?.is_none() {
         bail!("no user named {n}: create it with 'lodge user add {n}'");
@@ -169,7 +175,7 @@ pub async fn mcp_config(g: &Global, a: McpConfigArgs) -> Result<()> {
     let base = a
         .url
         .or(ctx.config.server.public_url.clone())
-        .unwrap_or_else(|| format!("http://{}", ctx.config.server.bind));
+        .unwrap_or_else(|| local_url(ctx.config.server.bind));
     let url = format!("{}/user/{n}/mcp", base.trim_end_matches('/'));
     let cfg = serde_json::json!({
         "mcpServers": {
@@ -183,4 +189,13 @@ pub async fn mcp_config(g: &Global, a: McpConfigArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&cfg)?);
     ctx.close(None).await;
     Ok(())
+}
+
+/// The URL a local client uses for a bind address: a wildcard bind is reached on loopback.
+fn local_url(bind: std::net::SocketAddr) -> String {
+    let mut addr = bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
 }

@@ -33,7 +33,7 @@ pub async fn run(g: &Global, a: AuditArgs) -> Result<()> {
     if let Some(u) = &a.user {
         lodge_core::UserName::parse(u)?;
     }
-    let ctx = Context::open(g).await?;
+    let ctx = Context::open(g, super::Create::No).await?;
     let q = AuditQuery {
         user: a.user,
         since_ms,

@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub fn init_logging(g: &Global) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&g.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // An explicit --log-level wins over RUST_LOG, which wins over the default.
+    let filter = match &g.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level).ok(),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().ok(),
+    }
+    .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -34,16 +37,30 @@ pub struct Context {
     sqlite: SqliteStore,
 }
 
+/// Whether a command may create DATA_DIR: only those that start a deployment (`serve`,
+/// `user add`); every other command on a missing one is a mistyped path, said as such.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    Yes,
+    No,
+}
+
 impl Context {
-    pub async fn open(g: &Global) -> Result<Self> {
+    pub async fn open(g: &Global, create: Create) -> Result<Self> {
         let data_dir = g.data_dir.clone();
+        let db = data_dir.join("lodge.db");
+        if create == Create::No && !db.exists() {
+            anyhow::bail!(
+                "no Lodge data in {}: check --data-dir / LODGE_DATA_DIR, or start with 'lodge user add NAME'",
+                data_dir.display()
+            );
+        }
         ensure_private_dir(&data_dir)?;
         let config_path = match &g.config {
             Some(p) => Some(p.clone()),
             None => Some(data_dir.join("lodge.toml")).filter(|p| p.exists()),
         };
         let config = Config::load(config_path.as_deref(), std::env::vars())?;
-        let db = data_dir.join("lodge.db");
         let sqlite = SqliteStore::open(&db)
             .await
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;

@@ -7,7 +7,7 @@ use lodge_hub::Hub;
 use std::io::Write;
 
 pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
-    let ctx = Context::open(g).await?;
+    let ctx = Context::open(g, super::Create::Yes).await?;
     let mut config = ctx.config.clone();
     if let Some(b) = a.bind {
         config.server.bind = b;
