@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestHub, http, init_body};
+use common::{TestHub, http, init_body, open_session};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -174,14 +174,8 @@ async fn sessions_api_lists_own_or_all_and_ends_them() {
     let root = hub.token("root", &["--scopes", "inherit"]);
     let alice = hub.token("alice", &["--scopes", "mcp,self"]);
     let bob = hub.token("bob", &["--scopes", "mcp,self"]);
-    let sid_a = initialize(&hub, &alice).await.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned();
-    let sid_b = initialize(&hub, &bob).await.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned();
+    let sid_a = open_session(&hub.mcp_url(), &alice).await;
+    let sid_b = open_session(&hub.mcp_url(), &bob).await;
 
     let (s, v) = get(&hub, "/api/sessions", Some(&alice)).await;
     assert_eq!(s, 200);
@@ -243,10 +237,7 @@ async fn session_limits_idle_timeout_and_max_age() {
     hub.add_user("bob");
     let a = hub.token("alice", &[]);
     let b = hub.token("bob", &[]);
-    let s1 = initialize(&hub, &a).await.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned();
+    let s1 = open_session(&hub.mcp_url(), &a).await;
     assert_eq!(initialize(&hub, &a).await.status(), 200);
     let r = initialize(&hub, &a).await;
     assert_eq!(r.status(), 429, "third session over max_per_user=2");
@@ -300,10 +291,7 @@ async fn metrics_need_a_scope_and_report_traffic() {
     hub.add_user("alice");
     let root = hub.token("root", &["--scopes", "read:metrics"]);
     let alice = hub.token("alice", &[]);
-    let sid = initialize(&hub, &alice).await.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned();
+    let sid = open_session(&hub.mcp_url(), &alice).await;
     http()
         .post(hub.mcp_url())
         .bearer_auth(&alice)
@@ -351,10 +339,7 @@ async fn audit_records_auth_failures_tool_calls_and_admin_actions() {
     let hub = TestHub::start_env(&[("LODGE_SESSIONS_FLUSH_INTERVAL", "100ms")]);
     hub.add_user("alice");
     let alice = hub.token("alice", &[]);
-    let sid = initialize(&hub, &alice).await.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned();
+    let sid = open_session(&hub.mcp_url(), &alice).await;
     http()
         .post(hub.mcp_url())
         .bearer_auth(&alice)
@@ -525,12 +510,7 @@ async fn concurrent_session_info_over_many_sessions_stays_bounded_and_alive() {
     let t = hub.token("alice", &[]);
     let mut sids = Vec::new();
     for _ in 0..40 {
-        sids.push(
-            initialize(&hub, &t).await.headers()["mcp-session-id"]
-                .to_str()
-                .expect("sid")
-                .to_owned(),
-        );
+        sids.push(open_session(&hub.mcp_url(), &t).await);
     }
     // Every call updates last-use times while others list and sort them.
     let calls = (0..400).map(|i| {

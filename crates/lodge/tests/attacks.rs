@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestHub, http, init_body};
+use common::{TestHub, http, init_body, open_session};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -41,21 +41,6 @@ async fn post(url: &str, auth: Option<&str>, sid: Option<&str>, body: &Value) ->
     r.send().await.expect("request")
 }
 
-async fn initialize(url: &str, token: &str) -> String {
-    let r = post(
-        url,
-        Some(&format!("Bearer {token}")),
-        None,
-        &init_body("2025-11-25"),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned()
-}
-
 /// An `initialize` on `/mcp` with this exact `Authorization` header value.
 async fn init_as(w: &World, authorization: &str) -> Response {
     post(
@@ -69,7 +54,7 @@ async fn init_as(w: &World, authorization: &str) -> Response {
 
 /// The liveness check every attack ends with: alice can still open a session and call a tool.
 async fn still_serves(w: &World) {
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let r = post(
         &w.hub.mcp_url(),
         Some(&format!("Bearer {}", w.alice)),
@@ -278,7 +263,7 @@ async fn filtered_service_token_acts_for_exactly_one_user() {
     w.hub.add_admin("svc");
     let svc = w.hub.token("svc", &["--scopes", "mcp!user=bob"]);
     let auth = format!("Bearer {svc}");
-    let sid = initialize(&w.hub.user_url("bob"), &svc).await;
+    let sid = open_session(&w.hub.user_url("bob"), &svc).await;
     let r = post(
         &w.hub.user_url("bob"),
         Some(&auth),
@@ -307,7 +292,7 @@ async fn filtered_service_token_acts_for_exactly_one_user() {
 #[tokio::test]
 async fn stolen_session_id_is_useless_to_another_user() {
     let w = world();
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let bob = format!("Bearer {}", w.bob);
     let r = post(&w.hub.mcp_url(), Some(&bob), Some(&sid), &call_body()).await;
     assert_eq!(r.status(), 404, "bob used alice's session");
@@ -386,7 +371,7 @@ async fn allowed_origin_passes() {
 async fn oversized_body_gets_413() {
     let w = world_env(&[("LODGE_SERVER_MAX_BODY_BYTES", "65536")]);
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "session_info", "arguments": {"pad": "x".repeat(200_000)}}});
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let r = post(
         &w.hub.mcp_url(),
         Some(&format!("Bearer {}", w.alice)),
@@ -421,7 +406,7 @@ async fn raw(w: &World, sid: Option<&str>, body: &str, content_type: &str) -> (S
 #[tokio::test]
 async fn malformed_json_rpc_gets_precise_errors() {
     let w = world();
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let cases: [(&str, u16, i64); 7] = [
         ("{not json", 400, -32700),
         ("", 400, -32700),
@@ -474,7 +459,7 @@ async fn malformed_json_rpc_gets_precise_errors() {
 #[tokio::test]
 async fn unknown_method_is_method_not_found_in_both_revisions() {
     let w = world();
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let (s, v) = raw(
         &w,
         Some(&sid),
@@ -503,7 +488,7 @@ async fn unknown_method_is_method_not_found_in_both_revisions() {
 #[tokio::test]
 async fn batches_of_garbage_are_refused() {
     let w = world();
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     for body in [
         r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/list"}]"#,
         r#"[1, "two", null, {}, [[]]]"#,
@@ -580,7 +565,7 @@ async fn stateless_requests_with_inconsistent_versions_are_refused() {
 async fn failed_auth_flood_is_rate_limited_but_known_tokens_still_work() {
     let w = world_env(&[("LODGE_AUTH_FAILED_AUTH_PER_MINUTE", "5")]);
     // Alice's token is verified once before the flood.
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let mut statuses = Vec::new();
     for i in 0..12 {
         let t = format!("Bearer lodge_{:0>40}", i);
@@ -614,7 +599,7 @@ async fn failed_auth_flood_is_rate_limited_but_known_tokens_still_work() {
 #[tokio::test]
 async fn a_session_cannot_switch_protocol_version() {
     let w = world();
-    let sid = initialize(&w.hub.mcp_url(), &w.alice).await;
+    let sid = open_session(&w.hub.mcp_url(), &w.alice).await;
     let r = http()
         .post(w.hub.mcp_url())
         .bearer_auth(&w.alice)

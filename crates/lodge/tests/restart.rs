@@ -3,30 +3,15 @@
 
 mod common;
 
-use common::{TestHub, http, init_body};
-use serde_json::{Value, json};
-
-async fn initialize(hub: &TestHub, token: &str) -> String {
-    let r = http()
-        .post(hub.mcp_url())
-        .bearer_auth(token)
-        .json(&init_body("2025-11-25"))
-        .send()
-        .await
-        .expect("initialize");
-    assert_eq!(r.status(), 200);
-    r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("sid")
-        .to_owned()
-}
+use common::{TestHub, http, open_session, session_info_call};
+use serde_json::Value;
 
 async fn call_session_info(hub: &TestHub, token: &str, sid: &str) -> (u16, Value) {
     let r = http()
         .post(hub.mcp_url())
         .bearer_auth(token)
         .header("mcp-session-id", sid)
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "session_info", "arguments": {}}}))
+        .json(&session_info_call())
         .send()
         .await
         .expect("call");
@@ -39,7 +24,7 @@ async fn session_survives_graceful_restart_and_kill() {
     let mut hub = TestHub::start();
     hub.add_user("alice");
     let t = hub.token("alice", &[]);
-    let sid = initialize(&hub, &t).await;
+    let sid = open_session(&hub.mcp_url(), &t).await;
     let (status, body) = call_session_info(&hub, &t, &sid).await;
     assert_eq!(status, 200, "{body}");
 
@@ -53,7 +38,7 @@ async fn session_survives_graceful_restart_and_kill() {
     );
 
     // A session is durable before its id is returned, so even SIGKILL right after keeps it.
-    let sid2 = initialize(&hub, &t).await;
+    let sid2 = open_session(&hub.mcp_url(), &t).await;
     hub.kill();
     hub.spawn();
     let (status, body) = call_session_info(&hub, &t, &sid2).await;
@@ -135,7 +120,7 @@ fn sigkill_mid_write_loses_no_committed_user_or_token() {
     }
     let rt = tokio::runtime::Runtime::new().expect("rt");
     for (user, token) in &tokens {
-        let sid = rt.block_on(initialize(&hub, token));
+        let sid = rt.block_on(open_session(&hub.mcp_url(), token));
         let (status, body) = rt.block_on(call_session_info(&hub, token, &sid));
         assert_eq!(status, 200);
         assert_eq!(body["result"]["structuredContent"]["user"], *user);
@@ -147,14 +132,14 @@ async fn a_new_user_never_inherits_a_removed_users_sessions() {
     let hub = TestHub::start();
     hub.add_user("bob");
     let tb = hub.token("bob", &[]);
-    let sid = initialize(&hub, &tb).await;
+    let sid = open_session(&hub.mcp_url(), &tb).await;
     // Removed through the CLI while the hub runs, then a new user is added.
     hub.ok(&["user", "remove", "bob"]);
     hub.add_user("carol");
     let tc = hub.token("carol", &[]);
     let (status, body) = call_session_info(&hub, &tc, &sid).await;
     assert_eq!(status, 404, "carol reached bob's old session: {body}");
-    let own = initialize(&hub, &tc).await;
+    let own = open_session(&hub.mcp_url(), &tc).await;
     let (_, body) = call_session_info(&hub, &tc, &own).await;
     let listed = body["result"]["structuredContent"]["sessions"].to_string();
     assert!(!listed.contains(&sid), "carol sees bob's session: {listed}");

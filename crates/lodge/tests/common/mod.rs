@@ -162,3 +162,25 @@ pub fn init_body(version: &str) -> serde_json::Value {
         "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
     })
 }
+
+/// Opens a legacy MCP session on `url` with `token`; returns its id.
+pub async fn open_session(url: &str, token: &str) -> String {
+    let r = http()
+        .post(url)
+        .bearer_auth(token)
+        .json(&init_body("2025-11-25"))
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(r.status(), 200, "initialize on {url}");
+    r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_owned()
+}
+
+/// A `tools/call` of `session_info` with no arguments.
+pub fn session_info_call() -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "session_info", "arguments": {}}})
+}
