@@ -1,0 +1,1251 @@
+//! The room protocol: the framed messages the hub and one `lodge agent` exchange over their
+//! private channel (stdio for a local room, an authenticated TCP stream for a pod).
+//! It only carries requests and their results: it makes no policy decisions, validates no paths
+//! (the agent's workspace module does) and never logs payloads, which may carry secrets.
+//!
+//! # Wire format
+//! Every frame is a 4-byte big-endian length followed by exactly that many bytes of JSON (one
+//! message). Frames above a maximum size ([`MAX_FRAME_LEN`] unless configured) are refused on
+//! both encode and decode, before anything of that size is allocated.
+//!
+//! Messages are JSON objects tagged by `"type"`. The first frame each side sends is a
+//! [`Hello`] (`{"type":"hello","protocol":1,"version":"0.1.0"}`); each side checks the peer's
+//! with [`check_hello`] and closes the channel on [`ProtocolError::Incompatible`]. After that
+//! the hub sends [`HubMessage`]s and the agent sends [`AgentMessage`]s.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The protocol revision this build speaks. Bump it on any incompatible change to the messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default largest frame body (the JSON after the length prefix), in bytes: 16 MiB.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Length of the big-endian frame length prefix.
+const PREFIX_LEN: usize = 4;
+
+// ---------------------------------------------------------------------------------------------
+// Errors at the codec boundary
+// ---------------------------------------------------------------------------------------------
+
+/// What can go wrong on the channel itself (as opposed to inside one operation, see [`OpError`]).
+/// After any of these the channel should be closed: the peers no longer agree on the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// A frame's length is above the configured maximum (on decode: announced by the peer).
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    /// A frame that is not valid JSON or not a valid message (or a message that could not be
+    /// encoded). The message never quotes string values from the frame.
+    #[error("malformed frame ({len} bytes): {message}")]
+    Malformed { len: usize, message: String },
+    /// The underlying channel failed.
+    #[error("room channel I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer speaks another protocol revision.
+    #[error(
+        "incompatible room protocol: we speak version {ours}, the peer speaks version {theirs}"
+    )]
+    Incompatible { ours: u32, theirs: u32 },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versioning
+// ---------------------------------------------------------------------------------------------
+
+/// The first frame each side sends (one `Hello` each way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol revision the sender speaks.
+    pub protocol: u32,
+    /// The sender's software version, for diagnostics only (never used for compatibility).
+    pub version: String,
+}
+
+impl Hello {
+    /// The hello this build sends, with the given software version.
+    pub fn current(version: impl Into<String>) -> Self {
+        Self {
+            protocol: PROTOCOL_VERSION,
+            version: version.into(),
+        }
+    }
+}
+
+/// Checks the peer's hello: accepted only if it speaks exactly [`PROTOCOL_VERSION`].
+pub fn check_hello(peer: &Hello) -> Result<(), ProtocolError> {
+    if peer.protocol == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::Incompatible {
+            ours: PROTOCOL_VERSION,
+            theirs: peer.protocol,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------------
+
+/// Hub -> agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubMessage {
+    /// The first frame the hub sends.
+    Hello(Hello),
+    /// Perform `op`; the agent answers with exactly one [`AgentMessage::Response`] for `id`.
+    Request { id: u64, op: Op },
+    /// Stop working on request `id` if it still runs (it then answers with `Cancelled`).
+    Cancel { id: u64 },
+    /// Finish up and exit.
+    Shutdown,
+}
+
+/// Agent -> hub.
+///
+/// The derived `Debug` shows file contents and command output: do not log these messages whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// The first frame the agent sends.
+    Hello(Hello),
+    /// The final answer to request `id`; on the wire `result` is `{"ok": ...}` or `{"err": ...}`.
+    Response {
+        id: u64,
+        #[serde(with = "result_repr")]
+        result: Result<OpResult, OpError>,
+    },
+    /// Progress of a request that is still running.
+    Progress {
+        id: u64,
+        message: String,
+        progress: Option<f64>,
+        total: Option<f64>,
+    },
+    /// A chunk of a running command's output.
+    Output {
+        id: u64,
+        stream: Stream,
+        data: String,
+    },
+    /// The agent's own diagnostics.
+    Log { level: LogLevel, message: String },
+}
+
+/// Which output stream of a command a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Severity of an [`AgentMessage::Log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// An operation the agent performs in the room. Paths are relative to the workspace and are
+/// not validated here.
+///
+/// `Debug` is written by hand (see below): it never prints env values or file contents.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Ping,
+    FsList {
+        path: String,
+        recursive: bool,
+        limit: u64,
+    },
+    FsRead {
+        path: String,
+        offset: u64,
+        limit: u64,
+    },
+    FsWrite {
+        path: String,
+        content: String,
+        create_dirs: bool,
+    },
+    FsEdit {
+        path: String,
+        old: String,
+        new: String,
+        replace_all: bool,
+    },
+    FsDelete {
+        path: String,
+        recursive: bool,
+    },
+    FsMove {
+        from: String,
+        to: String,
+        overwrite: bool,
+    },
+    FsMkdir {
+        path: String,
+        parents: bool,
+    },
+    FsSearch {
+        path: String,
+        glob: Option<String>,
+        text: Option<String>,
+        limit: u64,
+    },
+    RunCommand {
+        command: String,
+        cwd: Option<String>,
+        timeout_ms: u64,
+        /// Extra environment for this one child process. Secrets reach a room only this way,
+        /// so the values are secret: never print or log them.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        output_cap: u64,
+    },
+}
+
+/// Hand-written so that `{:?}` of an op (which ends up in logs and panic messages) never shows a
+/// secret: `RunCommand.env` carries the user's secrets as values, so only the names are printed;
+/// file contents (`FsWrite.content`, `FsEdit.old`/`new`) may hold secrets too and are shown as
+/// their length.
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Ping => f.write_str("Ping"),
+            Op::FsList {
+                path,
+                recursive,
+                limit,
+            } => f
+                .debug_struct("FsList")
+                .field("path", path)
+                .field("recursive", recursive)
+                .field("limit", limit)
+                .finish(),
+            Op::FsRead {
+                path,
+                offset,
+                limit,
+            } => f
+                .debug_struct("FsRead")
+                .field("path", path)
+                .field("offset", offset)
+                .field("limit", limit)
+                .finish(),
+            Op::FsWrite {
+                path,
+                content,
+                create_dirs,
+            } => f
+                .debug_struct("FsWrite")
+                .field("path", path)
+                .field("content", &Omitted(content.len()))
+                .field("create_dirs", create_dirs)
+                .finish(),
+            Op::FsEdit {
+                path,
+                old,
+                new,
+                replace_all,
+            } => f
+                .debug_struct("FsEdit")
+                .field("path", path)
+                .field("old", &Omitted(old.len()))
+                .field("new", &Omitted(new.len()))
+                .field("replace_all", replace_all)
+                .finish(),
+            Op::FsDelete { path, recursive } => f
+                .debug_struct("FsDelete")
+                .field("path", path)
+                .field("recursive", recursive)
+                .finish(),
+            Op::FsMove {
+                from,
+                to,
+                overwrite,
+            } => f
+                .debug_struct("FsMove")
+                .field("from", from)
+                .field("to", to)
+                .field("overwrite", overwrite)
+                .finish(),
+            Op::FsMkdir { path, parents } => f
+                .debug_struct("FsMkdir")
+                .field("path", path)
+                .field("parents", parents)
+                .finish(),
+            Op::FsSearch {
+                path,
+                glob,
+                text,
+                limit,
+            } => f
+                .debug_struct("FsSearch")
+                .field("path", path)
+                .field("glob", glob)
+                .field("text", text)
+                .field("limit", limit)
+                .finish(),
+            Op::RunCommand {
+                command,
+                cwd,
+                timeout_ms,
+                env,
+                output_cap,
+            } => f
+                .debug_struct("RunCommand")
+                .field("command", command)
+                .field("cwd", cwd)
+                .field("timeout_ms", timeout_ms)
+                .field("env", &EnvNames(env))
+                .field("output_cap", output_cap)
+                .finish(),
+        }
+    }
+}
+
+/// Debug stand-in for content that must not be printed: shows only its length.
+struct Omitted(usize);
+
+impl fmt::Debug for Omitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+/// Debug stand-in for an environment: names with their values redacted.
+struct EnvNames<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for EnvNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Redacted;
+        impl fmt::Debug for Redacted {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("<redacted>")
+            }
+        }
+        f.debug_map()
+            .entries(self.0.keys().map(|name| (name, Redacted)))
+            .finish()
+    }
+}
+
+/// The successful result of an [`Op`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OpResult {
+    /// For `Ping`.
+    Pong,
+    /// For `FsList`; `truncated` when `limit` cut the listing short.
+    Entries {
+        entries: Vec<Entry>,
+        truncated: bool,
+    },
+    /// For `FsRead`: `content` starts at byte `offset` of a file of `total_size` bytes.
+    Read {
+        content: String,
+        offset: u64,
+        total_size: u64,
+        eof: bool,
+    },
+    /// For `FsWrite`.
+    Written { bytes: u64 },
+    /// For `FsEdit`.
+    Edited { replacements: u32 },
+    /// For `FsDelete`, `FsMove`, `FsMkdir`.
+    Done,
+    /// For `FsSearch`; `truncated` when `limit` cut the matches short.
+    Matches {
+        matches: Vec<Match>,
+        truncated: bool,
+    },
+    /// For `RunCommand`. Output beyond `output_cap` is dropped and flagged as truncated.
+    Command {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        stdout: String,
+        stderr: String,
+        stdout_truncated: bool,
+        stderr_truncated: bool,
+        timed_out: bool,
+        duration_ms: u64,
+    },
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
+/// What a listed path is (symlinks are reported, not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One search hit: a file (by name or glob) or a line within it (by text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    pub path: String,
+    pub line: Option<u64>,
+    pub text: Option<String>,
+}
+
+/// Why an operation failed. The channel stays usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct OpError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The class of an [`OpError`], for the hub to map onto its own errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InvalidPath,
+    NotFound,
+    AlreadyExists,
+    NotADirectory,
+    IsADirectory,
+    PermissionDenied,
+    TooLarge,
+    InvalidArgument,
+    Cancelled,
+    TimedOut,
+    Io,
+    Unsupported,
+}
+
+impl ErrorKind {
+    /// The wire name (snake_case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidPath => "invalid_path",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::NotADirectory => "not_a_directory",
+            ErrorKind::IsADirectory => "is_a_directory",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::TimedOut => "timed_out",
+            ErrorKind::Io => "io",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `Result<OpResult, OpError>` on the wire as `{"ok": ...}` or `{"err": ...}`.
+mod result_repr {
+    use super::{OpError, OpResult};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Borrowed<'a> {
+        Ok(&'a OpResult),
+        Err(&'a OpError),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Owned {
+        Ok(OpResult),
+        Err(OpError),
+    }
+
+    pub fn serialize<S: Serializer>(
+        result: &Result<OpResult, OpError>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match result {
+            Ok(value) => Borrowed::Ok(value),
+            Err(error) => Borrowed::Err(error),
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Result<OpResult, OpError>, D::Error> {
+        Ok(match Owned::deserialize(deserializer)? {
+            Owned::Ok(value) => Ok(value),
+            Owned::Err(error) => Err(error),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------
+
+/// Length-prefixed JSON frames: decodes `In`, encodes `Out`. Use [`HubCodec`] on the hub and
+/// [`AgentCodec`] in the agent, e.g. `Framed::new(stream, HubCodec::new())`.
+pub struct FrameCodec<In, Out> {
+    max_frame_len: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+/// The hub's end: reads agent messages, writes hub messages.
+pub type HubCodec = FrameCodec<AgentMessage, HubMessage>;
+/// The agent's end: reads hub messages, writes agent messages.
+pub type AgentCodec = FrameCodec<HubMessage, AgentMessage>;
+
+impl<In, Out> FrameCodec<In, Out> {
+    /// A codec with the default limit, [`MAX_FRAME_LEN`].
+    pub fn new() -> Self {
+        Self::with_max_frame_len(MAX_FRAME_LEN)
+    }
+
+    /// A codec refusing frame bodies above `max` bytes (capped at what the prefix can express).
+    pub fn with_max_frame_len(max: usize) -> Self {
+        Self {
+            max_frame_len: max.min(u32::MAX as usize),
+            _types: PhantomData,
+        }
+    }
+
+    /// The largest frame body this codec accepts, in bytes.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+}
+
+impl<In, Out> Default for FrameCodec<In, Out> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<In, Out> Clone for FrameCodec<In, Out> {
+    fn clone(&self) -> Self {
+        Self::with_max_frame_len(self.max_frame_len)
+    }
+}
+
+impl<In, Out> fmt::Debug for FrameCodec<In, Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameCodec")
+            .field("max_frame_len", &self.max_frame_len)
+            .finish()
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ProtocolError> {
+        if src.len() < PREFIX_LEN {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix.copy_from_slice(&src[..PREFIX_LEN]);
+        let len = u32::from_be_bytes(prefix) as usize;
+        // Checked before reserving anything: a hostile prefix must not cause a huge allocation.
+        if len > self.max_frame_len {
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                max: self.max_frame_len,
+            });
+        }
+        let total = PREFIX_LEN + len;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX_LEN);
+        let frame = src.split_to(len);
+        serde_json::from_slice(&frame)
+            .map(Some)
+            .map_err(|error| ProtocolError::Malformed {
+                len,
+                message: describe_json_error(&error),
+            })
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let start = dst.len();
+        dst.put_u32(0); // placeholder, patched below
+        let written = serde_json::to_writer((&mut *dst).writer(), &item);
+        let len = dst.len() - start - PREFIX_LEN;
+        if let Err(error) = written {
+            dst.truncate(start);
+            return Err(ProtocolError::Malformed {
+                len,
+                message: format!("cannot encode message: {}", describe_json_error(&error)),
+            });
+        }
+        if len > self.max_frame_len {
+            dst.truncate(start);
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                max: self.max_frame_len,
+            });
+        }
+        // `len <= max_frame_len <= u32::MAX`, so this conversion cannot fail.
+        let prefix = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge {
+            len,
+            max: self.max_frame_len,
+        })?;
+        dst[start..start + PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
+        Ok(())
+    }
+}
+
+/// serde_json's error text, with any quoted string values replaced by `"…"`: errors such as
+/// `invalid type: string "…", expected u64` would otherwise copy payload (perhaps a secret) into
+/// logs. Positions, field names and expectations are kept.
+fn describe_json_error(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            out.push(c);
+            continue;
+        }
+        out.push_str("\"…\"");
+        let mut escaped = false;
+        for c in chars.by_ref() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use serde_json::json;
+    use tokio_util::codec::Framed;
+
+    fn all_ops() -> Vec<Op> {
+        vec![
+            Op::Ping,
+            Op::FsList {
+                path: "src".into(),
+                recursive: true,
+                limit: 100,
+            },
+            Op::FsRead {
+                path: "a.txt".into(),
+                offset: 10,
+                limit: 4096,
+            },
+            Op::FsWrite {
+                path: "dir/b.txt".into(),
+                content: "héllo\nworld\u{0}".into(),
+                create_dirs: true,
+            },
+            Op::FsEdit {
+                path: "b.txt".into(),
+                old: "world".into(),
+                new: "there".into(),
+                replace_all: false,
+            },
+            Op::FsDelete {
+                path: "old".into(),
+                recursive: true,
+            },
+            Op::FsMove {
+                from: "a".into(),
+                to: "b".into(),
+                overwrite: false,
+            },
+            Op::FsMkdir {
+                path: "x/y".into(),
+                parents: true,
+            },
+            Op::FsSearch {
+                path: ".".into(),
+                glob: Some("*.rs".into()),
+                text: None,
+                limit: 50,
+            },
+            Op::RunCommand {
+                command: "echo $GREETING".into(),
+                cwd: Some("sub".into()),
+                timeout_ms: 30_000,
+                env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+                output_cap: 65_536,
+            },
+            Op::RunCommand {
+                command: "true".into(),
+                cwd: None,
+                timeout_ms: 1,
+                env: BTreeMap::new(),
+                output_cap: 0,
+            },
+        ]
+    }
+
+    fn all_hub_messages() -> Vec<HubMessage> {
+        let mut messages = vec![HubMessage::Hello(Hello::current("0.1.0"))];
+        messages.extend(
+            all_ops()
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| HubMessage::Request { id: i as u64, op }),
+        );
+        messages.push(HubMessage::Cancel { id: u64::MAX });
+        messages.push(HubMessage::Shutdown);
+        messages
+    }
+
+    fn all_results() -> Vec<OpResult> {
+        vec![
+            OpResult::Pong,
+            OpResult::Entries {
+                entries: vec![
+                    Entry {
+                        path: "a".into(),
+                        kind: EntryKind::File,
+                        size: 3,
+                    },
+                    Entry {
+                        path: "d".into(),
+                        kind: EntryKind::Dir,
+                        size: 0,
+                    },
+                    Entry {
+                        path: "l".into(),
+                        kind: EntryKind::Symlink,
+                        size: 1,
+                    },
+                    Entry {
+                        path: "p".into(),
+                        kind: EntryKind::Other,
+                        size: 0,
+                    },
+                ],
+                truncated: true,
+            },
+            OpResult::Read {
+                content: "abc".into(),
+                offset: 2,
+                total_size: 5,
+                eof: true,
+            },
+            OpResult::Written { bytes: 12 },
+            OpResult::Edited { replacements: 2 },
+            OpResult::Done,
+            OpResult::Matches {
+                matches: vec![
+                    Match {
+                        path: "x.rs".into(),
+                        line: Some(4),
+                        text: Some("fn main()".into()),
+                    },
+                    Match {
+                        path: "y.rs".into(),
+                        line: None,
+                        text: None,
+                    },
+                ],
+                truncated: false,
+            },
+            OpResult::Command {
+                exit_code: Some(0),
+                signal: None,
+                stdout: "hi\n".into(),
+                stderr: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: true,
+                timed_out: false,
+                duration_ms: 3,
+            },
+            OpResult::Command {
+                exit_code: None,
+                signal: Some(9),
+                stdout: String::new(),
+                stderr: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                timed_out: true,
+                duration_ms: 1000,
+            },
+        ]
+    }
+
+    fn all_agent_messages() -> Vec<AgentMessage> {
+        let mut messages = vec![AgentMessage::Hello(Hello::current("0.1.0-agent"))];
+        messages.extend(all_results().into_iter().enumerate().map(|(i, r)| {
+            AgentMessage::Response {
+                id: i as u64,
+                result: Ok(r),
+            }
+        }));
+        for (i, kind) in [
+            ErrorKind::InvalidPath,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::NotADirectory,
+            ErrorKind::IsADirectory,
+            ErrorKind::PermissionDenied,
+            ErrorKind::TooLarge,
+            ErrorKind::InvalidArgument,
+            ErrorKind::Cancelled,
+            ErrorKind::TimedOut,
+            ErrorKind::Io,
+            ErrorKind::Unsupported,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            messages.push(AgentMessage::Response {
+                id: 100 + i as u64,
+                result: Err(OpError::new(kind, format!("failed: {kind}"))),
+            });
+        }
+        messages.extend([
+            AgentMessage::Progress {
+                id: 3,
+                message: "copying".into(),
+                progress: Some(0.5),
+                total: Some(2.0),
+            },
+            AgentMessage::Progress {
+                id: 3,
+                message: String::new(),
+                progress: None,
+                total: None,
+            },
+            AgentMessage::Output {
+                id: 4,
+                stream: Stream::Stdout,
+                data: "out".into(),
+            },
+            AgentMessage::Output {
+                id: 4,
+                stream: Stream::Stderr,
+                data: "err".into(),
+            },
+        ]);
+        for level in [
+            LogLevel::Error,
+            LogLevel::Warn,
+            LogLevel::Info,
+            LogLevel::Debug,
+            LogLevel::Trace,
+        ] {
+            messages.push(AgentMessage::Log {
+                level,
+                message: "agent started".into(),
+            });
+        }
+        messages
+    }
+
+    #[tokio::test]
+    async fn every_message_round_trips_over_a_real_pipe() {
+        let (hub_end, agent_end) = tokio::io::duplex(64);
+        let mut hub = Framed::new(hub_end, HubCodec::new());
+        let mut agent = Framed::new(agent_end, AgentCodec::new());
+
+        let hub_messages = all_hub_messages();
+        let agent_messages = all_agent_messages();
+
+        // Both directions at once: the pipe buffer is small, so writes must interleave with reads.
+        let to_agent = hub_messages.clone();
+        let hub_task = tokio::spawn(async move {
+            for message in to_agent {
+                hub.send(message).await.expect("hub send");
+            }
+            let mut received = Vec::new();
+            while let Some(message) = hub.next().await {
+                received.push(message.expect("hub decode"));
+            }
+            received
+        });
+        let to_hub = agent_messages.clone();
+        let agent_task = tokio::spawn(async move {
+            let mut received = Vec::new();
+            for _ in 0..hub_messages.len() {
+                let message = agent.next().await.expect("agent stream ended early");
+                received.push(message.expect("agent decode"));
+            }
+            for message in to_hub {
+                agent.send(message).await.expect("agent send");
+            }
+            // Dropping `agent` closes the pipe so the hub's stream ends.
+            received
+        });
+        let at_agent = agent_task.await.expect("agent task");
+        let at_hub = hub_task.await.expect("hub task");
+        assert_eq!(at_agent, all_hub_messages());
+        assert_eq!(at_hub, agent_messages);
+    }
+
+    fn encode_all<T: Serialize + Clone>(messages: &[T]) -> BytesMut {
+        let mut codec = FrameCodec::<T, T>::new();
+        let mut buf = BytesMut::new();
+        for message in messages {
+            codec.encode(message.clone(), &mut buf).expect("encode");
+        }
+        buf
+    }
+
+    #[test]
+    fn back_to_back_frames_decode_in_order_whatever_the_split() {
+        let messages = all_agent_messages();
+        let wire = encode_all(&messages);
+        for chunk in [1, 2, 3, 5, 7, 64, wire.len()] {
+            let mut codec = HubCodec::new();
+            let mut buf = BytesMut::new();
+            let mut decoded = Vec::new();
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(message) = codec.decode(&mut buf).expect("decode") {
+                    decoded.push(message);
+                }
+            }
+            assert!(buf.is_empty(), "chunk {chunk}: bytes left over");
+            assert_eq!(decoded, messages, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_without_allocating() {
+        let mut codec = AgentCodec::new();
+        let mut buf = BytesMut::from(&[0xFF, 0xFF, 0xFF, 0xFF, b'{'][..]);
+        match codec.decode(&mut buf) {
+            Err(ProtocolError::FrameTooLarge { len, max }) => {
+                assert_eq!(len, 0xFFFF_FFFF);
+                assert_eq!(max, MAX_FRAME_LEN);
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(buf.capacity() < 1024, "capacity grew to {}", buf.capacity());
+
+        // Just over a custom limit: refused too, while exactly the limit is fine.
+        let frame = br#"{"type":"shutdown"}"#;
+        let mut tight = AgentCodec::with_max_frame_len(frame.len() - 1);
+        let mut buf = BytesMut::new();
+        buf.put_u32(frame.len() as u32);
+        assert!(matches!(
+            tight.decode(&mut buf),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+        let mut exact = AgentCodec::with_max_frame_len(frame.len());
+        buf.extend_from_slice(frame);
+        assert_eq!(
+            exact.decode(&mut buf).expect("decode"),
+            Some(HubMessage::Shutdown)
+        );
+    }
+
+    #[test]
+    fn oversized_encode_is_refused_and_leaves_the_buffer_as_it_was() {
+        let mut codec = HubCodec::with_max_frame_len(64);
+        let mut buf = BytesMut::new();
+        codec
+            .encode(HubMessage::Shutdown, &mut buf)
+            .expect("small frame");
+        let before = buf.clone();
+        let big = HubMessage::Request {
+            id: 1,
+            op: Op::FsWrite {
+                path: "f".into(),
+                content: "x".repeat(1000),
+                create_dirs: false,
+            },
+        };
+        match codec.encode(big, &mut buf) {
+            Err(ProtocolError::FrameTooLarge { len, max }) => {
+                assert!(len > 1000, "len {len}");
+                assert_eq!(max, 64);
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert_eq!(buf, before);
+    }
+
+    fn frame(body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(body);
+        buf
+    }
+
+    fn malformed(body: &[u8]) -> (usize, String) {
+        let mut buf = frame(body);
+        match AgentCodec::new().decode(&mut buf) {
+            Err(error @ ProtocolError::Malformed { .. }) => {
+                let shown = error.to_string();
+                let ProtocolError::Malformed { len, message } = error else {
+                    unreachable!()
+                };
+                assert!(
+                    shown.contains(&format!("({} bytes)", body.len())),
+                    "{shown}"
+                );
+                (len, message)
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_reported_with_its_length() {
+        let (len, message) = malformed(b"{not json");
+        assert_eq!(len, 9);
+        assert!(message.contains("line 1 column"), "{message}");
+
+        let (len, message) = malformed(b"");
+        assert_eq!(len, 0);
+        assert!(message.contains("EOF"), "{message}");
+    }
+
+    #[test]
+    fn wrong_shape_is_malformed_and_quotes_no_values() {
+        let (_, message) = malformed(br#"{"type":"launch_missiles"}"#);
+        assert!(message.contains("unknown variant"), "{message}");
+
+        let (_, message) = malformed(br#"{"type":"cancel"}"#);
+        assert!(message.contains("missing field `id`"), "{message}");
+
+        let body = br#"{"type":"cancel","id":"sk-SECRET-123"}"#;
+        let (_, message) = malformed(body);
+        assert!(message.contains("expected u64"), "{message}");
+        assert!(!message.contains("SECRET"), "value leaked: {message}");
+
+        let (_, message) = malformed(br#"[1,2]"#);
+        assert!(!message.is_empty());
+    }
+
+    #[test]
+    fn truncated_frame_waits_for_more_bytes() {
+        let mut codec = AgentCodec::new();
+        let whole = frame(br#"{"type":"cancel","id":5}"#);
+        let mut buf = BytesMut::from(&whole[..2]);
+        assert_eq!(codec.decode(&mut buf).expect("partial prefix"), None);
+        buf.extend_from_slice(&whole[2..10]);
+        assert_eq!(codec.decode(&mut buf).expect("partial body"), None);
+        assert_eq!(buf.len(), 10, "nothing consumed while waiting");
+        buf.extend_from_slice(&whole[10..]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("whole"),
+            Some(HubMessage::Cancel { id: 5 })
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn version_check_accepts_ours_and_refuses_others() {
+        assert!(check_hello(&Hello::current("whatever")).is_ok());
+        for theirs in [0, PROTOCOL_VERSION + 1, u32::MAX] {
+            let error = check_hello(&Hello {
+                protocol: theirs,
+                version: "9.9.9".into(),
+            })
+            .expect_err("must refuse");
+            match &error {
+                ProtocolError::Incompatible { ours, theirs: t } => {
+                    assert_eq!(*ours, PROTOCOL_VERSION);
+                    assert_eq!(*t, theirs);
+                }
+                other => panic!("expected Incompatible, got {other:?}"),
+            }
+            assert!(error.to_string().contains(&theirs.to_string()));
+        }
+    }
+
+    #[test]
+    fn debug_of_an_op_never_shows_secret_values() {
+        let op = Op::RunCommand {
+            command: "deploy".into(),
+            cwd: None,
+            timeout_ms: 1000,
+            env: BTreeMap::from([
+                ("API_TOKEN".into(), "tok-s3cr3t-value".into()),
+                ("OTHER".into(), "hunter2".into()),
+            ]),
+            output_cap: 10,
+        };
+        for shown in [format!("{op:?}"), format!("{op:#?}")] {
+            assert!(!shown.contains("tok-s3cr3t-value"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("API_TOKEN"), "{shown}");
+            assert!(shown.contains("OTHER"), "{shown}");
+            assert!(shown.contains("deploy"), "{shown}");
+        }
+        let request = HubMessage::Request { id: 1, op };
+        assert!(!format!("{request:?}").contains("hunter2"));
+
+        let write = Op::FsWrite {
+            path: ".env".into(),
+            content: "PASSWORD=hunter2".into(),
+            create_dirs: false,
+        };
+        let shown = format!("{write:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<16 bytes>"), "{shown}");
+    }
+
+    #[test]
+    fn wire_format_is_pinned() {
+        // The exact bytes of one frame, prefix included.
+        let mut buf = BytesMut::new();
+        HubCodec::new()
+            .encode(HubMessage::Cancel { id: 42 }, &mut buf)
+            .expect("encode");
+        let body = br#"{"type":"cancel","id":42}"#;
+        assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&buf[4..], &body[..]);
+
+        let cases: Vec<(serde_json::Value, serde_json::Value)> = vec![
+            (
+                serde_json::to_value(AgentMessage::Progress {
+                    id: 42,
+                    message: "indexing".into(),
+                    progress: Some(3.0),
+                    total: Some(10.0),
+                })
+                .expect("json"),
+                json!({"type":"progress","id":42,"message":"indexing","progress":3.0,"total":10.0}),
+            ),
+            (
+                serde_json::to_value(HubMessage::Hello(Hello::current("0.1.0"))).expect("json"),
+                json!({"type":"hello","protocol":1,"version":"0.1.0"}),
+            ),
+            (
+                serde_json::to_value(HubMessage::Request {
+                    id: 7,
+                    op: Op::FsRead {
+                        path: "a.txt".into(),
+                        offset: 0,
+                        limit: 100,
+                    },
+                })
+                .expect("json"),
+                json!({"type":"request","id":7,"op":{"op":"fs_read","path":"a.txt","offset":0,"limit":100}}),
+            ),
+            (
+                serde_json::to_value(HubMessage::Request {
+                    id: 8,
+                    op: Op::RunCommand {
+                        command: "ls".into(),
+                        cwd: None,
+                        timeout_ms: 5,
+                        env: BTreeMap::from([("K".into(), "v".into())]),
+                        output_cap: 9,
+                    },
+                })
+                .expect("json"),
+                json!({"type":"request","id":8,"op":{"op":"run_command","command":"ls","cwd":null,
+                       "timeout_ms":5,"env":{"K":"v"},"output_cap":9}}),
+            ),
+            (
+                serde_json::to_value(HubMessage::Shutdown).expect("json"),
+                json!({"type":"shutdown"}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Response {
+                    id: 7,
+                    result: Ok(OpResult::Written { bytes: 3 }),
+                })
+                .expect("json"),
+                json!({"type":"response","id":7,"result":{"ok":{"type":"written","bytes":3}}}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Response {
+                    id: 7,
+                    result: Err(OpError::new(ErrorKind::NotFound, "no such file")),
+                })
+                .expect("json"),
+                json!({"type":"response","id":7,"result":{"err":{"kind":"not_found","message":"no such file"}}}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Output {
+                    id: 8,
+                    stream: Stream::Stderr,
+                    data: "oops".into(),
+                })
+                .expect("json"),
+                json!({"type":"output","id":8,"stream":"stderr","data":"oops"}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Log {
+                    level: LogLevel::Warn,
+                    message: "slow disk".into(),
+                })
+                .expect("json"),
+                json!({"type":"log","level":"warn","message":"slow disk"}),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+
+        // A run_command without env decodes with an empty env.
+        let op: Op = serde_json::from_value(json!({"op":"run_command","command":"true",
+            "cwd":null,"timeout_ms":1,"output_cap":1}))
+        .expect("decode");
+        assert!(matches!(op, Op::RunCommand { env, .. } if env.is_empty()));
+    }
+
+    #[test]
+    fn op_error_display_names_the_kind() {
+        let error = OpError::new(ErrorKind::PermissionDenied, "read-only");
+        assert_eq!(error.to_string(), "permission_denied: read-only");
+        for kind in [
+            ErrorKind::InvalidPath,
+            ErrorKind::NotADirectory,
+            ErrorKind::Io,
+        ] {
+            let wire = serde_json::to_value(kind).expect("json");
+            assert_eq!(wire, json!(kind.as_str()));
+        }
+    }
+}
