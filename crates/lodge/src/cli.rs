@@ -60,6 +60,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Benchmark a hub over loopback HTTP and print p50/p99 figures.
     Bench(crate::bench::BenchArgs),
+    /// Report what isolation this machine supports for rooms, and how to fix what is missing.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +150,13 @@ pub struct AuditArgs {
     /// At most this many records (the newest).
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print {"checks": [...], "ready": bool} as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod audit;
+mod doctor;
 mod serve;
 
 use crate::cli::{Cli, Command, Global, LogFormat};
@@ -104,5 +105,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::McpConfig(a) => accounts::mcp_config(&cli.global, a).await,
         Command::Audit(a) => audit::run(&cli.global, a).await,
         Command::Bench(a) => crate::bench::run(a).await,
+        Command::Doctor(a) => doctor::run(a).await,
     }
 }

@@ -1,0 +1,578 @@
+//! `lodge doctor` (SPEC §8): reports which isolation features this machine offers rooms
+//! (bubblewrap, user namespaces, cgroups, Landlock, seccomp, no_new_privs) and the command that
+//! fixes each missing one. It only reads /proc and /sys and runs throwaway probes; it never
+//! changes the machine and needs no DATA_DIR.
+
+use crate::cli::DoctorArgs;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The cgroup controllers a room's resource limits rely on.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Present and usable.
+    Ok,
+    /// Rooms cannot run with the isolation they need.
+    Missing,
+    /// Rooms run, with one layer of defence fewer.
+    Degraded,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Missing => "MISSING",
+            Status::Degraded => "degraded",
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: String) -> Self {
+        Self {
+            name,
+            status: Status::Ok,
+            detail,
+            fix: None,
+        }
+    }
+
+    fn not_ok(name: &'static str, status: Status, detail: String, fix: String) -> Self {
+        Self {
+            name,
+            status,
+            detail,
+            fix: Some(fix),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    checks: &'a [Check],
+    ready: bool,
+}
+
+pub async fn run(args: DoctorArgs) -> Result<()> {
+    let checks = all_checks();
+    let missing: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == Status::Missing)
+        .map(|c| c.name)
+        .collect();
+    let ready = missing.is_empty();
+    if args.json {
+        let report = Report {
+            checks: &checks,
+            ready,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_table(&checks));
+        println!("{}", summary(&checks));
+    }
+    if !ready {
+        anyhow::bail!(
+            "this machine cannot run rooms: missing {} (see the fix lines of `lodge doctor`)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn all_checks() -> Vec<Check> {
+    let bwrap = find_on_path("bwrap");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    vec![
+        check_bubblewrap(bwrap.as_deref()),
+        check_user_namespaces(bwrap.as_deref()),
+        check_cgroups(),
+        check_landlock(),
+        check_seccomp(&status),
+        check_no_new_privs(&status),
+    ]
+}
+
+// ---- rendering ----
+
+fn render_table(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for c in checks {
+        out.push_str(&format!(
+            "{:<8}  {:<width$}  {}\n",
+            c.status.label(),
+            c.name,
+            c.detail
+        ));
+        if let Some(fix) = c.fix.as_deref().filter(|_| c.status != Status::Ok) {
+            out.push_str(&format!("{:<8}  {:<width$}  fix: {fix}\n", "", ""));
+        }
+    }
+    out
+}
+
+fn summary(checks: &[Check]) -> String {
+    let names = |s: Status| -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| c.status == s)
+            .map(|c| c.name)
+            .collect()
+    };
+    let (missing, degraded) = (names(Status::Missing), names(Status::Degraded));
+    if !missing.is_empty() {
+        format!("not ready: rooms need {}", missing.join(", "))
+    } else if !degraded.is_empty() {
+        format!("ready, degraded: rooms run without {}", degraded.join(", "))
+    } else {
+        "ready: every isolation layer rooms use is available".to_string()
+    }
+}
+
+// ---- bubblewrap and user namespaces ----
+
+/// The first executable file called `name` in the directories of PATH.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Runs a probe; Ok(stdout) when it exits 0, Err(why) otherwise.
+fn run_probe(program: &Path, args: &[&str]) -> std::result::Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or("").trim();
+        Err(format!(
+            "{} failed ({}): {first}",
+            program.display(),
+            out.status
+        ))
+    }
+}
+
+fn check_bubblewrap(bwrap: Option<&Path>) -> Check {
+    const NAME: &str = "bubblewrap";
+    let fix = "apt-get install bubblewrap".to_string();
+    let Some(bwrap) = bwrap else {
+        return Check::not_ok(NAME, Status::Missing, "bwrap not found on PATH".into(), fix);
+    };
+    match run_probe(bwrap, &["--version"]) {
+        Ok(version) => Check::ok(NAME, format!("{version} at {}", bwrap.display())),
+        Err(why) => Check::not_ok(NAME, Status::Missing, why, fix),
+    }
+}
+
+fn check_user_namespaces(bwrap: Option<&Path>) -> Check {
+    const NAME: &str = "user namespaces";
+    let probe = match (bwrap, find_on_path("unshare")) {
+        (Some(b), _) => Some((
+            b.to_path_buf(),
+            vec![
+                "--unshare-user",
+                "--unshare-pid",
+                "--unshare-net",
+                "--ro-bind",
+                "/",
+                "/",
+                "true",
+            ],
+        )),
+        (None, Some(u)) => Some((u, vec!["-U", "true"])),
+        (None, None) => None,
+    };
+    let Some((program, args)) = probe else {
+        return Check::not_ok(
+            NAME,
+            Status::Missing,
+            format!(
+                "cannot probe: neither bwrap nor unshare on PATH; {}",
+                userns_sysctls()
+            ),
+            "apt-get install bubblewrap, then run lodge doctor again".into(),
+        );
+    };
+    match run_probe(&program, &args) {
+        Ok(_) => Check::ok(
+            NAME,
+            format!("a sandbox with new user, pid and net namespaces started ({})", program.display()),
+        ),
+        Err(why) => Check::not_ok(
+            NAME,
+            Status::Missing,
+            format!("{why}; {}", userns_sysctls()),
+            "sysctl -w user.max_user_namespaces=15000 && sysctl -w kernel.unprivileged_userns_clone=1"
+                .into(),
+        ),
+    }
+}
+
+fn userns_sysctls() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "absent".to_string())
+    };
+    format!(
+        "user.max_user_namespaces={}, kernel.unprivileged_userns_clone={}",
+        read("/proc/sys/user/max_user_namespaces"),
+        read("/proc/sys/kernel/unprivileged_userns_clone")
+    )
+}
+
+// ---- cgroups ----
+
+/// One line of /proc/self/mountinfo, reduced to what the cgroup check needs.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    mount_point: String,
+    fstype: String,
+    super_options: Vec<String>,
+}
+
+/// `36 25 0:32 / /sys/fs/cgroup/memory rw,relatime shared:1 - cgroup cgroup rw,memory`
+fn parse_mountinfo_line(line: &str) -> Option<Mount> {
+    let (before, after) = line.split_once(" - ")?;
+    let mount_point = before.split_whitespace().nth(4)?.to_string();
+    let mut rest = after.split_whitespace();
+    let fstype = rest.next()?.to_string();
+    let _source = rest.next()?;
+    let super_options = rest
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_string)
+        .collect();
+    Some(Mount {
+        mount_point,
+        fstype,
+        super_options,
+    })
+}
+
+/// The controllers named in a cgroup v2 `cgroup.controllers` file.
+fn parse_controllers(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
+}
+
+/// Which of [`CONTROLLERS`] a cgroup v1 hierarchy is mounted for.
+fn v1_controllers(mounts: &[Mount]) -> Vec<&'static str> {
+    CONTROLLERS
+        .into_iter()
+        .filter(|c| {
+            mounts
+                .iter()
+                .any(|m| m.fstype == "cgroup" && m.super_options.iter().any(|o| o == c))
+        })
+        .collect()
+}
+
+/// Where the cgroup v2 hierarchy is mounted (the unified mount on hybrid machines).
+fn v2_root(mounts: &[Mount]) -> PathBuf {
+    mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| PathBuf::from(&m.mount_point))
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
+
+fn check_cgroups() -> Check {
+    const NAME: &str = "cgroups";
+    let mounts: Vec<Mount> = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => text.lines().filter_map(parse_mountinfo_line).collect(),
+        Err(_) => Vec::new(),
+    };
+    let v2_dir = v2_root(&mounts);
+    let v2_text = std::fs::read_to_string(v2_dir.join("cgroup.controllers")).ok();
+    let v2: Vec<&str> = match &v2_text {
+        Some(t) => {
+            let listed = parse_controllers(t);
+            CONTROLLERS
+                .into_iter()
+                .filter(|c| listed.iter().any(|l| l == c))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let v1 = if mounts.is_empty() {
+        // mountinfo unreadable: fall back to the conventional v1 directories.
+        CONTROLLERS
+            .into_iter()
+            .filter(|c| Path::new("/sys/fs/cgroup").join(c).is_dir())
+            .collect()
+    } else {
+        v1_controllers(&mounts)
+    };
+    let v2_desc = match &v2_text {
+        Some(_) => format!("v2 at {}: [{}]", v2_dir.display(), v2.join(" ")),
+        None => "v2: not mounted".to_string(),
+    };
+    let desc = format!("{v2_desc}; v1: [{}]", v1.join(" "));
+    if v2.len() == CONTROLLERS.len() {
+        Check::ok(NAME, format!("Lodge will use v2 ({desc})"))
+    } else if v1.len() == CONTROLLERS.len() {
+        Check::ok(NAME, format!("Lodge will use v1 ({desc})"))
+    } else {
+        let absent: Vec<&str> = CONTROLLERS
+            .into_iter()
+            .filter(|c| !v1.contains(c))
+            .collect();
+        Check::not_ok(NAME, Status::Missing, desc, cgroup_fix(&v2_dir, &absent))
+    }
+}
+
+fn cgroup_fix(v2_dir: &Path, absent_v1: &[&str]) -> String {
+    let v1_mounts: Vec<String> = absent_v1
+        .iter()
+        .map(|c| {
+            format!(
+                "mkdir -p /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}"
+            )
+        })
+        .collect();
+    format!(
+        "v2: echo '+memory +cpu +pids' > {}/cgroup.subtree_control (with systemd: Delegate=yes on the unit); or v1: {}",
+        v2_dir.display(),
+        v1_mounts.join(" && ")
+    )
+}
+
+// ---- Landlock ----
+
+fn check_landlock() -> Check {
+    const NAME: &str = "landlock";
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+    let listed = lsm
+        .as_deref()
+        .map(|l| l.trim().split(',').any(|m| m == "landlock"));
+    let abi = landlock_abi();
+    let lsm_desc = match (&lsm, listed) {
+        (Some(l), _) => format!("LSMs: {}", l.trim()),
+        (None, _) => "LSM list unreadable (securityfs not mounted)".to_string(),
+    };
+    let abi_desc = match abi {
+        Some(v) if v >= LANDLOCK_MAX_PROBED => format!("ABI {v} or later"),
+        Some(v) => format!("ABI {v}"),
+        None => "ABI unknown".to_string(),
+    };
+    if abi.is_some() || listed == Some(true) {
+        Check::ok(NAME, format!("enabled, {abi_desc}; {lsm_desc}"))
+    } else {
+        Check::not_ok(
+            NAME,
+            Status::Degraded,
+            format!("not enabled; {lsm_desc}"),
+            "boot a kernel ≥ 5.13 with CONFIG_SECURITY_LANDLOCK=y and lsm=...,landlock on its command line".into(),
+        )
+    }
+}
+
+/// The newest ABI whose rights a ruleset can tell apart; later ABIs only add restrict_self
+/// flags, which cannot be probed without confining this process.
+const LANDLOCK_MAX_PROBED: i32 = 6;
+
+/// The highest Landlock ABI the kernel accepts a ruleset for. Creating a ruleset (and
+/// dropping it) does not restrict this process.
+#[cfg(target_os = "linux")]
+fn landlock_abi() -> Option<i32> {
+    (1..=LANDLOCK_MAX_PROBED)
+        .rev()
+        .find(|v| landlock_accepts(landlock::ABI::from(*v)).is_ok())
+}
+
+#[cfg(target_os = "linux")]
+fn landlock_accepts(abi: landlock::ABI) -> std::result::Result<(), landlock::RulesetError> {
+    use landlock::{
+        Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, Scope,
+    };
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(abi))?;
+    if !AccessNet::from_all(abi).is_empty() {
+        ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
+    }
+    if !Scope::from_all(abi).is_empty() {
+        ruleset = ruleset.scope(Scope::from_all(abi))?;
+    }
+    ruleset.create().map(drop)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn landlock_abi() -> Option<i32> {
+    None
+}
+
+// ---- seccomp and no_new_privs ----
+
+/// The value of `Key:` in /proc/self/status text.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k == key).then(|| v.trim())
+    })
+}
+
+fn check_seccomp(status: &str) -> Check {
+    const NAME: &str = "seccomp";
+    let fix = "use a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y".to_string();
+    let Some(mode) = status_field(status, "Seccomp") else {
+        return Check::not_ok(
+            NAME,
+            Status::Missing,
+            "no Seccomp line in /proc/self/status".into(),
+            fix,
+        );
+    };
+    match std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail") {
+        Ok(actions) => Check::ok(
+            NAME,
+            format!(
+                "filter mode available (this process: mode {mode}); actions: {}",
+                actions.trim()
+            ),
+        ),
+        Err(_) => Check::not_ok(
+            NAME,
+            Status::Missing,
+            format!(
+                "seccomp mode {mode}, but /proc/sys/kernel/seccomp/actions_avail is absent (no filter support)"
+            ),
+            fix,
+        ),
+    }
+}
+
+fn check_no_new_privs(status: &str) -> Check {
+    const NAME: &str = "no_new_privs";
+    match status_field(status, "NoNewPrivs") {
+        Some(v) => Check::ok(NAME, format!("supported (this process: NoNewPrivs {v})")),
+        None => Check::not_ok(
+            NAME,
+            Status::Missing,
+            "no NoNewPrivs line in /proc/self/status".into(),
+            "use a kernel ≥ 4.10 (prctl PR_SET_NO_NEW_PRIVS, shown in /proc/self/status)".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+
+    fn mounts(text: &str) -> Vec<Mount> {
+        text.lines().filter_map(parse_mountinfo_line).collect()
+    }
+
+    #[test]
+    fn mountinfo_line_with_optional_fields() {
+        let m = parse_mountinfo_line(
+            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory",
+        );
+        assert_eq!(
+            m,
+            Some(Mount {
+                mount_point: "/sys/fs/cgroup/memory".into(),
+                fstype: "cgroup".into(),
+                super_options: vec!["rw".into(), "memory".into()],
+            })
+        );
+        assert_eq!(parse_mountinfo_line("garbage"), None);
+    }
+
+    #[test]
+    fn v1_controllers_from_mountinfo() {
+        assert_eq!(
+            v1_controllers(&mounts(MOUNTINFO)),
+            vec!["memory", "cpu", "pids"]
+        );
+        // cpuacct alone is not cpu; a combined cpu,cpuacct mount is.
+        let only = mounts("1 2 0:1 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct");
+        assert!(v1_controllers(&only).is_empty());
+        let combined =
+            mounts("1 2 0:1 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct");
+        assert_eq!(v1_controllers(&combined), vec!["cpu"]);
+    }
+
+    #[test]
+    fn v2_root_prefers_the_cgroup2_mount() {
+        assert_eq!(
+            v2_root(&mounts(MOUNTINFO)),
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
+        assert_eq!(v2_root(&[]), PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn controllers_file() {
+        assert_eq!(
+            parse_controllers("cpuset cpu io memory hugetlb pids rdma misc\n"),
+            vec![
+                "cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"
+            ]
+        );
+        assert!(parse_controllers("\n").is_empty());
+    }
+
+    #[test]
+    fn status_fields() {
+        let status = "Name:\tcat\nNoNewPrivs:\t0\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        assert_eq!(status_field(status, "Seccomp"), Some("2"));
+        assert_eq!(status_field(status, "NoNewPrivs"), Some("0"));
+        assert_eq!(status_field(status, "Seccomp_filters"), Some("1"));
+        assert_eq!(status_field(status, "Missing"), None);
+        assert_eq!(check_no_new_privs("Name:\tx\n").status, Status::Missing);
+        assert_eq!(check_seccomp("Name:\tx\n").status, Status::Missing);
+    }
+
+    #[test]
+    fn summary_names_what_is_missing() {
+        let checks = vec![
+            Check::ok("a", "fine".into()),
+            Check::not_ok("b", Status::Missing, "gone".into(), "fix b".into()),
+        ];
+        assert_eq!(summary(&checks), "not ready: rooms need b");
+        let table = render_table(&checks);
+        assert!(table.contains("MISSING"));
+        assert!(table.contains("fix: fix b"));
+    }
+}
