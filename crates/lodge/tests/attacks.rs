@@ -512,51 +512,32 @@ async fn batches_of_garbage_are_refused() {
 async fn stateless_requests_with_inconsistent_versions_are_refused() {
     let w = world();
     let meta = |v: &str| json!({"io.modelcontextprotocol/protocolVersion": v, "io.modelcontextprotocol/clientCapabilities": {}});
-    let send = |header: Option<&'static str>, method_header: Option<&'static str>, meta: Value| {
-        let mut r = http().post(w.hub.mcp_url()).bearer_auth(&w.alice);
-        if let Some(h) = header {
-            r = r.header("mcp-protocol-version", h);
-        }
-        if let Some(m) = method_header {
-            r = r.header("mcp-method", m);
-        }
-        r.json(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}),
-        )
-        .send()
-    };
-    let (s, v) = error_json(
-        send(Some("2026-07-28"), Some("tools/list"), meta("2026-07-28"))
-            .await
-            .expect("ok"),
-    )
-    .await;
+    let send =
+        async |header: Option<&'static str>, method_header: Option<&'static str>, meta: Value| {
+            let mut r = http().post(w.hub.mcp_url()).bearer_auth(&w.alice);
+            if let Some(h) = header {
+                r = r.header("mcp-protocol-version", h);
+            }
+            if let Some(m) = method_header {
+                r = r.header("mcp-method", m);
+            }
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                "params": {"_meta": meta}});
+            let r = r.json(&body).send().await.expect("request");
+            error_json(r).await
+        };
+    let (s, v) = send(Some("2026-07-28"), Some("tools/list"), meta("2026-07-28")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"]["tools"][0]["name"], "session_info");
-    let (s, v) = error_json(send(None, None, meta("2026-07-28")).await.expect("req")).await;
+    let (s, v) = send(None, None, meta("2026-07-28")).await;
     expect_rpc_error(s, &v, 400, -32020, "missing header");
-    let (s, v) = error_json(
-        send(Some("2026-07-28"), Some("tools/call"), meta("2026-07-28"))
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, v) = send(Some("2026-07-28"), Some("tools/call"), meta("2026-07-28")).await;
     expect_rpc_error(s, &v, 400, -32020, "method header lies");
-    let (s, v) = error_json(
-        send(Some("2099-01-01"), None, meta("2099-01-01"))
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, v) = send(Some("2099-01-01"), None, meta("2099-01-01")).await;
     expect_rpc_error(s, &v, 400, -32022, "future version");
-    let (s, v) = error_json(
-        send(Some("2026-07-28"), None, meta("2026-07-28"))
-            .await
-            .expect("req"),
-    )
-    .await;
+    let (s, v) = send(Some("2026-07-28"), None, meta("2026-07-28")).await;
     expect_rpc_error(s, &v, 400, -32020, "missing Mcp-Method header");
-    let (s, v) = error_json(send(None, None, json!({})).await.expect("req")).await;
+    let (s, v) = send(None, None, json!({})).await;
     expect_rpc_error(s, &v, 400, -32600, "no session, no version");
     still_serves(&w).await;
 }
