@@ -86,7 +86,10 @@ async fn call_tool(
         Err(e) => e.into_result(),
     };
     let elapsed = started.elapsed();
-    let outcome = if result.is_error == Some(true) {
+    // Decide the outcome before recording it, so an empty reply is audited as the failure the
+    // caller receives, not as a success.
+    let empty = result.content.is_empty() && result.structured_content.is_none();
+    let outcome = if empty || result.is_error == Some(true) {
         "error"
     } else {
         "ok"
@@ -103,7 +106,7 @@ async fn call_tool(
         outcome,
         duration_ms: elapsed.as_millis() as i64,
     });
-    if result.content.is_empty() && result.structured_content.is_none() {
+    if empty {
         return Err(internal(format!("tool {name} returned nothing")));
     }
     Ok(result)
