@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Sections that environment variables may override. `LODGE_DATA_DIR`, `LODGE_CONFIG`,
 /// `LODGE_MASTER_KEY` and `LODGE_TOKEN` are not sections and are left alone.
-pub const SECTIONS: [&str; 4] = ["server", "auth", "sessions", "metrics"];
+pub const SECTIONS: [&str; 5] = ["server", "auth", "sessions", "metrics", "rooms"];
 
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +19,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sessions: SessionsConfig,
     pub metrics: MetricsConfig,
+    pub rooms: RoomsConfig,
     /// Named resource profiles (`[profiles.NAME]`); users are assigned one. `default` always
     /// exists even when the file does not declare it.
     pub profiles: BTreeMap<String, Profile>,
@@ -113,12 +114,136 @@ pub struct MetricsConfig {
     pub public: bool,
 }
 
-/// A resource profile. Rooms (a later part of the hub) read their limits from here.
-#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+/// How rooms are walled off from the host and from each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// bubblewrap namespaces, a cgroup and rlimits, with Landlock and seccomp inside.
+    Bubblewrap,
+    /// No sandbox (development only): the hub logs a warning on every room start.
+    None,
+}
+
+/// Network access from inside a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkAccess {
+    /// A private loopback only.
+    None,
+    /// The host's network.
+    Host,
+}
+
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// `bubblewrap` (default) or `none` (development only; every room start logs a warning).
+    pub isolation: Isolation,
+    /// A room with no call in flight for this long is stopped; the next call starts it again.
+    #[serde(with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// Rooms running at once; a user beyond it gets a clear error until one is culled.
+    pub max_users_active: u32,
+    /// How long a room may take to start and greet the hub.
+    #[serde(with = "serde_human")]
+    pub start_timeout: Duration,
+    /// How long a stopping room may take to exit before it is killed.
+    #[serde(with = "serde_human")]
+    pub stop_grace: Duration,
+    /// When the hub runs as root, room processes run as host uid `uid_base + user id`.
+    pub uid_base: u32,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            isolation: Isolation::Bubblewrap,
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_users_active: 200,
+            start_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(3),
+            uid_base: 1_500_000_000,
+        }
+    }
+}
+
+/// A resource profile (`[profiles.NAME]`); each user is assigned one. Sizes are written like
+/// `512MiB`; `"unlimited"` lifts a limit.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Profile {
     pub description: String,
+    /// Memory of the whole room (commands, kernels, servers); beyond it the kernel OOM-kills
+    /// inside the room only.
+    #[serde(with = "crate::size::serde_limit")]
+    pub memory: Option<u64>,
+    /// CPU time, in cores (`0.5`, `2`).
+    pub cpus: Option<f64>,
+    /// Processes and threads in the room.
+    pub pids: Option<u64>,
+    /// Workspace size (a quota-limited volume when the hub runs as root).
+    #[serde(with = "crate::size::serde_limit")]
+    pub disk: Option<u64>,
+    /// Size of the room's private `/tmp` (memory-backed, counted in `memory`).
+    #[serde(with = "crate::size::serde_limit")]
+    pub tmp: Option<u64>,
+    pub network: NetworkAccess,
+    /// `run_command`'s timeout when the call gives none.
+    #[serde(with = "serde_human")]
+    pub command_timeout: Duration,
+    /// The longest `timeout_s` a call may ask for.
+    #[serde(with = "serde_human")]
+    pub max_command_timeout: Duration,
+    /// Bytes of stdout and of stderr a command returns; the rest is dropped and flagged.
+    #[serde(with = "crate::size::serde_size")]
+    pub output_cap: u64,
+    /// Open files per process.
+    pub open_files: u64,
 }
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            description: String::new(),
+            memory: Some(1 << 30),
+            cpus: Some(1.0),
+            pids: Some(512),
+            disk: Some(1 << 30),
+            tmp: Some(256 << 20),
+            network: NetworkAccess::None,
+            command_timeout: Duration::from_secs(60),
+            max_command_timeout: Duration::from_secs(30 * 60),
+            output_cap: 1 << 20,
+            open_files: 1024,
+        }
+    }
+}
+
+impl Profile {
+    fn validate(&self, name: &str) -> Result<(), String> {
+        if let Some(c) = self.cpus
+            && !(c.is_finite() && c >= 0.01)
+        {
+            return Err(format!(
+                "profiles.{name}.cpus must be at least 0.01 (cores)"
+            ));
+        }
+        if self.pids == Some(0) {
+            return Err(format!("profiles.{name}.pids must be at least 1"));
+        }
+        if self.command_timeout > self.max_command_timeout {
+            return Err(format!(
+                "profiles.{name}.command_timeout is longer than max_command_timeout"
+            ));
+        }
+        if self.open_files < 16 {
+            return Err(format!("profiles.{name}.open_files must be at least 16"));
+        }
+        Ok(())
+    }
+}
+
+static DEFAULT_PROFILE: std::sync::LazyLock<Profile> = std::sync::LazyLock::new(Profile::default);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -195,18 +320,31 @@ impl Config {
         if self.sessions.max_per_user == 0 {
             return Err("sessions.max_per_user must be at least 1".into());
         }
-        for name in self.profiles.keys() {
+        for (name, profile) in &self.profiles {
             if crate::UserName::parse(name).is_err() {
                 return Err(format!(
                     "profile name {name:?} is invalid: use the same form as user names"
                 ));
             }
+            profile.validate(name)?;
+        }
+        if self.rooms.max_users_active == 0 {
+            return Err("rooms.max_users_active must be at least 1".into());
         }
         Ok(())
     }
 
     pub fn has_profile(&self, name: &str) -> bool {
         self.profiles.contains_key(name)
+    }
+
+    /// The named profile, or `default` for a name the config no longer declares (a user keeps
+    /// working, with default limits, after their profile is removed from the file).
+    pub fn profile(&self, name: &str) -> &Profile {
+        self.profiles
+            .get(name)
+            .or_else(|| self.profiles.get("default"))
+            .unwrap_or(&DEFAULT_PROFILE)
     }
 }
 
@@ -284,6 +422,33 @@ mod tests {
         assert!(e.to_string().contains("soon"), "{e}");
         let e = Config::load(None, env(&[("LODGE_SESSIONS_MAX_PER_USER", "0")])).unwrap_err();
         assert!(e.to_string().contains("max_per_user"), "{e}");
+    }
+
+    #[test]
+    fn profiles_take_sizes_and_unlimited() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lodge.toml");
+        std::fs::write(
+            &p,
+            "[profiles.big]\nmemory = \"4GiB\"\ncpus = 2\ndisk = \"unlimited\"\nnetwork = \"host\"\n[rooms]\nisolation = \"none\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p), env(&[("LODGE_ROOMS_IDLE_TIMEOUT", "5m")])).unwrap();
+        let big = c.profile("big");
+        assert_eq!(big.memory, Some(4 << 30));
+        assert_eq!(big.cpus, Some(2.0));
+        assert_eq!(big.disk, None);
+        assert_eq!(big.network, NetworkAccess::Host);
+        assert_eq!(c.rooms.isolation, Isolation::None);
+        assert_eq!(c.rooms.idle_timeout, Duration::from_secs(300));
+        // An unknown profile name falls back to the default limits.
+        assert_eq!(c.profile("gone").memory, Some(1 << 30));
+        std::fs::write(&p, "[profiles.bad]\nmemory = \"lots\"\n").unwrap();
+        let e = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("lots"), "{e}");
+        std::fs::write(&p, "[profiles.bad]\ncpus = 0\n").unwrap();
+        let e = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("profiles.bad.cpus"), "{e}");
     }
 
     #[test]
