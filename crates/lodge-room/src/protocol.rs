@@ -356,12 +356,16 @@ pub enum OpResult {
         entries: Vec<Entry>,
         truncated: bool,
     },
-    /// For `FsRead`: `content` starts at byte `offset` of a file of `total_size` bytes.
+    /// For `FsRead`: `content` starts at byte `offset` of a file of `total_size` bytes; the next
+    /// page starts at `next_offset` (a page never ends inside a UTF-8 sequence). `lossy` when
+    /// invalid UTF-8 was replaced, so `content` is not byte-exact.
     Read {
         content: String,
         offset: u64,
+        next_offset: u64,
         total_size: u64,
         eof: bool,
+        lossy: bool,
     },
     /// For `FsWrite`.
     Written { bytes: u64 },
@@ -774,8 +778,10 @@ mod tests {
             OpResult::Read {
                 content: "abc".into(),
                 offset: 2,
+                next_offset: 5,
                 total_size: 5,
                 eof: true,
+                lossy: false,
             },
             OpResult::Written { bytes: 12 },
             OpResult::Edited { replacements: 2 },

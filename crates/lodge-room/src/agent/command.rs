@@ -1,0 +1,483 @@
+//! `run_command`: runs `/bin/sh -c COMMAND` in the workspace with a clean environment, captures
+//! capped output, reports progress, and on timeout, cancel or exit kills the command's whole
+//! process tree. It never logs the command's environment values or output.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::reaper::{Exit, Reaper};
+use super::tree::{self, Target};
+use crate::protocol::{AgentMessage, ErrorKind, OpError, OpResult};
+
+/// The shell every command runs in.
+const SHELL: &str = "/bin/sh";
+/// The fixed `PATH` of a command (before the request's own env).
+const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Largest output kept per stream, whatever the request asks: a response must fit one frame.
+pub const MAX_OUTPUT_CAP: u64 = 4 * 1024 * 1024;
+/// Longest timeout accepted (longer ones are shortened to this).
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often a running command reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// After the tree is gone, how long the output readers get to reach end of file.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// After SIGKILL, how long to wait for the root's exit status.
+const REAP_GRACE: Duration = Duration::from_secs(5);
+/// Longest cwd accepted.
+const MAX_PATH: usize = 4096;
+
+/// What the agent needs to run commands; one per agent, shared by all requests.
+pub(crate) struct CommandContext {
+    /// `O_PATH` fd of the workspace root: every cwd is resolved beneath it by the kernel.
+    root: OwnedFd,
+    workspace: PathBuf,
+    tmp: PathBuf,
+    reaper: Reaper,
+    /// `USER` and `LOGNAME` from the agent's own environment, if set.
+    identity: Vec<(String, String)>,
+}
+
+/// One `run_command` request, as received.
+pub(crate) struct CommandRequest {
+    pub command: String,
+    pub cwd: Option<String>,
+    pub timeout_ms: u64,
+    pub env: BTreeMap<String, String>,
+    pub output_cap: u64,
+}
+
+/// How the wait for the root process ended.
+enum Ending {
+    Exited(Exit),
+    TimedOut,
+    Cancelled,
+}
+
+/// Output kept from one stream.
+#[derive(Default)]
+struct Captured {
+    kept: Vec<u8>,
+    truncated: bool,
+}
+
+impl CommandContext {
+    pub(crate) fn new(workspace: &Path, tmp: &Path, reaper: Reaper) -> std::io::Result<Self> {
+        let root = rustix::fs::open(
+            workspace,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let identity = ["USER", "LOGNAME"]
+            .into_iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect();
+        Ok(CommandContext {
+            root,
+            workspace: workspace.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+            reaper,
+            identity,
+        })
+    }
+
+    /// Runs one command to completion (or timeout, or cancellation).
+    pub(crate) async fn run(
+        &self,
+        id: u64,
+        request: CommandRequest,
+        progress: &mpsc::Sender<AgentMessage>,
+        cancel: &CancellationToken,
+    ) -> Result<OpResult, OpError> {
+        validate(&request)?;
+        let cwd = open_cwd(&self.root, request.cwd.as_deref())?;
+        let mut cmd = self.build(&request, cwd);
+        let cap = usize::try_from(request.output_cap.min(MAX_OUTPUT_CAP)).unwrap_or(usize::MAX);
+        let timeout = Duration::from_millis(request.timeout_ms).min(MAX_TIMEOUT);
+
+        let started = Instant::now();
+        let (mut child, exited) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| OpError::new(ErrorKind::Io, format!("cannot start {SHELL}: {e}")))?;
+        drop(cmd); // closes our copy of the cwd fd
+        let output = Output::start(&mut child, cap);
+        let watch = Watch {
+            id,
+            started,
+            timeout,
+            seen: &output.seen,
+            progress,
+            cancel,
+        };
+        let (ending, exited) = watch.wait(exited).await;
+        // Whatever happened, nothing of the command may outlive the call.
+        let target = Target {
+            root: child.id() as i32,
+            pipes: output.pipes.clone(),
+        };
+        tree::kill_tree(&target).await;
+        let exit = match ending {
+            Ending::Exited(exit) => Some(exit),
+            Ending::TimedOut | Ending::Cancelled => self.reap_killed(exited).await,
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (out, err) = output.finish().await;
+        match ending {
+            Ending::Cancelled => Err(OpError::new(
+                ErrorKind::Cancelled,
+                "the command was cancelled and its processes were killed",
+            )),
+            Ending::Exited(_) => Ok(command_result(exit, false, out, err, duration_ms)),
+            Ending::TimedOut => Ok(command_result(exit, true, out, err, duration_ms)),
+        }
+    }
+
+    /// The exit status of a root process that was just killed.
+    async fn reap_killed(&self, exited: oneshot::Receiver<Exit>) -> Option<Exit> {
+        self.reaper.reap_now();
+        tokio::time::timeout(REAP_GRACE, exited)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// The `Command`: shell, clean environment, /dev/null stdin, piped output, new session.
+    fn build(&self, request: &CommandRequest, cwd: OwnedFd) -> Command {
+        let mut cmd = Command::new(SHELL);
+        cmd.arg("-c")
+            .arg(&request.command)
+            .env_clear()
+            .env("PATH", BASE_PATH)
+            .env("HOME", &self.workspace)
+            .env("LANG", "C.UTF-8")
+            .env("TMPDIR", &self.tmp)
+            .envs(self.identity.iter().map(|(k, v)| (k, v)))
+            .envs(&request.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        crate::sys::set_command_child_setup(&mut cmd, cwd);
+        cmd
+    }
+}
+
+/// Waits for the root process while sending progress; ends on exit, timeout or cancel.
+struct Watch<'a> {
+    id: u64,
+    started: Instant,
+    timeout: Duration,
+    seen: &'a AtomicU64,
+    progress: &'a mpsc::Sender<AgentMessage>,
+    cancel: &'a CancellationToken,
+}
+
+impl Watch<'_> {
+    async fn wait(&self, mut exited: oneshot::Receiver<Exit>) -> (Ending, oneshot::Receiver<Exit>) {
+        let deadline = tokio::time::sleep_until(self.started + self.timeout);
+        tokio::pin!(deadline);
+        let mut ticks = tokio::time::interval_at(self.started + PROGRESS_EVERY, PROGRESS_EVERY);
+        let ending = loop {
+            tokio::select! {
+                status = &mut exited => match status {
+                    Ok(exit) => break Ending::Exited(exit),
+                    // The reaper is gone (shutting down): treat as a cancellation.
+                    Err(_) => break Ending::Cancelled,
+                },
+                () = &mut deadline => break Ending::TimedOut,
+                () = self.cancel.cancelled() => break Ending::Cancelled,
+                _ = ticks.tick() => self.report(),
+            }
+        };
+        (ending, exited)
+    }
+
+    /// Best effort: progress is dropped rather than delaying the command when the channel is full.
+    fn report(&self) {
+        let secs = self.started.elapsed().as_secs();
+        let bytes = self.seen.load(Ordering::Relaxed);
+        let _ = self.progress.try_send(AgentMessage::Progress {
+            id: self.id,
+            message: format!("running for {secs}s, {bytes} bytes of output"),
+            progress: Some(secs as f64),
+            total: Some(self.timeout.as_secs_f64()),
+        });
+    }
+}
+
+/// The capture tasks of a running command's stdout and stderr.
+struct Output {
+    stdout: JoinHandle<Captured>,
+    stderr: JoinHandle<Captured>,
+    /// Ends the captures early (see [`DRAIN_GRACE`]).
+    stop: CancellationToken,
+    /// Bytes received on both streams so far, kept or not.
+    seen: Arc<AtomicU64>,
+    /// Inodes of the two pipes, to find processes still holding them.
+    pipes: Vec<u64>,
+}
+
+impl Output {
+    fn start(child: &mut Child, cap: usize) -> Output {
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        let pipes = [&stdout, &stderr]
+            .into_iter()
+            .flatten()
+            .filter_map(|fd| rustix::fs::fstat(fd).ok())
+            .map(|st| st.st_ino)
+            .collect();
+        let seen = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        Output {
+            stdout: tokio::spawn(capture(stdout, cap, seen.clone(), stop.clone())),
+            stderr: tokio::spawn(capture(stderr, cap, seen.clone(), stop.clone())),
+            stop,
+            seen,
+            pipes,
+        }
+    }
+
+    /// Waits for both captures (the tree is dead, so the pipes are closing); after
+    /// [`DRAIN_GRACE`] stops them and keeps what they read.
+    async fn finish(self) -> (Captured, Captured) {
+        let stop = self.stop.clone();
+        let guard = tokio::spawn(async move {
+            tokio::time::sleep(DRAIN_GRACE).await;
+            stop.cancel();
+        });
+        let out = self.stdout.await.unwrap_or_default();
+        let err = self.stderr.await.unwrap_or_default();
+        guard.abort();
+        (out, err)
+    }
+}
+
+/// The result of a command that ran to its end or its timeout (where it was killed, so it has
+/// no exit code; `signal` says how it died).
+fn command_result(
+    exit: Option<Exit>,
+    timed_out: bool,
+    out: Captured,
+    err: Captured,
+    duration_ms: u64,
+) -> OpResult {
+    OpResult::Command {
+        exit_code: exit.and_then(|e| e.code).filter(|_| !timed_out),
+        signal: exit.and_then(|e| e.signal),
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+        stdout: to_text(out.kept, out.truncated),
+        stderr: to_text(err.kept, err.truncated),
+        timed_out,
+        duration_ms,
+    }
+}
+
+fn invalid_argument(message: impl Into<String>) -> OpError {
+    OpError::new(ErrorKind::InvalidArgument, message)
+}
+
+/// Checks the request before anything runs. Messages name variables, never their values.
+fn validate(request: &CommandRequest) -> Result<(), OpError> {
+    if request.command.contains('\0') {
+        return Err(invalid_argument("the command contains a NUL byte"));
+    }
+    if request.timeout_ms == 0 {
+        return Err(invalid_argument("timeout_ms must be above 0"));
+    }
+    for (name, value) in &request.env {
+        if !valid_env_name(name) {
+            return Err(invalid_argument(format!(
+                "invalid environment variable name {:?}: names must match ^[A-Za-z_][A-Za-z0-9_]*$",
+                shown(name)
+            )));
+        }
+        if value.contains('\0') {
+            return Err(invalid_argument(format!(
+                "the value of environment variable {name} contains a NUL byte"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_]*$`
+pub(crate) fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Text echoed back in errors: short and free of control characters.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(100)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 100 {
+        out.push('…');
+    }
+    out
+}
+
+/// Resolves the command's working directory beneath the workspace root (the kernel refuses any
+/// step outside, through `..`, absolute symlinks or magic links) and returns it as an `O_PATH`
+/// fd; the child `fchdir`s to it, so nothing can swap the path in between.
+fn open_cwd(root: &OwnedFd, cwd: Option<&str>) -> Result<OwnedFd, OpError> {
+    let raw = cwd.unwrap_or("");
+    let bad = |reason: &str| {
+        OpError::new(
+            ErrorKind::InvalidPath,
+            format!("invalid cwd {:?}: {reason}", shown(raw)),
+        )
+    };
+    if raw.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if raw.len() > MAX_PATH {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if raw.starts_with('/') {
+        return Err(bad("must be relative to the workspace"));
+    }
+    if raw.split('/').any(|c| c == "..") {
+        return Err(bad("'..' components are not allowed"));
+    }
+    let arg = if raw.split('/').all(|c| c.is_empty() || c == ".") {
+        "."
+    } else {
+        raw
+    };
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut tries = 0;
+    let result = loop {
+        match rustix::fs::openat2(root.as_fd(), arg, flags, Mode::empty(), resolve) {
+            // A concurrent rename can make RESOLVE_BENEATH ask for a retry.
+            Err(Errno::AGAIN) if tries < 16 => tries += 1,
+            other => break other,
+        }
+    };
+    result.map_err(|errno| {
+        let kind = match errno {
+            Errno::XDEV | Errno::LOOP => return bad("resolves outside the workspace"),
+            Errno::NOENT => ErrorKind::NotFound,
+            Errno::NOTDIR => ErrorKind::NotADirectory,
+            Errno::ACCESS | Errno::PERM => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Io,
+        };
+        OpError::new(kind, format!("cwd {:?}: {errno}", shown(raw)))
+    })
+}
+
+/// Reads one output stream to its end, keeping at most `cap` bytes but draining the rest so the
+/// writer never blocks on a full pipe. Stops early when `stop` fires.
+async fn capture(
+    fd: Option<OwnedFd>,
+    cap: usize,
+    seen: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> Captured {
+    let mut captured = Captured::default();
+    let Some(mut reader) = fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()) else {
+        return captured;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            biased;
+            read = reader.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            () = stop.cancelled() => break,
+        };
+        seen.fetch_add(n as u64, Ordering::Relaxed);
+        let room = cap.saturating_sub(captured.kept.len());
+        captured.kept.extend_from_slice(&buf[..n.min(room)]);
+        if n > room {
+            captured.truncated = true;
+        }
+    }
+    captured
+}
+
+/// Lossy UTF-8; when the output was cut, a character split by the cut is dropped whole.
+fn to_text(mut kept: Vec<u8>, truncated: bool) -> String {
+    if truncated {
+        kept.truncate(utf8_boundary(&kept));
+    }
+    match String::from_utf8(kept) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Length of `buf` without a trailing incomplete UTF-8 sequence.
+fn utf8_boundary(buf: &[u8]) -> usize {
+    let n = buf.len();
+    for back in 1..=n.min(4) {
+        let b = buf[n - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead byte
+        }
+        let need = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { n - back } else { n };
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_follow_the_shell_rule() {
+        for good in ["A", "_", "PATH", "a_b9", "_X1"] {
+            assert!(valid_env_name(good), "{good}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "A=B", "É", "A\0"] {
+            assert!(!valid_env_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cut_output_never_splits_a_character() {
+        let text = "aé€😀".as_bytes().to_vec(); // 1 + 2 + 3 + 4 bytes
+        let cuts = [
+            (1, "a"),
+            (2, "a"),
+            (3, "aé"),
+            (5, "aé"),
+            (6, "aé€"),
+            (9, "aé€"),
+        ];
+        for (len, want) in cuts {
+            assert_eq!(to_text(text[..len].to_vec(), true), want, "cut at {len}");
+        }
+        assert_eq!(to_text(text.clone(), true), "aé€😀");
+        assert_eq!(to_text(vec![b'a', 0xFF, b'b'], false), "a\u{FFFD}b");
+    }
+}

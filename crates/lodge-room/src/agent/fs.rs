@@ -1,0 +1,214 @@
+//! Maps the `fs_*` operations of the protocol onto the [`Workspace`] and its results and errors
+//! back onto the protocol. Path checks live in the workspace; this module only translates and
+//! never echoes file contents into errors or logs.
+
+use crate::protocol::{Entry, EntryKind, ErrorKind, Match, Op, OpError, OpResult};
+use crate::workspace::{self, Workspace, WsError};
+
+impl From<WsError> for OpError {
+    fn from(error: WsError) -> Self {
+        let kind = match &error {
+            WsError::InvalidPath { .. } | WsError::Escape { .. } => ErrorKind::InvalidPath,
+            WsError::NotFound { .. } => ErrorKind::NotFound,
+            WsError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            WsError::NotADirectory { .. } => ErrorKind::NotADirectory,
+            WsError::IsADirectory { .. } => ErrorKind::IsADirectory,
+            WsError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            WsError::TooLarge { .. } => ErrorKind::TooLarge,
+            // The file is fine; the `old` text argument does not identify one place in it.
+            WsError::NotFoundText { .. } | WsError::Ambiguous { .. } => ErrorKind::InvalidArgument,
+            WsError::Io { .. } => ErrorKind::Io,
+        };
+        OpError::new(kind, error.to_string())
+    }
+}
+
+fn entry_kind(kind: workspace::EntryKind) -> EntryKind {
+    match kind {
+        workspace::EntryKind::File => EntryKind::File,
+        workspace::EntryKind::Dir => EntryKind::Dir,
+        workspace::EntryKind::Symlink => EntryKind::Symlink,
+        workspace::EntryKind::Other => EntryKind::Other,
+    }
+}
+
+/// A `limit` from the wire as a count (the workspace clamps it to its own bounds).
+fn count(limit: u64) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// Performs one file operation (blocking: call from `spawn_blocking`). `None` when `op` is not
+/// a file operation.
+pub(crate) fn run(ws: &Workspace, op: Op) -> Option<Result<OpResult, OpError>> {
+    let result = match op {
+        Op::FsList {
+            path,
+            recursive,
+            limit,
+        } => list(ws, &path, recursive, limit),
+        Op::FsRead {
+            path,
+            offset,
+            limit,
+        } => ws.read(&path, offset, limit).map(|page| OpResult::Read {
+            content: page.content,
+            offset: page.offset,
+            next_offset: page.next_offset,
+            total_size: page.total_size,
+            eof: page.eof,
+            lossy: page.lossy,
+        }),
+        Op::FsWrite {
+            path,
+            content,
+            create_dirs,
+        } => ws
+            .write(&path, content.as_bytes(), create_dirs)
+            .map(|()| OpResult::Written {
+                bytes: content.len() as u64,
+            }),
+        Op::FsEdit {
+            path,
+            old,
+            new,
+            replace_all,
+        } => ws
+            .edit(&path, &old, &new, replace_all)
+            .map(|n| OpResult::Edited {
+                replacements: u32::try_from(n).unwrap_or(u32::MAX),
+            }),
+        Op::FsDelete { path, recursive } => ws.delete(&path, recursive).map(|()| OpResult::Done),
+        Op::FsMove {
+            from,
+            to,
+            overwrite,
+        } => ws.rename(&from, &to, overwrite).map(|()| OpResult::Done),
+        Op::FsMkdir { path, parents } => ws.mkdir(&path, parents).map(|()| OpResult::Done),
+        Op::FsSearch {
+            path,
+            glob,
+            text,
+            limit,
+        } => search(ws, &path, glob.as_deref(), text.as_deref(), limit),
+        Op::Ping | Op::RunCommand { .. } => return None,
+    };
+    Some(result.map_err(OpError::from))
+}
+
+fn list(ws: &Workspace, path: &str, recursive: bool, limit: u64) -> Result<OpResult, WsError> {
+    let listing = ws.list(path, recursive, count(limit))?;
+    Ok(OpResult::Entries {
+        entries: listing
+            .entries
+            .into_iter()
+            .map(|e| Entry {
+                path: e.path,
+                kind: entry_kind(e.kind),
+                size: e.size.unwrap_or(0),
+            })
+            .collect(),
+        truncated: listing.truncated,
+    })
+}
+
+fn search(
+    ws: &Workspace,
+    path: &str,
+    glob: Option<&str>,
+    text: Option<&str>,
+    limit: u64,
+) -> Result<OpResult, WsError> {
+    let found = ws.search(path, glob, text, count(limit))?;
+    Ok(OpResult::Matches {
+        matches: found
+            .matches
+            .into_iter()
+            .map(|m| Match {
+                path: m.path,
+                line: m.line,
+                text: m.text,
+            })
+            .collect(),
+        truncated: found.truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_workspace_error_maps_to_its_kind() {
+        let p = || "a".to_string();
+        let cases = [
+            (
+                WsError::InvalidPath {
+                    path: p(),
+                    reason: "r".into(),
+                },
+                ErrorKind::InvalidPath,
+            ),
+            (WsError::Escape { path: p() }, ErrorKind::InvalidPath),
+            (WsError::NotFound { path: p() }, ErrorKind::NotFound),
+            (
+                WsError::AlreadyExists {
+                    path: p(),
+                    hint: String::new(),
+                },
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                WsError::NotADirectory { path: p() },
+                ErrorKind::NotADirectory,
+            ),
+            (
+                WsError::IsADirectory {
+                    path: p(),
+                    hint: String::new(),
+                },
+                ErrorKind::IsADirectory,
+            ),
+            (
+                WsError::PermissionDenied {
+                    path: p(),
+                    reason: "r".into(),
+                },
+                ErrorKind::PermissionDenied,
+            ),
+            (
+                WsError::TooLarge {
+                    path: p(),
+                    size: 2,
+                    max: 1,
+                    hint: String::new(),
+                },
+                ErrorKind::TooLarge,
+            ),
+            (
+                WsError::NotFoundText { path: p() },
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                WsError::Ambiguous {
+                    path: p(),
+                    count: 2,
+                },
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                WsError::Io {
+                    op: "read",
+                    path: p(),
+                    source: std::io::Error::other("x"),
+                },
+                ErrorKind::Io,
+            ),
+        ];
+        for (error, kind) in cases {
+            let shown = error.to_string();
+            let mapped = OpError::from(error);
+            assert_eq!(mapped.kind, kind, "{shown}");
+            assert_eq!(mapped.message, shown);
+        }
+    }
+}

@@ -1,0 +1,896 @@
+//! End-to-end tests of the agent: `serve` over an in-memory duplex, driven with the hub's codec,
+//! on a temporary workspace without confinement (see `confine.rs` for that).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+
+use super::{AgentConfig, AgentError, serve};
+use crate::protocol::{
+    AgentMessage, ErrorKind, Hello, HubCodec, HubMessage, Op, OpError, OpResult, PROTOCOL_VERSION,
+    ProtocolError,
+};
+
+const STEP: Duration = Duration::from_secs(10);
+
+struct Hub {
+    io: Framed<DuplexStream, HubCodec>,
+    agent: JoinHandle<Result<(), AgentError>>,
+    dir: tempfile::TempDir,
+}
+
+/// Starts an agent and reads its hello; does not send ours.
+async fn start_raw() -> Hub {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    std::fs::create_dir(dir.path().join("tmp")).unwrap();
+    let cfg = AgentConfig {
+        workspace: dir.path().join("ws"),
+        tmp: dir.path().join("tmp"),
+        confine: false,
+        network: true,
+    };
+    let (hub_end, agent_end) = tokio::io::duplex(1 << 20);
+    let (reader, writer) = tokio::io::split(agent_end);
+    let agent = tokio::spawn(async move { serve(reader, writer, &cfg).await });
+    let mut io = Framed::new(hub_end, HubCodec::new());
+    match next(&mut io).await {
+        AgentMessage::Hello(hello) => {
+            assert_eq!(hello.protocol, PROTOCOL_VERSION);
+            assert_eq!(hello.version, env!("CARGO_PKG_VERSION"));
+        }
+        other => panic!("expected the agent's hello, got {other:?}"),
+    }
+    Hub { io, agent, dir }
+}
+
+async fn start() -> Hub {
+    let mut hub = start_raw().await;
+    hub.io
+        .send(HubMessage::Hello(Hello::current("test")))
+        .await
+        .unwrap();
+    hub
+}
+
+async fn next(io: &mut Framed<DuplexStream, HubCodec>) -> AgentMessage {
+    tokio::time::timeout(STEP, io.next())
+        .await
+        .expect("agent silent")
+        .expect("channel closed")
+        .expect("bad frame")
+}
+
+impl Hub {
+    fn ws(&self) -> PathBuf {
+        self.dir.path().join("ws")
+    }
+
+    async fn send(&mut self, id: u64, op: Op) {
+        self.io.send(HubMessage::Request { id, op }).await.unwrap();
+    }
+
+    /// The next response, skipping progress.
+    async fn response(&mut self) -> (u64, Result<OpResult, OpError>) {
+        loop {
+            match next(&mut self.io).await {
+                AgentMessage::Response { id, result } => return (id, result),
+                AgentMessage::Progress { .. } | AgentMessage::Log { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    async fn call(&mut self, op: Op) -> Result<OpResult, OpError> {
+        self.send(1, op).await;
+        let (id, result) = self.response().await;
+        assert_eq!(id, 1);
+        result
+    }
+
+    async fn run(&mut self, command: &str, timeout_ms: u64) -> Result<OpResult, OpError> {
+        self.call(cmd(command, timeout_ms)).await
+    }
+
+    async fn shutdown(mut self) -> Result<(), AgentError> {
+        self.io.send(HubMessage::Shutdown).await.unwrap();
+        tokio::time::timeout(STEP, self.agent)
+            .await
+            .expect("agent did not stop")
+            .unwrap()
+    }
+}
+
+fn cmd(command: &str, timeout_ms: u64) -> Op {
+    Op::RunCommand {
+        command: command.into(),
+        cwd: None,
+        timeout_ms,
+        env: BTreeMap::new(),
+        output_cap: 64 * 1024,
+    }
+}
+
+struct Ran {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    stdout: String,
+    stderr: String,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    timed_out: bool,
+    duration_ms: u64,
+}
+
+fn ran(result: Result<OpResult, OpError>) -> Ran {
+    match result {
+        Ok(OpResult::Command {
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            timed_out,
+            duration_ms,
+        }) => Ran {
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            timed_out,
+            duration_ms,
+        },
+        other => panic!("expected a command result, got {other:?}"),
+    }
+}
+
+fn err_kind(result: Result<OpResult, OpError>) -> (ErrorKind, String) {
+    match result {
+        Err(error) => (error.kind, error.message),
+        Ok(other) => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// A process is gone once it no longer exists or is a zombie (dead, waiting for its parent).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            matches!(state, Some("Z" | "X"))
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hello_exchange_then_ping_then_shutdown() {
+    let mut hub = start().await;
+    assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_incompatible_hub_is_refused() {
+    let mut hub = start_raw().await;
+    hub.io
+        .send(HubMessage::Hello(Hello {
+            protocol: PROTOCOL_VERSION + 1,
+            version: "9".into(),
+        }))
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(STEP, hub.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(AgentError::Channel(ProtocolError::Incompatible { .. }))
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_before_the_hello_is_refused() {
+    let mut hub = start_raw().await;
+    hub.send(1, Op::Ping).await;
+    let result = tokio::time::timeout(STEP, hub.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(result, Err(AgentError::Handshake(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn file_operations_round_trip() {
+    let mut hub = start().await;
+    let write = Op::FsWrite {
+        path: "dir/a.txt".into(),
+        content: "hello world\n".into(),
+        create_dirs: true,
+    };
+    assert_eq!(hub.call(write).await, Ok(OpResult::Written { bytes: 12 }));
+    assert_eq!(
+        std::fs::read_to_string(hub.ws().join("dir/a.txt")).unwrap(),
+        "hello world\n"
+    );
+    let read = Op::FsRead {
+        path: "dir/a.txt".into(),
+        offset: 6,
+        limit: 100,
+    };
+    assert_eq!(
+        hub.call(read).await,
+        Ok(OpResult::Read {
+            content: "world\n".into(),
+            offset: 6,
+            next_offset: 12,
+            total_size: 12,
+            eof: true,
+            lossy: false,
+        })
+    );
+    let edit = Op::FsEdit {
+        path: "dir/a.txt".into(),
+        old: "world".into(),
+        new: "room".into(),
+        replace_all: false,
+    };
+    assert_eq!(
+        hub.call(edit).await,
+        Ok(OpResult::Edited { replacements: 1 })
+    );
+    let search = Op::FsSearch {
+        path: "".into(),
+        glob: None,
+        text: Some("room".into()),
+        limit: 10,
+    };
+    match hub.call(search).await {
+        Ok(OpResult::Matches { matches, truncated }) => {
+            assert!(!truncated);
+            assert_eq!(matches.len(), 1);
+            assert_eq!(matches[0].path, "dir/a.txt");
+            assert_eq!(matches[0].line, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mkdir = Op::FsMkdir {
+        path: "other".into(),
+        parents: false,
+    };
+    assert_eq!(hub.call(mkdir).await, Ok(OpResult::Done));
+    let mv = Op::FsMove {
+        from: "dir/a.txt".into(),
+        to: "other/b.txt".into(),
+        overwrite: false,
+    };
+    assert_eq!(hub.call(mv).await, Ok(OpResult::Done));
+    let list = Op::FsList {
+        path: "".into(),
+        recursive: true,
+        limit: 100,
+    };
+    match hub.call(list).await {
+        Ok(OpResult::Entries { entries, truncated }) => {
+            assert!(!truncated);
+            let b = entries
+                .iter()
+                .find(|e| e.path == "other/b.txt")
+                .expect("moved file listed");
+            assert_eq!(b.kind, crate::protocol::EntryKind::File);
+            assert_eq!(b.size, 11);
+        }
+        other => panic!("{other:?}"),
+    }
+    let delete = Op::FsDelete {
+        path: "other".into(),
+        recursive: true,
+    };
+    assert_eq!(hub.call(delete).await, Ok(OpResult::Done));
+    assert!(!hub.ws().join("other").exists());
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_path_is_an_error_and_the_channel_survives() {
+    let mut hub = start().await;
+    for path in ["../escape", "/etc/passwd", "a/../../b"] {
+        let read = Op::FsRead {
+            path: path.into(),
+            offset: 0,
+            limit: 10,
+        };
+        let (kind, _) = err_kind(hub.call(read).await);
+        assert_eq!(kind, ErrorKind::InvalidPath, "{path}");
+    }
+    std::os::unix::fs::symlink("/etc", hub.ws().join("out")).unwrap();
+    let read = Op::FsRead {
+        path: "out/passwd".into(),
+        offset: 0,
+        limit: 10,
+    };
+    assert_eq!(err_kind(hub.call(read).await).0, ErrorKind::InvalidPath);
+    let missing = Op::FsRead {
+        path: "missing".into(),
+        offset: 0,
+        limit: 10,
+    };
+    assert_eq!(err_kind(hub.call(missing).await).0, ErrorKind::NotFound);
+    assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_answered_by_id() {
+    let mut hub = start().await;
+    hub.send(10, cmd("sleep 1; echo slow", 10_000)).await;
+    hub.send(
+        11,
+        Op::FsWrite {
+            path: "f".into(),
+            content: "x".into(),
+            create_dirs: false,
+        },
+    )
+    .await;
+    hub.send(12, Op::Ping).await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let (id, result) = hub.response().await;
+        match id {
+            10 => assert_eq!(ran(result).stdout, "slow\n"),
+            11 => assert_eq!(result, Ok(OpResult::Written { bytes: 1 })),
+            12 => assert_eq!(result, Ok(OpResult::Pong)),
+            other => panic!("unexpected id {other}"),
+        }
+        order.push(id);
+    }
+    assert_eq!(
+        order.last(),
+        Some(&10),
+        "the slow command answers last: {order:?}"
+    );
+    order.sort_unstable();
+    assert_eq!(order, [10, 11, 12], "exactly one response each");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_duplicate_running_id_is_refused() {
+    let mut hub = start().await;
+    hub.send(5, cmd("sleep 1", 10_000)).await;
+    hub.send(5, Op::Ping).await;
+    let (id, result) = hub.response().await;
+    assert_eq!(id, 5);
+    assert_eq!(err_kind(result).0, ErrorKind::InvalidArgument);
+    let (id, result) = hub.response().await;
+    assert_eq!(id, 5);
+    assert_eq!(ran(result).exit_code, Some(0));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn command_exit_code_and_stdout() {
+    let mut hub = start().await;
+    let r = ran(hub.run("echo hello; exit 3", 10_000).await);
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.signal, None);
+    assert_eq!(r.stdout, "hello\n");
+    assert_eq!(r.stderr, "");
+    assert!(!r.stdout_truncated && !r.stderr_truncated && !r.timed_out);
+    assert!(r.duration_ms < 5_000, "{}", r.duration_ms);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn command_stderr_is_separate() {
+    let mut hub = start().await;
+    let r = ran(hub.run("echo out; echo err >&2; echo out2", 10_000).await);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.stdout, "out\nout2\n");
+    assert_eq!(r.stderr, "err\n");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_killed_by_a_signal_reports_it() {
+    let mut hub = start().await;
+    let r = ran(hub.run("kill -9 $$", 10_000).await);
+    assert_eq!(r.exit_code, None);
+    assert_eq!(r.signal, Some(9));
+    assert!(!r.timed_out);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn commands_lead_their_own_session_and_are_first_for_the_oom_killer() {
+    let mut hub = start().await;
+    let r = ran(hub
+        .run(
+            "echo $$; cut -d' ' -f6 /proc/$$/stat; cat /proc/self/oom_score_adj",
+            10_000,
+        )
+        .await);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{:?} {:?}", r.stdout, r.stderr);
+    assert_eq!(lines[0], lines[1], "session id is the shell's pid");
+    assert_eq!(lines[2], "1000");
+    let me = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    assert_ne!(me.trim(), "1000", "the agent keeps its own score");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn output_over_the_cap_is_truncated_but_drained() {
+    let mut hub = start().await;
+    let op = Op::RunCommand {
+        command: "yes | head -c 10000000; echo done >&2".into(),
+        cwd: None,
+        timeout_ms: 20_000,
+        env: BTreeMap::new(),
+        output_cap: 1000,
+    };
+    let started = Instant::now();
+    let r = ran(hub.call(op).await);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!r.timed_out, "the writer must never block on a full pipe");
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.stdout.len(), 1000);
+    assert!(r.stdout.starts_with("y\ny\n"));
+    assert!(r.stdout_truncated);
+    assert_eq!(r.stderr, "done\n");
+    assert!(!r.stderr_truncated);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cwd_must_stay_inside_the_workspace() {
+    let mut hub = start().await;
+    std::fs::create_dir(hub.ws().join("sub")).unwrap();
+    std::os::unix::fs::symlink("/", hub.ws().join("root-link")).unwrap();
+    std::os::unix::fs::symlink("sub", hub.ws().join("sub-link")).unwrap();
+    for cwd in [
+        "..",
+        "../..",
+        "/",
+        "/tmp",
+        "sub/../..",
+        "root-link",
+        "root-link/etc",
+    ] {
+        let op = Op::RunCommand {
+            command: "pwd".into(),
+            cwd: Some(cwd.into()),
+            timeout_ms: 10_000,
+            env: BTreeMap::new(),
+            output_cap: 1000,
+        };
+        let (kind, message) = err_kind(hub.call(op).await);
+        assert_eq!(kind, ErrorKind::InvalidPath, "{cwd}: {message}");
+    }
+    let ws = std::fs::canonicalize(hub.ws()).unwrap();
+    for (cwd, want) in [
+        (None, ws.clone()),
+        (Some("sub"), ws.join("sub")),
+        (Some("sub-link/"), ws.join("sub")),
+        (Some("."), ws.clone()),
+    ] {
+        let op = Op::RunCommand {
+            command: "pwd -P".into(),
+            cwd: cwd.map(String::from),
+            timeout_ms: 10_000,
+            env: BTreeMap::new(),
+            output_cap: 1000,
+        };
+        let r = ran(hub.call(op).await);
+        assert_eq!(r.stdout.trim_end(), want.to_str().unwrap(), "{cwd:?}");
+    }
+    let op = Op::RunCommand {
+        command: "pwd".into(),
+        cwd: Some("missing".into()),
+        timeout_ms: 10_000,
+        env: BTreeMap::new(),
+        output_cap: 1000,
+    };
+    assert_eq!(err_kind(hub.call(op).await).0, ErrorKind::NotFound);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn environment_is_clean_and_names_are_checked() {
+    let mut hub = start().await;
+    let op = Op::RunCommand {
+        command: "echo $FOO; env | cut -d= -f1 | sort | tr '\\n' ' '".into(),
+        cwd: None,
+        timeout_ms: 10_000,
+        env: BTreeMap::from([("FOO".into(), "bar baz".into())]),
+        output_cap: 10_000,
+    };
+    let r = ran(hub.call(op).await);
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("bar baz"));
+    let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    for name in &names {
+        assert!(
+            [
+                "FOO", "HOME", "LANG", "PATH", "TMPDIR", "USER", "LOGNAME", "PWD", "OLDPWD"
+            ]
+            .contains(name),
+            "unexpected variable {name} in {names:?}"
+        );
+    }
+    for name in ["FOO", "HOME", "LANG", "PATH", "TMPDIR"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let r = ran(hub
+        .run("echo $HOME; echo $TMPDIR; echo $PATH", 10_000)
+        .await);
+    let want = format!(
+        "{}\n{}\n/usr/local/bin:/usr/bin:/bin\n",
+        hub.ws().display(),
+        hub.dir.path().join("tmp").display()
+    );
+    assert_eq!(r.stdout, want);
+
+    let op = Op::RunCommand {
+        command: "true".into(),
+        cwd: None,
+        timeout_ms: 10_000,
+        env: BTreeMap::from([("BAD-NAME".into(), "sekrit-value".into())]),
+        output_cap: 1000,
+    };
+    let (kind, message) = err_kind(hub.call(op).await);
+    assert_eq!(kind, ErrorKind::InvalidArgument);
+    assert!(message.contains("BAD-NAME"), "{message}");
+    assert!(!message.contains("sekrit"), "value leaked: {message}");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn timeout_kills_a_command_that_ignores_sigterm() {
+    let mut hub = start().await;
+    let started = Instant::now();
+    let r = ran(hub.run("trap '' TERM; sleep 30", 500).await);
+    let took = started.elapsed();
+    assert!(r.timed_out);
+    assert_eq!(r.exit_code, None);
+    assert_eq!(r.signal, Some(9));
+    assert!(took < Duration::from_millis(1800), "took {took:?}");
+    assert!(r.duration_ms >= 500, "{}", r.duration_ms);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn timeout_kills_a_grandchild_in_its_own_session() {
+    let mut hub = start().await;
+    // The grandchild leaves the session and the output pipes: only the parent link finds it.
+    let command =
+        "setsid sh -c 'echo $$ > gc.pid; exec sleep 30' >/dev/null 2>&1 </dev/null & wait";
+    let started = Instant::now();
+    let r = ran(hub.run(command, 700).await);
+    assert!(r.timed_out);
+    assert!(started.elapsed() < Duration::from_millis(2000));
+    let pid = read_pid(&hub.ws().join("gc.pid"));
+    assert!(gone(pid), "grandchild {pid} survived");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reparented_pipe_holder_is_killed() {
+    let mut hub = start().await;
+    // The subshell exits at once, so the grandchild is orphaned and in a new session: only the
+    // output pipe it still holds ties it to the command.
+    let command = "(setsid sh -c 'echo $$ > orphan.pid; exec sleep 30' &); \
+                   until [ -s orphan.pid ]; do sleep 0.01; done; echo started";
+    let started = Instant::now();
+    let r = ran(hub.run(command, 10_000).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!r.timed_out);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.stdout, "started\n");
+    let pid = read_pid(&hub.ws().join("orphan.pid"));
+    assert!(gone(pid), "orphan {pid} survived");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn background_jobs_do_not_keep_a_command_open() {
+    let mut hub = start().await;
+    let started = Instant::now();
+    let r = ran(hub
+        .run("sleep 100 & echo $! > bg.pid; echo started", 60_000)
+        .await);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!r.timed_out);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.stdout, "started\n");
+    let pid = read_pid(&hub.ws().join("bg.pid"));
+    assert!(gone(pid), "background job {pid} survived");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn long_commands_report_progress() {
+    let mut hub = start().await;
+    hub.send(3, cmd("sleep 1.3", 10_000)).await;
+    let mut progress = Vec::new();
+    let result = loop {
+        match next(&mut hub.io).await {
+            AgentMessage::Progress {
+                id,
+                message,
+                progress: p,
+                total,
+            } => {
+                assert_eq!(id, 3);
+                progress.push((message, p, total));
+            }
+            AgentMessage::Response { id, result } => {
+                assert_eq!(id, 3);
+                break result;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(ran(result).exit_code, Some(0));
+    let (message, p, total) = progress.first().expect("no progress sent");
+    assert_eq!(message, "running for 1s, 0 bytes of output");
+    assert_eq!(*p, Some(1.0));
+    assert_eq!(*total, Some(10.0));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_kills_a_running_command() {
+    let mut hub = start().await;
+    hub.send(7, cmd("echo $$ > root.pid; exec sleep 30", 60_000))
+        .await;
+    let pid_file = hub.ws().join("root.pid");
+    let waited = Instant::now();
+    while !pid_file.exists() || std::fs::read_to_string(&pid_file).unwrap().is_empty() {
+        assert!(waited.elapsed() < STEP, "command never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid = read_pid(&pid_file);
+    let started = Instant::now();
+    hub.io.send(HubMessage::Cancel { id: 7 }).await.unwrap();
+    let (id, result) = hub.response().await;
+    assert_eq!(id, 7);
+    assert_eq!(err_kind(result).0, ErrorKind::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(gone(pid), "command {pid} survived the cancel");
+    // Cancelling something already finished is harmless.
+    hub.io.send(HubMessage::Cancel { id: 7 }).await.unwrap();
+    assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_cancels_running_commands_and_exits() {
+    let mut hub = start().await;
+    hub.send(9, cmd("sleep 30", 60_000)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hub.io.send(HubMessage::Shutdown).await.unwrap();
+    let started = Instant::now();
+    let (id, result) = hub.response().await;
+    assert_eq!(id, 9);
+    assert_eq!(err_kind(result).0, ErrorKind::Cancelled);
+    // The writer closes the channel once everything is flushed.
+    let end = tokio::time::timeout(STEP, hub.io.next()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
+    let result = tokio::time::timeout(STEP, hub.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn end_of_input_stops_the_agent_cleanly() {
+    let hub = start().await;
+    let Hub {
+        io,
+        agent,
+        dir: _dir,
+    } = hub;
+    let mut stream = io.into_inner();
+    stream.shutdown().await.unwrap();
+    let result = tokio::time::timeout(STEP, agent).await.unwrap().unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_frame_stops_the_agent_with_an_error() {
+    let hub = start().await;
+    let Hub {
+        io,
+        agent,
+        dir: _dir,
+    } = hub;
+    let mut stream = io.into_inner();
+    let body = b"{\"type\":\"launch\"}";
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(body).await.unwrap();
+    let result = tokio::time::timeout(STEP, agent).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(AgentError::Channel(ProtocolError::Malformed { .. }))
+        ),
+        "{result:?}"
+    );
+}
+
+/// Set in the re-executed test binary: run `agent::main` on this directory.
+const MAIN_ENV: &str = "LODGE_TEST_AGENT_MAIN_DIR";
+const MAIN_TEST: &str = "agent::tests::main_serves_stdio_confined_and_reaps_orphans";
+
+/// The production entry end to end, in a child process: confinement, child subreaper (orphans
+/// are reaped by the agent itself, not left as zombies), stdio pipes, exit code.
+#[test]
+fn main_serves_stdio_confined_and_reaps_orphans() {
+    if let Some(dir) = std::env::var_os(MAIN_ENV) {
+        let dir = PathBuf::from(dir);
+        let code = super::main(AgentConfig {
+            workspace: dir.join("ws"),
+            tmp: dir.join("tmp"),
+            confine: true,
+            network: false,
+        });
+        assert_eq!(code, std::process::ExitCode::SUCCESS);
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    for sub in ["ws", "tmp", "outside"] {
+        std::fs::create_dir(base.path().join(sub)).unwrap();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([MAIN_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(MAIN_ENV, base.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    skip_test_header(&mut stdout);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(drive_main(base.path(), stdout, stdin));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent process failed: {stderr}");
+    assert!(
+        stderr.contains("confinement: landlock fully enforced"),
+        "{stderr}"
+    );
+}
+
+/// With one test thread, libtest prints "test NAME ... " on stdout before the test runs; the
+/// frames follow.
+fn skip_test_header(stdout: &mut std::process::ChildStdout) {
+    use std::io::Read;
+    let marker = format!("test {MAIN_TEST} ... ");
+    let marker = marker.as_bytes();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(marker) {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "no test header");
+        seen.push(byte[0]);
+    }
+}
+
+async fn drive_main(
+    base: &Path,
+    stdout: std::process::ChildStdout,
+    stdin: std::process::ChildStdin,
+) {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::unix::pipe;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let reader = pipe::Receiver::from_owned_fd(stdout.into()).unwrap();
+    let writer = pipe::Sender::from_owned_fd(stdin.into()).unwrap();
+    let mut rx = FramedRead::new(reader, HubCodec::new());
+    let mut tx = FramedWrite::new(writer, HubCodec::new());
+    let mut recv = async || loop {
+        let message = tokio::time::timeout(STEP, rx.next())
+            .await
+            .expect("agent silent")
+            .expect("channel closed")
+            .expect("bad frame");
+        if !matches!(message, AgentMessage::Progress { .. }) {
+            return message;
+        }
+    };
+    assert!(matches!(recv().await, AgentMessage::Hello(_)));
+    tx.send(HubMessage::Hello(Hello::current("test")))
+        .await
+        .unwrap();
+
+    // An orphan in its own session that still holds the output pipe: killed, then reaped by
+    // the agent (its subreaper), so it does not even linger as a zombie.
+    let command = "(setsid sh -c 'echo $$ > orphan.pid; exec sleep 30' &); \
+                   until [ -s orphan.pid ]; do sleep 0.01; done; echo started";
+    tx.send(HubMessage::Request {
+        id: 1,
+        op: cmd(command, 10_000),
+    })
+    .await
+    .unwrap();
+    let AgentMessage::Response { id: 1, result } = recv().await else {
+        panic!("expected the response")
+    };
+    assert_eq!(ran(result).stdout, "started\n");
+    let pid = read_pid(&base.join("ws/orphan.pid"));
+    let waited = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(waited.elapsed() < STEP, "orphan {pid} was not reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Commands inherit the confinement.
+    let command =
+        "echo x > ../outside/f; echo $?; cat ../outside/../ws/orphan.pid >/dev/null; echo $?";
+    tx.send(HubMessage::Request {
+        id: 2,
+        op: cmd(command, 10_000),
+    })
+    .await
+    .unwrap();
+    let AgentMessage::Response { id: 2, result } = recv().await else {
+        panic!("expected the response")
+    };
+    let r = ran(result);
+    assert_eq!(r.stdout, "2\n0\n", "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert!(!base.join("outside/f").exists());
+
+    tx.send(HubMessage::Shutdown).await.unwrap();
+    // Drain whatever follows (libtest's own report) until the process exits.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, rx.into_inner().read_to_end(&mut rest)).await;
+}

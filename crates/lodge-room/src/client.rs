@@ -1,0 +1,456 @@
+//! The hub's end of one room channel: many concurrent requests multiplexed by id over one framed
+//! stream, with progress events routed to the caller that asked and cancellation when a caller
+//! gives up. It knows nothing of users or policy; when the channel dies every caller gets
+//! [`CallError::Closed`] at once instead of waiting.
+
+use crate::protocol::{
+    AgentMessage, Hello, HubCodec, HubMessage, Op, OpError, OpResult, ProtocolError, Stream,
+    check_hello,
+};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+/// Something a running request reports before its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Progress {
+        message: String,
+        progress: Option<f64>,
+        total: Option<f64>,
+    },
+    Output {
+        stream: Stream,
+        data: String,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The operation ran and failed; the room is fine.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The channel is gone (the room exited, was killed, or broke the protocol).
+    #[error("the room stopped: {reason}")]
+    Closed { reason: String },
+}
+
+type Reply = oneshot::Sender<Result<OpResult, CallError>>;
+
+struct Pending {
+    reply: Reply,
+    events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+struct Inner {
+    outbox: mpsc::UnboundedSender<HubMessage>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl Inner {
+    /// Marks the channel dead and fails every waiting caller with `reason` (first reason wins).
+    fn close(&self, reason: String) {
+        let reason = {
+            let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(reason).clone()
+        };
+        self.closed.cancel();
+        let waiting: Vec<Pending> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.drain().map(|(_, p)| p).collect()
+        };
+        for p in waiting {
+            let _ = p.reply.send(Err(CallError::Closed {
+                reason: reason.clone(),
+            }));
+        }
+    }
+
+    fn closed_error(&self) -> CallError {
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        CallError::Closed {
+            reason: reason.unwrap_or_else(|| "the channel is closed".into()),
+        }
+    }
+}
+
+/// A connected room channel. Cheap to clone; all clones share the channel.
+#[derive(Clone)]
+pub struct RoomClient {
+    inner: Arc<Inner>,
+}
+
+impl RoomClient {
+    /// Exchanges hellos over `reader`/`writer` (within `timeout`) and starts the channel's
+    /// reader and writer tasks. Returns the agent's hello.
+    pub async fn connect<R, W>(
+        reader: R,
+        writer: W,
+        timeout: Duration,
+    ) -> Result<(RoomClient, Hello), CallError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut frames_in = FramedRead::new(reader, HubCodec::new());
+        let mut frames_out = FramedWrite::new(writer, HubCodec::new());
+        let closed = |reason: String| CallError::Closed { reason };
+        let greet = async {
+            frames_out
+                .send(HubMessage::Hello(Hello::current(env!("CARGO_PKG_VERSION"))))
+                .await
+                .map_err(|e| closed(format!("cannot greet the agent: {e}")))?;
+            match frames_in.next().await {
+                Some(Ok(AgentMessage::Hello(h))) => {
+                    check_hello(&h).map_err(|e| closed(e.to_string()))?;
+                    Ok(h)
+                }
+                Some(Ok(_)) => Err(closed("the agent did not greet first".into())),
+                Some(Err(e)) => Err(closed(format!("bad greeting from the agent: {e}"))),
+                None => Err(closed("the agent exited before greeting".into())),
+            }
+        };
+        let hello = tokio::time::timeout(timeout, greet)
+            .await
+            .map_err(|_| closed(format!("the agent did not greet within {timeout:?}")))??;
+
+        let (outbox, mut queue) = mpsc::unbounded_channel::<HubMessage>();
+        let inner = Arc::new(Inner {
+            outbox,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+
+        let writer_inner = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = writer_inner.closed.cancelled() => break,
+                    msg = queue.recv() => msg,
+                };
+                let Some(msg) = msg else { break };
+                if let Err(e) = frames_out.send(msg).await {
+                    writer_inner.close(format!("cannot write to the room: {e}"));
+                    break;
+                }
+            }
+        });
+
+        let reader_inner = inner.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match frames_in.next().await {
+                    Some(Ok(msg)) => route(&reader_inner, msg),
+                    Some(Err(e)) => break describe(e),
+                    None => break "the room's agent exited".to_owned(),
+                }
+            };
+            reader_inner.close(reason);
+        });
+
+        Ok((RoomClient { inner }, hello))
+    }
+
+    /// Runs `op` in the room. Progress and output go to `events` if given. Dropping the
+    /// returned future before it finishes cancels the request in the room.
+    pub async fn call(
+        &self,
+        op: Op,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<OpResult, CallError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(self.inner.closed_error());
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Pending { reply, events });
+        let guard = CancelOnDrop {
+            inner: &self.inner,
+            id,
+            armed: true,
+        };
+        if self
+            .inner
+            .outbox
+            .send(HubMessage::Request { id, op })
+            .is_err()
+        {
+            return Err(self.inner.closed_error());
+        }
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err(self.inner.closed_error()));
+        guard.disarm();
+        result
+    }
+
+    /// Asks the agent to finish and exit (running requests are cancelled there).
+    pub fn shutdown(&self) {
+        let _ = self.inner.outbox.send(HubMessage::Shutdown);
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Resolves when the channel is gone, with the reason.
+    pub async fn closed(&self) -> String {
+        self.inner.closed.cancelled().await;
+        match self.inner.closed_error() {
+            CallError::Closed { reason } => reason,
+            CallError::Op(e) => e.to_string(),
+        }
+    }
+
+    /// Fails every waiting caller with `reason` and stops using the channel (e.g. the room's
+    /// process was seen to exit, or was killed for exceeding its memory).
+    pub fn close(&self, reason: impl Into<String>) {
+        self.inner.close(reason.into());
+    }
+}
+
+/// Delivers one agent message to the caller waiting for it.
+fn route(inner: &Inner, msg: AgentMessage) {
+    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+    match msg {
+        AgentMessage::Response { id, result } => {
+            if let Some(p) = pending.remove(&id) {
+                let _ = p.reply.send(result.map_err(CallError::Op));
+            }
+        }
+        AgentMessage::Progress {
+            id,
+            message,
+            progress,
+            total,
+        } => send_event(
+            &pending,
+            id,
+            Event::Progress {
+                message,
+                progress,
+                total,
+            },
+        ),
+        AgentMessage::Output { id, stream, data } => {
+            send_event(&pending, id, Event::Output { stream, data })
+        }
+        AgentMessage::Log { level, message } => {
+            tracing::debug!(?level, agent_message = %message, "room agent");
+        }
+        AgentMessage::Hello(_) => tracing::warn!("room agent greeted twice; ignored"),
+    }
+}
+
+fn send_event(pending: &HashMap<u64, Pending>, id: u64, event: Event) {
+    if let Some(tx) = pending.get(&id).and_then(|p| p.events.as_ref()) {
+        let _ = tx.send(event);
+    }
+}
+
+fn describe(e: ProtocolError) -> String {
+    match e {
+        ProtocolError::Io(e) => format!("the room channel failed: {e}"),
+        other => format!("the room broke the protocol: {other}"),
+    }
+}
+
+/// Sends `Cancel` for a request whose caller went away before the answer.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    id: u64,
+    armed: bool,
+}
+
+impl CancelOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let removed = self
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.id);
+            if removed.is_some() {
+                let _ = self.inner.outbox.send(HubMessage::Cancel { id: self.id });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AgentCodec, ErrorKind};
+
+    /// A scripted agent on the other end of a duplex pipe.
+    async fn fake_agent() -> (
+        RoomClient,
+        FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, AgentCodec>,
+        FramedWrite<tokio::io::WriteHalf<tokio::io::DuplexStream>, AgentCodec>,
+    ) {
+        let (hub_side, agent_side) = tokio::io::duplex(1 << 16);
+        let (hr, hw) = tokio::io::split(hub_side);
+        let (ar, aw) = tokio::io::split(agent_side);
+        let mut a_in = FramedRead::new(ar, AgentCodec::new());
+        let mut a_out = FramedWrite::new(aw, AgentCodec::new());
+        let agent = async {
+            let first = a_in.next().await.unwrap().unwrap();
+            assert!(matches!(first, HubMessage::Hello(_)));
+            a_out
+                .send(AgentMessage::Hello(Hello::current("test")))
+                .await
+                .unwrap();
+        };
+        let (client, ()) = tokio::join!(
+            async {
+                RoomClient::connect(hr, hw, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+                    .0
+            },
+            agent
+        );
+        (client, a_in, a_out)
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_callers_by_id_and_events_are_routed() {
+        let (client, mut a_in, mut a_out) = fake_agent().await;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let c1 = client.clone();
+        let first = tokio::spawn(async move { c1.call(Op::Ping, Some(tx)).await });
+        let c2 = client.clone();
+        let second = tokio::spawn(async move { c2.call(Op::Ping, None).await });
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            match a_in.next().await.unwrap().unwrap() {
+                HubMessage::Request { id, .. } => ids.push(id),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        ids.sort();
+        // Progress for the first request, then answer in reverse order.
+        for id in &ids {
+            a_out
+                .send(AgentMessage::Progress {
+                    id: *id,
+                    message: format!("p{id}"),
+                    progress: None,
+                    total: None,
+                })
+                .await
+                .unwrap();
+        }
+        a_out
+            .send(AgentMessage::Response {
+                id: ids[1],
+                result: Err(OpError::new(ErrorKind::NotFound, "nope")),
+            })
+            .await
+            .unwrap();
+        a_out
+            .send(AgentMessage::Response {
+                id: ids[0],
+                result: Ok(OpResult::Pong),
+            })
+            .await
+            .unwrap();
+        let r1 = first.await.unwrap();
+        let r2 = second.await.unwrap();
+        // Which spawned call got which id is not fixed; one is Pong, the other NotFound.
+        let (pong, err) = if r1.is_ok() { (r1, r2) } else { (r2, r1) };
+        assert_eq!(pong.unwrap(), OpResult::Pong);
+        assert!(matches!(err, Err(CallError::Op(e)) if e.kind == ErrorKind::NotFound));
+        assert_eq!(client.in_flight(), 0);
+        // The first call's event sender got exactly one progress event (its own).
+        let ev = events.recv().await;
+        assert!(matches!(ev, Some(Event::Progress { .. })), "{ev:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dead_agent_fails_waiting_callers_at_once() {
+        let (client, mut a_in, a_out) = fake_agent().await;
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.call(Op::Ping, None).await });
+        assert!(matches!(
+            a_in.next().await,
+            Some(Ok(HubMessage::Request { .. }))
+        ));
+        drop(a_out);
+        drop(a_in);
+        let r = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("caller must not hang")
+            .unwrap();
+        assert!(matches!(r, Err(CallError::Closed { .. })), "{r:?}");
+        assert!(client.is_closed());
+        let again = client.call(Op::Ping, None).await;
+        assert!(matches!(again, Err(CallError::Closed { .. })));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_call_cancels_it_in_the_room() {
+        let (client, mut a_in, _a_out) = fake_agent().await;
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.call(Op::Ping, None).await });
+        let id = match a_in.next().await.unwrap().unwrap() {
+            HubMessage::Request { id, .. } => id,
+            other => panic!("unexpected {other:?}"),
+        };
+        call.abort();
+        let next = tokio::time::timeout(Duration::from_secs(5), a_in.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(next, Some(Ok(HubMessage::Cancel { id: c })) if c == id),
+            "{next:?}"
+        );
+        assert_eq!(client.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_greets_times_out() {
+        let (hub_side, _agent_side) = tokio::io::duplex(1024);
+        let (r, w) = tokio::io::split(hub_side);
+        let e = RoomClient::connect(r, w, Duration::from_millis(100))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("did not greet"), "{e}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Reads `/proc/self/mountinfo`: where cgroup hierarchies are mounted and whether a workspace is
+//! already a mount point. It only parses; it never mounts or changes anything.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+/// One line of mountinfo, with the fields the spawner uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mount {
+    /// The path inside the mounted filesystem that is mounted here (`/` for a whole fs).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+/// The mounts of this process's mount namespace.
+pub(crate) fn read() -> io::Result<Vec<Mount>> {
+    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// Parses mountinfo text; malformed lines are skipped.
+pub(crate) fn parse(text: &str) -> Vec<Mount> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mount> {
+    // id parent major:minor root mount_point options [optional...] - fstype source super_options
+    let (head, tail) = line.split_once(" - ")?;
+    let mut head = head.split(' ');
+    let root = head.nth(3)?;
+    let mount_point = head.next()?;
+    let mut tail = tail.split(' ');
+    let fstype = tail.next()?;
+    let source = tail.next().unwrap_or("");
+    let super_options = tail.next().unwrap_or("");
+    Some(Mount {
+        root: unescape(root),
+        mount_point: unescape(mount_point),
+        fstype: fstype.to_owned(),
+        source: unescape(source).to_string_lossy().into_owned(),
+        super_options: super_options.to_owned(),
+    })
+}
+
+/// Undoes the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` `\`).
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') as u32 * 64
+                + (bytes[i + 2] - b'0') as u32 * 8
+                + (bytes[i + 3] - b'0') as u32;
+            if let Ok(b) = u8::try_from(v) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// Is `path` (absolute, canonical) a mount point in this namespace?
+pub(crate) fn is_mount_point(mounts: &[Mount], path: &Path) -> bool {
+    mounts.iter().any(|m| m.mount_point == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+35 22 0:30 / /sys/fs/cgroup/memory rw,nosuid shared:12 - cgroup cgroup rw,memory
+36 22 0:31 / /sys/fs/cgroup/cpu,cpuacct rw shared:13 - cgroup cgroup rw,cpu,cpuacct
+37 22 0:32 / /sys/fs/cgroup/unified rw shared:14 - cgroup2 cgroup2 rw,nsdelegate
+90 22 7:0 / /data/work\\040spaces/a\\134b rw,nosuid,nodev - ext4 /dev/loop0 rw
+garbage line
+";
+
+    #[test]
+    fn parses_fields_and_escapes() {
+        let m = parse(SAMPLE);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[1].mount_point, Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(m[1].fstype, "cgroup");
+        assert_eq!(m[1].super_options, "rw,memory");
+        assert_eq!(m[3].fstype, "cgroup2");
+        assert_eq!(m[4].mount_point, Path::new("/data/work spaces/a\\b"));
+        assert_eq!(m[4].source, "/dev/loop0");
+        assert!(is_mount_point(&m, Path::new("/data/work spaces/a\\b")));
+        assert!(!is_mount_point(&m, Path::new("/data")));
+    }
+
+    #[test]
+    fn reads_own_mountinfo() {
+        let m = read().expect("read /proc/self/mountinfo");
+        assert!(m.iter().any(|m| m.mount_point == Path::new("/")));
+    }
+}

@@ -1,0 +1,277 @@
+//! Disk quota for a workspace: an ext4 image in the room's state directory, loop-mounted
+//! (nosuid, nodev) on the workspace path. It never mounts over a workspace that already holds
+//! files, and it only warns (never fails a spawn) when mounting is impossible.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::SpawnError;
+use super::mountinfo;
+
+/// Sizing passes: mkfs overhead is not linear (journal and inode tables step with size), so the
+/// image is made, measured and remade until usable space is close to the quota.
+const SIZING_PASSES: usize = 3;
+const MIB: u64 = 1 << 20;
+
+/// The image file of a room whose state directory is `state_dir`.
+pub(crate) fn image_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("workspace.img")
+}
+
+/// Makes `workspace` a mounted ext4 volume of about `disk_bytes` usable bytes owned by
+/// `owner`. Returns a warning when the quota is not applied and the room should go on
+/// without it. Needs root.
+pub(crate) async fn prepare(
+    workspace: &Path,
+    image: &Path,
+    disk_bytes: u64,
+    owner: (u32, u32),
+) -> Result<Option<String>, SpawnError> {
+    let ws_err = |error: io::Error| SpawnError::Workspace {
+        path: workspace.to_path_buf(),
+        error,
+    };
+    match fs::symlink_metadata(workspace) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(ws_err(io::Error::other("exists and is not a directory")));
+        }
+        Ok(_) => {
+            let canonical = fs::canonicalize(workspace).map_err(ws_err)?;
+            if is_mounted(&canonical).map_err(ws_err)? {
+                return Ok(None);
+            }
+            if fs::read_dir(workspace).map_err(ws_err)?.next().is_some() {
+                return Ok(Some(format!(
+                    "disk quota not applied: workspace predates the quota ({} holds files; move them out, delete {} and restart the room to apply it)",
+                    workspace.display(),
+                    workspace.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(workspace)
+                .map_err(ws_err)?;
+        }
+        Err(e) => return Err(ws_err(e)),
+    }
+
+    if image.exists() {
+        if let Err(why) = mount(image, workspace).await {
+            return Ok(Some(not_applied(&why)));
+        }
+    } else {
+        let mut size = first_guess(disk_bytes);
+        for pass in 0..SIZING_PASSES {
+            make_image(image, size, owner).await?;
+            if let Err(why) = mount(image, workspace).await {
+                let _ = fs::remove_file(image);
+                return Ok(Some(not_applied(&why)));
+            }
+            let usable = usable_bytes(workspace).map_err(ws_err)?;
+            let tolerance = (disk_bytes / 50).max(MIB / 2);
+            if usable.abs_diff(disk_bytes) <= tolerance || pass + 1 == SIZING_PASSES {
+                break;
+            }
+            umount(workspace)
+                .await
+                .map_err(|detail| SpawnError::Volume {
+                    path: image.to_path_buf(),
+                    detail,
+                })?;
+            size = next_guess(size, usable, disk_bytes);
+        }
+        // mkfs leaves lost+found; the workspace should start empty.
+        let _ = fs::remove_dir(workspace.join("lost+found"));
+    }
+    // The volume's root is the workspace: the room's uid, nobody else.
+    rustix::fs::chown(
+        workspace,
+        Some(rustix::fs::Uid::from_raw(owner.0)),
+        Some(rustix::fs::Gid::from_raw(owner.1)),
+    )
+    .map_err(|e| ws_err(e.into()))?;
+    fs::set_permissions(workspace, fs::Permissions::from_mode(0o700)).map_err(ws_err)?;
+    Ok(None)
+}
+
+fn not_applied(why: &str) -> String {
+    format!("disk quota not applied: {why}; the workspace is unlimited")
+}
+
+fn first_guess(disk: u64) -> u64 {
+    round_up(disk + disk / 10 + MIB, MIB)
+}
+
+fn next_guess(size: u64, usable: u64, disk: u64) -> u64 {
+    let want = size as i128 + disk as i128 - usable as i128;
+    round_up(want.max(4 * MIB as i128) as u64, 64 * 1024)
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+fn usable_bytes(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail * st.f_frsize)
+}
+
+async fn make_image(image: &Path, size: u64, owner: (u32, u32)) -> Result<(), SpawnError> {
+    let vol_err = |detail: String| SpawnError::Volume {
+        path: image.to_path_buf(),
+        detail,
+    };
+    // A sparse file: only written blocks use disk.
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(image)
+        .map_err(|e| vol_err(format!("create: {e}")))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.set_len(size))
+        .map_err(|e| vol_err(format!("size to {size} bytes: {e}")))?;
+    drop(file);
+    let mkfs = find_tool("mkfs.ext4")
+        .ok_or_else(|| vol_err("mkfs.ext4 not found; install e2fsprogs".to_owned()))?;
+    let out = tokio::process::Command::new(&mkfs)
+        .args(["-q", "-F", "-m", "0", "-E"])
+        .arg(format!("root_owner={}:{},nodiscard", owner.0, owner.1))
+        .arg(image)
+        .env_clear()
+        .output()
+        .await
+        .map_err(|e| vol_err(format!("run {}: {e}", mkfs.display())))?;
+    if !out.status.success() {
+        let _ = fs::remove_file(image);
+        return Err(vol_err(format!(
+            "mkfs.ext4 failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+async fn mount(image: &Path, workspace: &Path) -> Result<(), String> {
+    let tool = find_tool("mount").ok_or("mount(8) not found; install mount")?;
+    let out = tokio::process::Command::new(&tool)
+        .args(["-o", "loop,nosuid,nodev"])
+        .arg(image)
+        .arg(workspace)
+        .env_clear()
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount of {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+async fn umount(workspace: &Path) -> Result<(), String> {
+    let tool = find_tool("umount").ok_or("umount(8) not found; install mount")?;
+    let out = tokio::process::Command::new(&tool)
+        .arg(workspace)
+        .env_clear()
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "umount {} failed: {}",
+            workspace.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Is `canonical` a mount point in the hub's mount namespace?
+fn is_mounted(canonical: &Path) -> io::Result<bool> {
+    Ok(mountinfo::is_mount_point(&mountinfo::read()?, canonical))
+}
+
+/// Lazily unmounts a workspace volume (for hub shutdown and `user remove --purge`). Returns
+/// whether something was mounted there. Rooms using it must be stopped first; a lazy unmount
+/// lets the loop device go once the last user is gone.
+pub fn unmount(workspace: &Path) -> Result<bool, SpawnError> {
+    let ws_err = |error: io::Error| SpawnError::Workspace {
+        path: workspace.to_path_buf(),
+        error,
+    };
+    let canonical = match fs::canonicalize(workspace) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(ws_err(e)),
+    };
+    if !is_mounted(&canonical).map_err(ws_err)? {
+        return Ok(false);
+    }
+    let tool = find_tool("umount")
+        .ok_or_else(|| ws_err(io::Error::other("umount(8) not found; install mount")))?;
+    let out = std::process::Command::new(&tool)
+        .arg("-l")
+        .arg(&canonical)
+        .env_clear()
+        .output()
+        .map_err(ws_err)?;
+    if !out.status.success() {
+        return Err(ws_err(io::Error::other(format!(
+            "umount -l failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))));
+    }
+    Ok(true)
+}
+
+/// Finds a system tool in PATH or the usual sbin/bin directories (a hub started by systemd or
+/// cron may have a PATH without sbin).
+pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(PathBuf::from),
+        )
+        .map(|d| d.join(OsStr::new(name)))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizing_guesses_converge_towards_the_quota() {
+        assert_eq!(first_guess(16 * MIB), 19 * MIB);
+        // A pass that came out 2 MiB short grows the image by 2 MiB.
+        assert_eq!(next_guess(19 * MIB, 14 * MIB, 16 * MIB), 21 * MIB);
+        // One that came out long shrinks it.
+        assert_eq!(next_guess(110 * MIB, 104 * MIB, 100 * MIB), 106 * MIB);
+        assert_eq!(next_guess(5 * MIB, 100 * MIB, 1), 4 * MIB);
+    }
+
+    #[test]
+    fn finds_tools() {
+        assert!(
+            find_tool("mkfs.ext4").is_some(),
+            "mkfs.ext4 missing: install e2fsprogs"
+        );
+        assert!(find_tool("mount").is_some());
+        assert!(find_tool("no-such-tool-lodge").is_none());
+    }
+}

@@ -1,0 +1,117 @@
+//! Every `unsafe` block of lodge-room lives here, each with a comment on why it is sound.
+//! Only thin wrappers: no policy, and nothing in code that runs between fork and exec may
+//! allocate, lock or log (only raw syscalls).
+
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::fs::{Mode, OFlags};
+
+/// Where the kernel takes a process's OOM-killer preference.
+const OOM_SCORE_ADJ: &CStr = c"/proc/self/oom_score_adj";
+/// The highest value: the OOM killer picks this process first. Raising needs no privilege.
+const OOM_SCORE_ADJ_MAX: &[u8] = b"1000";
+
+/// Arranges for the child of `cmd` to start a new session (so it leads its own session and
+/// process group), to be the OOM killer's first choice, and to start in the directory `cwd`
+/// (an `O_PATH` directory fd, resolved beneath the workspace by the caller). The fd is owned by
+/// the hook and closed when `cmd` is dropped; it is `O_CLOEXEC`, so the command never sees it.
+pub(crate) fn set_command_child_setup(cmd: &mut Command, cwd: OwnedFd) {
+    let hook = move || -> std::io::Result<()> {
+        rustix::process::setsid()?;
+        // Best effort: without /proc the command simply keeps the agent's score.
+        if let Ok(fd) = rustix::fs::open(
+            OOM_SCORE_ADJ,
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::io::write(&fd, OOM_SCORE_ADJ_MAX);
+        }
+        rustix::process::fchdir(&cwd)?;
+        Ok(())
+    };
+    // SAFETY: `pre_exec` is unsafe because the hook runs in the forked child, where only
+    // async-signal-safe work is allowed (another thread of the parent may have held a lock at
+    // fork time). The hook only makes raw syscalls through rustix (setsid, open of a
+    // NUL-terminated static path, write of a static buffer, close, fchdir): no allocation, no
+    // locks, no std I/O. Converting an `Errno` into `io::Error` stores the raw code without
+    // allocating. It touches no memory shared with the parent beyond the captured fd.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Raw syscalls the confinement test needs to prove that seccomp refuses them.
+#[cfg(test)]
+pub(crate) mod probe {
+    use rustix::io::Errno;
+
+    fn last_errno(ret: i64) -> Result<i64, Errno> {
+        if ret < 0 {
+            let raw = std::io::Error::last_os_error().raw_os_error();
+            Err(Errno::from_raw_os_error(raw.unwrap_or(libc::EIO)))
+        } else {
+            Ok(ret)
+        }
+    }
+
+    /// `unshare(CLONE_NEWUSER)`.
+    pub fn unshare_user() -> Result<(), Errno> {
+        // SAFETY: `unshare_unsafe` is unsafe only for `CLONE_FILES` (other threads could then
+        // observe fds from another table). We pass only `NEWUSER`, which leaves fd tables alone.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) }
+    }
+
+    /// `mount(NULL, target, "tmpfs", 0, NULL)`. Without seccomp this fails on a missing target
+    /// with ENOENT; with the agent's filter it fails with EPERM before the kernel looks.
+    pub fn mount_tmpfs(target: &std::ffi::CStr) -> Result<(), Errno> {
+        // SAFETY: every pointer is either NULL (allowed for source and data) or a valid
+        // NUL-terminated string that outlives the call; the kernel only reads them.
+        let ret = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        last_errno(i64::from(ret)).map(|_| ())
+    }
+
+    /// `clone3(NULL, 0)`: EINVAL from the kernel (size too small), ENOSYS under the filter.
+    /// No process can be created by it either way.
+    pub fn clone3_empty() -> Result<(), Errno> {
+        // SAFETY: a NULL args pointer with size 0 is rejected by the kernel before anything is
+        // read or created.
+        let ret = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+        last_errno(ret).map(|_| ())
+    }
+
+    /// `clone(CLONE_NEWUSER | CLONE_FS)`: an invalid combination the kernel refuses with EINVAL
+    /// (so no process is created even without the filter); the filter refuses it with EPERM
+    /// because of `CLONE_NEWUSER`.
+    pub fn clone_newuser_invalid() -> Result<(), Errno> {
+        let flags = (libc::CLONE_NEWUSER | libc::CLONE_FS) as libc::c_ulong;
+        // SAFETY: the kernel rejects CLONE_NEWUSER together with CLONE_FS before creating a
+        // task, so this call cannot fork; the remaining arguments are NULL/0, never read.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags,
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+                0usize,
+            )
+        };
+        if ret == 0 {
+            // Unreachable by the argument above; never continue a duplicate test process.
+            // SAFETY: `_exit` is async-signal-safe and ends only this (child) process.
+            unsafe { libc::_exit(99) };
+        }
+        last_errno(ret).map(|_| ())
+    }
+}
