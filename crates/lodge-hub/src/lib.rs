@@ -12,6 +12,7 @@ mod http_util;
 pub mod mcp;
 pub mod metrics;
 mod rest;
+pub mod rooms;
 pub mod sessions;
 pub mod tools;
 
@@ -36,11 +37,16 @@ pub struct Hub {
     pub sessions: Arc<sessions::Sessions>,
     pub audit: Auditor,
     pub tools: tools::Registry,
+    pub rooms: Arc<rooms::Rooms>,
 }
 
 impl Hub {
     /// Loads persisted sessions and starts the audit writer. Call inside a Tokio runtime.
-    pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        setup: rooms::RoomsSetup,
+    ) -> Result<Arc<Self>, StoreError> {
         metrics::install();
         let audit = Auditor::start(store.clone());
         let sessions = Arc::new(sessions::Sessions::load(store.clone(), &config.sessions).await?);
@@ -50,10 +56,14 @@ impl Hub {
             config.auth.token_cache,
             config.auth.failed_auth_per_minute,
         );
-        let tools = tools::Registry::default().with(tools::SessionInfoTools::new(
-            sessions.clone(),
-            config.sessions.clone(),
-        ));
+        let rooms = Arc::new(rooms::Rooms::new(&config, setup));
+        let tools = tools::Registry::default()
+            .with(tools::SessionInfoTools::new(
+                sessions.clone(),
+                config.sessions.clone(),
+            ))
+            .with(tools::FileTools::new(rooms.clone()))
+            .with(tools::CommandTools::new(rooms.clone()));
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
         Ok(Arc::new(Self {
             config,
@@ -62,6 +72,7 @@ impl Hub {
             sessions,
             audit,
             tools,
+            rooms,
         }))
     }
 
@@ -117,6 +128,7 @@ impl Hub {
             .await;
         stop.cancel();
         let _ = maintenance.await;
+        self.rooms.stop_all().await;
         self.flush().await;
         served
     }
@@ -135,7 +147,7 @@ impl Hub {
         self.audit.flush().await;
     }
 
-    /// Periodic work: write-behind flushes, session expiry, cache sweeps.
+    /// Periodic work: write-behind flushes, session expiry, cache sweeps, idle-room culling.
     async fn maintain(self: Arc<Self>, stop: CancellationToken) {
         let period = self
             .config
@@ -156,6 +168,10 @@ impl Hub {
             }
             self.flush().await;
             self.auth.sweep();
+            let culled = self.rooms.cull().await;
+            if culled > 0 {
+                tracing::info!(culled, "idle rooms stopped");
+            }
         }
     }
 }

@@ -62,6 +62,26 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Report what isolation this machine supports for rooms, and how to fix what is missing.
     Doctor(DoctorArgs),
+    /// Internal: the process inside a room. The hub starts it in the sandbox and speaks the room
+    /// protocol over its stdin/stdout; there is no reason to run it by hand.
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The workspace every file operation and command is confined to.
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// The room's private temporary directory.
+    #[arg(long, default_value = "/tmp")]
+    pub tmp: PathBuf,
+    /// The room may use the network (otherwise Landlock also refuses TCP).
+    #[arg(long)]
+    pub network: bool,
+    /// Skip Landlock and seccomp (tests of the agent protocol only).
+    #[arg(long, hide = true)]
+    pub no_confine: bool,
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,15 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cmd::init_logging(&cli.global);
+    // The agent confines itself before any thread exists, so it builds its own runtime.
+    if let cli::Command::Agent(a) = cli.command {
+        return lodge_room::agent::main(lodge_room::agent::AgentConfig {
+            workspace: a.workspace,
+            tmp: a.tmp,
+            confine: !a.no_confine,
+            network: a.network,
+        });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

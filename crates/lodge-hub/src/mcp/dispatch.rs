@@ -79,6 +79,7 @@ async fn call_tool(
         caller: cx.caller,
         session_id: cx.session_id,
         protocol: cx.protocol,
+        progress: cx.progress.clone(),
     };
     let started = Instant::now();
     let result = match set.call(name, args, &tcx).await {

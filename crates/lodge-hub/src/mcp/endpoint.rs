@@ -164,7 +164,7 @@ async fn post(
 }
 
 async fn request(
-    hub: &Hub,
+    hub: &Arc<Hub>,
     caller: &Caller,
     headers: &HeaderMap,
     session_id: Option<&str>,
@@ -197,30 +197,100 @@ async fn request(
             Err(e) => return rpc_error(StatusCode::BAD_REQUEST, id, &e),
         },
     };
+    if let Some(token) = progress_token(method, params.as_ref())
+        && accepts_event_stream(headers)
+    {
+        let work = OwnedRequest {
+            hub: hub.clone(),
+            caller: caller.clone(),
+            session_id: session_id.map(str::to_owned),
+            protocol,
+            id,
+            method: method.to_owned(),
+            params,
+        };
+        return super::stream::respond(work, token);
+    }
     let cx = RequestCx {
         caller,
         session_id,
         protocol,
+        progress: None,
     };
-    match dispatch::request(hub, &cx, method, params).await {
+    let (status, body) = answer(hub, &cx, id, method, params).await;
+    json_response(status, &body, None)
+}
+
+/// A request whose answer streams: everything it needs, owned, so it can run in its own task.
+pub(super) struct OwnedRequest {
+    pub hub: Arc<Hub>,
+    pub caller: Caller,
+    pub session_id: Option<String>,
+    pub protocol: &'static str,
+    pub id: Value,
+    pub method: String,
+    pub params: Option<Value>,
+}
+
+impl OwnedRequest {
+    /// Runs the request, sending progress to `progress`; returns the HTTP status and body.
+    pub async fn run(self, progress: crate::tools::ProgressSink) -> (StatusCode, Value) {
+        let cx = RequestCx {
+            caller: &self.caller,
+            session_id: self.session_id.as_deref(),
+            protocol: self.protocol,
+            progress: Some(progress),
+        };
+        answer(&self.hub, &cx, self.id, &self.method, self.params).await
+    }
+}
+
+/// Dispatches one request and shapes its JSON-RPC reply (status, body).
+async fn answer(
+    hub: &Hub,
+    cx: &RequestCx<'_>,
+    id: Value,
+    method: &str,
+    params: Option<Value>,
+) -> (StatusCode, Value) {
+    match dispatch::request(hub, cx, method, params).await {
         Ok(result) => match serde_json::to_value(&result) {
-            Ok(v) => json_response(StatusCode::OK, &jsonrpc::result_body(id, v), None),
-            Err(e) => rpc_error(
+            Ok(v) => (StatusCode::OK, jsonrpc::result_body(id, v)),
+            Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                id,
-                &jsonrpc::internal(e.to_string()),
+                jsonrpc::error_body(id, &jsonrpc::internal(e.to_string())),
             ),
         },
         Err(e) => {
             // The stateless revision maps some errors onto HTTP statuses; legacy keeps 200.
-            let status = if version::is_modern(protocol) && e.code == ErrorCode::METHOD_NOT_FOUND {
+            let status = if version::is_modern(cx.protocol) && e.code == ErrorCode::METHOD_NOT_FOUND
+            {
                 StatusCode::NOT_FOUND
             } else {
                 StatusCode::OK
             };
-            rpc_error(status, id, &e)
+            (status, jsonrpc::error_body(id, &e))
         }
     }
+}
+
+/// The `_meta.progressToken` of a `tools/call`, if the client asked for progress.
+fn progress_token(method: &str, params: Option<&Value>) -> Option<Value> {
+    if method != "tools/call" {
+        return None;
+    }
+    let token = params?.get("_meta")?.get("progressToken")?;
+    (token.is_string() || token.is_i64() || token.is_u64()).then(|| token.clone())
+}
+
+fn accepts_event_stream(h: &HeaderMap) -> bool {
+    header_str(h, header::ACCEPT.as_str()).is_some_and(|a| {
+        a.split(',').any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "text/event-stream")
+        })
+    })
 }
 
 /// The version of a session-less request, which only the stateless revision allows.

@@ -8,6 +8,7 @@
 mod dispatch;
 mod endpoint;
 pub mod jsonrpc;
+mod stream;
 pub mod version;
 
 pub use endpoint::{delete, get, post_own, post_user};
@@ -17,4 +18,6 @@ pub struct RequestCx<'a> {
     pub caller: &'a crate::caller::Caller,
     pub session_id: Option<&'a str>,
     pub protocol: &'static str,
+    /// Set when the reply streams (SSE) and the client asked for progress.
+    pub progress: Option<crate::tools::ProgressSink>,
 }

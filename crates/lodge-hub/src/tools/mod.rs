@@ -5,8 +5,12 @@
 //! A set answers for the tools it owns; the registry only routes. Tool sets must validate their
 //! input and report bad input as a [`ToolError`], never panic.
 
+mod command;
+mod files;
 mod session_info;
 
+pub use command::CommandTools;
+pub use files::FileTools;
 pub use session_info::SessionInfoTools;
 
 use crate::caller::Caller;
@@ -21,6 +25,31 @@ pub struct CallContext<'a> {
     pub caller: &'a Caller,
     pub session_id: Option<&'a str>,
     pub protocol: &'static str,
+    /// Where progress goes when the client asked for it (a `progressToken`).
+    pub progress: Option<ProgressSink>,
+}
+
+/// One progress update of a running tool call (`notifications/progress`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<Progress>;
+
+/// A room's answer as a tool result: operation errors keep the room's message (it names the
+/// path and the fix); a dead or unavailable room says so.
+pub(crate) fn room_result(
+    r: Result<lodge_room::protocol::OpResult, crate::rooms::RoomError>,
+) -> Result<lodge_room::protocol::OpResult, ToolError> {
+    use crate::rooms::RoomError;
+    use lodge_room::client::CallError;
+    r.map_err(|e| match e {
+        RoomError::Call(CallError::Op(op)) => ToolError::Failed(op.message),
+        other => ToolError::Failed(other.to_string()),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -106,5 +106,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(a) => audit::run(&cli.global, a).await,
         Command::Bench(a) => crate::bench::run(a).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Agent(_) => anyhow::bail!("lodge agent runs before the runtime starts"),
     }
 }

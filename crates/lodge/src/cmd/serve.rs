@@ -32,7 +32,13 @@ pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
             dir = ctx.data_dir.display()
         );
     }
-    let hub = Hub::start(config, ctx.store.clone()).await?;
+    let setup = lodge_hub::rooms::RoomsSetup {
+        data_dir: std::fs::canonicalize(&ctx.data_dir)
+            .with_context(|| format!("cannot resolve {}", ctx.data_dir.display()))?,
+        agent_exe: std::env::current_exe()
+            .context("cannot find the lodge executable to run as room agent")?,
+    };
+    let hub = Hub::start(config, ctx.store.clone(), setup).await?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind} (in use? choose another with --bind)"))?;

@@ -54,6 +54,12 @@ impl TestHub {
 
     /// (Re)starts `lodge serve` on the same DATA_DIR and waits for its ready line.
     pub fn spawn(&mut self) {
+        // Hubs of parallel tests number their users alike: give each its own room uids, so
+        // per-uid limits (RLIMIT_NPROC) of one test's rooms never touch another's.
+        if !self.env.iter().any(|(k, _)| k == "LODGE_ROOMS_UID_BASE") {
+            self.env
+                .push(("LODGE_ROOMS_UID_BASE".into(), unique_uid_base().to_string()));
+        }
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(&self.dir)
@@ -118,14 +124,24 @@ impl TestHub {
         format!("{}/user/{name}/mcp", self.base)
     }
 
-    /// Graceful stop (SIGTERM) and wait.
+    /// Graceful stop (SIGTERM) and wait, killing the hub if it takes over 20 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
+            for _ in 0..200 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
             let _ = c.wait();
+            if !std::thread::panicking() {
+                panic!("the hub did not stop within 20 s of SIGTERM");
+            }
         }
     }
 
@@ -144,8 +160,16 @@ impl TestHub {
 
 impl Drop for TestHub {
     fn drop(&mut self) {
-        self.kill();
+        // Graceful, so the hub stops its rooms and releases their volumes; then make sure.
+        self.stop();
+        unmount_below(&self.dir);
     }
+}
+
+fn unique_uid_base() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    1_000_000_000 + (std::process::id() % 10_000) * 10_000 + (n % 10) * 1_000
 }
 
 /// A plain HTTP client for raw-protocol tests.
@@ -183,4 +207,141 @@ pub async fn open_session(url: &str, token: &str) -> String {
 pub fn session_info_call() -> serde_json::Value {
     serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "session_info", "arguments": {}}})
+}
+
+impl TestHub {
+    /// A hub whose DATA_DIR has `config` as lodge.toml before it starts.
+    pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("lodge.toml"), config).expect("write lodge.toml");
+        let mut hub = Self {
+            dir: tmp.path().to_owned(),
+            _tmp: Some(tmp),
+            child: None,
+            base: String::new(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        hub.spawn();
+        hub
+    }
+
+    /// A user with a token and an open MCP session.
+    pub async fn user_session(&self, name: &str, extra: &[&str]) -> Mcp {
+        let mut args = vec!["user", "add", name];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+        let token = self.token(name, &[]);
+        let url = self.mcp_url();
+        let sid = open_session(&url, &token).await;
+        Mcp { url, token, sid }
+    }
+}
+
+/// An open legacy MCP session of one user, for tool-call tests.
+pub struct Mcp {
+    pub url: String,
+    pub token: String,
+    pub sid: String,
+}
+
+/// What a tool call answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub is_error: bool,
+    /// `structuredContent`, or Null.
+    pub value: serde_json::Value,
+    /// The concatenated text content (the error text for tool errors).
+    pub text: String,
+}
+
+impl Mcp {
+    /// Calls tool `name` with `args`; panics only on transport or JSON-RPC failures.
+    pub async fn call(&self, name: &str, args: serde_json::Value) -> Reply {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": name, "arguments": args}});
+        let r = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("client")
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", &self.sid)
+            .json(&body)
+            .send()
+            .await
+            .expect("tools/call");
+        assert_eq!(r.status(), 200, "tools/call {name}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        let result = v
+            .get("result")
+            .unwrap_or_else(|| panic!("{name}: JSON-RPC error {v}"));
+        let text = result["content"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|b| b["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        Reply {
+            is_error: result["isError"].as_bool().unwrap_or(false),
+            value: result
+                .get("structuredContent")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            text,
+        }
+    }
+
+    /// Calls a tool that must succeed; returns its structured content.
+    pub async fn ok(&self, name: &str, args: serde_json::Value) -> serde_json::Value {
+        let r = self.call(name, args.clone()).await;
+        assert!(!r.is_error, "{name} {args} failed: {}", r.text);
+        r.value
+    }
+
+    /// Calls a tool that must fail; returns the error text.
+    pub async fn err(&self, name: &str, args: serde_json::Value) -> String {
+        let r = self.call(name, args.clone()).await;
+        assert!(
+            r.is_error,
+            "{name} {args} should have failed, got {}",
+            r.value
+        );
+        r.text
+    }
+
+    /// Runs a shell command in the room; returns the command result.
+    pub async fn sh(&self, command: &str) -> serde_json::Value {
+        self.ok("run_command", serde_json::json!({ "command": command }))
+            .await
+    }
+}
+
+/// Lazily unmounts anything still mounted below `dir` (a killed hub leaves its rooms'
+/// workspace volumes mounted).
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().to_string();
+    for line in info.lines() {
+        if let Some(mount_point) = line.split(' ').nth(4)
+            && mount_point.starts_with(&prefix)
+        {
+            let _ = Command::new("umount").arg("-l").arg(mount_point).status();
+        }
+    }
+}
+
+impl TestHub {
+    /// A token that may read /api/metrics (creates the admin `metrics-reader` on first use).
+    pub fn token_for_metrics(&self) -> String {
+        let _ = self.lodge(&["user", "add", "metrics-reader", "--admin"]);
+        self.token("metrics-reader", &["--scopes", "read:metrics"])
+    }
 }

@@ -1,0 +1,62 @@
+//! Streamed replies (SSE on the POST response): `notifications/progress` while a tool call runs,
+//! then its JSON-RPC response, then the stream ends. If the client goes away the work is
+//! dropped, which cancels it in the room. Only requests that asked for progress stream.
+
+use super::endpoint::OwnedRequest;
+use crate::tools::Progress;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use tokio::sync::mpsc;
+
+/// Starts `work` in its own task and answers with an event stream of its progress and result.
+pub(super) fn respond(work: OwnedRequest, token: Value) -> Response {
+    let (out, events) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
+        let run = work.run(progress_tx);
+        tokio::pin!(run);
+        let (_status, body) = loop {
+            tokio::select! {
+                done = &mut run => break done,
+                Some(p) = progress_rx.recv() => {
+                    if out.send(event(&notification(&token, p))).await.is_err() {
+                        // The client left: dropping `run` cancels the call in the room.
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = out.send(event(&body)).await;
+    });
+    let stream = futures::stream::unfold(events, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    let mut r = (StatusCode::OK, Body::from_stream(stream)).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn notification(token: &Value, p: Progress) -> Value {
+    let mut params = json!({ "progressToken": token, "progress": p.progress });
+    if let Some(total) = p.total {
+        params["total"] = json!(total);
+    }
+    if let Some(message) = p.message {
+        params["message"] = json!(message);
+    }
+    json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": params })
+}
+
+/// One SSE `message` event carrying a JSON-RPC message.
+fn event(msg: &Value) -> Bytes {
+    let data = serde_json::to_string(msg).unwrap_or_default();
+    Bytes::from(format!("event: message\ndata: {data}\n\n"))
+}

@@ -1,0 +1,330 @@
+//! Rooms end to end, through the real hub binary, real bubblewrap sandboxes and real HTTP:
+//! the file and command tools, progress notifications, and the room lifecycle (shared by
+//! sessions, culled when idle, restarted after dying, limited in number, stopped with the hub).
+
+mod common;
+
+use common::{Mcp, TestHub};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn file_tools_round_trip() {
+    let hub = TestHub::start();
+    let a = hub.user_session("fa", &[]).await;
+    a.ok(
+        "fs_write",
+        json!({"path": "src/main.py", "content": "print('hi')\nx = 1\n"}),
+    )
+    .await;
+    let page = a.ok("fs_read", json!({"path": "src/main.py"})).await;
+    assert_eq!(page["content"], "print('hi')\nx = 1\n");
+    assert_eq!(page["eof"], true);
+
+    // Paged reads: 5 bytes at a time, following next_offset, give the whole file back.
+    let mut offset = 0;
+    let mut whole = String::new();
+    loop {
+        let p = a
+            .ok(
+                "fs_read",
+                json!({"path": "src/main.py", "offset": offset, "limit": 5}),
+            )
+            .await;
+        whole.push_str(p["content"].as_str().expect("content"));
+        if p["eof"] == true {
+            break;
+        }
+        offset = p["next_offset"].as_u64().expect("next_offset");
+    }
+    assert_eq!(whole, "print('hi')\nx = 1\n");
+
+    let edited = a
+        .ok(
+            "fs_edit",
+            json!({"path": "src/main.py", "old_text": "x = 1", "new_text": "x = 2"}),
+        )
+        .await;
+    assert_eq!(edited["replacements"], 1);
+    a.ok("fs_mkdir", json!({"path": "docs/notes"})).await;
+    a.ok(
+        "fs_move",
+        json!({"from": "src/main.py", "to": "docs/main.py"}),
+    )
+    .await;
+    let listing = a.ok("fs_list", json!({"recursive": true})).await;
+    let paths: Vec<&str> = listing["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"docs/main.py"), "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.starts_with("src/main")),
+        "{paths:?}"
+    );
+
+    let found = a
+        .ok("fs_search", json!({"glob": "**/*.py", "text": "x = 2"}))
+        .await;
+    assert_eq!(found["matches"][0]["path"], "docs/main.py", "{found}");
+    assert_eq!(found["matches"][0]["line"], 2, "{found}");
+
+    a.ok("fs_delete", json!({"path": "docs", "recursive": true}))
+        .await;
+    let e = a.err("fs_read", json!({"path": "docs/main.py"})).await;
+    assert!(e.contains("does not exist"), "{e}");
+
+    // Bad input is a tool error that says what was wrong.
+    let e = a.err("fs_write", json!({"path": "x"})).await;
+    assert!(e.contains("content"), "{e}");
+    let e = a
+        .err(
+            "fs_edit",
+            json!({"path": "nope.txt", "old_text": "a", "new_text": "b"}),
+        )
+        .await;
+    assert!(e.contains("nope.txt"), "{e}");
+}
+
+#[tokio::test]
+async fn run_command_reports_exit_output_and_limits() {
+    let hub = TestHub::start();
+    let a = hub.user_session("ca", &[]).await;
+    let r = a.sh("echo out; echo err >&2; exit 3").await;
+    assert_eq!(r["exit_code"], 3, "{r}");
+    assert_eq!(r["stdout"], "out\n");
+    assert_eq!(r["stderr"], "err\n");
+    assert_eq!(r["timed_out"], false);
+    assert!(r["duration_ms"].is_u64());
+
+    // The workspace is the working directory, shared with the file tools; cwd and env apply.
+    a.ok("fs_write", json!({"path": "sub/f.txt", "content": "data"}))
+        .await;
+    let r = a
+        .ok(
+            "run_command",
+            json!({"command": "cat f.txt; pwd; echo \"$GREETING\"", "cwd": "sub", "env": {"GREETING": "hello"}}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "data/workspace/sub\nhello\n", "{r}");
+
+    // A timeout kills the command even when it ignores SIGTERM.
+    let started = Instant::now();
+    let r = a
+        .ok(
+            "run_command",
+            json!({"command": "trap '' TERM; sleep 60", "timeout_s": 1}),
+        )
+        .await;
+    assert_eq!(r["timed_out"], true, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{r}");
+
+    // Output beyond the cap is cut and flagged, and the command still finishes.
+    let r = a.sh("head -c 5000000 /dev/zero | tr '\\0' x").await;
+    assert_eq!(r["stdout_truncated"], true, "{}", r["stdout_truncated"]);
+    assert_eq!(r["exit_code"], 0);
+    assert!(r["stdout"].as_str().expect("stdout").len() <= 1 << 20);
+
+    let e = a
+        .err("run_command", json!({"command": "true", "cwd": "../.."}))
+        .await;
+    assert!(e.contains(".."), "{e}");
+    let e = a
+        .err("run_command", json!({"command": "true", "timeout_s": -1}))
+        .await;
+    assert!(e.contains("timeout_s"), "{e}");
+    let e = a
+        .err(
+            "run_command",
+            json!({"command": "true", "timeout_s": 99999}),
+        )
+        .await;
+    assert!(e.contains("maximum"), "{e}");
+}
+
+/// With a `progressToken`, a long command streams `notifications/progress` before its result.
+#[tokio::test]
+async fn long_commands_stream_progress() {
+    let hub = TestHub::start();
+    let a = hub.user_session("pa", &[]).await;
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "run_command", "arguments": {"command": "sleep 2.5; echo done"},
+                   "_meta": {"progressToken": "tok-1"}}});
+    let r = common::http()
+        .post(&a.url)
+        .bearer_auth(&a.token)
+        .header("mcp-session-id", &a.sid)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.expect("body");
+    let messages: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("json event"))
+        .collect();
+    let (last, progress) = messages.split_last().expect("events");
+    assert!(progress.len() >= 2, "expected progress events, got {text}");
+    for p in progress {
+        assert_eq!(p["method"], "notifications/progress", "{p}");
+        assert_eq!(p["params"]["progressToken"], "tok-1");
+    }
+    assert_eq!(last["id"], 9);
+    assert_eq!(
+        last["result"]["structuredContent"]["stdout"], "done\n",
+        "{last}"
+    );
+}
+
+/// All of a user's sessions, and stateless requests, reach one room.
+#[tokio::test]
+async fn one_room_serves_all_sessions_of_a_user() {
+    let hub = TestHub::start();
+    let a1 = hub.user_session("sa", &[]).await;
+    let a2 = Mcp {
+        url: a1.url.clone(),
+        token: a1.token.clone(),
+        sid: common::open_session(&a1.url, &a1.token).await,
+    };
+    a1.sh("sleep 300 >/dev/null 2>&1 & echo $! > /tmp/bg.pid")
+        .await;
+    a1.ok("fs_write", json!({"path": "shared.txt", "content": "one"}))
+        .await;
+    assert_eq!(
+        a2.ok("fs_read", json!({"path": "shared.txt"})).await["content"],
+        "one"
+    );
+    // The same /tmp means the same room (a second room would have a fresh /tmp).
+    let r = a2.sh("cat /tmp/bg.pid").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(metric(&hub, "lodge_rooms_running").await, 1.0);
+}
+
+#[tokio::test]
+async fn idle_rooms_are_culled_and_start_again() {
+    let hub = TestHub::start_env(&[
+        ("LODGE_ROOMS_IDLE_TIMEOUT", "1s"),
+        ("LODGE_SESSIONS_FLUSH_INTERVAL", "200ms"),
+    ]);
+    let a = hub.user_session("ia", &[]).await;
+    a.sh("echo first > /tmp/marker").await;
+    assert_eq!(metric(&hub, "lodge_rooms_running").await, 1.0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&hub, "lodge_rooms_running").await != 0.0 {
+        assert!(Instant::now() < deadline, "idle room was not culled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A new room: /tmp is fresh, the workspace persists.
+    let r = a.sh("test -e /tmp/marker; echo $?").await;
+    assert_eq!(r["stdout"], "1\n", "{r}");
+}
+
+/// A room whose agent dies gives the caller a clear error at once, and the next call gets a
+/// new room.
+#[tokio::test]
+async fn a_dead_room_is_reported_and_restarted() {
+    let hub = TestHub::start();
+    let a = hub.user_session("da", &[]).await;
+    a.ok("fs_write", json!({"path": "keep.txt", "content": "kept"}))
+        .await;
+    let started = Instant::now();
+    // The shell's parent is the agent: killing it kills the room under this very call.
+    let e = a
+        .err("run_command", json!({"command": "kill -9 $PPID; sleep 30"}))
+        .await;
+    assert!(e.contains("room"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "caller waited too long"
+    );
+    assert_eq!(
+        a.ok("fs_read", json!({"path": "keep.txt"})).await["content"],
+        "kept"
+    );
+}
+
+#[tokio::test]
+async fn max_users_active_is_enforced_with_a_clear_error() {
+    let hub = TestHub::start_env(&[("LODGE_ROOMS_MAX_USERS_ACTIVE", "1")]);
+    let a = hub.user_session("ma", &[]).await;
+    let b = hub.user_session("mb", &[]).await;
+    a.sh("true").await;
+    let e = b.err("run_command", json!({"command": "true"})).await;
+    assert!(e.contains("max_users_active"), "{e}");
+    // session_info needs no room and still works.
+    b.ok("session_info", json!({})).await;
+}
+
+#[tokio::test]
+async fn rooms_stop_with_the_hub() {
+    let mut hub = TestHub::start();
+    let a = hub.user_session("za", &[]).await;
+    a.sh("sleep 600 >/dev/null 2>&1 &").await;
+    assert!(!room_pids("lodge-za").is_empty(), "room not found in /proc");
+    hub.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !room_pids("lodge-za").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "room outlived the hub: {:?}",
+            room_pids("lodge-za")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn isolation_none_runs_rooms_without_a_sandbox() {
+    let hub = TestHub::start_env(&[("LODGE_ROOMS_ISOLATION", "none")]);
+    let a = hub.user_session("na", &[]).await;
+    a.ok("fs_write", json!({"path": "f.txt", "content": "plain"}))
+        .await;
+    let r = a.sh("cat f.txt").await;
+    assert_eq!(r["stdout"], "plain", "{r}");
+    // Without a sandbox the workspace is the host directory itself.
+    let ws = hub.dir.join("workspaces/na/f.txt");
+    assert_eq!(std::fs::read_to_string(ws).expect("host file"), "plain");
+}
+
+/// Pids of processes whose command line mentions `needle` (a room's bwrap has
+/// `--hostname lodge-NAME`).
+pub fn room_pids(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A gauge from /api/metrics (admin-free: metrics need a token with read:metrics, so use the
+/// public switch through a fresh admin token).
+async fn metric(hub: &TestHub, name: &str) -> f64 {
+    let token = hub.token_for_metrics();
+    let text = common::http()
+        .get(format!("{}/api/metrics", hub.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
