@@ -177,8 +177,8 @@ fn join_arg(comps: &[String]) -> String {
     }
 }
 
-/// Paths are echoed back to the model: keep them short and free of control characters.
-fn sanitize(s: &str) -> String {
+/// Text echoed back to the model (paths, names): short and free of control characters.
+pub(crate) fn sanitize(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(100)

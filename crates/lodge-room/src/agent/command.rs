@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::reaper::{Exit, Reaper};
 use super::tree::{self, Target};
 use crate::protocol::{AgentMessage, ErrorKind, OpError, OpResult};
+use crate::workspace::sanitize;
 
 /// The shell every command runs in.
 const SHELL: &str = "/bin/sh";
@@ -170,7 +171,7 @@ impl CommandContext {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        crate::sys::set_command_child_setup(&mut cmd, cwd);
+        crate::sys::agent::set_command_child_setup(&mut cmd, cwd);
         cmd
     }
 }
@@ -303,7 +304,7 @@ fn validate(request: &CommandRequest) -> Result<(), OpError> {
         if !valid_env_name(name) {
             return Err(invalid_argument(format!(
                 "invalid environment variable name {:?}: names must match ^[A-Za-z_][A-Za-z0-9_]*$",
-                shown(name)
+                sanitize(name)
             )));
         }
         if value.contains('\0') {
@@ -324,19 +325,6 @@ pub(crate) fn valid_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Text echoed back in errors: short and free of control characters.
-fn shown(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(100)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if text.chars().count() > 100 {
-        out.push('…');
-    }
-    out
-}
-
 /// Resolves the command's working directory beneath the workspace root (the kernel refuses any
 /// step outside, through `..`, absolute symlinks or magic links) and returns it as an `O_PATH`
 /// fd; the child `fchdir`s to it, so nothing can swap the path in between.
@@ -345,7 +333,7 @@ fn open_cwd(root: &OwnedFd, cwd: Option<&str>) -> Result<OwnedFd, OpError> {
     let bad = |reason: &str| {
         OpError::new(
             ErrorKind::InvalidPath,
-            format!("invalid cwd {:?}: {reason}", shown(raw)),
+            format!("invalid cwd {:?}: {reason}", sanitize(raw)),
         )
     };
     if raw.contains('\0') {
@@ -383,7 +371,7 @@ fn open_cwd(root: &OwnedFd, cwd: Option<&str>) -> Result<OwnedFd, OpError> {
             Errno::ACCESS | Errno::PERM => ErrorKind::PermissionDenied,
             _ => ErrorKind::Io,
         };
-        OpError::new(kind, format!("cwd {:?}: {errno}", shown(raw)))
+        OpError::new(kind, format!("cwd {:?}: {errno}", sanitize(raw)))
     })
 }
 

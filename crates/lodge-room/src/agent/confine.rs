@@ -245,7 +245,7 @@ fn seccomp_filters() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::probe;
+    use crate::sys::agent::probe;
     use rustix::io::Errno;
     use std::io::ErrorKind as IoKind;
     use std::process::Command;

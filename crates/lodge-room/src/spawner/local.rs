@@ -16,9 +16,9 @@ use rustix::process::{Pid, Resource, Signal};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 use super::cgroup::{self, Layout, RoomCgroup};
-use super::sys::{self, Bridge, BridgeEntry, ChildSetup};
 use super::volume;
 use super::{Isolation, Network, RoomSpec};
+use crate::sys::spawner::{self as sys, Bridge, BridgeEntry, ChildSetup};
 
 /// Where things are inside a bubblewrap room.
 const SANDBOX_EXE: &str = "/run/lodge/lodge";

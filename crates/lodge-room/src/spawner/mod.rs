@@ -63,7 +63,6 @@ pub struct RoomSpec {
 mod cgroup;
 mod local;
 mod mountinfo;
-mod sys;
 mod volume;
 
 pub use local::{LocalSpawner, RoomProcess, SpawnError};

@@ -160,30 +160,24 @@ async fn make_image(image: &Path, size: u64, owner: (u32, u32)) -> Result<(), Sp
 }
 
 async fn mount(image: &Path, workspace: &Path) -> Result<(), String> {
-    let tool = find_tool("mount").ok_or("mount(8) not found; install mount")?;
-    let out = tokio::process::Command::new(&tool)
-        .args(["-o", "loop,nosuid,nodev"])
-        .arg(image)
-        .arg(workspace)
-        .env_clear()
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "mount of {} failed: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    let options = OsStr::new("-o");
+    let flags = OsStr::new("loop,nosuid,nodev");
+    run_tool(
+        "mount",
+        &[options, flags, image.as_os_str(), workspace.as_os_str()],
+    )
+    .await
 }
 
 async fn umount(workspace: &Path) -> Result<(), String> {
-    let tool = find_tool("umount").ok_or("umount(8) not found; install mount")?;
+    run_tool("umount", &[workspace.as_os_str()]).await
+}
+
+/// Runs mount(8) or umount(8) with a clean environment; the error quotes its stderr.
+async fn run_tool(name: &str, args: &[&OsStr]) -> Result<(), String> {
+    let tool = find_tool(name).ok_or_else(|| format!("{name}(8) not found; install mount"))?;
     let out = tokio::process::Command::new(&tool)
-        .arg(workspace)
+        .args(args)
         .env_clear()
         .output()
         .await
@@ -192,8 +186,9 @@ async fn umount(workspace: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "umount {} failed: {}",
-            workspace.display(),
+            "{name} {} failed: {}",
+            args.last()
+                .map_or_else(String::new, |a| a.to_string_lossy().into_owned()),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }

@@ -1,6 +1,6 @@
-//! Every `unsafe` block of lodge-room lives here, each with a comment on why it is sound.
-//! Only thin wrappers: no policy, and nothing in code that runs between fork and exec may
-//! allocate, lock or log (only raw syscalls).
+//! The agent's side: the fork-to-exec setup of each command it runs, and (in tests) the raw
+//! syscalls that prove its seccomp filter works. No policy, and nothing between fork and exec
+//! may allocate, lock or log.
 
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
@@ -47,38 +47,19 @@ pub(crate) fn set_command_child_setup(cmd: &mut Command, cwd: OwnedFd) {
 #[cfg(test)]
 pub(crate) mod probe {
     use rustix::io::Errno;
+    use rustix::thread::UnshareFlags;
 
-    fn last_errno(ret: i64) -> Result<i64, Errno> {
-        if ret < 0 {
-            let raw = std::io::Error::last_os_error().raw_os_error();
-            Err(Errno::from_raw_os_error(raw.unwrap_or(libc::EIO)))
-        } else {
-            Ok(ret)
-        }
-    }
+    use crate::sys::{check_ret, mount, unshare};
 
     /// `unshare(CLONE_NEWUSER)`.
     pub fn unshare_user() -> Result<(), Errno> {
-        // SAFETY: `unshare_unsafe` is unsafe only for `CLONE_FILES` (other threads could then
-        // observe fds from another table). We pass only `NEWUSER`, which leaves fd tables alone.
-        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) }
+        unshare(UnshareFlags::NEWUSER)
     }
 
     /// `mount(NULL, target, "tmpfs", 0, NULL)`. Without seccomp this fails on a missing target
     /// with ENOENT; with the agent's filter it fails with EPERM before the kernel looks.
     pub fn mount_tmpfs(target: &std::ffi::CStr) -> Result<(), Errno> {
-        // SAFETY: every pointer is either NULL (allowed for source and data) or a valid
-        // NUL-terminated string that outlives the call; the kernel only reads them.
-        let ret = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        last_errno(i64::from(ret)).map(|_| ())
+        mount(None, target, Some(c"tmpfs"), 0, None)
     }
 
     /// `clone3(NULL, 0)`: EINVAL from the kernel (size too small), ENOSYS under the filter.
@@ -87,7 +68,7 @@ pub(crate) mod probe {
         // SAFETY: a NULL args pointer with size 0 is rejected by the kernel before anything is
         // read or created.
         let ret = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
-        last_errno(ret).map(|_| ())
+        check_ret(ret).map(|_| ())
     }
 
     /// `clone(CLONE_NEWUSER | CLONE_FS)`: an invalid combination the kernel refuses with EINVAL
@@ -112,6 +93,6 @@ pub(crate) mod probe {
             // SAFETY: `_exit` is async-signal-safe and ends only this (child) process.
             unsafe { libc::_exit(99) };
         }
-        last_errno(ret).map(|_| ())
+        check_ret(ret).map(|_| ())
     }
 }

@@ -1,6 +1,6 @@
-//! The spawner's raw syscalls: the child-side setup that runs between fork and exec (cgroup
-//! placement, rlimits, the mount bridge, dropping to the room uid). Code here must not allocate,
-//! lock or log in the child, and must not decide policy; every `unsafe` block says why it is sound.
+//! The spawner's side: the child setup that runs between fork and exec (cgroup placement,
+//! rlimits, the mount bridge, dropping to the room uid), prepared by the parent. It must not
+//! allocate, lock or log in the child, and must not decide policy.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -10,6 +10,8 @@ use rustix::fs::{Mode, OFlags};
 use rustix::pipe::PipeFlags;
 use rustix::process::{Resource, Rlimit};
 use rustix::thread::UnshareFlags;
+
+use super::{mount, unshare};
 
 /// The most files or directories one bridge can carry (the child keeps their fds in an array).
 pub(crate) const MAX_BRIDGE_ENTRIES: usize = 8;
@@ -169,7 +171,8 @@ impl Plan {
     }
 
     fn build_bridge(&self, bridge: &Bridge) -> io::Result<()> {
-        self.check(Stage::MountNamespace, unshare_mount_namespace())?;
+        // After fork the child is the only thread, so the new namespace is the whole process's.
+        self.check(Stage::MountNamespace, unshare(UnshareFlags::NEWNS))?;
         // Nothing mounted from here on may propagate back to the host.
         self.check(
             Stage::MountNamespace,
@@ -241,46 +244,12 @@ fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> &CStr {
     CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd")
 }
 
-fn unshare_mount_namespace() -> io::Result<()> {
-    // SAFETY: `unshare_unsafe` is unsafe because CLONE_FILES could leave other threads with
-    // fds they cannot see; we only pass NEWNS, which affects the mount namespace of this
-    // process, and run after fork where it is the only thread.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }?;
-    Ok(())
-}
-
-fn mount(
-    source: Option<&CStr>,
-    target: &CStr,
-    fstype: Option<&CStr>,
-    flags: libc::c_ulong,
-    data: Option<&CStr>,
-) -> io::Result<()> {
-    let ptr = |c: Option<&CStr>| c.map_or(std::ptr::null(), CStr::as_ptr);
-    // SAFETY: every pointer is null or points to a NUL-terminated string borrowed for the whole
-    // call; mount(2) reads them during the call and keeps no reference.
-    let r = unsafe {
-        libc::mount(
-            ptr(source),
-            target.as_ptr(),
-            ptr(fstype),
-            flags,
-            ptr(data).cast(),
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn ignore_sigxfsz() -> io::Result<()> {
+fn ignore_sigxfsz() -> Result<(), rustix::io::Errno> {
     // SAFETY: installs SIG_IGN, so no handler code ever runs; signal(2) is async-signal-safe and
     // we are the only thread of the child. The ignored disposition survives exec.
     let r = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if r == libc::SIG_ERR {
-        Err(io::Error::last_os_error())
+        Err(super::last_errno())
     } else {
         Ok(())
     }
