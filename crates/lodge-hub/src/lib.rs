@@ -61,6 +61,7 @@ impl Hub {
             .with(tools::SessionInfoTools::new(
                 sessions.clone(),
                 config.sessions.clone(),
+                rooms.clone(),
             ))
             .with(tools::FileTools::new(rooms.clone()))
             .with(tools::CommandTools::new(rooms.clone()));

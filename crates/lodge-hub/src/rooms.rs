@@ -69,6 +69,13 @@ impl Room {
     }
 }
 
+/// What `session_info` shows of a running room.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomStatus {
+    pub up_for_s: u64,
+    pub calls_in_flight: usize,
+}
+
 /// A user's place in the room table: the async lock makes concurrent first calls start one
 /// room, not several.
 #[derive(Default)]
@@ -170,6 +177,23 @@ impl Rooms {
     /// The caller's profile (`default` when theirs is no longer configured).
     pub fn profile(&self, caller: &Caller) -> &Profile {
         self.profiles.profile(&caller.profile)
+    }
+
+    /// Whether the user's room runs, and since when (for `session_info`); `None` when it does
+    /// not, or is just starting or stopping.
+    pub fn status(&self, user_id: i64) -> Option<RoomStatus> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user_id)
+            .cloned()?;
+        let current = slot.room.try_lock().ok()?;
+        let room = current.as_ref().filter(|r| !r.client.is_closed())?;
+        Some(RoomStatus {
+            up_for_s: room.started.elapsed().as_secs(),
+            calls_in_flight: room.client.in_flight(),
+        })
     }
 
     /// Rooms running now.

@@ -123,11 +123,8 @@ async fn swapping_a_symlink_during_reads_never_escapes() {
     let (_hub, alice, bob) = two_users().await;
     alice.sh("mkdir -p d && echo inside > d/f").await;
     let swapper = {
-        let url = alice.url.clone();
-        let token = alice.token.clone();
-        let sid = alice.sid.clone();
+        let a = alice.clone();
         tokio::spawn(async move {
-            let a = Mcp { url, token, sid };
             a.ok(
                 "run_command",
                 json!({"command": "end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do \
@@ -206,15 +203,11 @@ async fn commands_cannot_see_or_signal_other_processes() {
     let (hub, alice, bob) = two_users().await;
     // Bob's command runs while alice looks for it (a command's processes end with it).
     let bob_busy = {
-        let b = Mcp {
-            url: bob.url.clone(),
-            token: bob.token.clone(),
-            sid: bob.sid.clone(),
-        };
+        let b = bob.clone();
         tokio::spawn(async move { b.sh("sleep 300 & sleep 8").await })
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while room_pids_of("sleep 300").is_empty() {
+    while common::pids_matching("sleep 300").is_empty() {
         assert!(Instant::now() < deadline, "bob's command did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -239,14 +232,14 @@ async fn commands_cannot_see_or_signal_other_processes() {
         "{r}"
     );
     // Every pid bob could have: none is reachable from alice's room.
-    let bob_pids = room_pids_of("sleep 300");
+    let bob_pids = common::pids_matching("sleep 300");
     assert!(!bob_pids.is_empty());
     for pid in bob_pids {
         let r = alice.sh(&format!("kill -9 {pid}")).await;
         assert_ne!(r["exit_code"], 0, "signalled pid {pid}: {r}");
     }
     assert!(
-        !room_pids_of("sleep 300").is_empty(),
+        !common::pids_matching("sleep 300").is_empty(),
         "bob's process was killed"
     );
     let r = bob_busy.await.expect("bob's command");
@@ -340,11 +333,7 @@ async fn a_memory_hog_is_killed_inside_its_room_only() {
 async fn a_cpu_hog_does_not_starve_other_users() {
     let (_hub, alice, bob) = two_users().await;
     let hog = {
-        let a = Mcp {
-            url: alice.url.clone(),
-            token: alice.token.clone(),
-            sid: alice.sid.clone(),
-        };
+        let a = alice.clone();
         tokio::spawn(async move {
             a.ok(
                 "run_command",
@@ -399,23 +388,6 @@ async fn two_users_at_once_see_only_their_own_files_and_results() {
         }
     });
     futures::future::join_all(runs).await;
-}
-
-fn room_pids_of(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmd)
-                .replace('\0', " ")
-                .contains(needle)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {

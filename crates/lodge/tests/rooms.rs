@@ -188,9 +188,8 @@ async fn one_room_serves_all_sessions_of_a_user() {
     let hub = TestHub::start();
     let a1 = hub.user_session("sa", &[]).await;
     let a2 = Mcp {
-        url: a1.url.clone(),
-        token: a1.token.clone(),
         sid: common::open_session(&a1.url, &a1.token).await,
+        ..a1.clone()
     };
     a1.sh("sleep 300 >/dev/null 2>&1 & echo $! > /tmp/bg.pid")
         .await;
@@ -204,6 +203,11 @@ async fn one_room_serves_all_sessions_of_a_user() {
     let r = a2.sh("cat /tmp/bg.pid").await;
     assert_eq!(r["exit_code"], 0, "{r}");
     assert_eq!(metric(&hub, "lodge_rooms_running").await, 1.0);
+    // session_info shows the running room and the profile's limits.
+    let info = a2.ok("session_info", json!({})).await;
+    assert!(info["room"]["up_for_s"].is_u64(), "{info}");
+    assert_eq!(info["limits"]["memory"], "1GiB", "{info}");
+    assert_eq!(info["limits"]["network"], "none", "{info}");
 }
 
 #[tokio::test]
@@ -266,14 +270,17 @@ async fn rooms_stop_with_the_hub() {
     let mut hub = TestHub::start();
     let a = hub.user_session("za", &[]).await;
     a.sh("sleep 600 >/dev/null 2>&1 &").await;
-    assert!(!room_pids("lodge-za").is_empty(), "room not found in /proc");
+    assert!(
+        !common::pids_matching("lodge-za").is_empty(),
+        "room not found in /proc"
+    );
     hub.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !room_pids("lodge-za").is_empty() {
+    while !common::pids_matching("lodge-za").is_empty() {
         assert!(
             Instant::now() < deadline,
             "room outlived the hub: {:?}",
-            room_pids("lodge-za")
+            common::pids_matching("lodge-za")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -292,25 +299,6 @@ async fn isolation_none_runs_rooms_without_a_sandbox() {
     assert_eq!(std::fs::read_to_string(ws).expect("host file"), "plain");
 }
 
-/// Pids of processes whose command line mentions `needle` (a room's bwrap has
-/// `--hostname lodge-NAME`).
-pub fn room_pids(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// A gauge from /api/metrics (admin-free: metrics need a token with read:metrics, so use the
 /// public switch through a fresh admin token).
 async fn metric(hub: &TestHub, name: &str) -> f64 {
@@ -327,4 +315,31 @@ async fn metric(hub: &TestHub, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// `user remove --purge` deletes the workspace (unmounting its quota volume) and room state.
+#[tokio::test]
+async fn purge_removes_the_workspace_volume() {
+    let hub = TestHub::start();
+    let a = hub.user_session("pu", &[]).await;
+    a.ok("fs_write", json!({"path": "f.txt", "content": "x"}))
+        .await;
+    let ws = hub.dir.join("workspaces/pu");
+    let mounted = |p: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(p.to_str().expect("utf8 path")))
+    };
+    assert!(
+        mounted(&ws),
+        "the default profile's disk quota mounts a volume"
+    );
+    hub.ok(&["user", "remove", "pu", "--purge"]);
+    assert!(!ws.exists(), "workspace survived the purge");
+    assert!(
+        !hub.dir.join("rooms/pu").exists(),
+        "room state survived the purge"
+    );
+    assert!(!mounted(&ws), "volume still mounted");
 }

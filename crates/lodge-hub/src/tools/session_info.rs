@@ -3,9 +3,11 @@
 
 use super::{CallContext, ToolError, ToolSet, define, parse_args};
 use crate::caller::Caller;
+use crate::rooms::Rooms;
 use crate::sessions::Sessions;
 use async_trait::async_trait;
 use lodge_core::config::SessionsConfig;
+use lodge_core::size;
 use lodge_core::time::rfc3339;
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use serde_json::json;
@@ -23,11 +25,12 @@ pub struct NoArgs {}
 pub struct SessionInfoTools {
     sessions: Arc<Sessions>,
     limits: SessionsConfig,
+    rooms: Arc<Rooms>,
     tools: Vec<Tool>,
 }
 
 impl SessionInfoTools {
-    pub fn new(sessions: Arc<Sessions>, limits: SessionsConfig) -> Self {
+    pub fn new(sessions: Arc<Sessions>, limits: SessionsConfig, rooms: Arc<Rooms>) -> Self {
         let tools = vec![define::<NoArgs>(
             "session_info",
             "Who you are on this Lodge hub: user, current session, profile, limits and your live sessions.",
@@ -35,6 +38,7 @@ impl SessionInfoTools {
         Self {
             sessions,
             limits,
+            rooms,
             tools,
         }
     }
@@ -80,6 +84,8 @@ impl ToolSet for SessionInfoTools {
                 })
             })
             .collect();
+        let p = self.rooms.profile(cx.caller);
+        let limit = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), size::format);
         let info = json!({
             "user": cx.caller.user,
             "admin": cx.caller.admin,
@@ -91,8 +97,18 @@ impl ToolSet for SessionInfoTools {
                 "max_sessions_per_user": self.limits.max_per_user,
                 "session_idle_timeout_s": self.limits.idle_timeout.as_secs(),
                 "session_max_age_s": self.limits.max_age.as_secs(),
+                "memory": limit(p.memory),
+                "cpus": p.cpus,
+                "pids": p.pids,
+                "disk": limit(p.disk),
+                "tmp": limit(p.tmp),
+                "network": p.network,
+                "command_timeout_s": p.command_timeout.as_secs(),
+                "max_command_timeout_s": p.max_command_timeout.as_secs(),
+                "output_cap_bytes": p.output_cap,
             },
             "usage": { "sessions": total },
+            "room": self.rooms.status(cx.caller.user_id),
             "sessions": shown,
         });
         Ok(CallToolResult::structured(info))

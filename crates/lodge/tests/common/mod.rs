@@ -37,7 +37,11 @@ impl TestHub {
     }
 
     pub fn start_env(env: &[(&str, &str)]) -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), env)
+    }
+
+    /// Starts a hub on the (possibly prepared) DATA_DIR `tmp`.
+    fn start_in(tmp: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let mut hub = Self {
             dir: tmp.path().to_owned(),
             _tmp: Some(tmp),
@@ -214,18 +218,7 @@ impl TestHub {
     pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::write(tmp.path().join("lodge.toml"), config).expect("write lodge.toml");
-        let mut hub = Self {
-            dir: tmp.path().to_owned(),
-            _tmp: Some(tmp),
-            child: None,
-            base: String::new(),
-            env: env
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-        };
-        hub.spawn();
-        hub
+        Self::start_in(tmp, env)
     }
 
     /// A user with a token and an open MCP session.
@@ -241,6 +234,7 @@ impl TestHub {
 }
 
 /// An open legacy MCP session of one user, for tool-call tests.
+#[derive(Clone)]
 pub struct Mcp {
     pub url: String,
     pub token: String,
@@ -344,4 +338,23 @@ impl TestHub {
         let _ = self.lodge(&["user", "add", "metrics-reader", "--admin"]);
         self.token("metrics-reader", &["--scopes", "read:metrics"])
     }
+}
+
+/// Pids of processes whose command line contains `needle` (a room's bwrap has
+/// `--hostname lodge-NAME`; a command's shell has its command line).
+pub fn pids_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
