@@ -328,6 +328,13 @@ impl Config {
             }
             profile.validate(name)?;
         }
+        if !(1000..i32::MAX as u32).contains(&self.rooms.uid_base) {
+            return Err(
+                "rooms.uid_base must lie in 1000..2147483647 (room uids above 2^31 cannot be \
+                 mapped into a user namespace)"
+                    .into(),
+            );
+        }
         if self.rooms.max_users_active == 0 {
             return Err("rooms.max_users_active must be at least 1".into());
         }

@@ -124,6 +124,13 @@ impl Hub {
         let app = self
             .router(bound)
             .into_make_service_with_connect_info::<SocketAddr>();
+        // Rooms stop as soon as shutdown begins, so calls running in them end at once (with
+        // "the room stopped") instead of holding the drain for up to a command timeout.
+        let rooms = self.rooms.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tokio::spawn(async move { rooms.stop_all().await });
+        };
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -105,6 +105,7 @@ impl Rooms {
                  bubblewrap) or set rooms.isolation = \"none\" for development"
             );
         }
+        ::metrics::gauge!("lodge_rooms_running").set(0.0);
         let instance = {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(setup.data_dir.as_os_str().as_encoded_bytes());
@@ -224,6 +225,7 @@ impl Rooms {
     async fn start(&self, caller: &Caller) -> Result<Arc<Room>, RoomError> {
         let started = Instant::now();
         let spec = self.spec(caller);
+        claim_workspace(&spec).map_err(RoomError::Start)?;
         if spec.isolation == spawner::Isolation::None {
             tracing::warn!(user = %caller.user, "starting a room WITHOUT isolation (rooms.isolation = \"none\"): development only");
         }
@@ -312,7 +314,10 @@ impl Rooms {
         let idle_ms = self.config.idle_timeout.as_millis() as i64;
         let mut culled = 0;
         for slot in self.all_slots() {
-            let mut current = slot.room.lock().await;
+            // A slot busy starting or restarting its room is not idle.
+            let Ok(mut current) = slot.room.try_lock() else {
+                continue;
+            };
             let idle = current
                 .as_ref()
                 .is_some_and(|r| r.client.in_flight() == 0 && r.idle_for_ms(now) >= idle_ms);
@@ -384,6 +389,38 @@ impl Running {
 
     fn get(&self) -> usize {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Workspaces are named by user name, but a name can be reused after its user was removed
+/// without `--purge`. The room's state directory records the user id that owns the
+/// workspace; another id is refused, so a new user never inherits a removed user's files.
+fn claim_workspace(spec: &RoomSpec) -> Result<(), String> {
+    let marker = spec.state_dir.join("owner-id");
+    let mine = spec.user_id.to_string();
+    match std::fs::read_to_string(&marker) {
+        Ok(owner) if owner.trim() == mine => Ok(()),
+        Ok(owner) => Err(format!(
+            "the workspace of '{user}' belongs to a removed user (id {}) of the same name; an \
+             operator must delete or move {} and {} (or use 'lodge user remove {user} --purge' \
+             next time) before this user can have a room",
+            owner.trim(),
+            spec.workspace.display(),
+            spec.state_dir.display(),
+            user = spec.user,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let write = || -> std::io::Result<()> {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&spec.state_dir)?;
+                std::fs::write(&marker, &mine)
+            };
+            write().map_err(|e| format!("cannot write {}: {e}", marker.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", marker.display())),
     }
 }
 

@@ -1,16 +1,19 @@
 //! `lodge bench`: starts a private hub (this same binary, a temporary DATA_DIR, a loopback
-//! port) and measures it over real HTTP: sequential latency, session_info throughput and memory
-//! per idle session. It must never touch the user's DATA_DIR or another hub, and never report
-//! figures built from failed requests: any non-200 or JSON-RPC error aborts the run.
+//! port) and measures it over real HTTP: sequential latency, session_info throughput, memory
+//! per idle session, and rooms (warm fs_read and run_command, a new user's cold first call,
+//! memory per running room). It must never touch the user's DATA_DIR or another hub, and never
+//! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
+//! the run.
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
@@ -33,6 +36,16 @@ pub struct BenchArgs {
     /// Uncounted warm-up requests before each measurement.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
+    /// Users given a running room for the memory-per-room figure (the warm-room user and the
+    /// cold-room users count towards it).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// New users whose first call, which starts their room, is timed.
+    #[arg(long, default_value_t = 30)]
+    pub cold_rooms: usize,
+    /// Skip the room figures (for machines without bubblewrap).
+    #[arg(long)]
+    pub skip_rooms: bool,
     /// Print one JSON object with all figures instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +65,25 @@ const SETTLE: Duration = Duration::from_millis(1500);
 const TARGET_INIT_P50_US: f64 = 1_000.0;
 const TARGET_INIT_P99_US: f64 = 5_000.0;
 const TARGET_BYTES_PER_SESSION: f64 = 2_048.0;
+const TARGET_FS_READ_P50_US: f64 = 1_000.0;
+const TARGET_RUN_TRUE_P50_US: f64 = 5_000.0;
+const TARGET_COLD_ROOM_P50_US: f64 = 60_000.0;
+/// CLI processes (`user add`, `token create`) in flight while provisioning room users.
+const PROVISION_CONCURRENCY: usize = 8;
+/// Rooms starting at once while filling the hub with running rooms (not timed).
+const ROOM_FILL_CONCURRENCY: usize = 4;
+/// How long the hub may take to stop its rooms and exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The file the warm fs_read row reads, and its size.
+const ROOM_FILE: &str = "bench/1k.txt";
+const ROOM_FILE_BYTES: usize = 1024;
+const FIG_FS_READ: &str = "fs_read 1 KiB (warm room)";
+const FIG_RUN_TRUE: &str = "run_command \"true\" (warm room)";
+const FIG_COLD: &str = "first call of a new user (cold room)";
+/// The hub logs warnings, plus the room lifecycle (for its `room started ms=` lines).
+const HUB_LOG_FILTER: &str = "warn,lodge_hub::rooms=info";
+/// Info lines of the hub kept for the error report.
+const RECENT_INFO_LINES: usize = 20;
 
 pub async fn run(a: BenchArgs) -> Result<()> {
     check_args(&a)?;
@@ -62,9 +94,13 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the lodge executable")?;
     let dir = DataDir::create()?;
-    let tokens = provision(&exe, dir.path()).await?;
-    let hub = HubProcess::spawn(&exe, dir).await?;
-    let result = measure(&a, &hub, &tokens).await;
+    let bars = Bars { hidden: a.json };
+    let tokens = provision(&a, &exe, dir.path(), &bars).await?;
+    let hub = HubProcess::spawn(&exe, dir, &hub_env(&a)).await?;
+    let result = measure(&a, &hub, &tokens, &bars).await;
+    if result.is_err() {
+        hub.log.print_recent_info();
+    }
     hub.stop().await;
     let report = result?;
     if a.json {
@@ -83,23 +119,63 @@ fn check_args(a: &BenchArgs) -> Result<()> {
         !a.concurrency.is_empty() && a.concurrency.iter().all(|&c| c > 0),
         "--concurrency needs levels of at least 1, such as 1,16,256"
     );
+    if !a.skip_rooms {
+        ensure!(a.cold_rooms > 0, "--cold-rooms must be at least 1");
+        ensure!(
+            a.rooms > a.cold_rooms,
+            "--rooms must exceed --cold-rooms (one more user holds the warm room)"
+        );
+    }
     Ok(())
 }
 
-/// Runs the phases. Memory comes first: later phases leave freed heap in the hub's RSS, which
-/// new sessions would reuse unseen. Bulk sessions (memory phase, initialize row) belong to their
-/// own user, so the measured user's session_info reply (it lists up to 20 sessions) stays
-/// the same size in every row.
-async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens) -> Result<Report> {
+/// Settings for the hub under test: room slots for every bench room, no culling during the
+/// run, and room uids of its own (RLIMIT_NPROC counts per uid, so rooms of another hub on this
+/// machine must not share them).
+fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
+    // Below 2^31: bwrap cannot map larger uids. Apart from the default (1.5e9) and the tests'.
+    let uid_base = 1_600_000_000 + (std::process::id() % 50_000) * 10_000;
+    vec![
+        ("LODGE_SESSIONS_MAX_PER_USER", "1000000".to_owned()),
+        (
+            "LODGE_ROOMS_MAX_USERS_ACTIVE",
+            (a.rooms + 8).max(200).to_string(),
+        ),
+        ("LODGE_ROOMS_IDLE_TIMEOUT", "24h".to_owned()),
+        ("LODGE_ROOMS_UID_BASE", uid_base.to_string()),
+    ]
+}
+
+/// Runs the phases, one at a time. Memory comes first: later phases leave freed heap in the
+/// hub's RSS, which new sessions would reuse unseen. Rooms come next for the same reason (their
+/// figure includes the hub's RSS growth); once started they sit idle through the later phases.
+/// Bulk sessions (memory phase, initialize row) belong to their own user, so the measured
+/// user's session_info reply (it lists up to 20 sessions) stays the same size in every row.
+async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens, bars: &Bars) -> Result<Report> {
     let max_conc = a.concurrency.iter().copied().max().unwrap_or(1);
     let client = Arc::new(Client::new(&hub.base, &tokens.bench, max_conc)?);
     let bulk = Arc::new(Client::new(&hub.base, &tokens.bulk, MEMORY_CONCURRENCY)?);
-    let bars = Bars { hidden: a.json };
-    let memory = memory_run(a, &bulk, hub.pid, &bars).await?;
-    let latency = latency_rows(a, &client, &bulk, &bars).await?;
+    let memory = memory_run(a, &bulk, hub.pid, bars).await?;
+    let rooms = match &tokens.rooms {
+        Some(t) => Some(
+            rooms_run(a, hub, &bulk, t, bars)
+                .await
+                .context("room figures (pass --skip-rooms to leave them out)")?,
+        ),
+        None => None,
+    };
+    let mut latency = latency_rows(a, &client, &bulk, bars).await?;
+    if let Some(r) = &rooms {
+        let base = latency.first().map_or(f64::NAN, |h| h.stats.p50_us);
+        latency.extend(r.rows.iter().map(|&(figure, stats)| Row {
+            figure,
+            ratio_vs_health_p50: stats.p50_us / base,
+            stats,
+        }));
+    }
     let mut throughput = Vec::new();
     for &c in &a.concurrency {
-        throughput.push(throughput_run(a, &client, c, &bars).await?);
+        throughput.push(throughput_run(a, &client, c, bars).await?);
     }
     let targets = targets(&latency, memory.as_ref());
     Ok(Report {
@@ -110,8 +186,9 @@ async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens) -> Result<Rep
         latency,
         throughput,
         memory,
+        rooms: rooms.map(|r| r.report),
         targets,
-        hub_log_lines: hub.log_lines.load(Ordering::Relaxed),
+        hub_log_lines: hub.log.warnings.load(Ordering::Relaxed),
     })
 }
 
@@ -146,25 +223,55 @@ impl DataDir {
 
 impl Drop for DataDir {
     fn drop(&mut self) {
+        // A hub that did not stop cleanly leaves its rooms' workspace volumes mounted here:
+        // unmount them first, so removal never walks into (or trips over) a mounted volume.
+        unmount_below(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-/// `lodge --data-dir DIR --log-level warn …`, shielded from the caller's config and log filter.
-fn lodge_command(exe: &Path, dir: &Path) -> Command {
+/// Lazily unmounts everything mounted below `dir` (quota volumes of rooms).
+fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    for line in info.lines() {
+        // Field 5 is the mount point, with spaces and the like escaped as octal (\040).
+        if let Some(mount_point) = line.split(' ').nth(4)
+            && Path::new(mount_point).starts_with(&dir)
+            && Path::new(mount_point) != dir
+        {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(mount_point)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `lodge --data-dir DIR --log-level FILTER …`, shielded from the caller's config, `LODGE_*`
+/// overrides and log filter.
+fn lodge_command(exe: &Path, dir: &Path, log_filter: &str) -> Command {
     let mut c = Command::new(exe);
     c.arg("--data-dir")
         .arg(dir)
-        .args(["--log-level", "warn"])
-        .env_remove("LODGE_CONFIG")
+        .args(["--log-level", log_filter])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LODGE_") {
+            c.env_remove(key);
+        }
+    }
     c
 }
 
 /// Runs one CLI command that must succeed; returns its stdout.
 async fn lodge_cli(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
-    let out = lodge_command(exe, dir)
+    let out = lodge_command(exe, dir, "warn")
         .args(args)
         .output()
         .await
@@ -178,23 +285,63 @@ async fn lodge_cli(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
     String::from_utf8(out.stdout).context("lodge printed non-UTF-8 output")
 }
 
-/// Tokens of the two bench users: `bench` runs session_info, `bench-bulk` holds bulk sessions.
+/// Tokens of the bench users: `bench` runs session_info, `bench-bulk` holds bulk sessions, and
+/// (unless --skip-rooms) one user per room plus a metrics reader.
 struct Tokens {
     bench: String,
     bulk: String,
+    rooms: Option<RoomTokens>,
 }
 
-async fn provision(exe: &Path, dir: &Path) -> Result<Tokens> {
-    Ok(Tokens {
-        bench: user_with_token(exe, dir, "bench").await?,
-        bulk: user_with_token(exe, dir, "bench-bulk").await?,
-    })
+struct RoomTokens {
+    /// `bench-metrics`, an admin whose token has scope read:metrics only.
+    metrics: String,
+    /// `bench-room-NNN` for NNN in 0..--rooms: 0 holds the warm room, 1..=--cold-rooms are
+    /// timed cold, the rest only fill the hub with rooms.
+    users: Vec<String>,
 }
 
-/// Creates user `name` and returns a fresh token of theirs.
-async fn user_with_token(exe: &Path, dir: &Path, name: &str) -> Result<String> {
-    lodge_cli(exe, dir, &["user", "add", name]).await?;
-    let token = lodge_cli(exe, dir, &["token", "create", name]).await?;
+/// Creates the users through the CLI before the hub starts, so provisioning never overlaps a
+/// measurement.
+async fn provision(a: &BenchArgs, exe: &Path, dir: &Path, bars: &Bars) -> Result<Tokens> {
+    let bench = user_with_token(exe, dir, "bench", &[]).await?;
+    let bulk = user_with_token(exe, dir, "bench-bulk", &[]).await?;
+    let rooms = if a.skip_rooms {
+        None
+    } else {
+        lodge_cli(exe, dir, &["user", "add", "bench-metrics", "--admin"]).await?;
+        let metrics =
+            create_token(exe, dir, "bench-metrics", &["--scopes", "read:metrics"]).await?;
+        let bar = bars.counted(a.rooms, "room users (user add, token create)");
+        let (exe, dir) = (exe.to_owned(), dir.to_owned());
+        let users = bounded(a.rooms, PROVISION_CONCURRENCY, &bar, move |i| {
+            let (exe, dir) = (exe.clone(), dir.clone());
+            async move { user_with_token(&exe, &dir, &room_user(i), &[]).await }
+        })
+        .await?;
+        bar.finish_and_clear();
+        Some(RoomTokens { metrics, users })
+    };
+    Ok(Tokens { bench, bulk, rooms })
+}
+
+fn room_user(i: usize) -> String {
+    format!("bench-room-{i:03}")
+}
+
+/// Creates user `name` (with `extra` flags) and returns a fresh token of theirs.
+async fn user_with_token(exe: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["user", "add", name];
+    args.extend_from_slice(extra);
+    lodge_cli(exe, dir, &args).await?;
+    create_token(exe, dir, name, &[]).await
+}
+
+/// A fresh token of user `name`, created with `extra` flags.
+async fn create_token(exe: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["token", "create", name];
+    args.extend_from_slice(extra);
+    let token = lodge_cli(exe, dir, &args).await?;
     let token = token.trim().to_owned();
     ensure!(
         !token.is_empty(),
@@ -209,16 +356,15 @@ struct HubProcess {
     child: Child,
     pid: u32,
     base: String,
-    /// Lines the hub logged (at warn level and above) so far.
-    log_lines: Arc<AtomicUsize>,
+    log: HubLog,
     _dir: DataDir,
 }
 
 impl HubProcess {
-    async fn spawn(exe: &Path, dir: DataDir) -> Result<Self> {
-        let mut child = lodge_command(exe, dir.path())
+    async fn spawn(exe: &Path, dir: DataDir, env: &[(&str, String)]) -> Result<Self> {
+        let mut child = lodge_command(exe, dir.path(), HUB_LOG_FILTER)
             .args(["serve", "--bind", "127.0.0.1:0"])
-            .env("LODGE_SESSIONS_MAX_PER_USER", "1000000")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -227,7 +373,7 @@ impl HubProcess {
         let pid = child.id().context("`lodge serve` exited at once")?;
         let stdout = child.stdout.take().context("no stdout pipe to the hub")?;
         let stderr = child.stderr.take().context("no stderr pipe to the hub")?;
-        let log_lines = forward_log(stderr);
+        let log = forward_log(stderr);
         let addr = tokio::time::timeout(READY_TIMEOUT, ready_addr(stdout))
             .await
             .context("the hub did not print its ready line within 30 s")??;
@@ -235,12 +381,28 @@ impl HubProcess {
             child,
             pid,
             base: format!("http://{addr}"),
-            log_lines,
+            log,
             _dir: dir,
         })
     }
 
+    /// Stops the hub gracefully (SIGTERM), so it stops its rooms, removes their cgroups and
+    /// unmounts their volumes; kills it if it takes longer than [`STOP_TIMEOUT`].
     async fn stop(mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("note: the hub did not stop within 30 s of SIGTERM; killing it");
+            }
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -262,19 +424,93 @@ async fn ready_addr(stdout: ChildStdout) -> Result<String> {
     bail!("the hub exited before it was ready (see its log above)")
 }
 
-/// Forwards the hub's log to our stderr and counts its lines, so the report can say whether the
-/// hub complained (slow SQLite statements, say) while it was measured.
-fn forward_log(stderr: ChildStderr) -> Arc<AtomicUsize> {
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
+/// What the bench takes from the hub's log.
+#[derive(Clone, Default)]
+struct HubLog {
+    /// Warning and error lines so far (forwarded to our stderr).
+    warnings: Arc<AtomicUsize>,
+    /// `ms=` of every `room started` line so far, in order: the hub's own room start time
+    /// (spawn to the agent's hello).
+    room_starts_ms: Arc<Mutex<Vec<u64>>>,
+    /// The last info lines (room lifecycle and the agents' diagnostics), shown when the run
+    /// fails: a room that cannot start says why only there.
+    recent_info: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl HubLog {
+    fn room_starts(&self) -> Vec<u64> {
+        self.room_starts_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn print_recent_info(&self) {
+        let recent = self.recent_info.lock().unwrap_or_else(|p| p.into_inner());
+        if !recent.is_empty() {
+            eprintln!("the hub's last info lines:");
+            for line in recent.iter() {
+                eprintln!("hub: {line}");
+            }
+        }
+    }
+}
+
+/// Forwards the hub's warnings and errors to our stderr and counts them, so the report can say
+/// whether the hub complained (slow SQLite statements, say) while it was measured. Info lines
+/// (the room lifecycle) are only read for their `room started … ms=N`.
+fn forward_log(stderr: ChildStderr) -> HubLog {
+    let log = HubLog::default();
+    let out = log.clone();
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            counter.fetch_add(1, Ordering::Relaxed);
-            eprintln!("hub: {line}");
+            let plain = strip_ansi(&line);
+            if plain.split_whitespace().nth(1) == Some("INFO") {
+                if let Some(ms) = room_started_ms(&plain) {
+                    out.room_starts_ms
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(ms);
+                }
+                let mut recent = out.recent_info.lock().unwrap_or_else(|p| p.into_inner());
+                if recent.len() == RECENT_INFO_LINES {
+                    recent.pop_front();
+                }
+                recent.push_back(plain);
+                continue;
+            }
+            out.warnings.fetch_add(1, Ordering::Relaxed);
+            eprintln!("hub: {plain}");
         }
     });
-    count
+    log
+}
+
+/// `N` of a `… room started user=… ms=N` log line.
+fn room_started_ms(line: &str) -> Option<u64> {
+    let (_, fields) = line.split_once("room started")?;
+    let rest = fields.split(" ms=").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `s` without ANSI colour sequences (ESC [ … letter).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Kilobytes of resident memory of `pid`, from /proc (Linux only).
@@ -297,6 +533,7 @@ struct Client {
     http: reqwest::Client,
     health: reqwest::Url,
     mcp: reqwest::Url,
+    metrics: reqwest::Url,
     auth: String,
 }
 
@@ -315,8 +552,44 @@ impl Client {
             http,
             health: url("/api/health")?,
             mcp: url("/mcp")?,
+            metrics: url("/api/metrics")?,
             auth: format!("Bearer {token}"),
         })
+    }
+
+    /// The same hub and connection pool, acting for another token.
+    fn for_token(&self, token: &str) -> Self {
+        Self {
+            http: self.http.clone(),
+            health: self.health.clone(),
+            mcp: self.mcp.clone(),
+            metrics: self.metrics.clone(),
+            auth: format!("Bearer {token}"),
+        }
+    }
+
+    /// One `tools/call` (a body from [`tool_body`]) in session `sid`; returns the reply, which
+    /// must be a result that is not a tool error.
+    async fn tool(&self, sid: &str, body: &str, what: &str) -> Result<String> {
+        let req = self.mcp_post(body.to_owned()).header(SESSION_HEADER, sid);
+        let r = req.send().await.with_context(|| what.to_owned())?;
+        let body = expect_ok(r, what).await?;
+        expect_result(&body, what)?;
+        Ok(body)
+    }
+
+    /// Gauge `name` (no labels) from /api/metrics.
+    async fn gauge(&self, name: &str) -> Result<f64> {
+        let what = "GET /api/metrics";
+        let req = self.http.get(self.metrics.clone());
+        let r = req.header(reqwest::header::AUTHORIZATION, &self.auth);
+        let text = expect_ok(r.send().await.context(what)?, what).await?;
+        text.lines()
+            .find_map(|l| {
+                let value = l.strip_prefix(name)?.strip_prefix(' ')?;
+                value.trim().parse().ok()
+            })
+            .with_context(|| format!("{what}: no gauge {name}"))
     }
 
     async fn health(&self) -> Result<()> {
@@ -374,7 +647,7 @@ impl Client {
         Ok(())
     }
 
-    fn mcp_post(&self, body: &'static str) -> reqwest::RequestBuilder {
+    fn mcp_post(&self, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
         self.http
             .post(self.mcp.clone())
             .header(reqwest::header::AUTHORIZATION, &self.auth)
@@ -424,6 +697,24 @@ fn expect_result(body: &str, what: &str) -> Result<()> {
     };
     ensure!(!result.is_error, "{what}: tool error: {}", clip(body));
     Ok(())
+}
+
+/// The `structuredContent` of a tool reply (Null when absent or unreadable).
+fn structured(body: &str) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|mut v| {
+            v.pointer_mut("/result/structuredContent")
+                .map(serde_json::Value::take)
+        })
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A `tools/call` request body.
+fn tool_body(name: &str, arguments: serde_json::Value) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": name, "arguments": arguments}})
+    .to_string()
 }
 
 fn clip(s: &str) -> String {
@@ -656,6 +947,384 @@ async fn create_sessions(client: &Arc<Client>, n: usize, bar: &ProgressBar) -> R
     Ok(created)
 }
 
+/// Runs `f(i)` for every `i` in `0..n`, at most `conc` at once, ticking `bar` for each;
+/// returns the results in index order. The first error aborts.
+async fn bounded<T, F, Fut>(n: usize, conc: usize, bar: &ProgressBar, f: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..conc.clamp(1, n.max(1)) {
+        let (f, next, bar) = (f.clone(), next.clone(), bar.clone());
+        tasks.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                done.push((i, f(i).await?));
+                bar.inc(1);
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.context("a bench task panicked")??);
+    }
+    all.sort_unstable_by_key(|&(i, _)| i);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
+}
+
+/// One room user of the bench, with an open session.
+struct RoomUser {
+    client: Client,
+    sid: String,
+}
+
+impl RoomUser {
+    /// `run_command "true"`; [`check_exit_0`] checks the reply, outside any timing.
+    async fn run_true(&self, body: &str) -> Result<String> {
+        self.client
+            .tool(&self.sid, body, "run_command \"true\"")
+            .await
+    }
+}
+
+fn check_exit_0(reply: &str) -> Result<()> {
+    let code = structured(reply)["exit_code"].as_i64();
+    ensure!(
+        code == Some(0),
+        "run_command \"true\" did not exit 0: {}",
+        clip(reply)
+    );
+    Ok(())
+}
+
+/// What the room phase measured: latency rows (for the table) and the rest of the report.
+struct RoomFigures {
+    rows: Vec<(&'static str, Stats)>,
+    report: RoomsReport,
+}
+
+/// The room phase, each step alone on the hub: sessions for every room user; the warm rows on
+/// the first user's room (the only one running); the cold first calls, one user after the
+/// other; then more rooms up to `--rooms`, and their memory once they all idle.
+async fn rooms_run(
+    a: &BenchArgs,
+    hub: &HubProcess,
+    base: &Client,
+    tokens: &RoomTokens,
+    bars: &Bars,
+) -> Result<RoomFigures> {
+    let bar = bars.counted(tokens.users.len(), "room users' sessions (initialize)");
+    let clients: Vec<Client> = tokens.users.iter().map(|t| base.for_token(t)).collect();
+    let clients = Arc::new(clients);
+    let users = bounded(clients.len(), MEMORY_CONCURRENCY, &bar, {
+        let clients = clients.clone();
+        move |i| {
+            let clients = clients.clone();
+            async move { clients[i].initialize().await }
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    let users: Vec<Arc<RoomUser>> = users
+        .into_iter()
+        .zip(tokens.users.iter())
+        .map(|(sid, t)| {
+            Arc::new(RoomUser {
+                client: base.for_token(t),
+                sid,
+            })
+        })
+        .collect();
+    let (warm, rest) = users
+        .split_first()
+        .context("no room users were provisioned")?;
+    let (cold, fill) = rest.split_at(a.cold_rooms.min(rest.len()));
+    let proc_ok = Path::new("/proc/self/smaps_rollup").exists();
+    let rss_before = if proc_ok {
+        Some(rss_kb(hub.pid)?)
+    } else {
+        None
+    };
+
+    let mut rows = warm_rows(a, warm, bars).await?;
+
+    let run_true = tool_body("run_command", serde_json::json!({"command": "true"}));
+    let starts_before = hub.log.room_starts().len();
+    let bar = bars.counted(cold.len(), FIG_COLD);
+    let mut samples = Vec::with_capacity(cold.len());
+    for u in cold {
+        let t = Instant::now();
+        let reply = u.run_true(&run_true).await?;
+        samples.push(t.elapsed());
+        check_exit_0(&reply)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    rows.push((FIG_COLD, Stats::of(samples)?));
+    let hub_starts = cold_starts_logged(&hub.log, starts_before, cold.len()).await;
+
+    let bar = bars.counted(fill.len(), "more rooms (run_command \"true\")");
+    let fill: Arc<Vec<Arc<RoomUser>>> = Arc::new(fill.to_vec());
+    bounded(fill.len(), ROOM_FILL_CONCURRENCY, &bar, {
+        let (fill, run_true) = (fill.clone(), run_true.clone());
+        move |i| {
+            let (u, body) = (fill[i].clone(), run_true.clone());
+            async move { check_exit_0(&u.run_true(&body).await?) }
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+
+    let metrics = base.for_token(&tokens.metrics);
+    let running = metrics.gauge("lodge_rooms_running").await?;
+    ensure!(
+        running as usize == users.len(),
+        "lodge_rooms_running is {running} after starting {} rooms",
+        users.len()
+    );
+    let memory = match rss_before {
+        Some(before) => {
+            tokio::time::sleep(SETTLE).await;
+            Some(room_memory(hub.pid, users.len(), before)?)
+        }
+        None => {
+            eprintln!("note: no /proc/PID/smaps_rollup here, so no memory-per-room figure");
+            None
+        }
+    };
+    Ok(RoomFigures {
+        rows,
+        report: RoomsReport {
+            rooms: users.len(),
+            cold_users: cold.len(),
+            hub_room_start: hub_starts,
+            memory,
+        },
+    })
+}
+
+/// The warm rows, on `u`'s room: writing the file starts the room (untimed), then fs_read and
+/// run_command are warmed up and timed like the other rows.
+async fn warm_rows(a: &BenchArgs, u: &RoomUser, bars: &Bars) -> Result<Vec<(&'static str, Stats)>> {
+    let mut content = "x".repeat(ROOM_FILE_BYTES - 1);
+    content.push('\n');
+    let write = tool_body(
+        "fs_write",
+        serde_json::json!({"path": ROOM_FILE, "content": content}),
+    );
+    u.client.tool(&u.sid, &write, "fs_write").await?;
+    let read = tool_body("fs_read", serde_json::json!({"path": ROOM_FILE}));
+    let first = u.client.tool(&u.sid, &read, "fs_read").await?;
+    let got = structured(&first)["content"].as_str().map_or(0, str::len);
+    ensure!(
+        got == ROOM_FILE_BYTES,
+        "fs_read returned {got} bytes of {ROOM_FILE}, not {ROOM_FILE_BYTES}: {}",
+        clip(&first)
+    );
+    let fs_read = timed_row(a, bars, FIG_FS_READ, || async {
+        u.client.tool(&u.sid, &read, "fs_read").await.map(drop)
+    })
+    .await?;
+    let run_true = tool_body("run_command", serde_json::json!({"command": "true"}));
+    check_exit_0(&u.run_true(&run_true).await?)?;
+    let run = timed_row(a, bars, FIG_RUN_TRUE, || async {
+        u.run_true(&run_true).await.map(drop)
+    })
+    .await?;
+    Ok(vec![fs_read, run])
+}
+
+/// The hub's own start times of the `n` rooms started after the first `before` (from its
+/// `room started ms=` lines, which may reach us a little after the replies). `None` when the
+/// lines did not all arrive.
+async fn cold_starts_logged(log: &HubLog, before: usize, n: usize) -> Option<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let starts = log.room_starts();
+        if starts.len() >= before + n {
+            let ms = starts.get(before..before + n)?;
+            let samples = ms.iter().map(|&m| Duration::from_millis(m)).collect();
+            return Stats::of(samples).ok();
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Memory of the hub's `rooms` running rooms: PSS of every process below the hub, the rooms'
+/// cgroups, and the hub's own RSS growth since `rss_before`.
+fn room_memory(hub: u32, rooms: usize, rss_before: u64) -> Result<RoomMemory> {
+    let procs = descendants(hub)?;
+    let mut pss = 0;
+    for &pid in &procs {
+        pss += pss_kb(pid)?;
+    }
+    let rss_after = rss_kb(hub)?;
+    let cgroups = room_cgroups(hub, &procs.iter().copied().collect());
+    let per_room = |kb: f64| kb / rooms as f64;
+    Ok(RoomMemory {
+        rooms,
+        processes: procs.len(),
+        pss_kb: pss,
+        pss_kb_per_room: per_room(pss as f64),
+        cgroups: cgroups.as_ref().map_or(0, |c| c.groups),
+        cgroup_usage_kb_per_room: cgroups.as_ref().map(|c| per_room(c.usage_kb as f64)),
+        cgroup_cache_kb_per_room: cgroups
+            .as_ref()
+            .and_then(|c| c.cache_kb)
+            .map(|k| per_room(k as f64)),
+        hub_rss_before_kb: rss_before,
+        hub_rss_after_kb: rss_after,
+        hub_rss_kb_per_room: per_room(rss_after as f64 - rss_before as f64),
+    })
+}
+
+/// Every live descendant of `root` (not `root` itself), from the ppid in /proc/*/stat.
+fn descendants(root: u32) -> Result<Vec<u32>> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("cannot list /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Gone since the listing: not ours to count.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(p) = queue.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            out.push(c);
+            queue.push(c);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Proportional set size of `pid` in kB (0 for a process gone or without memory, a zombie).
+fn pss_kb(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.raw_os_error() == Some(3) => return Ok(0), // ESRCH: exited meanwhile
+        Err(e) => return Err(e).with_context(|| format!("cannot read {path}")),
+    };
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix("Pss:")) else {
+        return Ok(0);
+    };
+    let kb = line.trim().trim_end_matches("kB").trim();
+    kb.parse()
+        .with_context(|| format!("cannot parse Pss {kb:?} in {path}"))
+}
+
+/// The memory use of the rooms' cgroups (`lodge-*` below the hub's memory cgroup, v1 or v2),
+/// counting only those holding one of `ours` (other hubs may keep rooms beside them).
+struct CgroupUsage {
+    groups: usize,
+    usage_kb: u64,
+    /// Page cache included in `usage_kb` (v1 `total_cache`, v2 `file`).
+    cache_kb: Option<u64>,
+}
+
+fn room_cgroups(hub: u32, ours: &HashSet<u32>) -> Option<CgroupUsage> {
+    let own = std::fs::read_to_string(format!("/proc/{hub}/cgroup")).ok()?;
+    let mut v1 = None;
+    let mut v2 = None;
+    for line in own.lines() {
+        let mut it = line.splitn(3, ':');
+        let (Some(id), Some(ctl), Some(path)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if ctl.split(',').any(|c| c == "memory") {
+            v1 = Some(Path::new("/sys/fs/cgroup/memory").join(path));
+        } else if id == "0" && ctl.is_empty() {
+            v2 = Some(Path::new("/sys/fs/cgroup").join(path));
+        }
+    }
+    let (dirs, usage_file, cache_key) = match (v1, v2) {
+        (Some(d), _) => (vec![d], "memory.usage_in_bytes", "total_cache"),
+        // v2 rooms go below the hub's cgroup, or below its parent when the hub sits in a leaf.
+        (None, Some(d)) => {
+            let parent = d.parent().map(Path::to_path_buf);
+            (
+                std::iter::once(d).chain(parent).collect(),
+                "memory.current",
+                "file",
+            )
+        }
+        (None, None) => return None,
+    };
+    let mut found = CgroupUsage {
+        groups: 0,
+        usage_kb: 0,
+        cache_kb: Some(0),
+    };
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("lodge-") {
+                continue;
+            }
+            let cg = entry.path();
+            let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
+            let mine = read("cgroup.procs")
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .any(|p| ours.contains(&p));
+            let Ok(usage) = read(usage_file).trim().parse::<u64>() else {
+                continue;
+            };
+            if !mine {
+                continue;
+            }
+            found.groups += 1;
+            found.usage_kb += usage / 1024;
+            let cache = read("memory.stat").lines().find_map(|l| {
+                let value = l.strip_prefix(cache_key)?.strip_prefix(' ')?;
+                value.trim().parse::<u64>().ok()
+            });
+            found.cache_kb = match (found.cache_kb, cache) {
+                (Some(sum), Some(c)) => Some(sum + c / 1024),
+                _ => None,
+            };
+        }
+        if found.groups > 0 {
+            break;
+        }
+    }
+    (found.groups > 0).then_some(found)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Figures
 
@@ -715,6 +1384,33 @@ struct Memory {
 }
 
 #[derive(Serialize)]
+struct RoomsReport {
+    /// Rooms running at the end of the phase.
+    rooms: usize,
+    /// Users whose first call was timed (the cold row).
+    cold_users: usize,
+    /// The hub's own start time of those cold rooms (its `room started ms=` log lines).
+    hub_room_start: Option<Stats>,
+    memory: Option<RoomMemory>,
+}
+
+#[derive(Serialize)]
+struct RoomMemory {
+    rooms: usize,
+    /// Processes below the hub (per room: bwrap, the sandbox's init, the agent).
+    processes: usize,
+    pss_kb: u64,
+    pss_kb_per_room: f64,
+    cgroups: usize,
+    /// The rooms' cgroup memory use, page cache included.
+    cgroup_usage_kb_per_room: Option<f64>,
+    cgroup_cache_kb_per_room: Option<f64>,
+    hub_rss_before_kb: u64,
+    hub_rss_after_kb: u64,
+    hub_rss_kb_per_room: f64,
+}
+
+#[derive(Serialize)]
 struct Target {
     name: &'static str,
     value: f64,
@@ -732,6 +1428,7 @@ struct Report {
     latency: Vec<Row>,
     throughput: Vec<Throughput>,
     memory: Option<Memory>,
+    rooms: Option<RoomsReport>,
     targets: Vec<Target>,
     hub_log_lines: usize,
 }
@@ -765,6 +1462,21 @@ fn targets(latency: &[Row], memory: Option<&Memory>) -> Vec<Target> {
     if let Some(m) = memory {
         let limit = TARGET_BYTES_PER_SESSION;
         out.push(target("memory", m.bytes_per_session, limit, "B/session"));
+    }
+    let p50 = |figure: &str| {
+        latency
+            .iter()
+            .find(|r| r.figure == figure)
+            .map(|r| r.stats.p50_us)
+    };
+    for (figure, name, limit) in [
+        (FIG_FS_READ, "fs_read p50", TARGET_FS_READ_P50_US),
+        (FIG_RUN_TRUE, "run_command p50", TARGET_RUN_TRUE_P50_US),
+        (FIG_COLD, "cold room p50", TARGET_COLD_ROOM_P50_US),
+    ] {
+        if let Some(v) = p50(figure) {
+            out.push(target(name, v, limit, "us"));
+        }
     }
     out
 }
@@ -837,6 +1549,12 @@ fn print_latency(r: &Report) {
             sig3(row.ratio_vs_health_p50)
         );
     }
+    if let Some(rooms) = &r.rooms {
+        println!(
+            "  (cold room: one first call each of {} new users, run_command \"true\")",
+            rooms.cold_users
+        );
+    }
 }
 
 fn print_throughput(r: &Report) {
@@ -861,6 +1579,41 @@ fn print_throughput(r: &Report) {
     println!("  (c=N runs with N sessions of one user; session_info lists at most 20)");
 }
 
+fn print_rooms(r: &RoomsReport) {
+    match &r.hub_room_start {
+        Some(s) => println!(
+            "cold room start inside the hub (spawn to agent hello, its 'room started ms=' log): p50 {}, p99 {}, mean {}",
+            fmt_us(s.p50_us),
+            fmt_us(s.p99_us),
+            fmt_us(s.mean_us)
+        ),
+        None => println!("cold room start inside the hub: the hub did not log every room start"),
+    }
+    let Some(m) = &r.memory else { return };
+    let cgroup = match (m.cgroup_usage_kb_per_room, m.cgroup_cache_kb_per_room) {
+        (Some(u), Some(c)) => format!(
+            "cgroup usage {u:.0} KiB incl. {c:.0} KiB page cache ({} cgroups)",
+            m.cgroups
+        ),
+        (Some(u), None) => format!(
+            "cgroup usage {u:.0} KiB incl. page cache ({} cgroups)",
+            m.cgroups
+        ),
+        _ => "no room cgroups found".to_owned(),
+    };
+    println!(
+        "memory per running room: {:.0} KiB PSS over {} rooms ({} processes, {:.1} per room), {cgroup}",
+        m.pss_kb_per_room,
+        m.rooms,
+        m.processes,
+        m.processes as f64 / m.rooms as f64
+    );
+    println!(
+        "  plus hub RSS {:+.0} KiB per room (RSS {} kB -> {} kB)",
+        m.hub_rss_kb_per_room, m.hub_rss_before_kb, m.hub_rss_after_kb
+    );
+}
+
 fn print_summary(r: &Report) {
     if let Some(m) = &r.memory {
         println!(
@@ -868,12 +1621,32 @@ fn print_summary(r: &Report) {
             m.bytes_per_session, m.sessions, m.rss_before_kb, m.rss_after_kb
         );
     }
+    if let Some(rooms) = &r.rooms {
+        print_rooms(rooms);
+    }
     let verdicts: Vec<String> = r.targets.iter().map(fmt_target).collect();
     println!("targets: {}", verdicts.join("; "));
     if r.hub_log_lines > 0 {
         println!(
             "the hub logged {} warning/error lines during the run (on stderr, prefixed 'hub:')",
             r.hub_log_lines
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_room_start_times_from_the_hub_log() {
+        let coloured = "\u{1b}[2m2026-11-23T11:56:27.465207Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[2mlodge_hub::rooms\u{1b}[0m\u{1b}[2m:\u{1b}[0m room started \u{1b}[3muser\u{1b}[0m\u{1b}[2m=\u{1b}[0mbench-room-004 \u{1b}[3mms\u{1b}[0m\u{1b}[2m=\u{1b}[0m68";
+        let plain = strip_ansi(coloured);
+        assert_eq!(plain.split_whitespace().nth(1), Some("INFO"));
+        assert_eq!(room_started_ms(&plain), Some(68));
+        assert_eq!(
+            room_started_ms("2026-11-23T11:56:27Z  INFO lodge_hub::rooms: room stopped user=a"),
+            None
         );
     }
 }

@@ -265,16 +265,40 @@ async fn max_users_active_is_enforced_with_a_clear_error() {
     b.ok("session_info", json!({})).await;
 }
 
+/// Stopping the hub stops its rooms at once: a command still running ends with an error
+/// instead of holding the shutdown for its whole timeout, and no room process outlives it.
 #[tokio::test]
 async fn rooms_stop_with_the_hub() {
     let mut hub = TestHub::start();
     let a = hub.user_session("za", &[]).await;
-    a.sh("sleep 600 >/dev/null 2>&1 &").await;
+    let long = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.call(
+                "run_command",
+                json!({"command": "sleep 600", "timeout_s": 900}),
+            )
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::pids_matching("sleep 600").is_empty() {
+        assert!(Instant::now() < deadline, "the command did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         !common::pids_matching("lodge-za").is_empty(),
         "room not found in /proc"
     );
+    let started = Instant::now();
     hub.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let r = long.await.expect("call task");
+    assert!(r.is_error && r.text.contains("room"), "{r:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !common::pids_matching("lodge-za").is_empty() {
         assert!(
@@ -284,6 +308,21 @@ async fn rooms_stop_with_the_hub() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A user name reused after `user remove` without `--purge` does not inherit the removed
+/// user's workspace.
+#[tokio::test]
+async fn a_reused_name_never_inherits_a_removed_users_workspace() {
+    let hub = TestHub::start();
+    let old = hub.user_session("ru", &[]).await;
+    old.ok("fs_write", json!({"path": "private.txt", "content": "old"}))
+        .await;
+    hub.ok(&["user", "remove", "ru"]);
+    let new = hub.user_session("ru", &[]).await;
+    let e = new.err("fs_read", json!({"path": "private.txt"})).await;
+    assert!(e.contains("removed user"), "{e}");
+    assert!(!e.contains("old"), "{e}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Per-room cgroups: a `lodge-<user>` group under the hub's own cgroup for memory, cpu and pids
+//! Per-room cgroups: a `lodge-<instance>-<user>` group under the hub's own cgroup for memory, cpu and pids
 //! (v2 when the unified hierarchy has those controllers, else v1), limits written at creation, a
 //! room-wide kill and removal. It never moves the hub itself, and never fails a spawn merely
 //! because cgroups are unavailable: it reports a warning instead.

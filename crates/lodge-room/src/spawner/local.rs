@@ -72,7 +72,7 @@ pub enum SpawnError {
     #[error("invalid room user name {user:?}: it must match ^[a-z][a-z0-9_-]{{0,31}}$")]
     InvalidUser { user: String },
     #[error(
-        "room uid for user id {user_id} with uid_base {uid_base} is out of range: choose a uid_base so that uid_base + user id lies in 1000..4294967293 and is unused on the host"
+        "room uid for user id {user_id} with uid_base {uid_base} is out of range: choose a uid_base so that uid_base + user id lies in 1000..2147483647 (the kernel refuses larger ids in a user namespace map) and is unused on the host"
     )]
     RoomUid { user_id: i64, uid_base: u32 },
     #[error(
@@ -220,9 +220,7 @@ impl LocalSpawner {
         match started {
             Ok((child, stdio)) => {
                 let (stdin, stdout, stderr) = stdio;
-                for w in &warnings {
-                    tracing::warn!(user = %spec.user, "room: {w}");
-                }
+                // The warnings go back to the caller, which logs them once.
                 Ok(RoomProcess {
                     stdin: Some(stdin),
                     stdout: Some(stdout),
@@ -731,7 +729,9 @@ fn validate_user(spec: &RoomSpec) -> Result<(), SpawnError> {
 fn room_ids(spec: &RoomSpec) -> Result<(u32, u32), SpawnError> {
     let id = i128::from(spec.uid_base) + i128::from(spec.user_id);
     match u32::try_from(id) {
-        Ok(uid) if (1000..=u32::MAX - 2).contains(&uid) && uid != 65534 => Ok((uid, uid)),
+        // Ids of 2^31 and above cannot be mapped into a user namespace (bwrap: "setting up
+        // uid map: Invalid argument").
+        Ok(uid) if (1000..=i32::MAX as u32).contains(&uid) && uid != 65534 => Ok((uid, uid)),
         _ => Err(SpawnError::RoomUid {
             user_id: spec.user_id,
             uid_base: spec.uid_base,

@@ -1,6 +1,7 @@
 //! Disk quota for a workspace: an ext4 image in the room's state directory, loop-mounted
 //! (nosuid, nodev) on the workspace path. It never mounts over a workspace that already holds
-//! files, and it only warns (never fails a spawn) when mounting is impossible.
+//! files (it warns instead); a quota that should apply but cannot be mounted fails the spawn,
+//! so a room never runs unlimited by accident.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -22,8 +23,8 @@ pub(crate) fn image_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Makes `workspace` a mounted ext4 volume of about `disk_bytes` usable bytes owned by
-/// `owner`. Returns a warning when the quota is not applied and the room should go on
-/// without it. Needs root.
+/// `owner`. Returns a warning when an older workspace keeps no quota; fails when the volume
+/// cannot be made or mounted. Needs root.
 pub(crate) async fn prepare(
     workspace: &Path,
     image: &Path,
@@ -61,30 +62,35 @@ pub(crate) async fn prepare(
         Err(e) => return Err(ws_err(e)),
     }
 
+    let volume_err = |detail: String| SpawnError::Volume {
+        path: image.to_path_buf(),
+        detail: format!(
+            "{detail}; set the profile's disk = \"unlimited\" to run rooms without a quota"
+        ),
+    };
     if image.exists() {
-        if let Err(why) = mount(image, workspace).await {
-            return Ok(Some(not_applied(&why)));
-        }
+        mount(image, workspace).await.map_err(volume_err)?;
     } else {
+        // Size the image by reading each candidate's superblock, so the volume is mounted once
+        // (mounting and unmounting to measure raced the kernel's loop-device teardown).
         let mut size = first_guess(disk_bytes);
         for pass in 0..SIZING_PASSES {
             make_image(image, size, owner).await?;
-            if let Err(why) = mount(image, workspace).await {
-                let _ = fs::remove_file(image);
-                return Ok(Some(not_applied(&why)));
-            }
-            let usable = usable_bytes(workspace).map_err(ws_err)?;
-            let tolerance = (disk_bytes / 50).max(MIB / 2);
-            if usable.abs_diff(disk_bytes) <= tolerance || pass + 1 == SIZING_PASSES {
-                break;
-            }
-            umount(workspace)
+            let usable = image_usable_bytes(image)
                 .await
                 .map_err(|detail| SpawnError::Volume {
                     path: image.to_path_buf(),
                     detail,
                 })?;
+            let tolerance = (disk_bytes / 50).max(MIB / 2);
+            if usable.abs_diff(disk_bytes) <= tolerance || pass + 1 == SIZING_PASSES {
+                break;
+            }
             size = next_guess(size, usable, disk_bytes);
+        }
+        if let Err(why) = mount(image, workspace).await {
+            let _ = fs::remove_file(image);
+            return Err(volume_err(why));
         }
         // mkfs leaves lost+found; the workspace should start empty.
         let _ = fs::remove_dir(workspace.join("lost+found"));
@@ -100,10 +106,6 @@ pub(crate) async fn prepare(
     Ok(None)
 }
 
-fn not_applied(why: &str) -> String {
-    format!("disk quota not applied: {why}; the workspace is unlimited")
-}
-
 fn first_guess(disk: u64) -> u64 {
     round_up(disk + disk / 10 + MIB, MIB)
 }
@@ -115,11 +117,6 @@ fn next_guess(size: u64, usable: u64, disk: u64) -> u64 {
 
 fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
-}
-
-fn usable_bytes(path: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(path)?;
-    Ok(st.f_bavail * st.f_frsize)
 }
 
 async fn make_image(image: &Path, size: u64, owner: (u32, u32)) -> Result<(), SpawnError> {
@@ -169,8 +166,38 @@ async fn mount(image: &Path, workspace: &Path) -> Result<(), String> {
     .await
 }
 
-async fn umount(workspace: &Path) -> Result<(), String> {
-    run_tool("umount", &[workspace.as_os_str()]).await
+/// Bytes a fresh ext4 image will offer once mounted (`statvfs` `f_bavail`): its free blocks
+/// less the kernel's reserve of min(2 %, 4096) blocks, read from the superblock by dumpe2fs.
+async fn image_usable_bytes(image: &Path) -> Result<u64, String> {
+    let tool = find_tool("dumpe2fs").ok_or("dumpe2fs not found; install e2fsprogs")?;
+    let out = tokio::process::Command::new(&tool)
+        .arg("-h")
+        .arg(image)
+        .env_clear()
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    match (
+        field("Block count"),
+        field("Free blocks"),
+        field("Block size"),
+    ) {
+        (Some(count), Some(free), Some(block)) => {
+            let reserve = (count / 50).min(4096);
+            Ok(free.saturating_sub(reserve) * block)
+        }
+        _ => Err(format!(
+            "cannot read the superblock of {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
 }
 
 /// Runs mount(8) or umount(8) with a clean environment; the error quotes its stderr.

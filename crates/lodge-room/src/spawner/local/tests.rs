@@ -717,6 +717,11 @@ fn user_names_and_room_uids() {
     assert_eq!(room_ids(&spec).ok(), Some((100_007, 100_007)));
     spec.uid_base = 0;
     assert!(room_ids(&spec).is_err());
+    spec.uid_base = 1 << 31;
+    assert!(
+        room_ids(&spec).is_err(),
+        "uids of 2^31 and above cannot be mapped"
+    );
     spec.uid_base = u32::MAX - 3;
     assert!(room_ids(&spec).is_err());
     spec.uid_base = 100_000;
