@@ -125,18 +125,25 @@ impl Hub {
             .router(bound)
             .into_make_service_with_connect_info::<SocketAddr>();
         // Rooms stop as soon as shutdown begins, so calls running in them end at once (with
-        // "the room stopped") instead of holding the drain for up to a command timeout.
+        // "the room stopped") instead of holding the drain for up to a command timeout. If
+        // serving fails instead, the dropped sender starts the same stop.
+        let (begin_stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
         let rooms = self.rooms.clone();
+        let rooms_stopped = tokio::spawn(async move {
+            let _ = stop_requested.await;
+            rooms.stop_all().await;
+        });
         let shutdown = async move {
             shutdown.await;
-            tokio::spawn(async move { rooms.stop_all().await });
+            let _ = begin_stop.send(());
         };
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         stop.cancel();
         let _ = maintenance.await;
-        self.rooms.stop_all().await;
+        // Wait for every room to be stopped and cleaned up (cgroups, volumes) before exiting.
+        let _ = rooms_stopped.await;
         self.flush().await;
         served
     }

@@ -269,6 +269,7 @@ async fn max_users_active_is_enforced_with_a_clear_error() {
 /// instead of holding the shutdown for its whole timeout, and no room process outlives it.
 #[tokio::test]
 async fn rooms_stop_with_the_hub() {
+    let before = cgroups_named("-za");
     let mut hub = TestHub::start();
     let a = hub.user_session("za", &[]).await;
     let long = {
@@ -299,6 +300,12 @@ async fn rooms_stop_with_the_hub() {
     );
     let r = long.await.expect("call task");
     assert!(r.is_error && r.text.contains("room"), "{r:?}");
+    // The hub waited for its rooms to be cleaned up before exiting.
+    let left: Vec<_> = cgroups_named("-za")
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(left.is_empty(), "room cgroups left behind: {left:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !common::pids_matching("lodge-za").is_empty() {
         assert!(
@@ -336,6 +343,28 @@ async fn isolation_none_runs_rooms_without_a_sandbox() {
     // Without a sandbox the workspace is the host directory itself.
     let ws = hub.dir.join("workspaces/na/f.txt");
     assert_eq!(std::fs::read_to_string(ws).expect("host file"), "plain");
+}
+
+/// Room cgroup directories (`lodge-<instance>-<user>`) whose name ends with `suffix`, in any
+/// controller hierarchy, a few levels deep.
+fn cgroups_named(suffix: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, depth: usize, suffix: &str, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && name.starts_with("lodge-") && name.ends_with(suffix) {
+                out.push(e.path());
+            } else if is_dir && depth > 0 {
+                walk(&e.path(), depth - 1, suffix, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(std::path::Path::new("/sys/fs/cgroup"), 4, suffix, &mut out);
+    out
 }
 
 /// A gauge from /api/metrics (admin-free: metrics need a token with read:metrics, so use the
