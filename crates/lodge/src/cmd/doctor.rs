@@ -104,7 +104,62 @@ fn all_checks() -> Vec<Check> {
         check_landlock(),
         check_seccomp(&status),
         check_no_new_privs(&status),
+        check_quota_volumes(&status),
     ]
+}
+
+// ---- disk quota volumes ----
+
+/// Profiles with a `disk` limit (the default) get an ext4 volume, loop-mounted by a root hub;
+/// a root hub that cannot make one refuses the room, so missing tools are MISSING there.
+fn check_quota_volumes(status: &str) -> Check {
+    const NAME: &str = "quota volumes";
+    // /proc/self/status: "Uid:\treal\teffective\tsaved\tfs".
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        return Check::not_ok(
+            NAME,
+            Status::Degraded,
+            "not root: workspaces get no disk quota (profile `disk` is not enforced)".into(),
+            "run the hub as root, or set disk = \"unlimited\" in the profiles".into(),
+        );
+    }
+    let find = |tool: &str| {
+        find_on_path(tool).or_else(|| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| is_executable(p))
+        })
+    };
+    let missing: Vec<&str> = ["mkfs.ext4", "dumpe2fs", "mount", "umount"]
+        .into_iter()
+        .filter(|t| find(t).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Check::not_ok(
+            NAME,
+            Status::Missing,
+            format!("{} not found", missing.join(", ")),
+            "apt-get install e2fsprogs mount (or set disk = \"unlimited\" in the profiles)".into(),
+        );
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Check::not_ok(
+            NAME,
+            Status::Missing,
+            "/dev/loop-control is missing: loop devices are unavailable".into(),
+            "modprobe loop (in a container: give it access to loop devices), or set disk = \"unlimited\"".into(),
+        );
+    }
+    Check::ok(
+        NAME,
+        "root, mkfs.ext4, mount and loop devices present".into(),
+    )
 }
 
 // ---- rendering ----
