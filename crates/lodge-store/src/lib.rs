@@ -55,4 +55,59 @@ pub trait Store: Send + Sync + 'static {
     // Audit.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+
+    // Secret vault. Blobs are opaque sealed bytes (the crypto lives in lodge-vault); rows go
+    // away with their user (ON DELETE CASCADE).
+    /// The master-key verifier, None before the vault's first start.
+    async fn vault_verifier(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores the verifier unless one is stored already: false then (another process initialised
+    /// the vault first, possibly with another key; re-read and check it).
+    async fn set_vault_verifier(&self, verifier: &[u8]) -> Result<bool, StoreError>;
+    /// The user's wrapped data key.
+    async fn data_key(&self, user_id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Inserts the user's wrapped data key unless one exists, atomically and only while the
+    /// stored verifier is still `verifier` (the master key was not rotated meanwhile). Returns
+    /// the key now stored (this one, or the one a concurrent first put stored), or None if the
+    /// verifier changed: the caller must reload the master key and retry.
+    async fn insert_data_key(
+        &self,
+        user_id: i64,
+        wrapped: &[u8],
+        verifier: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Inserts or replaces these fields of one secret (others are kept), in one transaction.
+    async fn put_secret_fields(
+        &self,
+        user_id: i64,
+        name: &str,
+        fields: &[(String, Vec<u8>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Every field of one secret with its sealed value, by field name; empty if none.
+    async fn secret_fields(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Every field of every secret of a user (names and times only), by name then field.
+    async fn list_secrets(&self, user_id: i64) -> Result<Vec<SecretFieldInfo>, StoreError>;
+    /// Deletes a secret, or one field of it; the number of rows removed.
+    async fn delete_secret(
+        &self,
+        user_id: i64,
+        name: &str,
+        field: Option<&str>,
+    ) -> Result<u64, StoreError>;
+    /// Every user's wrapped data key, by user id.
+    async fn all_data_keys(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+    /// Master-key rotation, in ONE transaction: replaces the verifier `old_verifier` with
+    /// `new_verifier` and every data key `old` with `new`. Returns false and changes nothing if
+    /// anything moved since `keys` was read (the verifier is no longer `old_verifier`, a data key
+    /// was added, removed or differs): the caller re-reads and tries again.
+    async fn rewrap_all(
+        &self,
+        old_verifier: &[u8],
+        new_verifier: &[u8],
+        keys: &[DataKeyRewrap],
+    ) -> Result<bool, StoreError>;
 }

@@ -123,3 +123,28 @@ pub struct AuditQuery {
     pub kind: Option<AuditKind>,
     pub limit: u32,
 }
+
+/// One user's data key during a master-key rotation: the wrapping read before, and the new one.
+/// `old` lets the store refuse the swap if the row changed in between.
+#[derive(Clone)]
+pub struct DataKeyRewrap {
+    pub user_id: i64,
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+}
+
+impl std::fmt::Debug for DataKeyRewrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeyRewrap")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One field of a stored secret, as `list_secrets` returns it: names and times, never values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretFieldInfo {
+    pub name: String,
+    pub field: String,
+    pub updated_ms: i64,
+}

@@ -355,6 +355,199 @@ impl Store for SqliteStore {
         out.reverse();
         Ok(out)
     }
+
+    async fn vault_verifier(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT verifier FROM vault_meta WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("verifier")).transpose()?)
+    }
+
+    async fn set_vault_verifier(&self, verifier: &[u8]) -> Result<bool, StoreError> {
+        let res = sqlx::query("INSERT INTO vault_meta (id, verifier) VALUES (1, ?)")
+            .bind(verifier)
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn data_key(&self, user_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT wrapped FROM vault_keys WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("wrapped")).transpose()?)
+    }
+
+    async fn insert_data_key(
+        &self,
+        user_id: i64,
+        wrapped: &[u8],
+        verifier: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // The write comes first so the transaction holds the write lock before it reads.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO vault_keys (user_id, wrapped) SELECT ?1, ?2 \
+             WHERE EXISTS (SELECT 1 FROM vault_meta WHERE id = 1 AND verifier = ?3)",
+        )
+        .bind(user_id)
+        .bind(wrapped)
+        .bind(verifier)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT k.wrapped FROM vault_keys k JOIN vault_meta m ON m.id = 1 \
+             WHERE k.user_id = ? AND m.verifier = ?",
+        )
+        .bind(user_id)
+        .bind(verifier)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.map(|r| r.try_get("wrapped")).transpose()?)
+    }
+
+    async fn put_secret_fields(
+        &self,
+        user_id: i64,
+        name: &str,
+        fields: &[(String, Vec<u8>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (field, sealed) in fields {
+            sqlx::query(
+                "INSERT INTO secrets (user_id, name, field, sealed, updated_ms) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, name, field) \
+                 DO UPDATE SET sealed = excluded.sealed, updated_ms = excluded.updated_ms",
+            )
+            .bind(user_id)
+            .bind(name)
+            .bind(field)
+            .bind(sealed.as_slice())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn secret_fields(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT field, sealed FROM secrets WHERE user_id = ? AND name = ? ORDER BY field",
+        )
+        .bind(user_id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push((r.try_get("field")?, r.try_get("sealed")?));
+        }
+        Ok(out)
+    }
+
+    async fn list_secrets(&self, user_id: i64) -> Result<Vec<SecretFieldInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, field, updated_ms FROM secrets WHERE user_id = ? ORDER BY name, field",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(SecretFieldInfo {
+                name: r.try_get("name")?,
+                field: r.try_get("field")?,
+                updated_ms: r.try_get("updated_ms")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delete_secret(
+        &self,
+        user_id: i64,
+        name: &str,
+        field: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let res = sqlx::query(
+            "DELETE FROM secrets WHERE user_id = ?1 AND name = ?2 AND (?3 IS NULL OR field = ?3)",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(field)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+
+    async fn all_data_keys(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT user_id, wrapped FROM vault_keys ORDER BY user_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push((r.try_get("user_id")?, r.try_get("wrapped")?));
+        }
+        Ok(out)
+    }
+
+    async fn rewrap_all(
+        &self,
+        old_verifier: &[u8],
+        new_verifier: &[u8],
+        keys: &[DataKeyRewrap],
+    ) -> Result<bool, StoreError> {
+        // The verifier swap is the first statement: it takes the write lock, and fails the whole
+        // rotation if another one got there first.
+        let mut tx = self.pool.begin().await?;
+        let swapped =
+            sqlx::query("UPDATE vault_meta SET verifier = ? WHERE id = 1 AND verifier = ?")
+                .bind(new_verifier)
+                .bind(old_verifier)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if swapped != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let count: i64 = sqlx::query("SELECT count(*) AS n FROM vault_keys")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if usize::try_from(count).ok() != Some(keys.len()) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for k in keys {
+            let n =
+                sqlx::query("UPDATE vault_keys SET wrapped = ? WHERE user_id = ? AND wrapped = ?")
+                    .bind(k.new.as_slice())
+                    .bind(k.user_id)
+                    .bind(k.old.as_slice())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if n != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
 }
 
 // `sqlx::query` takes `&'static str`; these keep the shared SELECT in one place.
@@ -480,5 +673,138 @@ mod tests {
         let some = s.query_audit(&q).await.unwrap();
         assert_eq!(some.len(), 1);
         assert_eq!(some[0].ts_ms, 30);
+    }
+    async fn user_id(s: &SqliteStore, n: &str) -> i64 {
+        s.create_user(&NewUser {
+            name: name(n),
+            admin: false,
+            profile: "default".into(),
+        })
+        .await
+        .unwrap()
+        .id
+    }
+
+    #[tokio::test]
+    async fn vault_verifier_is_set_once() {
+        let (_d, s) = store().await;
+        assert_eq!(s.vault_verifier().await.unwrap(), None);
+        assert!(s.set_vault_verifier(b"v1").await.unwrap());
+        assert!(!s.set_vault_verifier(b"v2").await.unwrap());
+        assert_eq!(
+            s.vault_verifier().await.unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn data_keys_are_inserted_once_and_only_under_the_current_verifier() {
+        let (_d, s) = store().await;
+        let a = user_id(&s, "alice").await;
+        // No verifier yet: nothing is inserted.
+        assert_eq!(s.insert_data_key(a, b"k1", b"v1").await.unwrap(), None);
+        assert_eq!(s.data_key(a).await.unwrap(), None);
+        s.set_vault_verifier(b"v1").await.unwrap();
+        assert_eq!(s.insert_data_key(a, b"k1", b"v2").await.unwrap(), None);
+        assert_eq!(s.data_key(a).await.unwrap(), None);
+        assert_eq!(
+            s.insert_data_key(a, b"k1", b"v1").await.unwrap().as_deref(),
+            Some(&b"k1"[..])
+        );
+        // A second insert keeps the first key and returns it.
+        assert_eq!(
+            s.insert_data_key(a, b"k2", b"v1").await.unwrap().as_deref(),
+            Some(&b"k1"[..])
+        );
+        // A user that does not exist is refused, not silently ignored.
+        assert!(s.insert_data_key(a + 100, b"k", b"v1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn secret_rows_merge_list_delete_and_cascade() {
+        let (_d, s) = store().await;
+        let a = user_id(&s, "alice").await;
+        let b = user_id(&s, "bob").await;
+        let f = |n: &str, v: &[u8]| (n.to_string(), v.to_vec());
+        s.put_secret_fields(a, "github", &[f("token", b"t1"), f("user", b"u1")], 10)
+            .await
+            .unwrap();
+        s.put_secret_fields(a, "github", &[f("token", b"t2")], 20)
+            .await
+            .unwrap();
+        s.put_secret_fields(b, "github", &[f("token", b"bt")], 30)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.secret_fields(a, "github").await.unwrap(),
+            vec![f("token", b"t2"), f("user", b"u1")]
+        );
+        let list = s.list_secrets(a).await.unwrap();
+        assert_eq!(
+            list.iter()
+                .map(|i| (i.field.as_str(), i.updated_ms))
+                .collect::<Vec<_>>(),
+            vec![("token", 20), ("user", 10)]
+        );
+        assert_eq!(s.delete_secret(a, "github", Some("nope")).await.unwrap(), 0);
+        assert_eq!(s.delete_secret(a, "github", Some("user")).await.unwrap(), 1);
+        assert_eq!(s.delete_secret(a, "github", None).await.unwrap(), 1);
+        assert!(s.secret_fields(a, "github").await.unwrap().is_empty());
+        assert_eq!(s.secret_fields(b, "github").await.unwrap().len(), 1);
+        // Removing a user removes their secrets and data key.
+        s.set_vault_verifier(b"v").await.unwrap();
+        s.insert_data_key(b, b"k", b"v").await.unwrap();
+        assert!(s.remove_user(&name("bob")).await.unwrap());
+        assert!(s.list_secrets(b).await.unwrap().is_empty());
+        assert_eq!(s.data_key(b).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn rewrap_all_is_all_or_nothing() {
+        let (_d, s) = store().await;
+        let a = user_id(&s, "alice").await;
+        let b = user_id(&s, "bob").await;
+        s.set_vault_verifier(b"v1").await.unwrap();
+        s.insert_data_key(a, b"ka", b"v1").await.unwrap();
+        s.insert_data_key(b, b"kb", b"v1").await.unwrap();
+        let rw = |user_id, old: &[u8], new: &[u8]| DataKeyRewrap {
+            user_id,
+            old: old.to_vec(),
+            new: new.to_vec(),
+        };
+        // A key missing from the set, a stale old value, a stale verifier: nothing changes.
+        assert!(
+            !s.rewrap_all(b"v1", b"v2", &[rw(a, b"ka", b"ka2")])
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.rewrap_all(b"v1", b"v2", &[rw(a, b"ka", b"ka2"), rw(b, b"xx", b"kb2")])
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.rewrap_all(b"v0", b"v2", &[rw(a, b"ka", b"ka2"), rw(b, b"kb", b"kb2")])
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.vault_verifier().await.unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
+        assert_eq!(s.data_key(a).await.unwrap().as_deref(), Some(&b"ka"[..]));
+        assert!(
+            s.rewrap_all(b"v1", b"v2", &[rw(a, b"ka", b"ka2"), rw(b, b"kb", b"kb2")])
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.vault_verifier().await.unwrap().as_deref(),
+            Some(&b"v2"[..])
+        );
+        assert_eq!(
+            s.all_data_keys().await.unwrap(),
+            vec![(a, b"ka2".to_vec()), (b, b"kb2".to_vec())]
+        );
     }
 }
