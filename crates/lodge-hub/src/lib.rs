@@ -38,6 +38,7 @@ pub struct Hub {
     pub audit: Auditor,
     pub tools: tools::Registry,
     pub rooms: Arc<rooms::Rooms>,
+    pub vault: Arc<lodge_vault::Vault>,
 }
 
 impl Hub {
@@ -46,6 +47,7 @@ impl Hub {
         config: Config,
         store: Arc<dyn Store>,
         setup: rooms::RoomsSetup,
+        vault: Arc<lodge_vault::Vault>,
     ) -> Result<Arc<Self>, StoreError> {
         metrics::install();
         let audit = Auditor::start(store.clone());
@@ -64,7 +66,8 @@ impl Hub {
                 rooms.clone(),
             ))
             .with(tools::FileTools::new(rooms.clone()))
-            .with(tools::CommandTools::new(rooms.clone()));
+            .with(tools::CommandTools::new(rooms.clone(), vault.clone()))
+            .with(tools::SecretTools::new(vault.clone()));
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
         Ok(Arc::new(Self {
             config,
@@ -74,6 +77,7 @@ impl Hub {
             audit,
             tools,
             rooms,
+            vault,
         }))
     }
 
@@ -99,6 +103,11 @@ impl Hub {
             .route(
                 "/api/users/{name}/tokens/{id}",
                 axum::routing::delete(rest::revoke_token),
+            )
+            .route("/api/users/{name}/secrets", get(rest::list_secrets))
+            .route(
+                "/api/users/{name}/secrets/{secret}",
+                axum::routing::put(rest::put_secret).delete(rest::delete_secret),
             )
             .route("/api/sessions", get(rest::list_sessions))
             .route(

@@ -1,5 +1,6 @@
-//! The JSON REST API under `/api/`: users, tokens and sessions, with scopes enforced per target
-//! user. A caller without the scope for a user gets 403 whether that user exists or not.
+//! The JSON REST API under `/api/`: users, tokens, sessions and secrets (names only), with
+//! scopes enforced per target user. A caller without the scope for a user gets 403 whether
+//! that user exists or not. Secret values may be written here but are never returned.
 
 use crate::Hub;
 use crate::accounts::{Accounts, TokenRequest};
@@ -328,4 +329,101 @@ pub async fn metrics(
         text,
     )
         .into_response()
+}
+
+// ---- secrets: names and field names only; values go in, never out ----
+
+/// The user a secrets call targets (own with `self`, anyone with `admin:users`), with their id.
+async fn secrets_owner(hub: &Hub, p: &Principal, name: &str) -> Result<(UserName, i64), ApiError> {
+    let n = target(p, name, &[ScopeKind::AdminUsers, ScopeKind::OwnSelf])?;
+    let user = hub
+        .store
+        .user(&n)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no user {n}")))?;
+    Ok((n, user.id))
+}
+
+fn vault_api_error(e: lodge_vault::VaultError) -> ApiError {
+    use lodge_vault::VaultError as V;
+    match e {
+        V::NotFound { .. } | V::FieldNotFound { .. } => ApiError::NotFound(e.to_string()),
+        V::InvalidName { .. } | V::TooLarge { .. } | V::NoFields { .. } => {
+            ApiError::BadRequest(e.to_string())
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+pub async fn list_secrets(
+    State(hub): State<Arc<Hub>>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, id) = secrets_owner(&hub, &p, &name).await?;
+    let secrets = hub.vault.list(id).await.map_err(vault_api_error)?;
+    Ok(Json(json!({ "secrets": secrets })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBody {
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+pub async fn put_secret(
+    State(hub): State<Arc<Hub>>,
+    Authed(p): Authed,
+    Path((name, secret)): Path<(String, String)>,
+    b: Result<Json<SecretBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (owner, id) = secrets_owner(&hub, &p, &name).await?;
+    let b = body(b)?;
+    if b.fields.is_empty() {
+        return Err(ApiError::BadRequest(
+            "fields must hold at least one field".into(),
+        ));
+    }
+    let fields = b
+        .fields
+        .into_iter()
+        .map(|(k, v)| (k, zeroize::Zeroizing::new(v)))
+        .collect();
+    hub.vault
+        .put(id, &secret, fields)
+        .await
+        .map_err(vault_api_error)?;
+    hub.audit.admin(crate::audit::AdminAction {
+        actor: Some(p.user.as_str()),
+        action: "secret.put",
+        target: &format!("{owner} {secret}"),
+        outcome: "ok",
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldQuery {
+    field: Option<String>,
+}
+
+pub async fn delete_secret(
+    State(hub): State<Arc<Hub>>,
+    Authed(p): Authed,
+    Path((name, secret)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<FieldQuery>,
+) -> Result<StatusCode, ApiError> {
+    let (owner, id) = secrets_owner(&hub, &p, &name).await?;
+    hub.vault
+        .delete(id, &secret, q.field.as_deref())
+        .await
+        .map_err(vault_api_error)?;
+    hub.audit.admin(crate::audit::AdminAction {
+        actor: Some(p.user.as_str()),
+        action: "secret.delete",
+        target: &format!("{owner} {secret}"),
+        outcome: "ok",
+    });
+    Ok(StatusCode::NO_CONTENT)
 }

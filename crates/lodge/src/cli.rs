@@ -62,6 +62,9 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Report what isolation this machine supports for rooms, and how to fix what is missing.
     Doctor(DoctorArgs),
+    /// Store, read, list and delete users' secrets; rotate the master key.
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Internal: the process inside a room. The hub starts it in the sandbox and speaks the room
     /// protocol over its stdin/stdout; there is no reason to run it by hand.
     #[command(hide = true)]
@@ -143,6 +146,41 @@ pub enum TokenCmd {
     },
     /// Revoke a token by id.
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Store fields of a secret. Values are read from a prompt (no echo) when stdin is a
+    /// terminal, else from stdin: the whole input for a single --field, or FIELD=VALUE lines.
+    /// They are never taken from the command line.
+    Put {
+        user: String,
+        name: String,
+        /// Field to set (repeatable). Without it, stdin must hold FIELD=VALUE lines.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+    },
+    /// Print a secret: one field's value alone, or FIELD=VALUE lines.
+    Get {
+        user: String,
+        name: String,
+        field: Option<String>,
+    },
+    /// List a user's secrets: names and field names, never values.
+    List {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret, or one field of it.
+    Delete {
+        user: String,
+        name: String,
+        #[arg(long)]
+        field: Option<String>,
+    },
+    /// Re-wrap every user's data key under a new master key (crash-safe; stop the hub first).
+    RotateMasterKey,
 }
 
 #[derive(Args, Debug)]

@@ -74,7 +74,7 @@ async fn call_tool(
         ))
     })?;
     let args = p.arguments.unwrap_or_default();
-    let digest = crate::audit::digest(&args);
+    let digest = crate::audit::digest(&set.audit_view(name, &args));
     let tcx = CallContext {
         caller: cx.caller,
         session_id: cx.session_id,

@@ -2,6 +2,7 @@
 //! and output cap, and progress notifications while it runs. The command runs in the room;
 //! this module only validates, applies the profile's bounds and relays progress.
 
+use super::secrets::vault_error;
 use super::{
     CallContext, Progress, ToolError, ToolSet, define, files::reply, parse_args, room_result,
 };
@@ -10,12 +11,14 @@ use crate::rooms::Rooms;
 use async_trait::async_trait;
 use lodge_room::client::Event;
 use lodge_room::protocol::{Op, OpResult};
+use lodge_vault::Vault;
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,28 +34,74 @@ struct RunArgs {
     /// Extra environment variables for this command.
     #[serde(default)]
     env: BTreeMap<String, String>,
-    /// Names of your secrets to expose to this command as environment variables.
+    /// Your secrets to expose to this command only, as environment variables: `NAME` gives
+    /// every field as `NAME_FIELD` (upper case, `-` as `_`), `NAME.FIELD` one field. Their
+    /// values are replaced by `***` in the output.
     #[serde(default)]
     secrets: Vec<String>,
 }
 
 pub struct CommandTools {
     rooms: Arc<Rooms>,
+    vault: Arc<Vault>,
     tools: Vec<Tool>,
 }
 
+/// Secret values given to one command: env name and value, zeroized when dropped.
+type Injected = Vec<(String, Zeroizing<String>)>;
+
+/// Values shorter than this are not masked in output: masking `1` or `ab` would garble it
+/// without hiding anything worth hiding.
+const MIN_MASKED_LEN: usize = 4;
+
 impl CommandTools {
-    pub fn new(rooms: Arc<Rooms>) -> Self {
+    pub fn new(rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
         let tools = vec![define::<RunArgs>(
             "run_command",
             "Run a shell command in your private room (no network unless your profile allows it). \
              Returns exit_code, stdout, stderr (each capped, with truncation flags), timed_out \
              and duration_ms.",
         )];
-        Self { rooms, tools }
+        Self {
+            rooms,
+            vault,
+            tools,
+        }
     }
 
-    fn op(&self, caller: &Caller, a: RunArgs) -> Result<Op, ToolError> {
+    /// Reads the secrets a call asks for, as environment variables for its one command.
+    async fn secret_env(&self, caller: &Caller, wanted: &[String]) -> Result<Injected, ToolError> {
+        let mut out = Injected::new();
+        for spec in wanted {
+            let (name, field) = match spec.split_once('.') {
+                Some((n, f)) => (n, Some(f)),
+                None => (spec.as_str(), None),
+            };
+            let fields = match field {
+                Some(f) => {
+                    let v = self
+                        .vault
+                        .get_field(caller.user_id, name, f)
+                        .await
+                        .map_err(vault_error)?;
+                    vec![(f.to_owned(), v)]
+                }
+                None => self
+                    .vault
+                    .get(caller.user_id, name)
+                    .await
+                    .map_err(vault_error)?
+                    .into_iter()
+                    .collect(),
+            };
+            for (f, v) in fields {
+                out.push((env_name(name, &f), v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn op(&self, caller: &Caller, a: RunArgs, secrets: &Injected) -> Result<Op, ToolError> {
         let bad = |reason: String| ToolError::InvalidArguments {
             tool: "run_command".into(),
             reason,
@@ -60,11 +109,13 @@ impl CommandTools {
         if a.command.trim().is_empty() {
             return Err(bad("command must not be empty".into()));
         }
-        if let Some(name) = a.secrets.first() {
-            let shown: String = name.chars().take(64).collect();
-            return Err(ToolError::Failed(format!(
-                "secret {shown:?} is not available: this hub has no secret store yet"
-            )));
+        let mut env = a.env;
+        for (var, value) in secrets {
+            if env.insert(var.clone(), value.to_string()).is_some() {
+                return Err(bad(format!(
+                    "{var} is set both in env and by a secret; drop one of them"
+                )));
+            }
         }
         let profile = self.rooms.profile(caller);
         let timeout = match a.timeout_s {
@@ -85,9 +136,23 @@ impl CommandTools {
             command: a.command,
             cwd: a.cwd,
             timeout_ms: timeout.as_millis().max(1) as u64,
-            env: a.env,
+            env,
             output_cap: profile.output_cap,
         })
+    }
+}
+
+/// `github` + `token` → `GITHUB_TOKEN`.
+fn env_name(secret: &str, field: &str) -> String {
+    format!("{secret}_{field}")
+        .to_ascii_uppercase()
+        .replace('-', "_")
+}
+
+/// Replaces every occurrence of a secret value in command output by `***`, as CI systems do.
+fn mask(output: &mut String, value: &str) {
+    if value.len() >= MIN_MASKED_LEN && output.contains(value) {
+        *output = output.replace(value, "***");
     }
 }
 
@@ -134,9 +199,16 @@ impl ToolSet for CommandTools {
         cx: &CallContext<'_>,
     ) -> Result<CallToolResult, ToolError> {
         let args: RunArgs = parse_args(name, args)?;
-        let op = self.op(cx.caller, args)?;
+        let secrets = self.secret_env(cx.caller, &args.secrets).await?;
+        let op = self.op(cx.caller, args, &secrets)?;
         let events = relay(cx.progress.clone());
-        let result = room_result(self.rooms.call(cx.caller, op, events).await)?;
+        let mut result = room_result(self.rooms.call(cx.caller, op, events).await)?;
+        if let OpResult::Command { stdout, stderr, .. } = &mut result {
+            for (_, value) in &secrets {
+                mask(stdout, value);
+                mask(stderr, value);
+            }
+        }
         let mut value = reply(&result);
         // SIGKILL that was not the timeout is nearly always the room's OOM killer; `sh -c`
         // reports a killed child as 128 + 9.

@@ -7,10 +7,12 @@
 
 mod command;
 mod files;
+mod secrets;
 mod session_info;
 
 pub use command::CommandTools;
 pub use files::FileTools;
+pub use secrets::SecretTools;
 pub use session_info::SessionInfoTools;
 
 use crate::caller::Caller;
@@ -18,6 +20,7 @@ use async_trait::async_trait;
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What a tool call knows about its caller and transport.
@@ -74,6 +77,11 @@ pub trait ToolSet: Send + Sync + 'static {
         args: JsonObject,
         cx: &CallContext<'_>,
     ) -> Result<CallToolResult, ToolError>;
+    /// The arguments as the audit digest may see them. Sets whose arguments carry secret
+    /// values override this to leave them out.
+    fn audit_view<'a>(&self, _name: &str, args: &'a JsonObject) -> Cow<'a, JsonObject> {
+        Cow::Borrowed(args)
+    }
 }
 
 #[derive(Default, Clone)]

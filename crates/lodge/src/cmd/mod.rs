@@ -4,6 +4,7 @@
 mod accounts;
 mod audit;
 mod doctor;
+mod secrets;
 mod serve;
 
 use crate::cli::{Cli, Command, Global, LogFormat};
@@ -106,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(a) => audit::run(&cli.global, a).await,
         Command::Bench(a) => crate::bench::run(a).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Secret(c) => secrets::run(&cli.global, c).await,
         Command::Agent(_) => anyhow::bail!("lodge agent runs before the runtime starts"),
     }
 }

@@ -38,7 +38,8 @@ pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
         agent_exe: std::env::current_exe()
             .context("cannot find the lodge executable to run as room agent")?,
     };
-    let hub = Hub::start(config, ctx.store.clone(), setup).await?;
+    let vault = super::secrets::open_vault(&ctx).await?;
+    let hub = Hub::start(config, ctx.store.clone(), setup, vault).await?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind} (in use? choose another with --bind)"))?;

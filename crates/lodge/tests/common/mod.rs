@@ -16,6 +16,8 @@ pub struct TestHub {
     pub child: Option<Child>,
     pub base: String,
     pub env: Vec<(String, String)>,
+    /// When set, the hub's stderr (its log) goes to this file instead of the test's stderr.
+    pub log: Option<PathBuf>,
 }
 
 /// Runs `lodge ARGS` against `dir`, returning its output.
@@ -40,12 +42,24 @@ impl TestHub {
         Self::start_in(tempfile::tempdir().expect("tempdir"), env)
     }
 
+    /// A hub whose log (stderr) goes to DATA_DIR/hub.log.
+    pub fn start_logged(env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let log = tmp.path().join("hub.log");
+        Self::start_with(tmp, env, Some(log))
+    }
+
     /// Starts a hub on the (possibly prepared) DATA_DIR `tmp`.
     fn start_in(tmp: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        Self::start_with(tmp, env, None)
+    }
+
+    fn start_with(tmp: tempfile::TempDir, env: &[(&str, &str)], log: Option<PathBuf>) -> Self {
         let mut hub = Self {
             dir: tmp.path().to_owned(),
             _tmp: Some(tmp),
             child: None,
+            log,
             base: String::new(),
             env: env
                 .iter()
@@ -71,7 +85,16 @@ impl TestHub {
             .envs(self.env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
             .env_remove("LODGE_CONFIG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("open hub log"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn lodge serve");
         let stdout = child.stdout.take().expect("stdout");
