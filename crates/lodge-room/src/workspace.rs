@@ -339,8 +339,9 @@ fn tmp_name() -> String {
     format!("{TMP_PREFIX}{:016x}", h.finish())
 }
 
-/// Drop a trailing partial UTF-8 sequence so pages split on character boundaries.
-fn utf8_cut(buf: &[u8]) -> usize {
+/// Length of `buf` without a trailing partial UTF-8 sequence, so pages and capped output
+/// split on character boundaries.
+pub(crate) fn utf8_cut(buf: &[u8]) -> usize {
     let n = buf.len();
     for back in 1..=3.min(n) {
         let b = buf[n - back];

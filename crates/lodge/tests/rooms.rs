@@ -367,19 +367,9 @@ fn cgroups_named(suffix: &str) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// A gauge from /api/metrics (admin-free: metrics need a token with read:metrics, so use the
-/// public switch through a fresh admin token).
+/// A gauge's value from /api/metrics (0 when the gauge is absent).
 async fn metric(hub: &TestHub, name: &str) -> f64 {
-    let token = hub.token_for_metrics();
-    let text = common::http()
-        .get(format!("{}/api/metrics", hub.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = hub.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)

@@ -258,15 +258,7 @@ async fn tools_store_inject_and_redact_without_leaking() {
     assert!(!mine.contains(ALICE_TOKEN), "{mine}");
 
     // Metrics and audit hold no value; neither does the log with debug on.
-    let metrics = common::http()
-        .get(format!("{}/api/metrics", hub.base))
-        .bearer_auth(hub.token_for_metrics())
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = hub.metrics_text().await;
     assert!(!metrics.contains(ALICE_TOKEN));
     hub.stop();
     let audit = hub.ok(&["audit", "--json"]);

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::reaper::{Exit, Reaper};
 use super::tree::{self, Target};
 use crate::protocol::{AgentMessage, ErrorKind, OpError, OpResult};
-use crate::workspace::sanitize;
+use crate::workspace::{sanitize, utf8_cut};
 
 /// The shell every command runs in.
 const SHELL: &str = "/bin/sh";
@@ -410,31 +410,12 @@ async fn capture(
 /// Lossy UTF-8; when the output was cut, a character split by the cut is dropped whole.
 fn to_text(mut kept: Vec<u8>, truncated: bool) -> String {
     if truncated {
-        kept.truncate(utf8_boundary(&kept));
+        kept.truncate(utf8_cut(&kept));
     }
     match String::from_utf8(kept) {
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
-}
-
-/// Length of `buf` without a trailing incomplete UTF-8 sequence.
-fn utf8_boundary(buf: &[u8]) -> usize {
-    let n = buf.len();
-    for back in 1..=n.min(4) {
-        let b = buf[n - back];
-        if b & 0xC0 == 0x80 {
-            continue; // a continuation byte: look further back for the lead byte
-        }
-        let need = match b {
-            0xC0..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF7 => 4,
-            _ => 1,
-        };
-        return if need > back { n - back } else { n };
-    }
-    n
 }
 
 #[cfg(test)]

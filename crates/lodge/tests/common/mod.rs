@@ -356,6 +356,19 @@ pub fn unmount_below(dir: &Path) {
 }
 
 impl TestHub {
+    /// The Prometheus text of /api/metrics.
+    pub async fn metrics_text(&self) -> String {
+        http()
+            .get(format!("{}/api/metrics", self.base))
+            .bearer_auth(self.token_for_metrics())
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// A token that may read /api/metrics (creates the admin `metrics-reader` on first use).
     pub fn token_for_metrics(&self) -> String {
         let _ = self.lodge(&["user", "add", "metrics-reader", "--admin"]);
