@@ -4,10 +4,12 @@
 Usage: python mcp_sdk_client.py URL TOKEN
 
 Initializes a ClientSession over the SDK's streamable HTTP transport (Authorization: Bearer TOKEN),
-lists tools (must include `session_info`), calls `session_info` with `{}` and prints ONE JSON line
-to stdout:
+lists tools (must include `session_info`), calls `session_info` with `{}`, writes and reads a file
+in the user's room, runs a 2.5 s command with a progress callback, and prints ONE JSON line to
+stdout:
 
-    {"protocol": ..., "tools": [...], "session_info": {...}}
+    {"protocol": ..., "tools": [...], "session_info": {...}, "file": "...",
+     "command": {...}, "progress": [[progress, total, message], ...]}
 
 Every HTTP exchange is logged to stderr ("http: METHOD URL -> STATUS"), with the body of any
 error response. Any failure exits non-zero with a message on stderr.
@@ -93,8 +95,43 @@ async def run(url: str, token: str) -> dict[str, Any]:
                         info = json.loads(texts[0])
                     except json.JSONDecodeError as exc:
                         raise CheckFailed(f"session_info text is not JSON: {texts[0]!r}") from exc
+                file, command, progress = await room_calls(session, info["user"])
     # Leaving streamable_http_client sends DELETE for the session (terminate_on_close).
-    return {"protocol": protocol, "tools": tools, "session_info": info}
+    return {
+        "protocol": protocol,
+        "tools": tools,
+        "session_info": info,
+        "file": file,
+        "command": command,
+        "progress": progress,
+    }
+
+
+async def structured(session: ClientSession, name: str, args: dict[str, Any], **kw: Any) -> Any:
+    result = await session.call_tool(name, args, **kw)
+    if result.is_error:
+        raise CheckFailed(f"{name} returned an error result: {result.model_dump_json()}")
+    if result.structured_content is None:
+        raise CheckFailed(f"{name} returned no structuredContent: {result}")
+    return result.structured_content
+
+
+async def room_calls(session: ClientSession, user: str) -> tuple[str, Any, list[Any]]:
+    """Files and a command in the user's room; the command streams progress (SSE)."""
+    await structured(session, "fs_write", {"path": "sdk.txt", "content": f"written by {user}"})
+    page = await structured(session, "fs_read", {"path": "sdk.txt"})
+    progress: list[Any] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append([value, total, message])
+
+    command = await structured(
+        session,
+        "run_command",
+        {"command": "sleep 2.5; cat sdk.txt"},
+        progress_callback=on_progress,
+    )
+    return page["content"], command, progress
 
 
 async def run_with_deadline(url: str, token: str) -> dict[str, Any]:

@@ -131,6 +131,15 @@ fn check(out: &Value, user: &str) -> (String, Vec<String>) {
         ids.contains(&sid),
         "{user}'s own session {sid} missing from {ids:?}"
     );
+    // Its room: the file it wrote, the command's output, and progress streamed over SSE.
+    let written = format!("written by {user}");
+    assert_eq!(out["file"], written.as_str(), "{out}");
+    assert_eq!(out["command"]["stdout"], written.as_str(), "{out}");
+    let progress = out["progress"].as_array().expect("progress list");
+    assert!(
+        progress.len() >= 2,
+        "expected progress notifications: {out}"
+    );
     (sid, ids)
 }
 
