@@ -4,7 +4,8 @@
 
 use super::secrets::vault_error;
 use super::{
-    CallContext, Progress, ToolError, ToolSet, define, files::reply, parse_args, room_result,
+    CallContext, Progress, ToolError, ToolSet, define, defines, files::reply, parse_args,
+    room_result,
 };
 use crate::caller::Caller;
 use crate::rooms::Rooms;
@@ -189,7 +190,7 @@ impl ToolSet for CommandTools {
     }
 
     fn owns(&self, name: &str) -> bool {
-        name == "run_command"
+        defines(&self.tools, name)
     }
 
     async fn call(

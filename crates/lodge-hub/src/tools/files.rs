@@ -2,7 +2,7 @@
 //! operation to the caller's room; path confinement is enforced in the room (kernel-checked
 //! `openat2` beneath `/workspace`), never here, so this module must not touch the filesystem.
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args, room_result};
+use super::{CallContext, ToolError, ToolSet, define, defines, parse_args, room_result};
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 use async_trait::async_trait;
@@ -140,17 +140,6 @@ pub struct FileTools {
     tools: Vec<Tool>,
 }
 
-const NAMES: [&str; 8] = [
-    "fs_list",
-    "fs_read",
-    "fs_write",
-    "fs_edit",
-    "fs_delete",
-    "fs_move",
-    "fs_mkdir",
-    "fs_search",
-];
-
 impl FileTools {
     pub fn new(rooms: Arc<Rooms>) -> Self {
         let tools = vec![
@@ -285,7 +274,7 @@ impl ToolSet for FileTools {
     }
 
     fn owns(&self, name: &str) -> bool {
-        NAMES.contains(&name)
+        defines(&self.tools, name)
     }
 
     async fn call(

@@ -104,6 +104,12 @@ impl Registry {
     }
 }
 
+/// Is `name` one of `tools`? Sets answer [`ToolSet::owns`] from their own definitions, so the
+/// names they list and the names they answer for cannot drift apart.
+pub fn defines(tools: &[Tool], name: &str) -> bool {
+    tools.iter().any(|t| t.name == name)
+}
+
 /// A tool definition whose input schema is derived from the argument type, so the schema and
 /// the validation can never disagree.
 pub fn define<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {

@@ -3,7 +3,7 @@
 //! Values pass through here on their way to and from the vault; they are never logged, and the
 //! audit digest of these calls leaves them out (see [`audit_view`]).
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args};
+use super::{CallContext, ToolError, ToolSet, define, defines, parse_args};
 use crate::caller::Caller;
 use async_trait::async_trait;
 use lodge_vault::{Fields, Vault, VaultError};
@@ -52,8 +52,6 @@ pub struct SecretTools {
     tools: Vec<Tool>,
 }
 
-const NAMES: [&str; 4] = ["secret_put", "secret_get", "secret_list", "secret_delete"];
-
 impl SecretTools {
     pub fn new(vault: Arc<Vault>) -> Self {
         let tools = vec![
@@ -85,7 +83,7 @@ impl ToolSet for SecretTools {
     }
 
     fn owns(&self, name: &str) -> bool {
-        NAMES.contains(&name)
+        defines(&self.tools, name)
     }
 
     async fn call(

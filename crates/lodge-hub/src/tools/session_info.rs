@@ -1,7 +1,7 @@
 //! `session_info`: who the caller is, which session and profile they use, their limits and
 //! their own live sessions. It reads only the caller's own records.
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args};
+use super::{CallContext, ToolError, ToolSet, define, defines, parse_args};
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 use crate::sessions::Sessions;
@@ -51,7 +51,7 @@ impl ToolSet for SessionInfoTools {
     }
 
     fn owns(&self, name: &str) -> bool {
-        name == "session_info"
+        defines(&self.tools, name)
     }
 
     async fn call(
