@@ -24,7 +24,7 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where room cgroups go on this host: the hub's own cgroup in each hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Layout {
+pub enum Layout {
     V2 {
         parent: PathBuf,
     },
@@ -36,8 +36,8 @@ pub(crate) enum Layout {
 }
 
 /// Finds where room cgroups can go. `Err` is the warning to show when there is no usable
-/// hierarchy at all.
-pub(crate) fn detect() -> Result<Layout, String> {
+/// hierarchy at all. `lodge doctor` reports exactly this, so it never disagrees with rooms.
+pub fn detect() -> Result<Layout, String> {
     let mounts = mountinfo::read().map_err(|e| {
         format!("no cgroup: cannot read /proc/self/mountinfo ({e}): limits not enforced")
     })?;

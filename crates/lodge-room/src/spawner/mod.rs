@@ -65,6 +65,7 @@ mod local;
 mod mountinfo;
 mod volume;
 
+pub use cgroup::{Layout as CgroupLayout, detect as detect_cgroups};
 pub use local::{LocalSpawner, RoomProcess, SpawnError};
 pub use volume::unmount;
 

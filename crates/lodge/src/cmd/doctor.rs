@@ -308,103 +308,41 @@ fn userns_sysctls() -> String {
 
 // ---- cgroups ----
 
-/// One line of /proc/self/mountinfo, reduced to what the cgroup check needs.
-#[derive(Debug, PartialEq, Eq)]
-struct Mount {
-    mount_point: String,
-    fstype: String,
-    super_options: Vec<String>,
-}
-
-/// `36 25 0:32 / /sys/fs/cgroup/memory rw,relatime shared:1 - cgroup cgroup rw,memory`
-fn parse_mountinfo_line(line: &str) -> Option<Mount> {
-    let (before, after) = line.split_once(" - ")?;
-    let mount_point = before.split_whitespace().nth(4)?.to_string();
-    let mut rest = after.split_whitespace();
-    let fstype = rest.next()?.to_string();
-    let _source = rest.next()?;
-    let super_options = rest
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .filter(|o| !o.is_empty())
-        .map(str::to_string)
-        .collect();
-    Some(Mount {
-        mount_point,
-        fstype,
-        super_options,
-    })
-}
-
-/// The controllers named in a cgroup v2 `cgroup.controllers` file.
-fn parse_controllers(text: &str) -> Vec<String> {
-    text.split_whitespace().map(str::to_string).collect()
-}
-
-/// Which of [`CONTROLLERS`] a cgroup v1 hierarchy is mounted for.
-fn v1_controllers(mounts: &[Mount]) -> Vec<&'static str> {
-    CONTROLLERS
-        .into_iter()
-        .filter(|c| {
-            mounts
-                .iter()
-                .any(|m| m.fstype == "cgroup" && m.super_options.iter().any(|o| o == c))
-        })
-        .collect()
-}
-
-/// Where the cgroup v2 hierarchy is mounted (the unified mount on hybrid machines).
-fn v2_root(mounts: &[Mount]) -> PathBuf {
-    mounts
-        .iter()
-        .find(|m| m.fstype == "cgroup2")
-        .map(|m| PathBuf::from(&m.mount_point))
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
-}
-
+/// Asks the spawner where it would put room cgroups, so this report and the rooms agree.
 fn check_cgroups() -> Check {
     const NAME: &str = "cgroups";
-    let mounts: Vec<Mount> = match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(text) => text.lines().filter_map(parse_mountinfo_line).collect(),
-        Err(_) => Vec::new(),
-    };
-    let v2_dir = v2_root(&mounts);
-    let v2_text = std::fs::read_to_string(v2_dir.join("cgroup.controllers")).ok();
-    let v2: Vec<&str> = match &v2_text {
-        Some(t) => {
-            let listed = parse_controllers(t);
-            CONTROLLERS
-                .into_iter()
-                .filter(|c| listed.iter().any(|l| l == c))
-                .collect()
+    use lodge_room::spawner::{CgroupLayout, detect_cgroups};
+    let v2_dir = Path::new("/sys/fs/cgroup");
+    match detect_cgroups() {
+        Ok(CgroupLayout::V2 { parent }) => Check::ok(
+            NAME,
+            format!(
+                "rooms use v2 (memory, cpu, pids) under {}",
+                parent.display()
+            ),
+        ),
+        Ok(CgroupLayout::V1 { memory, cpu, pids }) => {
+            let found = [("memory", memory), ("cpu", cpu), ("pids", pids)];
+            let desc: Vec<String> = found
+                .iter()
+                .map(|(c, dir)| match dir {
+                    Some(d) => format!("{c} under {}", d.display()),
+                    None => format!("{c} missing"),
+                })
+                .collect();
+            let absent: Vec<&str> = found
+                .iter()
+                .filter(|(_, dir)| dir.is_none())
+                .map(|(c, _)| *c)
+                .collect();
+            let desc = format!("rooms use v1: {}", desc.join(", "));
+            if absent.is_empty() {
+                Check::ok(NAME, desc)
+            } else {
+                Check::not_ok(NAME, Status::Missing, desc, cgroup_fix(v2_dir, &absent))
+            }
         }
-        None => Vec::new(),
-    };
-    let v1 = if mounts.is_empty() {
-        // mountinfo unreadable: fall back to the conventional v1 directories.
-        CONTROLLERS
-            .into_iter()
-            .filter(|c| Path::new("/sys/fs/cgroup").join(c).is_dir())
-            .collect()
-    } else {
-        v1_controllers(&mounts)
-    };
-    let v2_desc = match &v2_text {
-        Some(_) => format!("v2 at {}: [{}]", v2_dir.display(), v2.join(" ")),
-        None => "v2: not mounted".to_string(),
-    };
-    let desc = format!("{v2_desc}; v1: [{}]", v1.join(" "));
-    if v2.len() == CONTROLLERS.len() {
-        Check::ok(NAME, format!("Lodge will use v2 ({desc})"))
-    } else if v1.len() == CONTROLLERS.len() {
-        Check::ok(NAME, format!("Lodge will use v1 ({desc})"))
-    } else {
-        let absent: Vec<&str> = CONTROLLERS
-            .into_iter()
-            .filter(|c| !v1.contains(c))
-            .collect();
-        Check::not_ok(NAME, Status::Missing, desc, cgroup_fix(&v2_dir, &absent))
+        Err(why) => Check::not_ok(NAME, Status::Missing, why, cgroup_fix(v2_dir, &CONTROLLERS)),
     }
 }
 
@@ -545,68 +483,6 @@ fn check_no_new_privs(status: &str) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MOUNTINFO: &str = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
-39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
-
-    fn mounts(text: &str) -> Vec<Mount> {
-        text.lines().filter_map(parse_mountinfo_line).collect()
-    }
-
-    #[test]
-    fn mountinfo_line_with_optional_fields() {
-        let m = parse_mountinfo_line(
-            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory",
-        );
-        assert_eq!(
-            m,
-            Some(Mount {
-                mount_point: "/sys/fs/cgroup/memory".into(),
-                fstype: "cgroup".into(),
-                super_options: vec!["rw".into(), "memory".into()],
-            })
-        );
-        assert_eq!(parse_mountinfo_line("garbage"), None);
-    }
-
-    #[test]
-    fn v1_controllers_from_mountinfo() {
-        assert_eq!(
-            v1_controllers(&mounts(MOUNTINFO)),
-            vec!["memory", "cpu", "pids"]
-        );
-        // cpuacct alone is not cpu; a combined cpu,cpuacct mount is.
-        let only = mounts("1 2 0:1 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct");
-        assert!(v1_controllers(&only).is_empty());
-        let combined =
-            mounts("1 2 0:1 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct");
-        assert_eq!(v1_controllers(&combined), vec!["cpu"]);
-    }
-
-    #[test]
-    fn v2_root_prefers_the_cgroup2_mount() {
-        assert_eq!(
-            v2_root(&mounts(MOUNTINFO)),
-            PathBuf::from("/sys/fs/cgroup/unified")
-        );
-        assert_eq!(v2_root(&[]), PathBuf::from("/sys/fs/cgroup"));
-    }
-
-    #[test]
-    fn controllers_file() {
-        assert_eq!(
-            parse_controllers("cpuset cpu io memory hugetlb pids rdma misc\n"),
-            vec![
-                "cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"
-            ]
-        );
-        assert!(parse_controllers("\n").is_empty());
-    }
 
     #[test]
     fn status_fields() {
