@@ -4,8 +4,7 @@
 
 use super::secrets::vault_error;
 use super::{
-    CallContext, Progress, ToolError, ToolSet, define, defines, files::reply, parse_args,
-    room_result,
+    CallContext, Progress, ToolError, ToolSet, define, files::reply, parse_args, room_result,
 };
 use crate::caller::Caller;
 use crate::rooms::Rooms;
@@ -185,12 +184,8 @@ fn relay(sink: Option<super::ProgressSink>) -> Option<mpsc::UnboundedSender<Even
 
 #[async_trait]
 impl ToolSet for CommandTools {
-    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
-        self.tools.clone()
-    }
-
-    fn owns(&self, name: &str) -> bool {
-        defines(&self.tools, name)
+    fn definitions(&self) -> &[Tool] {
+        &self.tools
     }
 
     async fn call(

@@ -2,8 +2,7 @@
 //! operation to the caller's room; path confinement is enforced in the room (kernel-checked
 //! `openat2` beneath `/workspace`), never here, so this module must not touch the filesystem.
 
-use super::{CallContext, ToolError, ToolSet, define, defines, parse_args, room_result};
-use crate::caller::Caller;
+use super::{CallContext, ToolError, ToolSet, define, parse_args, room_result};
 use crate::rooms::Rooms;
 use async_trait::async_trait;
 use lodge_room::protocol::{Op, OpResult};
@@ -269,12 +268,8 @@ pub(super) fn reply(result: &OpResult) -> Value {
 
 #[async_trait]
 impl ToolSet for FileTools {
-    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
-        self.tools.clone()
-    }
-
-    fn owns(&self, name: &str) -> bool {
-        defines(&self.tools, name)
+    fn definitions(&self) -> &[Tool] {
+        &self.tools
     }
 
     async fn call(

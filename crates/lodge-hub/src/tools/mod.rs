@@ -67,10 +67,17 @@ pub enum ToolError {
 
 #[async_trait]
 pub trait ToolSet: Send + Sync + 'static {
-    /// The tools this set offers to `caller`.
-    fn tools(&self, caller: &Caller) -> Vec<Tool>;
-    /// Does this set answer for `name`? Must agree with [`ToolSet::tools`].
-    fn owns(&self, name: &str) -> bool;
+    /// Every tool this set can answer for.
+    fn definitions(&self) -> &[Tool];
+    /// The tools this set offers to `caller` (all of them unless a set overrides this).
+    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
+        self.definitions().to_vec()
+    }
+    /// Does this set answer for `name`? Derived from the definitions, so the names a set
+    /// lists and the names it answers for cannot drift apart.
+    fn owns(&self, name: &str) -> bool {
+        self.definitions().iter().any(|t| t.name == name)
+    }
     async fn call(
         &self,
         name: &str,
@@ -102,12 +109,6 @@ impl Registry {
     pub fn find(&self, name: &str) -> Option<&Arc<dyn ToolSet>> {
         self.sets.iter().find(|s| s.owns(name))
     }
-}
-
-/// Is `name` one of `tools`? Sets answer [`ToolSet::owns`] from their own definitions, so the
-/// names they list and the names they answer for cannot drift apart.
-pub fn defines(tools: &[Tool], name: &str) -> bool {
-    tools.iter().any(|t| t.name == name)
 }
 
 /// A tool definition whose input schema is derived from the argument type, so the schema and

@@ -3,8 +3,7 @@
 //! Values pass through here on their way to and from the vault; they are never logged, and the
 //! audit digest of these calls leaves them out (see [`audit_view`]).
 
-use super::{CallContext, ToolError, ToolSet, define, defines, parse_args};
-use crate::caller::Caller;
+use super::{CallContext, ToolError, ToolSet, define, parse_args};
 use async_trait::async_trait;
 use lodge_vault::{Fields, Vault, VaultError};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
@@ -78,12 +77,8 @@ pub(crate) fn vault_error(e: VaultError) -> ToolError {
 
 #[async_trait]
 impl ToolSet for SecretTools {
-    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
-        self.tools.clone()
-    }
-
-    fn owns(&self, name: &str) -> bool {
-        defines(&self.tools, name)
+    fn definitions(&self) -> &[Tool] {
+        &self.tools
     }
 
     async fn call(

@@ -1,8 +1,7 @@
 //! `session_info`: who the caller is, which session and profile they use, their limits and
 //! their own live sessions. It reads only the caller's own records.
 
-use super::{CallContext, ToolError, ToolSet, define, defines, parse_args};
-use crate::caller::Caller;
+use super::{CallContext, ToolError, ToolSet, define, parse_args};
 use crate::rooms::Rooms;
 use crate::sessions::Sessions;
 use async_trait::async_trait;
@@ -46,12 +45,8 @@ impl SessionInfoTools {
 
 #[async_trait]
 impl ToolSet for SessionInfoTools {
-    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
-        self.tools.clone()
-    }
-
-    fn owns(&self, name: &str) -> bool {
-        defines(&self.tools, name)
+    fn definitions(&self) -> &[Tool] {
+        &self.tools
     }
 
     async fn call(
