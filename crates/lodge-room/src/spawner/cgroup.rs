@@ -155,7 +155,7 @@ pub(crate) enum Version {
 }
 
 /// One room's cgroup (one directory per v1 hierarchy, or one v2 directory).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RoomCgroup {
     version: Version,
     memory: Option<PathBuf>,
@@ -391,21 +391,16 @@ impl RoomCgroup {
         }
     }
 
+    /// The retry loop of [`RoomCgroup::remove_blocking`], on the blocking pool.
     async fn remove_leftover(&self) -> bool {
-        let deadline = Instant::now() + REMOVE_TIMEOUT;
-        loop {
-            let found = self.kill_all();
-            if found == 0 && self.try_rmdir() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let cg = self.clone();
+        tokio::task::spawn_blocking(move || cg.remove_blocking())
+            .await
+            .unwrap_or(false)
     }
 
-    /// `remove` for contexts without a runtime (Drop, test guards).
+    /// Kills and removes, retrying until [`REMOVE_TIMEOUT`]; usable without a runtime (Drop,
+    /// test guards). Returns whether the directories are gone.
     pub(crate) fn remove_blocking(&self) -> bool {
         let deadline = Instant::now() + REMOVE_TIMEOUT;
         loop {
