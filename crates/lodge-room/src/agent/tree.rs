@@ -188,7 +188,10 @@ mod tests {
     #[test]
     fn the_agent_itself_is_never_part_of_a_tree() {
         let me = rustix::process::getpid().as_raw_pid();
-        let sid = rustix::process::getsid(None).unwrap().as_raw_pid();
+        // From /proc, not getsid(2): in a container our session leader may sit outside the
+        // pid namespace, where getsid reports 0 (and rustix's typed Pid panics on it).
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let sid = parse_stat(me, &stat).unwrap().sid;
         // Even when asked for our own session, our pid is left out.
         let found = scan(&Target {
             root: sid,
