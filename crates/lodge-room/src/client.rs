@@ -1,11 +1,12 @@
 //! The hub's end of one room channel: many concurrent requests multiplexed by id over one framed
 //! stream, with progress events routed to the caller that asked and cancellation when a caller
-//! gives up. It knows nothing of users or policy; when the channel dies every caller gets
-//! [`CallError::Closed`] at once instead of waiting.
+//! gives up. Long-running requests (upstream servers) are [`Relay`]s whose input the caller
+//! feeds. It knows nothing of users or policy and never logs payloads; when the channel dies
+//! every caller gets [`CallError::Closed`] at once instead of waiting.
 
 use crate::protocol::{
-    AgentMessage, Hello, HubCodec, HubMessage, Op, OpError, OpResult, ProtocolError, Stream,
-    check_hello,
+    AgentMessage, ErrorKind, Hello, HubCodec, HubMessage, MAX_MESSAGE_DEPTH, Op, OpError, OpResult,
+    ProtocolError, Stream, check_hello, exceeds_depth,
 };
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub enum Event {
         stream: Stream,
         data: String,
     },
+    /// One JSON message an upstream server printed on its stdout.
+    Message(serde_json::Value),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +76,26 @@ impl Inner {
                 reason: reason.clone(),
             }));
         }
+    }
+
+    /// Fails the waiting caller of request `id` with `error` (if it still waits).
+    fn fail(&self, id: u64, error: OpError) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(p) = waiting {
+            let _ = p.reply.send(Err(CallError::Op(error)));
+        }
+    }
+
+    /// Whether request `id` still waits for its answer.
+    fn is_pending(&self, id: u64) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     fn closed_error(&self) -> CallError {
@@ -144,9 +167,27 @@ impl RoomClient {
                     msg = queue.recv() => msg,
                 };
                 let Some(msg) = msg else { break };
-                if let Err(e) = frames_out.send(msg).await {
-                    writer_inner.close(format!("cannot write to the room: {e}"));
-                    break;
+                let (id, input) = match &msg {
+                    HubMessage::Request { id, .. } => (Some(*id), false),
+                    HubMessage::Input { id, .. } => (Some(*id), true),
+                    _ => (None, false),
+                };
+                match (frames_out.send(msg).await, id) {
+                    (Ok(()), _) => {}
+                    // Nothing of the frame was written (the codec refuses it before): only this
+                    // request fails, the channel stays usable.
+                    (Err(ProtocolError::FrameTooLarge { len, max }), Some(id)) => {
+                        writer_inner.fail(id, too_large(len, max));
+                        // The request already runs in the room; its input is now incomplete.
+                        if input && let Err(e) = frames_out.send(HubMessage::Cancel { id }).await {
+                            writer_inner.close(format!("cannot write to the room: {e}"));
+                            break;
+                        }
+                    }
+                    (Err(e), _) => {
+                        writer_inner.close(format!("cannot write to the room: {e}"));
+                        break;
+                    }
                 }
             }
         });
@@ -173,6 +214,28 @@ impl RoomClient {
         op: Op,
         events: Option<mpsc::UnboundedSender<Event>>,
     ) -> Result<OpResult, CallError> {
+        self.request(op, events)?.finished().await
+    }
+
+    /// Starts `op` as a request whose input the caller feeds (an upstream server). Events
+    /// (messages, stderr output) go to `events`. Dropping the `Relay` before it finished
+    /// cancels the request in the room (which kills the server).
+    pub fn open(&self, op: Op, events: mpsc::UnboundedSender<Event>) -> Result<Relay, CallError> {
+        let request = self.request(op, Some(events))?;
+        let input = RelayInput {
+            inner: self.inner.clone(),
+            id: request.id,
+        };
+        Ok(Relay { request, input })
+    }
+
+    /// Registers a pending request and sends it; the returned handle cancels it when dropped
+    /// unanswered.
+    fn request(
+        &self,
+        op: Op,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<Request, CallError> {
         if self.inner.closed.is_cancelled() {
             return Err(self.inner.closed_error());
         }
@@ -183,10 +246,12 @@ impl RoomClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Pending { reply, events });
-        let guard = CancelOnDrop {
-            inner: &self.inner,
+        // From here on, dropping the handle (also on the error below) forgets the request.
+        let request = Request {
+            inner: self.inner.clone(),
             id,
-            armed: true,
+            answer,
+            result: None,
         };
         if self
             .inner
@@ -196,11 +261,7 @@ impl RoomClient {
         {
             return Err(self.inner.closed_error());
         }
-        let result = answer
-            .await
-            .unwrap_or_else(|_| Err(self.inner.closed_error()));
-        guard.disarm();
-        result
+        Ok(request)
     }
 
     /// Asks the agent to finish and exit (running requests are cancelled there).
@@ -263,6 +324,7 @@ fn route(inner: &Inner, msg: AgentMessage) {
         AgentMessage::Output { id, stream, data } => {
             send_event(&pending, id, Event::Output { stream, data })
         }
+        AgentMessage::Message { id, message } => send_event(&pending, id, Event::Message(message)),
         AgentMessage::Log { level, message } => {
             tracing::debug!(?level, agent_message = %message, "room agent");
         }
@@ -283,32 +345,120 @@ fn describe(e: ProtocolError) -> String {
     }
 }
 
-/// Sends `Cancel` for a request whose caller went away before the answer.
-struct CancelOnDrop<'a> {
-    inner: &'a Inner,
-    id: u64,
-    armed: bool,
+fn too_large(len: usize, max: usize) -> OpError {
+    OpError::new(
+        ErrorKind::TooLarge,
+        format!("the request is {len} bytes, above the room channel's limit of {max} bytes"),
+    )
 }
 
-impl CancelOnDrop<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
+/// One sent request until its answer; sends `Cancel` when dropped before the answer arrived.
+struct Request {
+    inner: Arc<Inner>,
+    id: u64,
+    answer: oneshot::Receiver<Result<OpResult, CallError>>,
+    /// The answer once received (the receiver must not be polled again after that).
+    result: Option<Result<OpResult, CallError>>,
+}
+
+impl Request {
+    /// The answer; cancel-safe, and repeatable once it arrived.
+    async fn finished(&mut self) -> Result<OpResult, CallError> {
+        if let Some(result) = &self.result {
+            return result.clone();
+        }
+        let result = (&mut self.answer)
+            .await
+            .unwrap_or_else(|_| Err(self.inner.closed_error()));
+        self.result = Some(result.clone());
+        result
     }
 }
 
-impl Drop for CancelOnDrop<'_> {
+impl Drop for Request {
     fn drop(&mut self) {
-        if self.armed {
-            let removed = self
-                .inner
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.id);
-            if removed.is_some() {
-                let _ = self.inner.outbox.send(HubMessage::Cancel { id: self.id });
-            }
+        if self.result.is_some() {
+            return;
         }
+        let removed = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if removed.is_some() {
+            let _ = self.inner.outbox.send(HubMessage::Cancel { id: self.id });
+        }
+    }
+}
+
+/// A running long-lived request (an upstream server): feed it with [`Relay::input`], wait for
+/// its end with [`Relay::finished`]. Dropping it before it finished cancels it in the room.
+pub struct Relay {
+    request: Request,
+    input: RelayInput,
+}
+
+impl Relay {
+    /// A handle that queues messages for the server's stdin (clone it freely).
+    pub fn input(&self) -> RelayInput {
+        self.input.clone()
+    }
+
+    /// The request's final answer (cancel-safe: may be polled in select! repeatedly).
+    pub async fn finished(&mut self) -> Result<OpResult, CallError> {
+        self.request.finished().await
+    }
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("id", &self.request.id)
+            .field("finished", &self.request.result.is_some())
+            .finish()
+    }
+}
+
+/// Feeds the stdin of one [`Relay`]'s server.
+#[derive(Clone)]
+pub struct RelayInput {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl RelayInput {
+    /// Queues one message for the server's stdin; fails once the channel is closed (the room
+    /// stopped, or the request has finished or was cancelled). A message nested too deeply for
+    /// the channel is refused with an `Op` error (`invalid_argument`) and nothing is sent.
+    pub fn send(&self, message: serde_json::Value) -> Result<(), CallError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(self.inner.closed_error());
+        }
+        if exceeds_depth(&message) {
+            return Err(CallError::Op(OpError::new(
+                ErrorKind::InvalidArgument,
+                format!("the message nests more than {MAX_MESSAGE_DEPTH} levels deep"),
+            )));
+        }
+        if !self.inner.is_pending(self.id) {
+            return Err(CallError::Closed {
+                reason: "the upstream server's request has finished".into(),
+            });
+        }
+        self.inner
+            .outbox
+            .send(HubMessage::Input {
+                id: self.id,
+                message,
+            })
+            .map_err(|_| self.inner.closed_error())
+    }
+}
+
+impl std::fmt::Debug for RelayInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayInput").field("id", &self.id).finish()
     }
 }
 
@@ -440,6 +590,119 @@ mod tests {
             matches!(next, Some(Ok(HubMessage::Cancel { id: c })) if c == id),
             "{next:?}"
         );
+        assert_eq!(client.in_flight(), 0);
+    }
+
+    #[test]
+    fn relays_move_between_tasks() {
+        fn send<T: Send>() {}
+        fn send_sync_clone<T: Send + Sync + Clone>() {}
+        send::<Relay>();
+        send_sync_clone::<RelayInput>();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_or_input_fails_alone() {
+        let (client, mut a_in, _a_out) = fake_agent().await;
+        let huge = "x".repeat(crate::protocol::MAX_FRAME_LEN);
+        let write = Op::FsWrite {
+            path: "f".into(),
+            content: huge.clone(),
+            create_dirs: false,
+        };
+        let r = client.call(write, None).await;
+        assert!(
+            matches!(&r, Err(CallError::Op(e)) if e.kind == ErrorKind::TooLarge),
+            "{r:?}"
+        );
+        assert!(!client.is_closed());
+
+        let (tx, _events) = mpsc::unbounded_channel();
+        let op = Op::Upstream {
+            server: "s".into(),
+            argv: vec!["s".into()],
+            env: Default::default(),
+        };
+        let mut relay = client.open(op, tx).unwrap();
+        let id = match a_in.next().await.unwrap().unwrap() {
+            HubMessage::Request { id, .. } => id,
+            other => panic!("unexpected {other:?}"),
+        };
+        relay
+            .input()
+            .send(serde_json::json!({ "s": huge }))
+            .unwrap();
+        // The oversized input never leaves; the request is cancelled in the room instead.
+        let next = tokio::time::timeout(Duration::from_secs(5), a_in.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(next, Some(Ok(HubMessage::Cancel { id: c })) if c == id),
+            "{next:?}"
+        );
+        let r = relay.finished().await;
+        assert!(
+            matches!(&r, Err(CallError::Op(e)) if e.kind == ErrorKind::TooLarge),
+            "{r:?}"
+        );
+        assert!(relay.input().send(serde_json::json!({})).is_err());
+        // Too deep to decode in the room: refused before it is sent.
+        let deep = (0..200).fold(serde_json::json!(1), |v, _| serde_json::json!([v]));
+        let (tx, _events) = mpsc::unbounded_channel();
+        let op = Op::Upstream {
+            server: "s".into(),
+            argv: vec!["s".into()],
+            env: Default::default(),
+        };
+        let relay = client.open(op, tx).unwrap();
+        let e = relay.input().send(deep).unwrap_err();
+        assert!(
+            matches!(&e, CallError::Op(e) if e.kind == ErrorKind::InvalidArgument),
+            "{e:?}"
+        );
+        assert!(!client.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_relay_routes_messages_and_sends_inputs_behind_its_request() {
+        let (client, mut a_in, mut a_out) = fake_agent().await;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let op = Op::Upstream {
+            server: "s".into(),
+            argv: vec!["s".into()],
+            env: Default::default(),
+        };
+        let relay = client.open(op, tx).unwrap();
+        let input = relay.input();
+        input.send(serde_json::json!({"n": 1})).unwrap();
+        let id = match a_in.next().await.unwrap().unwrap() {
+            HubMessage::Request { id, .. } => id,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            a_in.next().await.unwrap().unwrap(),
+            HubMessage::Input {
+                id,
+                message: serde_json::json!({"n": 1})
+            }
+        );
+        a_out
+            .send(AgentMessage::Message {
+                id,
+                message: serde_json::json!({"r": 1}),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            events.recv().await,
+            Some(Event::Message(serde_json::json!({"r": 1})))
+        );
+        drop(relay);
+        assert_eq!(
+            a_in.next().await.unwrap().unwrap(),
+            HubMessage::Cancel { id }
+        );
+        assert!(input.send(serde_json::json!({})).is_err());
         assert_eq!(client.in_flight(), 0);
     }
 

@@ -31,6 +31,9 @@ pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// Length of the big-endian frame length prefix.
 const PREFIX_LEN: usize = 4;
 
+/// Largest JSON message an upstream server may write on one stdout line.
+pub const MAX_UPSTREAM_MESSAGE: usize = 8 * 1024 * 1024;
+
 // ---------------------------------------------------------------------------------------------
 // Errors at the codec boundary
 // ---------------------------------------------------------------------------------------------
@@ -96,7 +99,9 @@ pub fn check_hello(peer: &Hello) -> Result<(), ProtocolError> {
 // ---------------------------------------------------------------------------------------------
 
 /// Hub -> agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` is written by hand (see below): it never prints an `Input`'s message.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HubMessage {
     /// The first frame the hub sends.
@@ -107,6 +112,30 @@ pub enum HubMessage {
     Cancel { id: u64 },
     /// Finish up and exit.
     Shutdown,
+    /// One JSON-RPC message for the stdin of the upstream server that request `id` runs.
+    Input { id: u64, message: serde_json::Value },
+}
+
+/// Hand-written so that `{:?}` of a hub message never shows an upstream server's input (tool
+/// arguments may carry secrets); ops redact themselves.
+impl fmt::Debug for HubMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubMessage::Hello(hello) => f.debug_tuple("Hello").field(hello).finish(),
+            HubMessage::Request { id, op } => f
+                .debug_struct("Request")
+                .field("id", id)
+                .field("op", op)
+                .finish(),
+            HubMessage::Cancel { id } => f.debug_struct("Cancel").field("id", id).finish(),
+            HubMessage::Shutdown => f.write_str("Shutdown"),
+            HubMessage::Input { id, .. } => f
+                .debug_struct("Input")
+                .field("id", id)
+                .field("message", &Redacted)
+                .finish(),
+        }
+    }
 }
 
 /// Agent -> hub.
@@ -138,6 +167,8 @@ pub enum AgentMessage {
     },
     /// The agent's own diagnostics.
     Log { level: LogLevel, message: String },
+    /// One JSON message the upstream server of request `id` printed on its stdout.
+    Message { id: u64, message: serde_json::Value },
 }
 
 /// Which output stream of a command a chunk came from.
@@ -217,10 +248,23 @@ pub enum Op {
         env: BTreeMap<String, String>,
         output_cap: u64,
     },
+    /// Runs an upstream MCP server until it exits or the request is cancelled; its stdout lines
+    /// come back as `Message`s, its stderr as `Output { stream: Stderr }` (one line each,
+    /// without the newline), and `Input`s go to its stdin.
+    Upstream {
+        /// The server's name, for messages only.
+        server: String,
+        /// Program and arguments; `{workspace}` expands to the workspace path.
+        argv: Vec<String>,
+        /// Extra environment (`{workspace}` expands in values). Secret like `RunCommand.env`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
 }
 
 /// Hand-written so that `{:?}` of an op (which ends up in logs and panic messages) never shows a
-/// secret: `RunCommand.env` carries the user's secrets as values, so only the names are printed;
+/// secret: `RunCommand.env` and `Upstream.env` carry the user's secrets as values, so only the
+/// names are printed;
 /// file contents (`FsWrite.content`, `FsEdit.old`/`new`) may hold secrets too and are shown as
 /// their length.
 impl fmt::Debug for Op {
@@ -315,6 +359,12 @@ impl fmt::Debug for Op {
                 .field("env", &EnvNames(env))
                 .field("output_cap", output_cap)
                 .finish(),
+            Op::Upstream { server, argv, env } => f
+                .debug_struct("Upstream")
+                .field("server", server)
+                .field("argv", argv)
+                .field("env", &EnvNames(env))
+                .finish(),
         }
     }
 }
@@ -333,15 +383,18 @@ struct EnvNames<'a>(&'a BTreeMap<String, String>);
 
 impl fmt::Debug for EnvNames<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Redacted;
-        impl fmt::Debug for Redacted {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("<redacted>")
-            }
-        }
         f.debug_map()
             .entries(self.0.keys().map(|name| (name, Redacted)))
             .finish()
+    }
+}
+
+/// Debug stand-in for a value that must not be printed at all.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -388,6 +441,11 @@ pub enum OpResult {
         stderr_truncated: bool,
         timed_out: bool,
         duration_ms: u64,
+    },
+    /// An upstream server exited by itself.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
     },
 }
 
@@ -450,6 +508,9 @@ pub enum ErrorKind {
     TimedOut,
     Io,
     Unsupported,
+    /// An upstream server broke the stdio rules (e.g. wrote something other than JSON-RPC on
+    /// stdout).
+    Protocol,
 }
 
 impl ErrorKind {
@@ -468,6 +529,7 @@ impl ErrorKind {
             ErrorKind::TimedOut => "timed_out",
             ErrorKind::Io => "io",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Protocol => "protocol",
         }
     }
 }
@@ -516,6 +578,27 @@ mod result_repr {
             Owned::Err(error) => Err(error),
         })
     }
+}
+
+/// How deeply a relayed JSON message (`Input`, `Message`) may nest. serde_json refuses to
+/// decode more than 128 levels and the frame adds its own around the message, so a deeper
+/// message would break the whole channel instead of failing alone.
+pub(crate) const MAX_MESSAGE_DEPTH: usize = 100;
+
+/// Whether `value` nests arrays and objects more than [`MAX_MESSAGE_DEPTH`] levels deep.
+pub(crate) fn exceeds_depth(value: &serde_json::Value) -> bool {
+    fn deeper(value: &serde_json::Value, left: usize) -> bool {
+        match value {
+            serde_json::Value::Array(items) => {
+                left == 0 || items.iter().any(|v| deeper(v, left - 1))
+            }
+            serde_json::Value::Object(map) => {
+                left == 0 || map.values().any(|v| deeper(v, left - 1))
+            }
+            _ => false,
+        }
+    }
+    deeper(value, MAX_MESSAGE_DEPTH)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,6 +814,16 @@ mod tests {
                 env: BTreeMap::new(),
                 output_cap: 0,
             },
+            Op::Upstream {
+                server: "github".into(),
+                argv: vec!["npx".into(), "-y".into(), "{workspace}/server.js".into()],
+                env: BTreeMap::from([("GITHUB_TOKEN".into(), "ghp_x".into())]),
+            },
+            Op::Upstream {
+                server: "fs".into(),
+                argv: vec!["/usr/bin/mcp-fs".into()],
+                env: BTreeMap::new(),
+            },
         ]
     }
 
@@ -742,6 +835,14 @@ mod tests {
                 .enumerate()
                 .map(|(i, op)| HubMessage::Request { id: i as u64, op }),
         );
+        messages.push(HubMessage::Input {
+            id: 3,
+            message: json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"é":[1,2.5,null]}}),
+        });
+        messages.push(HubMessage::Input {
+            id: 3,
+            message: json!([{"jsonrpc":"2.0","method":"notifications/initialized"}]),
+        });
         messages.push(HubMessage::Cancel { id: u64::MAX });
         messages.push(HubMessage::Shutdown);
         messages
@@ -821,6 +922,14 @@ mod tests {
                 timed_out: true,
                 duration_ms: 1000,
             },
+            OpResult::Exited {
+                code: Some(3),
+                signal: None,
+            },
+            OpResult::Exited {
+                code: None,
+                signal: Some(9),
+            },
         ]
     }
 
@@ -845,6 +954,7 @@ mod tests {
             ErrorKind::TimedOut,
             ErrorKind::Io,
             ErrorKind::Unsupported,
+            ErrorKind::Protocol,
         ]
         .into_iter()
         .enumerate()
@@ -876,6 +986,14 @@ mod tests {
                 id: 4,
                 stream: Stream::Stderr,
                 data: "err".into(),
+            },
+            AgentMessage::Message {
+                id: 5,
+                message: json!({"jsonrpc":"2.0","id":1,"result":{"tools":[],"big":18446744073709551615u64,"neg":-1}}),
+            },
+            AgentMessage::Message {
+                id: 5,
+                message: json!([]),
             },
         ]);
         for level in [
@@ -1137,6 +1255,25 @@ mod tests {
         let shown = format!("{write:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<16 bytes>"), "{shown}");
+
+        let upstream = Op::Upstream {
+            server: "github".into(),
+            argv: vec!["github-mcp".into(), "stdio".into()],
+            env: BTreeMap::from([("GITHUB_TOKEN".into(), "ghp_s3cr3t".into())]),
+        };
+        for shown in [format!("{upstream:?}"), format!("{upstream:#?}")] {
+            assert!(!shown.contains("ghp_s3cr3t"), "{shown}");
+            assert!(shown.contains("GITHUB_TOKEN"), "{shown}");
+            assert!(shown.contains("github-mcp"), "{shown}");
+            assert!(shown.contains("\"github\""), "{shown}");
+        }
+        let input = HubMessage::Input {
+            id: 4,
+            message: json!({"params":{"arguments":{"password":"hunter2"}}}),
+        };
+        let shown = format!("{input:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("Input") && shown.contains('4'), "{shown}");
     }
 
     #[test]
@@ -1197,6 +1334,54 @@ mod tests {
                 json!({"type":"shutdown"}),
             ),
             (
+                serde_json::to_value(HubMessage::Request {
+                    id: 9,
+                    op: Op::Upstream {
+                        server: "gh".into(),
+                        argv: vec!["gh-mcp".into(), "{workspace}".into()],
+                        env: BTreeMap::from([("T".into(), "v".into())]),
+                    },
+                })
+                .expect("json"),
+                json!({"type":"request","id":9,"op":{"op":"upstream","server":"gh",
+                       "argv":["gh-mcp","{workspace}"],"env":{"T":"v"}}}),
+            ),
+            (
+                serde_json::to_value(HubMessage::Input {
+                    id: 9,
+                    message: json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+                })
+                .expect("json"),
+                json!({"type":"input","id":9,"message":{"jsonrpc":"2.0","id":1,"method":"ping"}}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Message {
+                    id: 9,
+                    message: json!({"jsonrpc":"2.0","id":1,"result":{}}),
+                })
+                .expect("json"),
+                json!({"type":"message","id":9,"message":{"jsonrpc":"2.0","id":1,"result":{}}}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Response {
+                    id: 9,
+                    result: Ok(OpResult::Exited {
+                        code: Some(0),
+                        signal: None,
+                    }),
+                })
+                .expect("json"),
+                json!({"type":"response","id":9,"result":{"ok":{"type":"exited","code":0,"signal":null}}}),
+            ),
+            (
+                serde_json::to_value(AgentMessage::Response {
+                    id: 9,
+                    result: Err(OpError::new(ErrorKind::Protocol, "not JSON")),
+                })
+                .expect("json"),
+                json!({"type":"response","id":9,"result":{"err":{"kind":"protocol","message":"not JSON"}}}),
+            ),
+            (
                 serde_json::to_value(AgentMessage::Response {
                     id: 7,
                     result: Ok(OpResult::Written { bytes: 3 }),
@@ -1239,6 +1424,56 @@ mod tests {
             "cwd":null,"timeout_ms":1,"output_cap":1}))
         .expect("decode");
         assert!(matches!(op, Op::RunCommand { env, .. } if env.is_empty()));
+        // So does an upstream without env; an empty env is left out of the frame.
+        let op: Op = serde_json::from_value(json!({"op":"upstream","server":"s","argv":["x"]}))
+            .expect("decode");
+        assert!(matches!(&op, Op::Upstream { env, .. } if env.is_empty()));
+        assert_eq!(
+            serde_json::to_value(&op).expect("json"),
+            json!({"op":"upstream","server":"s","argv":["x"]})
+        );
+
+        // A message is nested JSON, not a string: its frame is about as large as its line.
+        // (Keys in sorted order: without serde_json's `preserve_order` objects are re-sorted.)
+        let line =
+            br#"{"id":7,"jsonrpc":"2.0","result":{"content":[{"text":"a\"b\nc","type":"text"}]}}"#;
+        let message: serde_json::Value = serde_json::from_slice(line).expect("line");
+        let mut buf = BytesMut::new();
+        AgentCodec::new()
+            .encode(AgentMessage::Message { id: 7, message }, &mut buf)
+            .expect("encode");
+        let body = &buf[PREFIX_LEN..];
+        let mut want = br#"{"type":"message","id":7,"message":"#.to_vec();
+        want.extend_from_slice(line);
+        want.push(b'}');
+        assert_eq!(body, &want[..], "{}", String::from_utf8_lossy(body));
+    }
+
+    fn nested(depth: usize) -> serde_json::Value {
+        (0..depth).fold(json!(1), |inner, _| json!([inner]))
+    }
+
+    #[test]
+    fn messages_nested_within_the_limit_fit_a_frame_and_deeper_ones_are_caught() {
+        assert!(!exceeds_depth(&json!(1)));
+        assert!(!exceeds_depth(&nested(MAX_MESSAGE_DEPTH)));
+        assert!(exceeds_depth(&nested(MAX_MESSAGE_DEPTH + 1)));
+        assert!(exceeds_depth(&json!({"a": nested(MAX_MESSAGE_DEPTH)})));
+        // The limit leaves room for the frame: the deepest allowed message decodes.
+        for (depth, fits) in [(MAX_MESSAGE_DEPTH, true), (128, false)] {
+            let mut buf = BytesMut::new();
+            HubCodec::new()
+                .encode(
+                    HubMessage::Input {
+                        id: 1,
+                        message: nested(depth),
+                    },
+                    &mut buf,
+                )
+                .expect("encode");
+            let decoded = AgentCodec::new().decode(&mut buf);
+            assert_eq!(decoded.is_ok(), fits, "depth {depth}: {decoded:?}");
+        }
     }
 
     #[test]
@@ -1249,6 +1484,7 @@ mod tests {
             ErrorKind::InvalidPath,
             ErrorKind::NotADirectory,
             ErrorKind::Io,
+            ErrorKind::Protocol,
         ] {
             let wire = serde_json::to_value(kind).expect("json");
             assert_eq!(wire, json!(kind.as_str()));

@@ -82,6 +82,9 @@ pub struct AgentArgs {
     /// The room may use the network (otherwise Landlock also refuses TCP).
     #[arg(long)]
     pub network: bool,
+    /// A directory the room may read and execute from (repeatable).
+    #[arg(long = "read-only")]
+    pub read_only: Vec<PathBuf>,
     /// Skip Landlock and seccomp (tests of the agent protocol only).
     #[arg(long, hide = true)]
     pub no_confine: bool,

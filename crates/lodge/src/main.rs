@@ -18,6 +18,7 @@ fn main() -> ExitCode {
             tmp: a.tmp,
             confine: !a.no_confine,
             network: a.network,
+            read_only: a.read_only,
         });
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,8 +1,10 @@
 //! `run_command`: runs `/bin/sh -c COMMAND` in the workspace with a clean environment, captures
 //! capped output, reports progress, and on timeout, cancel or exit kills the command's whole
-//! process tree. It never logs the command's environment values or output.
+//! process tree. It also builds the clean child (environment, session, cwd) that upstream
+//! servers start from. It never logs the command's environment values or output.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +37,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often a running command reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// After the tree is gone, how long the output readers get to reach end of file.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// After SIGKILL, how long to wait for the root's exit status.
 const REAP_GRACE: Duration = Duration::from_secs(5);
 /// Longest cwd accepted.
@@ -158,21 +160,46 @@ impl CommandContext {
 
     /// The `Command`: shell, clean environment, /dev/null stdin, piped output, new session.
     fn build(&self, request: &CommandRequest, cwd: OwnedFd) -> Command {
-        let mut cmd = Command::new(SHELL);
+        let mut cmd = self.child(SHELL, cwd);
         cmd.arg("-c")
             .arg(&request.command)
-            .env_clear()
-            .env("PATH", BASE_PATH)
-            .env("HOME", &self.workspace)
-            .env("LANG", "C.UTF-8")
-            .env("TMPDIR", &self.tmp)
-            .envs(self.identity.iter().map(|(k, v)| (k, v)))
             .envs(&request.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// A child of the agent as every one starts: `program` (looked up in `PATH` unless it has a
+    /// `/`) with the clean base environment (`PATH`, `HOME` = the workspace, `LANG`, `TMPDIR`,
+    /// and `USER`/`LOGNAME` when the agent has them), leading its own session, first for the OOM
+    /// killer, starting in `cwd`. Callers add arguments, their own environment and stdio, and
+    /// must spawn it through [`Self::reaper`].
+    pub(crate) fn child(&self, program: impl AsRef<OsStr>, cwd: OwnedFd) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", BASE_PATH)
+            .env("HOME", &self.workspace)
+            .env("LANG", "C.UTF-8")
+            .env("TMPDIR", &self.tmp)
+            .envs(self.identity.iter().map(|(k, v)| (k, v)));
         crate::sys::agent::set_command_child_setup(&mut cmd, cwd);
         cmd
+    }
+
+    /// The workspace root as a child's starting directory (see [`Self::child`]).
+    pub(crate) fn workspace_dir(&self) -> Result<OwnedFd, OpError> {
+        open_cwd(&self.root, None)
+    }
+
+    /// The workspace path as the agent sees it (what `{workspace}` expands to).
+    pub(crate) fn workspace(&self) -> &Path {
+        &self.workspace
+    }
+
+    /// The reaper every child must be spawned through.
+    pub(crate) fn reaper(&self) -> &Reaper {
+        &self.reaper
     }
 }
 
@@ -300,7 +327,13 @@ fn validate(request: &CommandRequest) -> Result<(), OpError> {
     if request.timeout_ms == 0 {
         return Err(invalid_argument("timeout_ms must be above 0"));
     }
-    for (name, value) in &request.env {
+    validate_env(&request.env)
+}
+
+/// Checks the names (and NUL-freedom of the values) of a child's extra environment. Messages
+/// name variables, never their values.
+pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), OpError> {
+    for (name, value) in env {
         if !valid_env_name(name) {
             return Err(invalid_argument(format!(
                 "invalid environment variable name {:?}: names must match ^[A-Za-z_][A-Za-z0-9_]*$",

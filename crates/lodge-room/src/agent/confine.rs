@@ -201,6 +201,7 @@ fn landlock(cfg: &AgentConfig) -> Result<RestrictionStatus, landlock::RulesetErr
         .create()?
         .add_rules(path_beneath_rules(READ_EXEC, read_exec))?
         .add_rules(path_beneath_rules(exe.iter(), read_exec))?
+        .add_rules(path_beneath_rules(&cfg.read_only, read_exec))?
         .add_rules(path_beneath_rules(READ_ONLY, read_only))?
         .add_rules(path_beneath_rules(writable, all))?
         .add_rules(path_beneath_rules(DEVICES_RW, all))?
@@ -271,10 +272,14 @@ mod tests {
             return;
         }
         let base = tempfile::tempdir().unwrap();
-        for sub in ["ws", "tmp", "outside"] {
+        for sub in ["ws", "tmp", "outside", "software"] {
             std::fs::create_dir(base.path().join(sub)).unwrap();
         }
         std::fs::write(base.path().join("outside/secret"), "s").unwrap();
+        let tool = base.path().join("software/tool");
+        std::fs::write(&tool, "#!/bin/sh\necho tool-ran\n").unwrap();
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let out = Command::new(std::env::current_exe().unwrap())
             .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, base.path())
@@ -295,6 +300,7 @@ mod tests {
             tmp: base.join("tmp"),
             confine: true,
             network: false,
+            read_only: vec![base.join("software")],
         };
         let report = apply(&cfg).unwrap();
         assert!(!report.landlock_missing(), "{report}");
@@ -330,6 +336,13 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
+        // Read-only software trees: readable and executable, not writable.
+        let out = Command::new(base.join("software/tool")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "tool-ran\n");
+        denied(
+            std::fs::write(base.join("software/new"), "x"),
+            "write into a read-only path",
+        );
 
         // Network: TCP bind and connect refused.
         denied(

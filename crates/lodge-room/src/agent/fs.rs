@@ -90,7 +90,7 @@ pub(crate) fn run(ws: &Workspace, op: Op) -> Option<Result<OpResult, OpError>> {
             text,
             limit,
         } => search(ws, &path, glob.as_deref(), text.as_deref(), limit),
-        Op::Ping | Op::RunCommand { .. } => return None,
+        Op::Ping | Op::RunCommand { .. } | Op::Upstream { .. } => return None,
     };
     Some(result.map_err(OpError::from))
 }

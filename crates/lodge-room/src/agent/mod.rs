@@ -1,6 +1,7 @@
 //! `lodge agent`: the process inside a room. It confines itself, then serves the room protocol
-//! on stdin/stdout: workspace file operations and commands, for one user only. It decides no
-//! policy (the hub does) and never logs payloads: file contents, command output, env values.
+//! on stdin/stdout: workspace file operations, commands and upstream MCP servers, for one user
+//! only. It decides no policy (the hub does) and never logs payloads: file contents, command
+//! output, relayed messages, env values.
 
 mod command;
 mod confine;
@@ -10,6 +11,7 @@ mod serve;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod upstream;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -36,6 +38,9 @@ pub struct AgentConfig {
     pub confine: bool,
     /// false: Landlock also denies TCP bind/connect (kernel ABI >= 4).
     pub network: bool,
+    /// Extra directories the room may read and execute from (software of upstream servers:
+    /// virtualenvs, node_modules), as `--read-only PATH`. Each must exist when confining.
+    pub read_only: Vec<PathBuf>,
 }
 
 /// Why the agent stopped with an error.

@@ -1,12 +1,14 @@
 //! The agent's serve loop: hello exchange, then one task per request (exactly one response per
-//! request id), cancellation, and a single writer task owning the channel's sink.
-//! It never logs message payloads (file contents, command output, env values).
+//! request id), cancellation, routing of upstream servers' input, and a single writer task
+//! owning the channel's sink. It never logs message payloads (file contents, command output,
+//! relayed messages, env values).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{SinkExt, StreamExt};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{CommandContext, CommandRequest};
 use super::reaper::Reaper;
+use super::upstream::{self, UpstreamRequest};
 use super::{AgentConfig, AgentError, fs};
 use crate::protocol::{
     AgentCodec, AgentMessage, ErrorKind, Hello, HubMessage, Op, OpError, OpResult, ProtocolError,
@@ -31,12 +34,19 @@ struct Context {
     commands: CommandContext,
 }
 
-/// Cancellation handles of the requests that have not answered yet, by id.
-type Tokens = Arc<Mutex<HashMap<u64, CancellationToken>>>;
+/// A request that has not answered yet.
+struct Running {
+    cancel: CancellationToken,
+    /// The stdin queue of an upstream server (`None` for other requests).
+    input: Option<mpsc::UnboundedSender<Value>>,
+}
 
-fn lock(tokens: &Tokens) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+/// The requests that have not answered yet, by id.
+type Requests = Arc<Mutex<HashMap<u64, Running>>>;
+
+fn lock(requests: &Requests) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
     // Entries are inserted and removed whole, so a panicked holder leaves the map consistent.
-    tokens.lock().unwrap_or_else(PoisonError::into_inner)
+    requests.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The serve loop, generic so tests can run it over `tokio::io::duplex`. Returns `Ok` after a
@@ -58,7 +68,7 @@ where
 
     let (tx, rx) = mpsc::channel(OUTBOX);
     let mut writer = tokio::spawn(write_loop(output, rx));
-    let tokens: Tokens = Arc::default();
+    let requests: Requests = Arc::default();
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut writer_done = None;
     let outcome = loop {
@@ -66,11 +76,22 @@ where
             frame = input.next() => match frame {
                 None | Some(Ok(HubMessage::Shutdown)) => break Ok(()),
                 Some(Ok(HubMessage::Request { id, op })) => {
-                    start(&mut tasks, &tokens, &ctx, &tx, id, op);
+                    start(&mut tasks, &requests, &ctx, &tx, id, op);
                 }
                 Some(Ok(HubMessage::Cancel { id })) => {
-                    if let Some(token) = lock(&tokens).get(&id) {
-                        token.cancel();
+                    if let Some(running) = lock(&requests).get(&id) {
+                        running.cancel.cancel();
+                    }
+                }
+                Some(Ok(HubMessage::Input { id, message })) => {
+                    // Never waits: a server that does not read its stdin must not stall the
+                    // channel (the queue lives in the room's memory limit).
+                    let queued = lock(&requests)
+                        .get(&id)
+                        .and_then(|running| running.input.as_ref())
+                        .is_some_and(|input| input.send(message).is_ok());
+                    if !queued {
+                        tracing::debug!(id, "input for no running upstream server; ignored");
                     }
                 }
                 Some(Ok(HubMessage::Hello(_))) => {
@@ -90,8 +111,8 @@ where
     };
     // Shutdown, end of input or a broken channel: stop everything still running (command trees
     // are killed), let each answer, then flush.
-    for token in lock(&tokens).values() {
-        token.cancel();
+    for running in lock(&requests).values() {
+        running.cancel.cancel();
     }
     while tasks.join_next().await.is_some() {}
     drop(tx);
@@ -131,23 +152,35 @@ where
     }
 }
 
+/// Registers request `id` and starts its task. An upstream server's input queue exists from
+/// here on, so `Input`s sent right behind the request are not lost.
 fn start(
     tasks: &mut JoinSet<()>,
-    tokens: &Tokens,
+    requests: &Requests,
     ctx: &Arc<Context>,
     tx: &mpsc::Sender<AgentMessage>,
     id: u64,
     op: Op,
 ) {
     let token = CancellationToken::new();
-    let duplicate = match lock(tokens).entry(id) {
+    let (input, inbox) = match op {
+        Op::Upstream { .. } => {
+            let (input, inbox) = mpsc::unbounded_channel();
+            (Some(input), Some(inbox))
+        }
+        _ => (None, None),
+    };
+    let duplicate = match lock(requests).entry(id) {
         Entry::Occupied(_) => true,
         Entry::Vacant(slot) => {
-            slot.insert(token.clone());
+            slot.insert(Running {
+                cancel: token.clone(),
+                input,
+            });
             false
         }
     };
-    let (ctx, tx, tokens) = (ctx.clone(), tx.clone(), tokens.clone());
+    let (ctx, tx, requests) = (ctx.clone(), tx.clone(), requests.clone());
     tasks.spawn(async move {
         let result = if duplicate {
             Err(OpError::new(
@@ -155,9 +188,9 @@ fn start(
                 format!("request id {id} is already in use by a running request"),
             ))
         } else {
-            let result = handle(&ctx, id, op, &tx, &token).await;
+            let result = handle(&ctx, id, op, inbox, &tx, &token).await;
             // Forget the id before answering, so the hub may reuse it once it has the answer.
-            lock(&tokens).remove(&id);
+            lock(&requests).remove(&id);
             result
         };
         let _ = tx.send(AgentMessage::Response { id, result }).await;
@@ -172,6 +205,7 @@ async fn handle(
     ctx: &Context,
     id: u64,
     op: Op,
+    inbox: Option<mpsc::UnboundedReceiver<Value>>,
     tx: &mpsc::Sender<AgentMessage>,
     token: &CancellationToken,
 ) -> Result<OpResult, OpError> {
@@ -192,6 +226,12 @@ async fn handle(
                 output_cap,
             };
             ctx.commands.run(id, request, tx, token).await
+        }
+        Op::Upstream { server, argv, env } => {
+            // `start` made the queue; without one the server would just never get input.
+            let inbox = inbox.unwrap_or_else(|| mpsc::unbounded_channel().1);
+            let request = UpstreamRequest { server, argv, env };
+            upstream::run(&ctx.commands, id, request, inbox, tx, token).await
         }
         op => {
             let workspace = ctx.workspace.clone();

@@ -34,6 +34,7 @@ async fn start_raw() -> Hub {
         tmp: dir.path().join("tmp"),
         confine: false,
         network: true,
+        read_only: Vec::new(),
     };
     let (hub_end, agent_end) = tokio::io::duplex(1 << 20);
     let (reader, writer) = tokio::io::split(agent_end);
@@ -776,6 +777,7 @@ fn main_serves_stdio_confined_and_reaps_orphans() {
             tmp: dir.join("tmp"),
             confine: true,
             network: false,
+            read_only: Vec::new(),
         });
         assert_eq!(code, std::process::ExitCode::SUCCESS);
         return;
@@ -893,4 +895,425 @@ async fn drive_main(
     // Drain whatever follows (libtest's own report) until the process exits.
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, rx.into_inner().read_to_end(&mut rest)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream servers
+// ---------------------------------------------------------------------------------------------
+
+/// Echoes each stdin line back on stdout.
+const ECHO: &str = r#"while IFS= read -r l; do printf '%s\n' "$l"; done"#;
+
+fn upstream(server: &str, script: &str, env: &[(&str, &str)]) -> Op {
+    Op::Upstream {
+        server: server.into(),
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// What an upstream request sent until its answer.
+#[derive(Debug, Default)]
+struct Relayed {
+    messages: Vec<serde_json::Value>,
+    stderr: Vec<String>,
+}
+
+impl Hub {
+    async fn input(&mut self, id: u64, message: serde_json::Value) {
+        self.io
+            .send(HubMessage::Input { id, message })
+            .await
+            .unwrap();
+    }
+
+    /// Messages and stderr lines of request `id` until its answer.
+    async fn relayed(&mut self, want: u64) -> (Relayed, Result<OpResult, OpError>) {
+        let mut relayed = Relayed::default();
+        loop {
+            match next(&mut self.io).await {
+                AgentMessage::Message { id, message } if id == want => {
+                    relayed.messages.push(message)
+                }
+                AgentMessage::Output {
+                    id,
+                    stream: crate::protocol::Stream::Stderr,
+                    data,
+                } if id == want => relayed.stderr.push(data),
+                AgentMessage::Response { id, result } if id == want => return (relayed, result),
+                AgentMessage::Log { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Waits until the server wrote `name` in the workspace, and returns the pid in it.
+    async fn pid_file(&self, name: &str) -> i32 {
+        let path = self.ws().join(name);
+        let waited = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && text.ends_with('\n')
+            {
+                return text.trim().parse().unwrap();
+            }
+            assert!(waited.elapsed() < STEP, "{name} never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_relays_inputs_to_stdin_and_stdout_lines_back_in_order() {
+    let mut hub = start().await;
+    hub.send(1, upstream("echo", ECHO, &[])).await;
+    // Sent right behind the request: the input queue exists before the request task runs.
+    let sent: Vec<serde_json::Value> = (0..50)
+        .map(|i| serde_json::json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"s":"é \" \\ \n"}}))
+        .collect();
+    for message in &sent {
+        hub.input(1, message.clone()).await;
+    }
+    // An input for nothing that runs is ignored.
+    hub.input(99, serde_json::json!({})).await;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match next(&mut hub.io).await {
+            AgentMessage::Message { id: 1, message } => got.push(message),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, sent);
+    // A big message (7 MiB, under the 8 MiB line limit) makes it both ways.
+    let big = serde_json::json!({"jsonrpc":"2.0","id":"big","result":"x".repeat(7 << 20)});
+    hub.input(1, big.clone()).await;
+    match next(&mut hub.io).await {
+        AgentMessage::Message { id: 1, message } => assert!(message == big, "big message mangled"),
+        other => panic!("unexpected {other:?}"),
+    }
+    hub.io.send(HubMessage::Cancel { id: 1 }).await.unwrap();
+    let (relayed, result) = hub.relayed(1).await;
+    assert!(relayed.messages.is_empty(), "{relayed:?}");
+    assert_eq!(err_kind(result).0, ErrorKind::Cancelled);
+    assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_gets_the_workspace_its_env_and_a_clean_session() {
+    let mut hub = start().await;
+    std::fs::create_dir(hub.ws().join("sub")).unwrap();
+    let script = r#"cd "$1" && printf '{"cwd":"%s","pwd0":"%s","v":"%s","home":"%s","pid":%s,"sid":%s,"oom":%s,"names":"%s"}\n' \
+        "$PWD" "$OLDPWD" "$X" "$HOME" $$ "$(cut -d' ' -f6 /proc/$$/stat)" \
+        "$(cat /proc/self/oom_score_adj)" "$(env | cut -d= -f1 | sort | tr '\n' ' ')""#;
+    let op = Op::Upstream {
+        server: "probe".into(),
+        // A program without '/' is looked up in the room's PATH.
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            "{workspace}/sub".into(),
+        ],
+        env: BTreeMap::from([("X".into(), "at {workspace}/x".into())]),
+    };
+    hub.send(2, op).await;
+    let (relayed, result) = hub.relayed(2).await;
+    assert_eq!(
+        result,
+        Ok(OpResult::Exited {
+            code: Some(0),
+            signal: None
+        })
+    );
+    let [message] = &relayed.messages[..] else {
+        panic!("{relayed:?}")
+    };
+    let ws = hub.ws().display().to_string();
+    let ws_real = std::fs::canonicalize(hub.ws())
+        .unwrap()
+        .display()
+        .to_string();
+    assert_eq!(message["cwd"], format!("{ws_real}/sub"));
+    assert_eq!(message["pwd0"], ws_real, "started in the workspace");
+    assert_eq!(message["v"], format!("at {ws}/x"));
+    assert_eq!(message["home"], ws);
+    assert_eq!(message["pid"], message["sid"], "leads its own session");
+    assert_eq!(message["oom"], 1000);
+    let names = message["names"].as_str().unwrap();
+    for name in names.split_whitespace() {
+        assert!(
+            [
+                "X", "HOME", "LANG", "PATH", "TMPDIR", "USER", "LOGNAME", "PWD", "OLDPWD", "SHLVL",
+                "_"
+            ]
+            .contains(&name),
+            "unexpected variable {name} in {names}"
+        );
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_requests_are_checked_before_anything_runs() {
+    let mut hub = start().await;
+    let empty = Op::Upstream {
+        server: "nothing".into(),
+        argv: Vec::new(),
+        env: BTreeMap::new(),
+    };
+    let (kind, message) = err_kind(hub.call(empty).await);
+    assert_eq!(kind, ErrorKind::InvalidArgument);
+    assert!(message.contains("server nothing"), "{message}");
+
+    let bad_env = upstream("gh", "true", &[("BAD-NAME", "sekrit-value")]);
+    let (kind, message) = err_kind(hub.call(bad_env).await);
+    assert_eq!(kind, ErrorKind::InvalidArgument);
+    assert!(
+        message.contains("server gh") && message.contains("BAD-NAME"),
+        "{message}"
+    );
+    assert!(!message.contains("sekrit"), "value leaked: {message}");
+
+    let missing = Op::Upstream {
+        server: "ghost".into(),
+        argv: vec!["no-such-mcp-server-binary".into()],
+        env: BTreeMap::new(),
+    };
+    let (kind, message) = err_kind(hub.call(missing).await);
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert!(
+        message.contains("server ghost") && message.contains("no-such-mcp-server-binary"),
+        "{message}"
+    );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_printing_non_json_is_stopped_with_a_protocol_error() {
+    let mut hub = start().await;
+    // A child in the same session, and the root; both must be gone afterwards.
+    let script = "sleep 30 & echo $! > child.pid; echo $$ > root.pid; \
+                  echo '{\"jsonrpc\":\"2.0\",\"method\":\"ok\"}'; echo 42; \
+                  echo 'Server running on stdio'; exec sleep 30";
+    hub.send(3, upstream("chatty", script, &[])).await;
+    let (relayed, result) = hub.relayed(3).await;
+    let (kind, message) = err_kind(result);
+    assert_eq!(kind, ErrorKind::Protocol);
+    assert!(
+        message.starts_with(
+            "server chatty printed something that is not JSON-RPC on stdout: «42»; MCP servers \
+             must write only JSON-RPC messages to stdout (logs belong on stderr)"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        relayed.messages,
+        [serde_json::json!({"jsonrpc":"2.0","method":"ok"})]
+    );
+    for name in ["root.pid", "child.pid"] {
+        let pid = hub.pid_file(name).await;
+        assert!(gone(pid), "{name} {pid} survived");
+    }
+
+    let script = "echo $$ > root.pid; echo 'Listening…'; exec sleep 30";
+    std::fs::remove_file(hub.ws().join("root.pid")).unwrap();
+    hub.send(4, upstream("chatty", script, &[])).await;
+    let (_, result) = hub.relayed(4).await;
+    let (kind, message) = err_kind(result);
+    assert_eq!(kind, ErrorKind::Protocol);
+    assert!(message.contains("«Listening…»"), "{message}");
+    let pid = hub.pid_file("root.pid").await;
+    assert!(gone(pid), "server {pid} survived");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_line_over_8_mib_is_too_large_and_the_server_is_stopped() {
+    let mut hub = start().await;
+    let script = "echo $$ > root.pid; head -c 9000000 /dev/zero | tr '\\0' a; exec sleep 30";
+    let started = Instant::now();
+    hub.send(5, upstream("flood", script, &[])).await;
+    let (relayed, result) = hub.relayed(5).await;
+    assert!(relayed.messages.is_empty());
+    let (kind, message) = err_kind(result);
+    assert_eq!(kind, ErrorKind::TooLarge);
+    assert_eq!(
+        message,
+        "server flood wrote a message of more than 8 MiB on stdout; it was stopped"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let pid = hub.pid_file("root.pid").await;
+    assert!(gone(pid), "server {pid} survived");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_exit_is_answered_after_its_last_messages() {
+    let mut hub = start().await;
+    let script = "read -r request; for i in 1 2 3; do echo \"{\\\"n\\\":$i}\"; done; \
+                  echo 'Traceback: boom' >&2; exit 3";
+    hub.send(6, upstream("crashy", script, &[])).await;
+    hub.input(
+        6,
+        serde_json::json!({"jsonrpc":"2.0","id":1,"method":"initialize"}),
+    )
+    .await;
+    let (relayed, result) = hub.relayed(6).await;
+    assert_eq!(
+        result,
+        Ok(OpResult::Exited {
+            code: Some(3),
+            signal: None
+        })
+    );
+    let want: Vec<serde_json::Value> = (1..=3).map(|n| serde_json::json!({"n": n})).collect();
+    assert_eq!(relayed.messages, want);
+    assert_eq!(relayed.stderr, ["Traceback: boom"]);
+
+    hub.send(7, upstream("killed", "kill -9 $$", &[])).await;
+    let (_, result) = hub.relayed(7).await;
+    assert_eq!(
+        result,
+        Ok(OpResult::Exited {
+            code: None,
+            signal: Some(9)
+        })
+    );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_kills_an_upstream_server_and_its_children() {
+    let mut hub = start().await;
+    // The child ignores SIGTERM: only SIGKILL after the grace ends it.
+    let script = "sh -c 'trap \"\" TERM; echo $$ > child.pid; exec sleep 30' & \
+                  echo $$ > root.pid; wait";
+    hub.send(8, upstream("stuck", script, &[])).await;
+    let root = hub.pid_file("root.pid").await;
+    let child = hub.pid_file("child.pid").await;
+    let started = Instant::now();
+    hub.io.send(HubMessage::Cancel { id: 8 }).await.unwrap();
+    let (_, result) = hub.relayed(8).await;
+    let (kind, message) = err_kind(result);
+    assert_eq!(kind, ErrorKind::Cancelled);
+    assert!(message.contains("server stuck"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(gone(root), "server {root} survived");
+    assert!(gone(child), "child {child} survived");
+    // Its id is free again and inputs for it are ignored.
+    hub.input(8, serde_json::json!({})).await;
+    assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
+    hub.shutdown().await.unwrap();
+}
+
+/// A `RoomClient` connected to a real agent over an in-memory pipe.
+async fn client() -> (crate::client::RoomClient, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    std::fs::create_dir(dir.path().join("tmp")).unwrap();
+    let cfg = AgentConfig {
+        workspace: dir.path().join("ws"),
+        tmp: dir.path().join("tmp"),
+        confine: false,
+        network: true,
+        read_only: Vec::new(),
+    };
+    let (hub_end, agent_end) = tokio::io::duplex(1 << 20);
+    let (reader, writer) = tokio::io::split(agent_end);
+    tokio::spawn(async move { serve(reader, writer, &cfg).await });
+    let (reader, writer) = tokio::io::split(hub_end);
+    let (client, _) = crate::client::RoomClient::connect(reader, writer, STEP)
+        .await
+        .unwrap();
+    (client, dir)
+}
+
+async fn event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::client::Event>,
+) -> crate::client::Event {
+    tokio::time::timeout(STEP, events.recv())
+        .await
+        .expect("no event")
+        .expect("events closed")
+}
+
+#[tokio::test]
+async fn a_relay_carries_messages_and_stderr_and_reports_the_exit() {
+    use crate::client::Event;
+    use crate::protocol::Stream;
+
+    let (client, _dir) = client().await;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let script = "echo 'starting up' >&2; read -r l; printf '%s\\n' \"$l\"; echo bye >&2";
+    let mut relay = client.open(upstream("once", script, &[]), tx).unwrap();
+    assert_eq!(
+        event(&mut events).await,
+        Event::Output {
+            stream: Stream::Stderr,
+            data: "starting up".into()
+        }
+    );
+    let ping = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    relay.input().send(ping.clone()).unwrap();
+    assert_eq!(event(&mut events).await, Event::Message(ping));
+    let done = tokio::time::timeout(STEP, relay.finished()).await.unwrap();
+    let exited = OpResult::Exited {
+        code: Some(0),
+        signal: None,
+    };
+    assert_eq!(done.unwrap(), exited);
+    // Stderr written before the exit arrived before the answer.
+    assert_eq!(
+        events.try_recv().ok(),
+        Some(Event::Output {
+            stream: Stream::Stderr,
+            data: "bye".into()
+        })
+    );
+    // The answer can be asked for again; input after the end is refused.
+    assert_eq!(relay.finished().await.unwrap(), exited);
+    assert!(relay.input().send(serde_json::json!({})).is_err());
+    assert_eq!(client.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn dropping_a_relay_kills_its_server() {
+    let (client, dir) = client().await;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let script =
+        "sleep 30 & echo $! > child.pid; echo $$ > root.pid; echo '{\"ready\":true}'; wait";
+    let mut relay = client.open(upstream("dropped", script, &[]), tx).unwrap();
+    assert_eq!(
+        event(&mut events).await,
+        crate::client::Event::Message(serde_json::json!({"ready": true}))
+    );
+    // finished() is cancel-safe: give up waiting a few times, then drop the relay.
+    for _ in 0..3 {
+        tokio::select! {
+            r = relay.finished() => panic!("finished early: {r:?}"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let input = relay.input();
+    let pids: Vec<i32> = ["root.pid", "child.pid"]
+        .iter()
+        .map(|name| read_pid(&dir.path().join("ws").join(name)))
+        .collect();
+    drop(relay);
+    assert!(input.send(serde_json::json!({})).is_err());
+    let waited = Instant::now();
+    while !pids.iter().all(|pid| gone(*pid)) {
+        assert!(
+            waited.elapsed() < STEP,
+            "server processes {pids:?} survived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(client.call(Op::Ping, None).await.unwrap(), OpResult::Pong);
 }

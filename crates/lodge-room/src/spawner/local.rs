@@ -59,6 +59,10 @@ const ETC_ENTRIES: &[&str] = &[
 ];
 /// Top-level directories that are symlinks into /usr on merged-/usr systems.
 const TOP_LEVEL: &[&str] = &["bin", "sbin", "lib", "lib64", "lib32", "libx32"];
+/// Places of a bubblewrap room's own making: a read-only path may not be one of them, lie
+/// beneath one or contain one (the bind would hide the sandbox, or be hidden by it; the host's
+/// /tmp is not even what bwrap sees when the hub is root).
+const SANDBOX_PLACES: &[&str] = &["/proc", "/dev", "/tmp", "/run", "/etc", SANDBOX_WORKSPACE];
 /// How long `stop` lets bwrap exit after its sandbox was killed, before killing bwrap too.
 const INNER_KILL_GRACE: Duration = Duration::from_millis(500);
 /// bwrap and the agent need a few descriptors whatever the profile says.
@@ -104,6 +108,11 @@ pub enum SpawnError {
         path.display()
     )]
     Volume { path: PathBuf, detail: String },
+    #[error(
+        "read-only path {}: {reason}; set in [rooms] read_only_paths",
+        path.display()
+    )]
+    ReadOnlyPath { path: PathBuf, reason: String },
     #[error("could not start the room ({} while {stage}): {error}{hint}", program.display())]
     Spawn {
         program: PathBuf,
@@ -168,6 +177,7 @@ impl LocalSpawner {
         } else {
             None
         };
+        check_read_only_paths(spec, ids.is_some())?;
         if spec.isolation == Isolation::Bubblewrap && self.bwrap.is_none() {
             return Err(SpawnError::NoBubblewrap {
                 fix: "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap), or set isolation = none for development only".to_owned(),
@@ -258,7 +268,12 @@ impl LocalSpawner {
                     path: tmp.clone(),
                     error,
                 })?;
-                let args = self.agent_argv(workspace.as_os_str(), tmp.as_os_str(), network);
+                let args = self.agent_argv(
+                    workspace.as_os_str(),
+                    tmp.as_os_str(),
+                    &spec.read_only_paths,
+                    network,
+                );
                 let mut cmd = Command::new(exe);
                 cmd.args(args)
                     .env_clear()
@@ -321,6 +336,7 @@ impl LocalSpawner {
                 let argv = self.agent_argv(
                     OsStr::new(SANDBOX_WORKSPACE),
                     OsStr::new(SANDBOX_TMP),
+                    &spec.read_only_paths,
                     network,
                 );
                 let args = bwrap_args(spec, &sources, host, disable_userns, &argv);
@@ -384,7 +400,13 @@ impl LocalSpawner {
         Ok((child, (stdin, stdout, stderr)))
     }
 
-    fn agent_argv(&self, workspace: &OsStr, tmp: &OsStr, network: bool) -> Vec<OsString> {
+    fn agent_argv(
+        &self,
+        workspace: &OsStr,
+        tmp: &OsStr,
+        read_only: &[PathBuf],
+        network: bool,
+    ) -> Vec<OsString> {
         if let Some(args) = &self.agent_args {
             return args.clone();
         }
@@ -395,6 +417,9 @@ impl LocalSpawner {
             "--tmp".into(),
             tmp.into(),
         ];
+        for path in read_only {
+            argv.extend(["--read-only".into(), path.into()]);
+        }
         if network {
             argv.push("--network".into());
         }
@@ -655,6 +680,9 @@ fn bwrap_args(
         let path = format!("/etc/{name}");
         push(&[s("--ro-bind-try"), path.as_ref(), path.as_ref()]);
     }
+    for path in &spec.read_only_paths {
+        push(&[s("--ro-bind"), path.as_os_str(), path.as_os_str()]);
+    }
     push(&[
         s("--symlink"),
         s("../proc/self/mounts"),
@@ -723,6 +751,55 @@ fn validate_user(spec: &RoomSpec) -> Result<(), SpawnError> {
             user: format!("{} (instance {:?})", spec.user, spec.instance),
         })
     }
+}
+
+/// Each read-only path must be a clean absolute path to an existing directory; in a bubblewrap
+/// room it must also keep clear of the sandbox's own places and, when rooms get their own uid,
+/// be open to other users (bwrap binds it as the room uid).
+fn check_read_only_paths(spec: &RoomSpec, own_uid: bool) -> Result<(), SpawnError> {
+    use std::path::Component;
+    let bwrap = spec.isolation == Isolation::Bubblewrap;
+    for path in &spec.read_only_paths {
+        let refuse = |reason: &str| SpawnError::ReadOnlyPath {
+            path: path.clone(),
+            reason: reason.to_owned(),
+        };
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            return Err(refuse(
+                "not an absolute path without '.' or '..' components",
+            ));
+        }
+        if bwrap
+            && SANDBOX_PLACES
+                .iter()
+                .any(|place| path.starts_with(place) || Path::new(place).starts_with(path))
+        {
+            return Err(refuse(
+                "overlaps the room's own /, /proc, /dev, /tmp, /run, /etc or /workspace",
+            ));
+        }
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(refuse("not a directory")),
+            Err(e) => return Err(refuse(&e.to_string())),
+        }
+        if bwrap && own_uid && !open_to_others(path) {
+            return Err(refuse(
+                "room users cannot reach it (it needs o+rx, and every directory above it o+x)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether users other than the owner may list `dir` and traverse every directory above it.
+fn open_to_others(dir: &Path) -> bool {
+    let mode = |p: &Path| fs::metadata(p).map_or(0, |m| m.permissions().mode());
+    mode(dir) & 0o005 == 0o005 && dir.ancestors().skip(1).all(|p| mode(p) & 0o001 != 0)
 }
 
 /// Host (uid, gid) of a room when the hub is root.

@@ -58,6 +58,10 @@ pub struct RoomSpec {
     pub uid_base: u32,
     /// How long to wait for a room to stop before killing it.
     pub stop_grace: Duration,
+    /// Host directories (absolute, existing) the room may read and execute from at the same
+    /// path: software of upstream servers installed outside `/usr` (virtualenvs, node_modules).
+    /// Bound read-only into a bubblewrap room; with isolation none only opened to Landlock.
+    pub read_only_paths: Vec<PathBuf>,
 }
 
 mod cgroup;

@@ -61,6 +61,7 @@ impl Fixture {
             },
             uid_base: UID_BASE,
             stop_grace: Duration::from_secs(1),
+            read_only_paths: Vec::new(),
         };
         Fixture {
             _root: root,
@@ -452,6 +453,65 @@ async fn dropping_the_room_kills_it() {
 }
 
 #[tokio::test]
+async fn read_only_paths_are_visible_read_only_in_a_bubblewrap_room() {
+    let mut fx = Fixture::new("ro", 24);
+    // Outside /tmp: when the hub is root, bwrap sees the bridge there, not the host's /tmp.
+    let software = tempfile::Builder::new()
+        .prefix("lodge-ro-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    fs::set_permissions(software.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tool = software.path().join("tool");
+    fs::write(&tool, "#!/bin/sh\necho tool-ran\n").expect("write tool");
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).expect("chmod tool");
+    let dir = software.path().display().to_string();
+    fx.spec.read_only_paths = vec![software.path().to_path_buf()];
+    let script = format!(
+        r#"{dir}/tool
+touch {dir}/new 2>/dev/null && echo ro=writable || echo ro=readonly
+test -e {data} && echo data=visible || echo data=hidden
+"#,
+        data = fx.data.display()
+    );
+    let mut room = fx.spawn(&script).await;
+    let (out, err, status) = finish(&mut room).await;
+    assert!(status.success(), "status {status}; stderr: {err}");
+    for want in ["tool-ran", "ro=readonly", "data=hidden"] {
+        assert!(
+            out.contains(want),
+            "expected {want:?} in:\n{out}\nstderr:\n{err}"
+        );
+    }
+    assert!(!software.path().join("new").exists());
+    room.stop(Duration::ZERO).await;
+
+    // A missing path is refused before anything starts, naming it and the setting.
+    let missing = software.path().join("missing");
+    fx.spec.read_only_paths = vec![missing.clone()];
+    let e = LocalSpawner::new()
+        .with_agent_args(["-c", "true"])
+        .spawn(&fx.spec)
+        .await
+        .err()
+        .expect("must fail");
+    let shown = e.to_string();
+    assert!(matches!(e, SpawnError::ReadOnlyPath { .. }), "{shown}");
+    assert!(shown.contains(&missing.display().to_string()), "{shown}");
+    assert!(shown.contains("set in [rooms] read_only_paths"), "{shown}");
+
+    // Room users must be able to reach it.
+    fs::set_permissions(software.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+    fx.spec.read_only_paths = vec![software.path().to_path_buf()];
+    let e = LocalSpawner::new()
+        .with_agent_args(["-c", "true"])
+        .spawn(&fx.spec)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(e.to_string().contains("o+rx"), "{e}");
+}
+
+#[tokio::test]
 async fn host_network_shares_the_hub_namespace() {
     let mut fx = Fixture::new("net", 23);
     fx.spec.limits.network = Network::Host;
@@ -599,6 +659,7 @@ fn test_spec() -> RoomSpec {
         },
         uid_base: 100_000,
         stop_grace: Duration::from_secs(1),
+        read_only_paths: Vec::new(),
     }
 }
 
@@ -609,7 +670,8 @@ fn has_seq(args: &[OsString], seq: &[&str]) -> bool {
 
 #[test]
 fn bwrap_arguments() {
-    let spec = test_spec();
+    let mut spec = test_spec();
+    spec.read_only_paths = vec!["/opt/venvs".into(), "/srv/node_modules".into()];
     let src = SandboxSources {
         workspace: "/tmp/workspace".into(),
         exe: "/tmp/lodge".into(),
@@ -623,7 +685,12 @@ fn bwrap_arguments() {
         ],
         etc: vec!["ssl".into(), "python3.11".into()],
     };
-    let argv = LocalSpawner::new().agent_argv(OsStr::new("/workspace"), OsStr::new("/tmp"), false);
+    let argv = LocalSpawner::new().agent_argv(
+        OsStr::new("/workspace"),
+        OsStr::new("/tmp"),
+        &spec.read_only_paths,
+        false,
+    );
     let args = bwrap_args(&spec, &src, &host, true, &argv);
     for seq in [
         &[
@@ -669,7 +736,13 @@ fn bwrap_arguments() {
             "/workspace",
             "--tmp",
             "/tmp",
+            "--read-only",
+            "/opt/venvs",
+            "--read-only",
+            "/srv/node_modules",
         ],
+        &["--ro-bind", "/opt/venvs", "/opt/venvs"],
+        &["--ro-bind", "/srv/node_modules", "/srv/node_modules"],
     ] {
         assert!(has_seq(&args, seq), "missing {seq:?} in {args:?}");
     }
@@ -677,15 +750,26 @@ fn bwrap_arguments() {
         !has_seq(&args, &["/etc", "/etc"]),
         "host /etc must not be bound whole"
     );
-    assert_eq!(args.last().map(|a| a.as_os_str()), Some(OsStr::new("/tmp")));
-    // /run must be mounted before the agent is bound under it.
+    assert_eq!(
+        args.last().map(|a| a.as_os_str()),
+        Some(OsStr::new("/srv/node_modules"))
+    );
+    // /run must be mounted before the agent is bound under it; read-only paths are bound
+    // after the tmpfs mounts and before the root turns read-only.
     let pos = |s: &str| args.iter().position(|a| a == s).expect(s);
     assert!(pos("/run") < pos("/run/lodge/lodge"));
+    assert!(pos("/run") < pos("/opt/venvs") && pos("/opt/venvs") < pos("--remount-ro"));
 
     let mut host_net = spec.clone();
     host_net.limits.network = Network::Host;
     host_net.limits.tmp_bytes = None;
-    let argv = LocalSpawner::new().agent_argv(OsStr::new("/workspace"), OsStr::new("/tmp"), true);
+    host_net.read_only_paths.clear();
+    let argv = LocalSpawner::new().agent_argv(
+        OsStr::new("/workspace"),
+        OsStr::new("/tmp"),
+        &host_net.read_only_paths,
+        true,
+    );
     let args = bwrap_args(&host_net, &src, &host, false, &argv);
     assert!(!has_seq(&args, &["--unshare-net"]));
     assert!(!has_seq(&args, &["--disable-userns"]));
@@ -694,6 +778,44 @@ fn bwrap_arguments() {
         args.last().map(|a| a.as_os_str()),
         Some(OsStr::new("--network"))
     );
+    assert!(!has_seq(&args, &["--read-only"]));
+}
+
+#[test]
+fn read_only_paths_must_be_clean_existing_directories_clear_of_the_sandbox() {
+    // Outside /tmp, which a bubblewrap room may not bind from.
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let file = dir.path().join("file");
+    fs::write(&file, "x").expect("write");
+    let with = |paths: &[&Path], isolation: Isolation| {
+        let mut spec = test_spec();
+        spec.isolation = isolation;
+        spec.read_only_paths = paths.iter().map(|p| p.to_path_buf()).collect();
+        check_read_only_paths(&spec, false)
+    };
+    assert!(with(&[Path::new("/usr/lib"), dir.path()], Isolation::Bubblewrap).is_ok());
+    let missing = dir.path().join("missing");
+    for (bad, why) in [
+        (Path::new("relative/dir"), "absolute"),
+        (Path::new("/usr/../etc"), "'..'"),
+        (missing.as_path(), "No such file"),
+        (file.as_path(), "not a directory"),
+        (Path::new("/"), "overlaps"),
+        (Path::new("/etc"), "overlaps"),
+        (Path::new("/proc/self"), "overlaps"),
+        (Path::new("/tmp"), "overlaps"),
+    ] {
+        let e = with(&[Path::new("/usr"), bad], Isolation::Bubblewrap)
+            .expect_err(&bad.display().to_string());
+        let shown = e.to_string();
+        assert!(matches!(e, SpawnError::ReadOnlyPath { .. }), "{shown}");
+        assert!(shown.contains(&bad.display().to_string()), "{shown}");
+        assert!(shown.contains(why), "{shown}");
+        assert!(shown.contains("set in [rooms] read_only_paths"), "{shown}");
+    }
+    // Without bubblewrap nothing is bound: only existence matters.
+    assert!(with(&[Path::new("/etc")], Isolation::None).is_ok());
+    assert!(with(&[missing.as_path()], Isolation::None).is_err());
 }
 
 #[test]
