@@ -23,6 +23,9 @@ pub struct Config {
     /// Named resource profiles (`[profiles.NAME]`); users are assigned one. `default` always
     /// exists even when the file does not declare it.
     pub profiles: BTreeMap<String, Profile>,
+    /// Upstream MCP servers (`[servers.NAME]`) each user gets a private instance of. Set in
+    /// the file only (no environment overrides).
+    pub servers: BTreeMap<String, crate::servers::UpstreamConfig>,
 }
 
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
@@ -152,6 +155,13 @@ pub struct RoomsConfig {
     pub stop_grace: Duration,
     /// When the hub runs as root, room processes run as host uid `uid_base + user id`.
     pub uid_base: u32,
+    /// Host directories bind-mounted read-only at the same path into every room, for software
+    /// that upstream servers and commands run (virtualenvs, node_modules) outside `/usr`.
+    pub read_only_paths: Vec<PathBuf>,
+    /// Upstream server instances one user may run at once.
+    pub max_servers_per_user: u32,
+    /// Upstream server instances running at once on this hub.
+    pub max_servers_total: u32,
 }
 
 impl Default for RoomsConfig {
@@ -163,6 +173,9 @@ impl Default for RoomsConfig {
             start_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(3),
             uid_base: 1_500_000_000,
+            read_only_paths: Vec::new(),
+            max_servers_per_user: 8,
+            max_servers_total: 1000,
         }
     }
 }
@@ -337,6 +350,20 @@ impl Config {
         }
         if self.rooms.max_users_active == 0 {
             return Err("rooms.max_users_active must be at least 1".into());
+        }
+        if self.rooms.max_servers_per_user == 0 || self.rooms.max_servers_total == 0 {
+            return Err(
+                "rooms.max_servers_per_user and max_servers_total must be at least 1".into(),
+            );
+        }
+        if let Some(p) = self.rooms.read_only_paths.iter().find(|p| !p.is_absolute()) {
+            return Err(format!(
+                "rooms.read_only_paths: {} is not an absolute path",
+                p.display()
+            ));
+        }
+        for (name, server) in &self.servers {
+            server.validate(name, |p| self.has_profile(p))?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod duration;
 pub mod name;
 pub mod scope;
+pub mod servers;
 pub mod size;
 pub mod time;
 pub mod token;

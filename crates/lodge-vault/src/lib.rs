@@ -38,7 +38,7 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most fields a secret may hold.
 pub const MAX_FIELDS: usize = 32;
 /// Longest secret or field name.
-const MAX_NAME: usize = 64;
+const MAX_NAME: usize = lodge_core::servers::MAX_SECRET_NAME;
 /// Attempts at a step that another process can make stale (a rotation elsewhere, a user added).
 const ATTEMPTS: usize = 5;
 
@@ -146,11 +146,7 @@ fn validate_field_name(s: &str) -> Result<(), VaultError> {
 }
 
 fn check_name(kind: &'static str, s: &str) -> Result<(), VaultError> {
-    let mut chars = s.chars();
-    let ok = s.len() <= MAX_NAME
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
+    if lodge_core::servers::valid_secret_name(s) {
         return Ok(());
     }
     let mut name: String = s.chars().take(MAX_NAME + 16).collect();
