@@ -15,6 +15,7 @@ mod rest;
 pub mod rooms;
 pub mod sessions;
 pub mod tools;
+pub mod upstream;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -39,6 +40,9 @@ pub struct Hub {
     pub tools: tools::Registry,
     pub rooms: Arc<rooms::Rooms>,
     pub vault: Arc<lodge_vault::Vault>,
+    pub upstreams: Arc<upstream::Upstreams>,
+    /// Requests being answered, for the clients' `notifications/cancelled`.
+    pub inflight: mcp::inflight::Inflight,
 }
 
 impl Hub {
@@ -59,15 +63,22 @@ impl Hub {
             config.auth.failed_auth_per_minute,
         );
         let rooms = Arc::new(rooms::Rooms::new(&config, setup));
+        let upstreams = Arc::new(upstream::Upstreams::new(
+            &config,
+            rooms.clone(),
+            vault.clone(),
+        ));
         let tools = tools::Registry::default()
             .with(tools::SessionInfoTools::new(
                 sessions.clone(),
                 config.sessions.clone(),
                 rooms.clone(),
+                upstreams.clone(),
             ))
             .with(tools::FileTools::new(rooms.clone()))
             .with(tools::CommandTools::new(rooms.clone(), vault.clone()))
-            .with(tools::SecretTools::new(vault.clone()));
+            .with(tools::SecretTools::new(vault.clone()))
+            .with(tools::UpstreamTools::new(upstreams.clone()));
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
         Ok(Arc::new(Self {
             config,
@@ -78,6 +89,8 @@ impl Hub {
             tools,
             rooms,
             vault,
+            upstreams,
+            inflight: Default::default(),
         }))
     }
 
@@ -192,6 +205,10 @@ impl Hub {
             }
             self.flush().await;
             self.auth.sweep();
+            let stopped = self.upstreams.cull().await;
+            if stopped > 0 {
+                tracing::info!(stopped, "idle upstream server instances stopped");
+            }
             let culled = self.rooms.cull().await;
             if culled > 0 {
                 tracing::info!(culled, "idle rooms stopped");

@@ -140,6 +140,7 @@ pub async fn remove_user(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     hub.auth.invalidate(None);
+    hub.upstreams.stop_user(u.id).await;
     hub.rooms.stop_user(u.id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -216,10 +216,27 @@ impl Rooms {
                 Isolation::Bubblewrap => spawner::Isolation::Bubblewrap,
                 Isolation::None => spawner::Isolation::None,
             },
-            limits: limits(profile),
+            limits: self.limits(caller, profile),
+            read_only_paths: self.config.read_only_paths.clone(),
             uid_base: self.config.uid_base,
             stop_grace: self.config.stop_grace,
         }
+    }
+
+    /// The profile's limits, with the host network when an upstream server enabled for the
+    /// user needs it (its profile says so): everything in a room shares one network.
+    fn limits(&self, caller: &Caller, profile: &Profile) -> Limits {
+        let mut l = limits(profile);
+        let server_needs_host = self.profiles.servers.values().any(|s| {
+            s.enabled_for(caller.user.as_str())
+                && s.profile
+                    .as_deref()
+                    .is_some_and(|p| self.profiles.profile(p).network == NetworkAccess::Host)
+        });
+        if server_needs_host {
+            l.network = spawner::Network::Host;
+        }
+        l
     }
 
     async fn start(&self, caller: &Caller) -> Result<Arc<Room>, RoomError> {

@@ -3,12 +3,17 @@
 //! caller's own endpoint and on a named user's endpoint. Each user must see only themselves and
 //! their own sessions, and a token may not use another user's endpoint.
 //!
+//! With upstream servers configured (mcp-server-git and server-everything from scripts/peers),
+//! tests/python/upstream_client.py calls their `{server}__{tool}` tools through the hub, progress
+//! included.
+//!
 //! The interpreter is $LODGE_TEST_PYTHON, else <workspace>/.venv/bin/python. Without one that
 //! can `import mcp` the test fails: `scripts/test` sets up .venv.
 
 mod common;
 
 use common::TestHub;
+use common::peers::Peers;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -23,6 +28,10 @@ fn workspace() -> PathBuf {
 
 fn script() -> PathBuf {
     workspace().join("tests/python/mcp_sdk_client.py")
+}
+
+fn upstream_script() -> PathBuf {
+    workspace().join("tests/python/upstream_client.py")
 }
 
 /// The Python to run the SDK with. A missing interpreter or SDK fails the test, never skips it.
@@ -52,18 +61,27 @@ async fn python() -> PathBuf {
 }
 
 async fn run_sdk(py: &Path, url: &str, token: &str) -> Output {
+    run_script(py, &script(), url, token).await
+}
+
+async fn run_script(py: &Path, script: &Path, url: &str, token: &str) -> Output {
     Command::new(py)
-        .arg(script())
+        .arg(script)
         .arg(url)
         .arg(token)
         .output()
         .await
-        .expect("run mcp_sdk_client.py")
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()))
 }
 
 /// Runs the SDK flow, which must succeed; returns its one JSON line.
 async fn sdk_ok(py: &Path, url: &str, token: &str) -> Value {
-    let out = run_sdk(py, url, token).await;
+    script_ok(py, &script(), url, token).await
+}
+
+/// Runs an SDK script, which must succeed; returns its one JSON line.
+async fn script_ok(py: &Path, script: &Path, url: &str, token: &str) -> Value {
+    let out = run_script(py, script, url, token).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -225,4 +243,61 @@ async fn python_sdk_sees_only_its_own_user_and_sessions() {
         stderr.contains("-> 403"),
         "expected a 403 from the hub: {stderr}"
     );
+}
+
+/// The SDK calls a user's own instances of upstream servers through the hub: mcp-server-git on
+/// the room's workspace and server-everything on Node, whose progress notifications reach the
+/// SDK's progress callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_calls_upstream_servers() {
+    let py = python().await;
+    assert!(
+        upstream_script().exists(),
+        "missing {}",
+        upstream_script().display()
+    );
+    let p = Peers::get();
+    let config = format!(
+        r#"
+[rooms]
+read_only_paths = ["{dir}"]
+
+[servers.git]
+command = ["{git}", "--repository", "{{workspace}}"]
+
+[servers.everything]
+command = ["{node}", "{everything}", "stdio"]
+"#,
+        dir = p.dir.display(),
+        git = p.mcp_server_git().display(),
+        node = p.node().display(),
+        everything = p.everything().display(),
+    );
+    let hub = TestHub::start_with_config(&config, &[]);
+    hub.add_user("alice");
+    let token = hub.token("alice", &[]);
+
+    let out = script_ok(&py, &upstream_script(), &hub.mcp_url(), &token).await;
+    let tools: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools list: {out}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in ["git__git_status", "everything__echo", "session_info"] {
+        assert!(tools.contains(&want), "{want} missing from {tools:?}");
+    }
+    let status = out["git_status"].as_str().expect("git_status text");
+    assert!(status.contains("a.txt"), "git status: {status}");
+    assert_eq!(out["echo"], "Echo: sdk", "{out}");
+    let progress = out["progress"].as_array().expect("progress list");
+    assert!(
+        progress.len() >= 3,
+        "expected progress notifications: {out}"
+    );
+    for p in progress {
+        assert_eq!(p[1].as_f64(), Some(4.0), "progress total: {p} in {out}");
+    }
+    let long = out["long_result"].as_str().expect("long_result text");
+    assert!(long.contains("completed"), "long-running result: {long}");
 }

@@ -7,8 +7,8 @@ use crate::Hub;
 use crate::audit::ToolCallRecord;
 use crate::tools::CallContext;
 use rmcp::model::{
-    CallToolRequestParams, DiscoverResult, ErrorData, Implementation, ListToolsResult,
-    ProtocolVersion, ServerCapabilities, ServerResult,
+    CallToolRequestParams, DiscoverResult, ErrorData, GetPromptRequestParams, Implementation,
+    ListToolsResult, ProtocolVersion, ReadResourceRequestParams, ServerCapabilities, ServerResult,
 };
 use serde_json::Value;
 use std::time::Instant;
@@ -17,8 +17,14 @@ pub fn server_info() -> Implementation {
     Implementation::new("lodge", env!("CARGO_PKG_VERSION"))
 }
 
-pub fn capabilities() -> ServerCapabilities {
-    ServerCapabilities::builder().enable_tools().build()
+/// Tools always; prompts and resources when upstream servers (their only source) are configured.
+pub fn capabilities(hub: &Hub) -> ServerCapabilities {
+    let builder = ServerCapabilities::builder().enable_tools();
+    if hub.upstreams.any() {
+        builder.enable_prompts().enable_resources().build()
+    } else {
+        builder.build()
+    }
 }
 
 pub const INSTRUCTIONS: &str = "Lodge gives you a private room on a shared hub. Call session_info to see who you are and your limits.";
@@ -32,11 +38,37 @@ pub async fn request(
 ) -> Result<ServerResult, ErrorData> {
     let mut result = match method {
         "ping" => ServerResult::empty(()),
-        "server/discover" => ServerResult::DiscoverResult(discover()),
+        "server/discover" => ServerResult::DiscoverResult(discover(hub)),
         "tools/list" => ServerResult::ListToolsResult(ListToolsResult::with_all_items(
-            hub.tools.list(cx.caller),
+            hub.tools.list(cx.caller).await,
         )),
         "tools/call" => ServerResult::CallToolResult(call_tool(hub, cx, params).await?),
+        "prompts/list" => ServerResult::ListPromptsResult(upstream_list(
+            hub.upstreams.prompts(cx.caller).await,
+            "prompts",
+        )?),
+        "resources/list" => ServerResult::ListResourcesResult(upstream_list(
+            hub.upstreams.resources(cx.caller).await,
+            "resources",
+        )?),
+        "resources/templates/list" => ServerResult::ListResourceTemplatesResult(upstream_list(
+            hub.upstreams.resource_templates(cx.caller).await,
+            "resourceTemplates",
+        )?),
+        "prompts/get" => {
+            let p: GetPromptRequestParams = parse_params(method, params)?;
+            let result = hub
+                .upstreams
+                .get_prompt(cx.caller, &p.name, p.arguments.map(Value::Object))
+                .await;
+            ServerResult::GetPromptResult(upstream_result(result)?)
+        }
+        "resources/read" => {
+            let p: ReadResourceRequestParams = parse_params(method, params)?;
+            ServerResult::ReadResourceResult(upstream_result(
+                hub.upstreams.read_resource(cx.caller, &p.uri).await,
+            )?)
+        }
         _ => return Err(method_not_found(method)),
     };
     if version::is_modern(cx.protocol) {
@@ -48,12 +80,41 @@ pub async fn request(
     Ok(result)
 }
 
-fn discover() -> DiscoverResult {
+fn parse_params<T: serde::de::DeserializeOwned>(
+    method: &str,
+    params: Option<Value>,
+) -> Result<T, ErrorData> {
+    let params = params.unwrap_or_else(|| Value::Object(Default::default()));
+    serde_json::from_value(params).map_err(|e| invalid_params(format!("{method}: {e}")))
+}
+
+/// A list gathered from upstream servers, as the result type of its method.
+fn upstream_list<T: serde::de::DeserializeOwned>(
+    items: Vec<Value>,
+    key: &str,
+) -> Result<T, ErrorData> {
+    upstream_result(Ok(serde_json::json!({ key: items })))
+}
+
+/// An upstream server's answer as a typed result; its failures as JSON-RPC errors that name
+/// the server.
+fn upstream_result<T: serde::de::DeserializeOwned>(
+    result: Result<Value, crate::upstream::UpstreamError>,
+) -> Result<T, ErrorData> {
+    let value = result.map_err(|e| match e.rpc() {
+        Some((code, data)) => ErrorData::new(rmcp::model::ErrorCode(code), e.to_string(), data),
+        None => internal(e.to_string()),
+    })?;
+    serde_json::from_value(value)
+        .map_err(|e| internal(format!("an upstream server's answer is malformed: {e}")))
+}
+
+fn discover(hub: &Hub) -> DiscoverResult {
     let versions = version::SUPPORTED
         .iter()
         .filter_map(|v| serde_json::from_value::<ProtocolVersion>(Value::from(*v)).ok())
         .collect();
-    let mut d = DiscoverResult::new(versions, capabilities()).with_server_info(server_info());
+    let mut d = DiscoverResult::new(versions, capabilities(hub)).with_server_info(server_info());
     d.instructions = Some(INSTRUCTIONS.to_owned());
     d
 }
@@ -83,17 +144,18 @@ async fn call_tool(
     };
     let started = Instant::now();
     let result = match set.call(name, args, &tcx).await {
-        Ok(r) => r,
+        Ok(r) => Ok(r),
         Err(e) => e.into_result(),
     };
     let elapsed = started.elapsed();
     // Decide the outcome before recording it, so an empty reply is audited as the failure the
     // caller receives, not as a success.
-    let empty = result.content.is_empty() && result.structured_content.is_none();
-    let outcome = if empty || result.is_error == Some(true) {
-        "error"
-    } else {
-        "ok"
+    let empty = result
+        .as_ref()
+        .is_ok_and(|r| r.content.is_empty() && r.structured_content.is_none());
+    let outcome = match &result {
+        Ok(r) if !empty && r.is_error != Some(true) => "ok",
+        _ => "error",
     };
     metrics::counter!("lodge_tool_calls_total", "tool" => name.to_owned(), "outcome" => outcome)
         .increment(1);
@@ -110,5 +172,5 @@ async fn call_tool(
     if empty {
         return Err(internal(format!("tool {name} returned nothing")));
     }
-    Ok(result)
+    result
 }

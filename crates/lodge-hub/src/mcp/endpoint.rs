@@ -147,13 +147,19 @@ async fn post(
     let session_id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
     match msg {
         Incoming::Response => StatusCode::ACCEPTED.into_response(),
-        Incoming::Notification { .. } => match session_id {
-            Some(sid) => match hub.sessions.touch(sid, caller.user_id).await {
-                Ok(_) => StatusCode::ACCEPTED.into_response(),
-                Err(e) => session_error(Value::Null, e),
-            },
-            None => StatusCode::ACCEPTED.into_response(),
-        },
+        Incoming::Notification { method, params } => {
+            if let Some(sid) = session_id
+                && let Err(e) = hub.sessions.touch(sid, caller.user_id).await
+            {
+                return session_error(Value::Null, e);
+            }
+            if method == "notifications/cancelled"
+                && let Some(id) = params.as_ref().and_then(|p| p.get("requestId"))
+            {
+                hub.inflight.cancel(caller.user_id, session_id, id);
+            }
+            StatusCode::ACCEPTED.into_response()
+        }
         Incoming::Request { id, method, params } if method == "initialize" => {
             initialize(&hub, &caller, id, params).await
         }
@@ -234,7 +240,7 @@ pub(super) struct OwnedRequest {
 
 impl OwnedRequest {
     /// Runs the request, sending progress to `progress`; returns the HTTP status and body.
-    pub async fn run(self, progress: crate::tools::ProgressSink) -> (StatusCode, Value) {
+    pub async fn run(self, progress: crate::tools::NoticeSink) -> (StatusCode, Value) {
         let cx = RequestCx {
             caller: &self.caller,
             session_id: self.session_id.as_deref(),
@@ -253,7 +259,13 @@ async fn answer(
     method: &str,
     params: Option<Value>,
 ) -> (StatusCode, Value) {
-    match dispatch::request(hub, cx, method, params).await {
+    // The client may cancel the request (`notifications/cancelled`): its work is dropped.
+    let running = hub.inflight.register(cx.caller.user_id, cx.session_id, &id);
+    let outcome = tokio::select! {
+        outcome = dispatch::request(hub, cx, method, params) => outcome,
+        () = running.token.cancelled() => Err(jsonrpc::cancelled()),
+    };
+    match outcome {
         Ok(result) => match serde_json::to_value(&result) {
             Ok(v) => (StatusCode::OK, jsonrpc::result_body(id, v)),
             Err(e) => (
@@ -378,7 +390,7 @@ async fn initialize(hub: &Hub, caller: &Caller, id: Value, params: Option<Value>
     let mut result = InitializeResult::default();
     result.protocol_version = serde_json::from_value::<ProtocolVersion>(Value::from(protocol))
         .unwrap_or(ProtocolVersion::V_2025_11_25);
-    result.capabilities = dispatch::capabilities();
+    result.capabilities = dispatch::capabilities(hub);
     result.server_info = dispatch::server_info();
     result.instructions = Some(dispatch::INSTRUCTIONS.to_owned());
     match serde_json::to_value(&result) {

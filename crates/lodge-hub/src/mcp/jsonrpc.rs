@@ -13,6 +13,7 @@ pub enum Incoming {
     },
     Notification {
         method: String,
+        params: Option<Value>,
     },
     /// A client's reply to a server request; Lodge sends none yet, so these are acknowledged.
     Response,
@@ -51,7 +52,7 @@ pub fn classify(v: Value) -> Result<Incoming, (Value, ErrorData)> {
                 return Err((reply_id, invalid_params("\"params\" must be an object")));
             }
             match id {
-                None => Ok(Incoming::Notification { method }),
+                None => Ok(Incoming::Notification { method, params }),
                 Some(_) if id_ok => Ok(Incoming::Request {
                     id: reply_id,
                     method,
@@ -110,6 +111,15 @@ pub fn unsupported_version(v: &str) -> ErrorData {
 
 pub fn internal(msg: impl Into<String>) -> ErrorData {
     ErrorData::new(ErrorCode::INTERNAL_ERROR, msg.into(), None)
+}
+
+/// The answer to a request its client cancelled (the MCP spec's -32800).
+pub fn cancelled() -> ErrorData {
+    ErrorData::new(
+        ErrorCode(-32800),
+        "the request was cancelled by the client",
+        None,
+    )
 }
 
 pub fn error_body(id: Value, e: &ErrorData) -> Value {

@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod endpoint;
+pub mod inflight;
 pub mod jsonrpc;
 mod stream;
 pub mod version;
@@ -19,5 +20,5 @@ pub struct RequestCx<'a> {
     pub session_id: Option<&'a str>,
     pub protocol: &'static str,
     /// Set when the reply streams (SSE) and the client asked for progress.
-    pub progress: Option<crate::tools::ProgressSink>,
+    pub progress: Option<crate::tools::NoticeSink>,
 }

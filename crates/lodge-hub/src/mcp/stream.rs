@@ -1,9 +1,10 @@
-//! Streamed replies (SSE on the POST response): `notifications/progress` while a tool call runs,
+//! Streamed replies (SSE on the POST response): `notifications/progress` (and notifications an
+//! upstream server sends meanwhile) while a tool call runs,
 //! then its JSON-RPC response, then the stream ends. If the client goes away the work is
 //! dropped, which cancels it in the room. Only requests that asked for progress stream.
 
 use super::endpoint::OwnedRequest;
-use crate::tools::Progress;
+use crate::tools::{Notice, Progress};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,20 +16,29 @@ use tokio::sync::mpsc;
 pub(super) fn respond(work: OwnedRequest, token: Value) -> Response {
     let (out, events) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<Notice>();
         let run = work.run(progress_tx);
         tokio::pin!(run);
+        let message = |notice| match notice {
+            Notice::Progress(p) => notification(&token, p),
+            Notice::Notification(n) => n,
+        };
         let (_status, body) = loop {
             tokio::select! {
-                done = &mut run => break done,
-                Some(p) = progress_rx.recv() => {
-                    if out.send(event(&notification(&token, p))).await.is_err() {
+                biased;
+                Some(notice) = progress_rx.recv() => {
+                    if out.send(event(&message(notice))).await.is_err() {
                         // The client left: dropping `run` cancels the call in the room.
                         return;
                     }
                 }
+                done = &mut run => break done,
             }
         };
+        // Notices sent just before the answer still go first.
+        while let Ok(notice) = progress_rx.try_recv() {
+            let _ = out.send(event(&message(notice))).await;
+        }
         let _ = out.send(event(&body)).await;
     });
     let stream = futures::stream::unfold(events, |mut rx| async move {

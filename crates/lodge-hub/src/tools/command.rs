@@ -157,7 +157,7 @@ fn mask(output: &mut String, value: &str) {
 }
 
 /// Relays the room's progress events to the MCP caller's progress sink, if it asked for one.
-fn relay(sink: Option<super::ProgressSink>) -> Option<mpsc::UnboundedSender<Event>> {
+fn relay(sink: Option<super::NoticeSink>) -> Option<mpsc::UnboundedSender<Event>> {
     let sink = sink?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
@@ -173,7 +173,7 @@ fn relay(sink: Option<super::ProgressSink>) -> Option<mpsc::UnboundedSender<Even
                     total,
                     message: Some(message),
                 };
-                if sink.send(update).is_err() {
+                if sink.send(super::Notice::Progress(update)).is_err() {
                     break;
                 }
             }

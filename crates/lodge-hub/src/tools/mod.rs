@@ -9,11 +9,13 @@ mod command;
 mod files;
 mod secrets;
 mod session_info;
+mod upstream;
 
 pub use command::CommandTools;
 pub use files::FileTools;
 pub use secrets::SecretTools;
 pub use session_info::SessionInfoTools;
+pub use upstream::UpstreamTools;
 
 use crate::caller::Caller;
 use async_trait::async_trait;
@@ -28,8 +30,9 @@ pub struct CallContext<'a> {
     pub caller: &'a Caller,
     pub session_id: Option<&'a str>,
     pub protocol: &'static str,
-    /// Where progress goes when the client asked for it (a `progressToken`).
-    pub progress: Option<ProgressSink>,
+    /// Where progress and other notices go when the client asked for progress (a
+    /// `progressToken`) and accepts a streamed reply.
+    pub progress: Option<NoticeSink>,
 }
 
 /// One progress update of a running tool call (`notifications/progress`).
@@ -40,7 +43,16 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
-pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<Progress>;
+/// Something the client hears while its call runs (on the call's streamed reply).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Progress(Progress),
+    /// A JSON-RPC notification passed on whole (an upstream server's log message or list
+    /// change).
+    Notification(serde_json::Value),
+}
+
+pub type NoticeSink = tokio::sync::mpsc::UnboundedSender<Notice>;
 
 /// A room's answer as a tool result: operation errors keep the room's message (it names the
 /// path and the fix); a dead or unavailable room says so.
@@ -63,6 +75,13 @@ pub enum ToolError {
     /// The tool ran and failed; the text is shown to the caller.
     #[error("{0}")]
     Failed(String),
+    /// A protocol error to answer as a JSON-RPC error (an upstream server's own error).
+    #[error("{message}")]
+    Rpc {
+        code: i32,
+        message: String,
+        data: Option<serde_json::Value>,
+    },
 }
 
 #[async_trait]
@@ -70,7 +89,7 @@ pub trait ToolSet: Send + Sync + 'static {
     /// Every tool this set can answer for.
     fn definitions(&self) -> &[Tool];
     /// The tools this set offers to `caller` (all of them unless a set overrides this).
-    fn tools(&self, _caller: &Caller) -> Vec<Tool> {
+    async fn tools(&self, _caller: &Caller) -> Vec<Tool> {
         self.definitions().to_vec()
     }
     /// Does this set answer for `name`? Derived from the definitions, so the names a set
@@ -102,8 +121,12 @@ impl Registry {
         self
     }
 
-    pub fn list(&self, caller: &Caller) -> Vec<Tool> {
-        self.sets.iter().flat_map(|s| s.tools(caller)).collect()
+    pub async fn list(&self, caller: &Caller) -> Vec<Tool> {
+        let mut all = Vec::new();
+        for set in &self.sets {
+            all.extend(set.tools(caller).await);
+        }
+        all
     }
 
     pub fn find(&self, name: &str) -> Option<&Arc<dyn ToolSet>> {
@@ -132,7 +155,22 @@ pub fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T
 }
 
 impl ToolError {
-    pub fn into_result(self) -> CallToolResult {
-        CallToolResult::error(vec![ContentBlock::text(self.to_string())])
+    /// The error as the tool result the caller sees (`isError: true`), or as the JSON-RPC
+    /// error it must be.
+    pub fn into_result(self) -> Result<CallToolResult, rmcp::model::ErrorData> {
+        match self {
+            ToolError::Rpc {
+                code,
+                message,
+                data,
+            } => Err(rmcp::model::ErrorData::new(
+                rmcp::model::ErrorCode(code),
+                message,
+                data,
+            )),
+            other => Ok(CallToolResult::error(vec![ContentBlock::text(
+                other.to_string(),
+            )])),
+        }
     }
 }

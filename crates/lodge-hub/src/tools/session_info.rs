@@ -4,6 +4,7 @@
 use super::{CallContext, ToolError, ToolSet, define, parse_args};
 use crate::rooms::Rooms;
 use crate::sessions::Sessions;
+use crate::upstream::Upstreams;
 use async_trait::async_trait;
 use lodge_core::config::SessionsConfig;
 use lodge_core::size;
@@ -25,19 +26,27 @@ pub struct SessionInfoTools {
     sessions: Arc<Sessions>,
     limits: SessionsConfig,
     rooms: Arc<Rooms>,
+    upstreams: Arc<Upstreams>,
     tools: Vec<Tool>,
 }
 
 impl SessionInfoTools {
-    pub fn new(sessions: Arc<Sessions>, limits: SessionsConfig, rooms: Arc<Rooms>) -> Self {
+    pub fn new(
+        sessions: Arc<Sessions>,
+        limits: SessionsConfig,
+        rooms: Arc<Rooms>,
+        upstreams: Arc<Upstreams>,
+    ) -> Self {
         let tools = vec![define::<NoArgs>(
             "session_info",
-            "Who you are on this Lodge hub: user, current session, profile, limits and your live sessions.",
+            "Who you are on this Lodge hub: user, current session, profile, limits, your live \
+             sessions and the upstream servers you can use (and the secrets they need).",
         )];
         Self {
             sessions,
             limits,
             rooms,
+            upstreams,
             tools,
         }
     }
@@ -104,6 +113,7 @@ impl ToolSet for SessionInfoTools {
             },
             "usage": { "sessions": total },
             "room": self.rooms.status(cx.caller.user_id),
+            "servers": self.upstreams.status(cx.caller),
             "sessions": shown,
         });
         Ok(CallToolResult::structured(info))

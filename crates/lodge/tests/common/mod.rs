@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod peers;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_lodge");
 
 pub struct TestHub {
@@ -312,6 +314,48 @@ impl Mcp {
                 .unwrap_or(serde_json::Value::Null),
             text,
         }
+    }
+
+    /// Sends one JSON-RPC request on this session; returns the whole JSON-RPC reply.
+    pub async fn rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 8, "method": method, "params": params});
+        let r = http()
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", &self.sid)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(r.status(), 200, "{method}");
+        r.json().await.expect("json")
+    }
+
+    /// Calls a tool with a `progressToken` and an event-stream Accept; returns every SSE
+    /// message (notifications first, the reply last).
+    pub async fn call_streamed(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Vec<serde_json::Value> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": name, "arguments": args, "_meta": {"progressToken": "tok"}}});
+        let r = http()
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", &self.sid)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.expect("body");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("json event"))
+            .collect()
     }
 
     /// Calls a tool that must succeed; returns its structured content.

@@ -1,0 +1,79 @@
+//! The tools of configured upstream MCP servers, `{server}__{tool}`, as one tool set. Which
+//! tools exist depends on the caller and on the servers, so this set has no fixed definitions;
+//! the instances themselves are [`crate::upstream::Upstreams`]' business.
+
+use super::{CallContext, ToolError, ToolSet};
+use crate::caller::Caller;
+use crate::upstream::{UpstreamError, Upstreams, catalog};
+use async_trait::async_trait;
+use rmcp::model::{CallToolResult, JsonObject, Tool};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub struct UpstreamTools {
+    upstreams: Arc<Upstreams>,
+}
+
+impl UpstreamTools {
+    pub fn new(upstreams: Arc<Upstreams>) -> Self {
+        Self { upstreams }
+    }
+}
+
+#[async_trait]
+impl ToolSet for UpstreamTools {
+    fn definitions(&self) -> &[Tool] {
+        &[]
+    }
+
+    async fn tools(&self, caller: &Caller) -> Vec<Tool> {
+        self.upstreams
+            .tools(caller)
+            .await
+            .into_iter()
+            .filter_map(|t| match serde_json::from_value::<Tool>(t) {
+                Ok(tool) => Some(tool),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an upstream tool definition is malformed; left out");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn owns(&self, name: &str) -> bool {
+        catalog::split(name).is_some_and(|(server, _)| self.upstreams.is_server(server))
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        args: JsonObject,
+        cx: &CallContext<'_>,
+    ) -> Result<CallToolResult, ToolError> {
+        let result = self
+            .upstreams
+            .call_tool(cx.caller, name, Value::Object(args), cx.progress.clone())
+            .await
+            .map_err(tool_error)?;
+        serde_json::from_value(result).map_err(|e| {
+            let server = catalog::split(name).map_or(name, |(s, _)| s);
+            ToolError::Failed(format!(
+                "server {server} answered tools/call with something that is not a tool result: {e}"
+            ))
+        })
+    }
+}
+
+/// Upstream failures as tool errors; the server's own JSON-RPC errors (and unknown names) stay
+/// JSON-RPC errors, with the server's name in front.
+pub(crate) fn tool_error(e: UpstreamError) -> ToolError {
+    match e.rpc() {
+        Some((code, data)) => ToolError::Rpc {
+            code,
+            message: e.to_string(),
+            data,
+        },
+        None => ToolError::Failed(e.to_string()),
+    }
+}

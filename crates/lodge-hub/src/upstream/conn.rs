@@ -1,0 +1,357 @@
+//! The JSON-RPC connection to one running upstream server, over its room relay: requests get
+//! ids and their answers are matched back, notifications are routed to the calls they concern,
+//! and the server's own requests are answered. It knows nothing of users, tool names or config.
+
+use crate::tools::{Notice, NoticeSink, Progress};
+use lodge_room::client::{CallError, Event, Relay, RelayInput};
+use lodge_room::protocol::{OpResult, Stream};
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Stderr kept for error messages: the last lines, at most this many bytes.
+const STDERR_TAIL: usize = 2048;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnError {
+    /// The server answered with a JSON-RPC error.
+    #[error("{message}")]
+    Rpc {
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+    /// The instance is gone (exited, killed, broke the protocol, or its room stopped).
+    #[error("{0}")]
+    Dead(String),
+    #[error("no answer to {method} within {after:?}")]
+    Timeout { method: String, after: Duration },
+}
+
+struct Pending {
+    reply: oneshot::Sender<Result<Value, ConnError>>,
+    sink: Option<NoticeSink>,
+}
+
+pub struct Conn {
+    input: RelayInput,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    dead: CancellationToken,
+    /// Cancelled to stop the instance (idle, hung, its user removed).
+    stopping: CancellationToken,
+    reason: Mutex<Option<String>>,
+    stderr: Mutex<VecDeque<String>>,
+    /// Signalled when the server says its tools, prompts or resources changed.
+    pub changed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    /// Takes over a relay just opened in the room and starts routing its traffic. `label`
+    /// names the instance in logs and in the reason given when it dies.
+    pub fn start(label: String, relay: Relay, events: mpsc::UnboundedReceiver<Event>) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            input: relay.input(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            dead: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+            reason: Mutex::new(None),
+            stderr: Mutex::new(VecDeque::new()),
+            changed: Notify::new(),
+        });
+        tokio::spawn(route(conn.clone(), label, relay, events));
+        conn
+    }
+
+    /// Sends request `method` and waits for its answer, at most `timeout`. Progress of the
+    /// request and the server's log messages meanwhile go to `sink`. Dropping the future
+    /// before the answer tells the server the request was cancelled.
+    pub async fn request(
+        &self,
+        method: &str,
+        mut params: Value,
+        sink: Option<NoticeSink>,
+        timeout: Duration,
+    ) -> Result<Value, ConnError> {
+        if let Some(reason) = self.dead_reason() {
+            return Err(ConnError::Dead(reason));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if sink.is_some()
+            && let Some(p) = params.as_object_mut()
+        {
+            // Our own token: the server's progress is routed back by it (the client's token
+            // is for the hub's reply stream, which maps it back).
+            let meta = p.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("progressToken".into(), json!(id));
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        lock(&self.pending).insert(id, Pending { reply, sink });
+        let mut guard = CancelGuard {
+            conn: self,
+            id,
+            armed: true,
+        };
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        if self.input.send(message).is_err() {
+            return Err(ConnError::Dead(self.reason_or("the room relay closed")));
+        }
+        let outcome = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ConnError::Dead(self.reason_or("the instance stopped"))),
+            Err(_) => {
+                return Err(ConnError::Timeout {
+                    method: method.to_owned(),
+                    after: timeout,
+                });
+            }
+        };
+        guard.armed = false;
+        outcome
+    }
+
+    /// Sends a notification (no answer expected).
+    pub fn notify(&self, method: &str, params: Value) {
+        let _ = self
+            .input
+            .send(json!({"jsonrpc": "2.0", "method": method, "params": params}));
+    }
+
+    /// Stops the instance: its relay is dropped, which kills the server in the room.
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    pub fn dead_reason(&self) -> Option<String> {
+        lock(&self.reason).clone()
+    }
+
+    /// Resolves when the instance is gone.
+    pub async fn closed(&self) {
+        self.dead.cancelled().await
+    }
+
+    fn reason_or(&self, fallback: &str) -> String {
+        self.dead_reason().unwrap_or_else(|| fallback.to_owned())
+    }
+
+    /// Marks the connection dead and fails every waiting request with `reason`.
+    fn die(&self, reason: String) {
+        lock(&self.reason).get_or_insert(reason.clone());
+        self.dead.cancel();
+        let waiting: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        for p in waiting {
+            let _ = p.reply.send(Err(ConnError::Dead(reason.clone())));
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let lines = lock(&self.stderr);
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    fn keep_stderr(&self, line: &str) {
+        let mut lines = lock(&self.stderr);
+        lines.push_back(line.trim_end().chars().take(STDERR_TAIL).collect());
+        while lines.iter().map(String::len).sum::<usize>() > STDERR_TAIL && lines.len() > 1 {
+            lines.pop_front();
+        }
+    }
+
+    fn answer(&self, message: &Value) {
+        let Some(id) = message.get("id").and_then(Value::as_u64) else {
+            tracing::debug!("an upstream answer with an id we never used");
+            return;
+        };
+        let Some(p) = lock(&self.pending).remove(&id) else {
+            return; // cancelled or timed out meanwhile
+        };
+        let result = match (message.get("result"), message.get("error")) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(e)) => Err(ConnError::Rpc {
+                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no message)")
+                    .chars()
+                    .take(4000)
+                    .collect(),
+                data: e.get("data").cloned(),
+            }),
+            (None, None) => Err(ConnError::Rpc {
+                code: -32603,
+                message: "the server's answer has neither result nor error".into(),
+                data: None,
+            }),
+        };
+        let _ = p.reply.send(result);
+    }
+
+    /// Sends `notice` to every running request that streams to its client.
+    fn broadcast(&self, notice: &Value) {
+        for p in lock(&self.pending).values() {
+            if let Some(sink) = &p.sink {
+                let _ = sink.send(Notice::Notification(notice.clone()));
+            }
+        }
+    }
+
+    fn notification(&self, label: &str, method: &str, message: &Value) {
+        let params = message.get("params").cloned().unwrap_or(Value::Null);
+        match method {
+            "notifications/progress" => {
+                let token = params.get("progressToken").and_then(Value::as_u64);
+                let sink = token.and_then(|t| lock(&self.pending).get(&t)?.sink.clone());
+                if let Some(sink) = sink {
+                    let _ = sink.send(Notice::Progress(Progress {
+                        progress: params
+                            .get("progress")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0),
+                        total: params.get("total").and_then(Value::as_f64),
+                        message: params
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    }));
+                }
+            }
+            "notifications/tools/list_changed"
+            | "notifications/prompts/list_changed"
+            | "notifications/resources/list_changed" => {
+                self.changed.notify_one();
+                self.broadcast(message);
+            }
+            "notifications/message" | "notifications/resources/updated" => {
+                tracing::debug!(server = label, method, "upstream notification");
+                self.broadcast(message);
+            }
+            _ => tracing::debug!(server = label, method, "upstream notification ignored"),
+        }
+    }
+
+    /// The server asked us something: `ping` is answered, the rest (sampling, roots,
+    /// elicitation) is not offered to upstream servers.
+    fn server_request(&self, method: &str, id: &Value) {
+        let reply = if method == "ping" {
+            json!({"jsonrpc": "2.0", "id": id, "result": {}})
+        } else {
+            json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": -32601,
+                "message": format!("{method} is not offered to upstream servers by lodge"),
+            }})
+        };
+        let _ = self.input.send(reply);
+    }
+
+    fn dispatch(&self, label: &str, message: &Value) {
+        if let Value::Array(batch) = message {
+            for m in batch {
+                self.dispatch(label, m);
+            }
+            return;
+        }
+        match (
+            message.get("method").and_then(Value::as_str),
+            message.get("id"),
+        ) {
+            (Some(method), Some(id)) => self.server_request(method, id),
+            (Some(method), None) => self.notification(label, method, message),
+            (None, _) => self.answer(message),
+        }
+    }
+}
+
+/// Tells the server a request it will no longer be waited for was cancelled.
+struct CancelGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && lock(&self.conn.pending).remove(&self.id).is_some() {
+            self.conn.notify(
+                "notifications/cancelled",
+                json!({"requestId": self.id, "reason": "the client went away or the call timed out"}),
+            );
+        }
+    }
+}
+
+/// Routes the relay's events until the instance ends, then records why.
+async fn route(
+    conn: Arc<Conn>,
+    label: String,
+    mut relay: Relay,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
+    let handle = |conn: &Conn, event: Event| match event {
+        Event::Message(m) => conn.dispatch(&label, &m),
+        Event::Output {
+            stream: Stream::Stderr,
+            data,
+        } => {
+            tracing::debug!(server = %label, "upstream stderr: {}", data.trim_end());
+            conn.keep_stderr(&data);
+        }
+        _ => {}
+    };
+    let finished = loop {
+        tokio::select! {
+            biased;
+            Some(event) = events.recv() => handle(&conn, event),
+            done = relay.finished() => break Some(done),
+            () = conn.stopping.cancelled() => break None,
+        }
+    };
+    drop(relay);
+    // Whatever arrived before the end is still delivered (the last answers come first).
+    while let Ok(event) = events.try_recv() {
+        handle(&conn, event);
+    }
+    let mut reason = match finished {
+        None => format!("server {label} was stopped"),
+        Some(Ok(OpResult::Exited {
+            code: Some(code), ..
+        })) => format!("server {label} exited with code {code}"),
+        Some(Ok(OpResult::Exited {
+            signal: Some(sig), ..
+        })) => format!("server {label} was killed by signal {sig}"),
+        Some(Ok(_)) => format!("server {label} exited"),
+        Some(Err(CallError::Op(e))) => e.message,
+        Some(Err(CallError::Closed { reason })) => {
+            format!("server {label} stopped with its room: {reason}")
+        }
+    };
+    // Logged without stderr, which may hold what the user's secrets made the server print;
+    // the user's own caller gets it.
+    tracing::info!(server = %label, "upstream instance ended: {reason}");
+    let tail = conn.stderr_tail();
+    if !tail.is_empty() {
+        reason.push_str(&format!(" (its last stderr: {tail})"));
+    }
+    conn.die(reason);
+}

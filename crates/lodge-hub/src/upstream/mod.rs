@@ -1,0 +1,879 @@
+//! Upstream MCP servers, one private instance per user: started on first use inside the user's
+//! room with the user's own secrets, replaced (with backoff) when they die, culled when idle,
+//! and their tools, prompts and resources offered under names that say which server they are
+//! from. This module owns which instances run; the room runs them and relays their stdio.
+
+pub mod catalog;
+mod conn;
+
+use crate::caller::Caller;
+use crate::rooms::{RoomError, Rooms};
+use crate::tools::NoticeSink;
+use catalog::Catalog;
+use conn::{Conn, ConnError};
+use lodge_core::servers::{EnvValue, UpstreamConfig};
+use lodge_core::time::now_ms;
+use lodge_room::protocol::Op;
+use lodge_vault::{Vault, VaultError};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The MCP revision Lodge speaks to upstream servers (the one stdio servers support most).
+const UPSTREAM_PROTOCOL: &str = "2025-06-18";
+/// How long a server that missed a deadline gets to answer `ping` before it counts as hung.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// An instance that lived this long before dying starts its backoff afresh.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// First and longest wait before restarting a server that keeps failing.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Pages read from one paginated list before giving up on the rest.
+const MAX_PAGES: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("unknown {kind} {name} (tools/list shows what you have)")]
+    Unknown { kind: &'static str, name: String },
+    #[error(
+        "server {server} needs your secret {secret}.{field}, which you do not have: set it with \
+         the secret_put tool ({{\"name\": \"{secret}\", \"fields\": {{\"{field}\": \"...\"}}}}) \
+         or `lodge secret put {user} {secret} --field {field}`"
+    )]
+    MissingSecret {
+        server: String,
+        user: String,
+        secret: String,
+        field: String,
+    },
+    #[error("server {server} cannot start: {limit}")]
+    Limit { server: String, limit: String },
+    #[error(
+        "server {server} failed {failures} times in a row; the next start is allowed in {wait_ms} ms \
+         (last failure: {last})"
+    )]
+    BackingOff {
+        server: String,
+        failures: u32,
+        wait_ms: u128,
+        last: String,
+    },
+    #[error("server {server} could not start: {reason}")]
+    Start { server: String, reason: String },
+    #[error("{0}")]
+    Room(#[from] RoomError),
+    #[error("server {server}: {error}")]
+    Call { server: String, error: ConnError },
+    #[error("server {server} failed: {reason}; the next call starts a fresh instance")]
+    Died { server: String, reason: String },
+    #[error("server {server} did not answer {method} within {after:?}{stopped}")]
+    Timeout {
+        server: String,
+        method: String,
+        after: Duration,
+        stopped: &'static str,
+    },
+}
+
+impl UpstreamError {
+    /// The JSON-RPC (code, data) this error is answered with, when it is not a tool failure:
+    /// the server's own protocol errors, and names that do not exist.
+    pub fn rpc(&self) -> Option<(i32, Option<Value>)> {
+        match self {
+            UpstreamError::Unknown { .. } => Some((-32602, None)),
+            UpstreamError::Call {
+                error: ConnError::Rpc { code, data, .. },
+                ..
+            } => Some((i32::try_from(*code).unwrap_or(-32603), data.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// One running instance of a server for one user.
+struct Instance {
+    conn: Arc<Conn>,
+    catalog: RwLock<Arc<Catalog>>,
+    started: Instant,
+    last_used_ms: AtomicI64,
+}
+
+impl Instance {
+    fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn alive(&self) -> bool {
+        self.conn.dead_reason().is_none()
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.conn.stop();
+    }
+}
+
+/// Consecutive failures of one user's server, and when it may start again.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+    last: String,
+}
+
+impl Backoff {
+    fn failed(&mut self, why: &str) {
+        self.failures += 1;
+        let delay = match self.failures {
+            0 | 1 => Duration::ZERO,
+            n => BACKOFF_FIRST
+                .saturating_mul(1 << (n - 2).min(16))
+                .min(BACKOFF_MAX),
+        };
+        self.not_before = Some(Instant::now() + delay);
+        self.last = why.chars().take(300).collect();
+    }
+
+    fn check(&self, server: &str) -> Result<(), UpstreamError> {
+        match self.not_before {
+            Some(t) if t > Instant::now() => Err(UpstreamError::BackingOff {
+                server: server.to_owned(),
+                failures: self.failures,
+                wait_ms: (t - Instant::now()).as_millis(),
+                last: self.last.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A (user, server) place: the async lock makes concurrent first calls start one instance.
+#[derive(Default)]
+struct Slot {
+    instance: tokio::sync::Mutex<Option<Arc<Instance>>>,
+    backoff: Mutex<Backoff>,
+}
+
+/// Instances running, per user and in all, for the limits.
+#[derive(Default)]
+struct Counts {
+    per_user: HashMap<i64, u32>,
+    total: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Upstreams {
+    servers: BTreeMap<String, UpstreamConfig>,
+    config: lodge_core::Config,
+    rooms: Arc<Rooms>,
+    vault: Arc<Vault>,
+    slots: Mutex<HashMap<(i64, String), Arc<Slot>>>,
+    counts: Arc<Mutex<Counts>>,
+    /// Each server's lists as its latest instance (of any user) gave them.
+    cache: Arc<RwLock<HashMap<String, Arc<Catalog>>>>,
+}
+
+impl Upstreams {
+    pub fn new(config: &lodge_core::Config, rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
+        Self {
+            servers: config.servers.clone(),
+            config: config.clone(),
+            rooms,
+            vault,
+            slots: Mutex::new(HashMap::new()),
+            counts: Arc::default(),
+            cache: Arc::default(),
+        }
+    }
+
+    /// Are any servers configured (so prompts and resources are offered)?
+    pub fn any(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    pub fn is_server(&self, name: &str) -> bool {
+        self.servers.contains_key(name)
+    }
+
+    /// Servers offered to `caller`.
+    fn enabled<'a>(
+        &'a self,
+        caller: &'a Caller,
+    ) -> impl Iterator<Item = (&'a str, &'a UpstreamConfig)> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
+            .map(|(n, s)| (n.as_str(), s))
+    }
+
+    fn server(
+        &self,
+        caller: &Caller,
+        kind: &'static str,
+        qualified: &str,
+    ) -> Result<(&str, &UpstreamConfig), UpstreamError> {
+        catalog::split(qualified)
+            .and_then(|(server, _)| self.servers.get_key_value(server))
+            .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
+            .map(|(n, s)| (n.as_str(), s))
+            .ok_or_else(|| UpstreamError::Unknown {
+                kind,
+                name: qualified.chars().take(100).collect(),
+            })
+    }
+
+    /// How long one request to `server` may take: its profile's (else the user's) command
+    /// timeout.
+    fn timeout(&self, caller: &Caller, server: &UpstreamConfig) -> Duration {
+        let profile = server.profile.as_deref().unwrap_or(&caller.profile);
+        self.config.profile(profile).command_timeout
+    }
+
+    fn slot(&self, caller: &Caller, server: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry((caller.user_id, server.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The caller's running instance of `server`, started if needed.
+    async fn instance(
+        &self,
+        caller: &Caller,
+        name: &str,
+        server: &UpstreamConfig,
+    ) -> Result<Arc<Instance>, UpstreamError> {
+        let slot = self.slot(caller, name);
+        let mut current = slot.instance.lock().await;
+        if let Some(i) = current.as_ref() {
+            if i.alive() {
+                i.touch();
+                return Ok(i.clone());
+            }
+            let dead = current.take();
+            if let Some(dead) = dead {
+                let why = dead.conn.dead_reason().unwrap_or_default();
+                let mut b = lock(&slot.backoff);
+                if dead.started.elapsed() >= STABLE_AFTER {
+                    *b = Backoff::default();
+                }
+                b.failed(&why);
+            }
+        }
+        lock(&slot.backoff).check(name)?;
+        let env = self.env(caller, name, server).await?;
+        self.reserve(caller, name)?;
+        match self.start(caller, name, server, env).await {
+            Ok(instance) => {
+                let (counts, user, conn) =
+                    (self.counts.clone(), caller.user_id, instance.conn.clone());
+                tokio::spawn(async move {
+                    conn.closed().await;
+                    release(&counts, user);
+                });
+                *current = Some(instance.clone());
+                Ok(instance)
+            }
+            Err(e) => {
+                release(&self.counts, caller.user_id);
+                lock(&slot.backoff).failed(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The server's environment for this user, secrets resolved from their vault.
+    async fn env(
+        &self,
+        caller: &Caller,
+        name: &str,
+        server: &UpstreamConfig,
+    ) -> Result<BTreeMap<String, String>, UpstreamError> {
+        let mut env = BTreeMap::new();
+        for (var, value) in &server.env {
+            let value = match value {
+                EnvValue::Literal(v) => v.clone(),
+                EnvValue::Secret {
+                    name: secret,
+                    field,
+                } => match self.vault.get_field(caller.user_id, secret, field).await {
+                    Ok(v) => v.to_string(),
+                    Err(VaultError::NotFound { .. } | VaultError::FieldNotFound { .. }) => {
+                        return Err(UpstreamError::MissingSecret {
+                            server: name.to_owned(),
+                            user: caller.user.to_string(),
+                            secret: secret.clone(),
+                            field: field.clone(),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(UpstreamError::Start {
+                            server: name.to_owned(),
+                            reason: format!("cannot read secret {secret}.{field}: {e}"),
+                        });
+                    }
+                },
+            };
+            env.insert(var.clone(), value);
+        }
+        Ok(env)
+    }
+
+    fn reserve(&self, caller: &Caller, server: &str) -> Result<(), UpstreamError> {
+        let (per_user, total) = (
+            self.config.rooms.max_servers_per_user,
+            self.config.rooms.max_servers_total,
+        );
+        let mut c = lock(&self.counts);
+        let mine = c.per_user.get(&caller.user_id).copied().unwrap_or(0);
+        let limit = if mine >= per_user {
+            format!(
+                "you already run {mine} upstream servers (rooms.max_servers_per_user = {per_user}); idle ones stop after their idle_timeout"
+            )
+        } else if c.total >= total {
+            format!(
+                "the hub runs its maximum of {total} upstream server instances (rooms.max_servers_total); try again when idle ones have stopped"
+            )
+        } else {
+            c.total += 1;
+            *c.per_user.entry(caller.user_id).or_default() += 1;
+            return Ok(());
+        };
+        Err(UpstreamError::Limit {
+            server: server.to_owned(),
+            limit,
+        })
+    }
+
+    /// Starts the server in the caller's room, initializes it and reads its lists.
+    async fn start(
+        &self,
+        caller: &Caller,
+        name: &str,
+        server: &UpstreamConfig,
+        env: BTreeMap<String, String>,
+    ) -> Result<Arc<Instance>, UpstreamError> {
+        let started = Instant::now();
+        let room = self.rooms.room_for(caller).await?;
+        let (events, receiver) = mpsc::unbounded_channel();
+        let op = Op::Upstream {
+            server: name.to_owned(),
+            argv: server.command.clone(),
+            env,
+        };
+        let relay = room.client.open(op, events).map_err(RoomError::from)?;
+        let conn = Conn::start(format!("{name} of {}", caller.user), relay, receiver);
+        let fail = |error: ConnError| {
+            conn.stop();
+            match error {
+                ConnError::Dead(reason) => UpstreamError::Start {
+                    server: name.to_owned(),
+                    reason,
+                },
+                error => UpstreamError::Start {
+                    server: name.to_owned(),
+                    reason: error.to_string(),
+                },
+            }
+        };
+        let init = conn
+            .request(
+                "initialize",
+                json!({
+                    "protocolVersion": UPSTREAM_PROTOCOL,
+                    "capabilities": {},
+                    "clientInfo": {"name": "lodge", "version": env!("CARGO_PKG_VERSION")},
+                }),
+                None,
+                server.start_timeout,
+            )
+            .await
+            .map_err(fail)?;
+        conn.notify("notifications/initialized", json!({}));
+        let caps = init.get("capabilities").cloned().unwrap_or(Value::Null);
+        let catalog = fetch_catalog(&conn, &caps, server.start_timeout)
+            .await
+            .map_err(fail)?;
+        let catalog = Arc::new(catalog);
+        self.remember(name, catalog.clone());
+        let instance = Arc::new(Instance {
+            conn: conn.clone(),
+            catalog: RwLock::new(catalog),
+            started,
+            last_used_ms: AtomicI64::new(now_ms()),
+        });
+        self.watch_changes(name, &instance, caps, server.start_timeout);
+        tracing::info!(user = %caller.user, server = name, ms = started.elapsed().as_millis() as u64, "upstream instance started");
+        ::metrics::counter!("lodge_upstream_starts_total", "server" => name.to_owned())
+            .increment(1);
+        Ok(instance)
+    }
+
+    fn remember(&self, server: &str, catalog: Arc<Catalog>) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned(), catalog);
+    }
+
+    /// Re-reads an instance's lists whenever it says they changed (for as long as it lives).
+    fn watch_changes(&self, name: &str, instance: &Arc<Instance>, caps: Value, timeout: Duration) {
+        let weak = Arc::downgrade(instance);
+        let conn = instance.conn.clone();
+        let name = name.to_owned();
+        let shared = self.cache.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = conn.changed.notified() => {}
+                    () = conn.closed() => return,
+                }
+                let Ok(fresh) = fetch_catalog(&conn, &caps, timeout).await else {
+                    continue;
+                };
+                let fresh = Arc::new(fresh);
+                let Some(instance) = weak.upgrade() else {
+                    return;
+                };
+                *instance.catalog.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                shared
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), fresh);
+            }
+        });
+    }
+}
+
+fn release(counts: &Mutex<Counts>, user_id: i64) {
+    let mut c = lock(counts);
+    c.total = c.total.saturating_sub(1);
+    if let Some(n) = c.per_user.get_mut(&user_id) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            c.per_user.remove(&user_id);
+        }
+    }
+}
+
+/// Reads every page of list `method`, collecting the arrays under `key`.
+async fn paginate(
+    conn: &Conn,
+    method: &str,
+    key: &str,
+    timeout: Duration,
+) -> Result<Vec<Value>, ConnError> {
+    let mut items = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for _ in 0..MAX_PAGES {
+        let params = match &cursor {
+            Some(c) => json!({ "cursor": c }),
+            None => json!({}),
+        };
+        let page = conn.request(method, params, None, timeout).await?;
+        if let Some(list) = page.get(key).and_then(Value::as_array) {
+            items.extend(list.iter().cloned());
+        }
+        cursor = page.get("nextCursor").filter(|c| !c.is_null()).cloned();
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(items)
+}
+
+/// Reads a fresh instance's lists, as far as its capabilities say it has them.
+async fn fetch_catalog(conn: &Conn, caps: &Value, timeout: Duration) -> Result<Catalog, ConnError> {
+    let has = |c: &str| caps.get(c).is_some_and(|v| !v.is_null());
+    let tools = if has("tools") {
+        paginate(conn, "tools/list", "tools", timeout).await?
+    } else {
+        Vec::new()
+    };
+    let prompts = if has("prompts") {
+        paginate(conn, "prompts/list", "prompts", timeout).await?
+    } else {
+        Vec::new()
+    };
+    let resource_templates = if has("resources") {
+        // Optional even for servers with resources.
+        paginate(
+            conn,
+            "resources/templates/list",
+            "resourceTemplates",
+            timeout,
+        )
+        .await
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Catalog {
+        tools,
+        prompts,
+        resource_templates,
+        has_resources: has("resources"),
+    })
+}
+
+/// What a request to an upstream server is, for error messages and timeouts.
+struct Ask<'a> {
+    method: &'a str,
+    params: Value,
+    sink: Option<NoticeSink>,
+}
+
+impl Upstreams {
+    /// Sends one request to the caller's instance of `name` (started if needed). A request
+    /// that times out is cancelled; if the server does not even answer `ping` then, it is
+    /// taken for hung and stopped, so the next call gets a fresh instance.
+    async fn ask(
+        &self,
+        caller: &Caller,
+        name: &str,
+        server: &UpstreamConfig,
+        ask: Ask<'_>,
+    ) -> Result<Value, UpstreamError> {
+        let instance = self.instance(caller, name, server).await?;
+        let timeout = self.timeout(caller, server);
+        let result = instance
+            .conn
+            .request(ask.method, ask.params, ask.sink, timeout)
+            .await;
+        instance.touch();
+        match result {
+            Ok(v) => {
+                let slot = self.slot(caller, name);
+                let mut b = lock(&slot.backoff);
+                if b.failures > 0 {
+                    *b = Backoff::default();
+                }
+                Ok(v)
+            }
+            Err(ConnError::Dead(reason)) => Err(UpstreamError::Died {
+                server: name.to_owned(),
+                reason,
+            }),
+            Err(ConnError::Timeout { method, after }) => {
+                let alive = instance
+                    .conn
+                    .request("ping", json!({}), None, PING_TIMEOUT)
+                    .await
+                    .is_ok();
+                if !alive {
+                    instance.conn.stop();
+                }
+                Err(UpstreamError::Timeout {
+                    server: name.to_owned(),
+                    method,
+                    after,
+                    stopped: if alive {
+                        " (the request was cancelled)"
+                    } else {
+                        "; it does not answer ping either, so it was stopped and the next call starts a fresh instance"
+                    },
+                })
+            }
+            Err(error) => Err(UpstreamError::Call {
+                server: name.to_owned(),
+                error,
+            }),
+        }
+    }
+
+    /// The lists of `name` for `caller`: their running instance's, else the server's cached
+    /// ones, else (never seen since the hub started) those of a newly started instance.
+    async fn catalog(
+        &self,
+        caller: &Caller,
+        name: &str,
+        server: &UpstreamConfig,
+    ) -> Option<Arc<Catalog>> {
+        let slot = lock(&self.slots)
+            .get(&(caller.user_id, name.to_owned()))
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(current) = slot.instance.try_lock()
+            && let Some(i) = current.as_ref().filter(|i| i.alive())
+        {
+            return Some(i.catalog());
+        }
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if cached.is_some() {
+            return cached;
+        }
+        match self.instance(caller, name, server).await {
+            Ok(i) => Some(i.catalog()),
+            Err(e) => {
+                tracing::info!(user = %caller.user, server = name, "cannot list the server's tools: {e}");
+                None
+            }
+        }
+    }
+
+    /// Every enabled server's catalog for the caller (servers not yet seen start in parallel).
+    async fn catalogs<'a>(
+        &'a self,
+        caller: &Caller,
+    ) -> Vec<(&'a str, &'a UpstreamConfig, Arc<Catalog>)> {
+        let user = caller.user.as_str();
+        let enabled: Vec<(&'a str, &'a UpstreamConfig)> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.enabled_for(user))
+            .map(|(n, s)| (n.as_str(), s))
+            .collect();
+        let lookups = enabled.into_iter().map(|(name, server)| async move {
+            self.catalog(caller, name, server)
+                .await
+                .map(|c| (name, server, c))
+        });
+        futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The caller's upstream tools, named `{server}__{tool}`, as the config filters them.
+    pub async fn tools(&self, caller: &Caller) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (name, server, catalog) in self.catalogs(caller).await {
+            out.extend(
+                catalog
+                    .tools
+                    .iter()
+                    .filter(|t| {
+                        t.get("name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| server.tools.permits(n))
+                    })
+                    .filter_map(|t| catalog::renamed(t, "name", |n| catalog::qualify(name, n))),
+            );
+        }
+        out
+    }
+
+    pub async fn prompts(&self, caller: &Caller) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (name, _, catalog) in self.catalogs(caller).await {
+            out.extend(
+                catalog
+                    .prompts
+                    .iter()
+                    .filter_map(|p| catalog::renamed(p, "name", |n| catalog::qualify(name, n))),
+            );
+        }
+        out
+    }
+
+    pub async fn resource_templates(&self, caller: &Caller) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (name, _, catalog) in self.catalogs(caller).await {
+            out.extend(catalog.resource_templates.iter().filter_map(|t| {
+                catalog::renamed(t, "uriTemplate", |u| catalog::qualify_uri(name, u))
+            }));
+        }
+        out
+    }
+
+    /// The caller's resources of every enabled server that has any (their instances start:
+    /// resources are the user's own data, so no list is shared between users).
+    pub async fn resources(&self, caller: &Caller) -> Vec<Value> {
+        let wanted: Vec<_> = self
+            .catalogs(caller)
+            .await
+            .into_iter()
+            .filter(|(_, _, c)| c.has_resources)
+            .collect();
+        let lists = wanted.into_iter().map(|(name, server, _)| async move {
+            let list = match self.instance(caller, name, server).await {
+                Ok(i) => paginate(
+                    &i.conn,
+                    "resources/list",
+                    "resources",
+                    self.timeout(caller, server),
+                )
+                .await
+                .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            list.iter()
+                .filter_map(|r| catalog::renamed(r, "uri", |u| catalog::qualify_uri(name, u)))
+                .collect::<Vec<_>>()
+        });
+        futures::future::join_all(lists)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// `tools/call` of `{server}__{tool}`.
+    pub async fn call_tool(
+        &self,
+        caller: &Caller,
+        qualified: &str,
+        args: Value,
+        sink: Option<NoticeSink>,
+    ) -> Result<Value, UpstreamError> {
+        let (name, server) = self.server(caller, "tool", qualified)?;
+        let tool = catalog::split(qualified).map_or("", |(_, t)| t);
+        if !server.tools.permits(tool) {
+            return Err(UpstreamError::Unknown {
+                kind: "tool",
+                name: qualified.to_owned(),
+            });
+        }
+        let params = json!({ "name": tool, "arguments": args });
+        self.ask(
+            caller,
+            name,
+            server,
+            Ask {
+                method: "tools/call",
+                params,
+                sink,
+            },
+        )
+        .await
+    }
+
+    /// `prompts/get` of `{server}__{prompt}`.
+    pub async fn get_prompt(
+        &self,
+        caller: &Caller,
+        qualified: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, UpstreamError> {
+        let (name, server) = self.server(caller, "prompt", qualified)?;
+        let prompt = catalog::split(qualified).map_or("", |(_, p)| p);
+        let mut params = json!({ "name": prompt });
+        if let Some(a) = arguments {
+            params["arguments"] = a;
+        }
+        self.ask(
+            caller,
+            name,
+            server,
+            Ask {
+                method: "prompts/get",
+                params,
+                sink: None,
+            },
+        )
+        .await
+    }
+
+    /// `resources/read` of `lodge://{server}/{uri}`.
+    pub async fn read_resource(&self, caller: &Caller, uri: &str) -> Result<Value, UpstreamError> {
+        let unknown = || UpstreamError::Unknown {
+            kind: "resource",
+            name: uri.chars().take(200).collect(),
+        };
+        let (server_name, own_uri) = catalog::split_uri(uri).ok_or_else(unknown)?;
+        let (name, server) = self
+            .servers
+            .get_key_value(server_name)
+            .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
+            .ok_or_else(unknown)?;
+        let params = json!({ "uri": own_uri });
+        let mut result = self
+            .ask(
+                caller,
+                name,
+                server,
+                Ask {
+                    method: "resources/read",
+                    params,
+                    sink: None,
+                },
+            )
+            .await?;
+        catalog::qualify_contents(name, &mut result);
+        Ok(result)
+    }
+
+    /// Stops instances idle longer than their server's `idle_timeout`, and forgets dead ones.
+    pub async fn cull(&self) -> usize {
+        let now = now_ms();
+        let slots: Vec<_> = lock(&self.slots)
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        let mut culled = 0;
+        for ((_, name), slot) in slots {
+            let Some(server) = self.servers.get(&name) else {
+                continue;
+            };
+            let Ok(mut current) = slot.instance.try_lock() else {
+                continue;
+            };
+            let idle_ms = server.idle_timeout.as_millis() as i64;
+            let idle = current.as_ref().is_some_and(|i| {
+                i.alive()
+                    && i.conn.in_flight() == 0
+                    && now - i.last_used_ms.load(Ordering::Relaxed) >= idle_ms
+            });
+            if idle && let Some(i) = current.take() {
+                i.conn.stop();
+                culled += 1;
+            }
+        }
+        culled
+    }
+
+    /// Stops every instance of one user (the user was removed).
+    pub async fn stop_user(&self, user_id: i64) {
+        let slots: Vec<_> = {
+            let mut all = lock(&self.slots);
+            let keys: Vec<_> = all.keys().filter(|(u, _)| *u == user_id).cloned().collect();
+            keys.into_iter().filter_map(|k| all.remove(&k)).collect()
+        };
+        for slot in slots {
+            if let Some(i) = slot.instance.lock().await.take() {
+                i.conn.stop();
+            }
+        }
+    }
+
+    /// What `session_info` shows: each enabled server and whether the caller's instance runs.
+    pub fn status(&self, caller: &Caller) -> Vec<Value> {
+        self.enabled(caller)
+            .map(|(name, server)| {
+                let slot = lock(&self.slots).get(&(caller.user_id, name.to_owned())).cloned();
+                let running = slot.as_ref().and_then(|s| {
+                    let current = s.instance.try_lock().ok()?;
+                    current.as_ref().filter(|i| i.alive()).map(|i| i.started.elapsed().as_secs())
+                });
+                json!({
+                    "name": name,
+                    "description": server.description,
+                    "running": running.is_some(),
+                    "up_for_s": running,
+                    "secrets": server.secrets().map(|(s, f)| format!("{s}.{f}")).collect::<Vec<_>>(),
+                    "tool_prefix": catalog::qualify(name, ""),
+                })
+            })
+            .collect()
+    }
+}
