@@ -38,6 +38,7 @@ struct Pending {
 }
 
 pub struct Conn {
+    label: String,
     input: RelayInput,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -59,6 +60,7 @@ impl Conn {
     /// names the instance in logs and in the reason given when it dies.
     pub fn start(label: String, relay: Relay, events: mpsc::UnboundedReceiver<Event>) -> Arc<Conn> {
         let conn = Arc::new(Conn {
+            label: label.clone(),
             input: relay.input(),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
@@ -128,8 +130,10 @@ impl Conn {
             .send(json!({"jsonrpc": "2.0", "method": method, "params": params}));
     }
 
-    /// Stops the instance: its relay is dropped, which kills the server in the room.
+    /// Stops the instance: it is dead from now on (so no new request reaches it), and its
+    /// relay is dropped, which kills the server in the room.
     pub fn stop(&self) {
+        self.die(format!("server {} was stopped", self.label));
         self.stopping.cancel();
     }
 
