@@ -27,39 +27,10 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from sdk_support import CheckFailed, first_leaf, log, log_response
 
 OVERALL_TIMEOUT_S = 60
 HTTP_TIMEOUT_S = 20
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-async def log_response(response: httpx2.Response) -> None:
-    req = response.request
-    line = f"http: {req.method} {req.url} -> {response.status_code}"
-    ctype = response.headers.get("content-type")
-    if ctype:
-        line += f" ({ctype})"
-    if response.status_code >= 400:
-        try:
-            body = (await response.aread()).decode("utf-8", "replace")
-        except Exception as exc:  # the body is only diagnostics
-            body = f"<unreadable: {exc}>"
-        line += f" body: {body.strip()[:500]}"
-    log(line)
-
-
-def first_leaf(exc: BaseException) -> BaseException:
-    """anyio task groups wrap errors in ExceptionGroups; report the first real one."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def run(url: str, token: str) -> dict[str, Any]:

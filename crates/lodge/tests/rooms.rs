@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Mcp, TestHub};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -149,31 +149,15 @@ async fn run_command_reports_exit_output_and_limits() {
 async fn long_commands_stream_progress() {
     let hub = TestHub::start();
     let a = hub.user_session("pa", &[]).await;
-    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
-        "params": {"name": "run_command", "arguments": {"command": "sleep 2.5; echo done"},
-                   "_meta": {"progressToken": "tok-1"}}});
-    let r = common::http()
-        .post(&a.url)
-        .bearer_auth(&a.token)
-        .header("mcp-session-id", &a.sid)
-        .header("accept", "application/json, text/event-stream")
-        .json(&body)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let text = r.text().await.expect("body");
-    let messages: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).expect("json event"))
-        .collect();
+    let messages = a
+        .call_streamed("run_command", json!({"command": "sleep 2.5; echo done"}))
+        .await;
+    let text = format!("{messages:?}");
     let (last, progress) = messages.split_last().expect("events");
     assert!(progress.len() >= 2, "expected progress events, got {text}");
     for p in progress {
         assert_eq!(p["method"], "notifications/progress", "{p}");
-        assert_eq!(p["params"]["progressToken"], "tok-1");
+        assert_eq!(p["params"]["progressToken"], "tok");
     }
     assert_eq!(last["id"], 9);
     assert_eq!(

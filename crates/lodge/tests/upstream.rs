@@ -44,6 +44,15 @@ tools = {{ deny = ["get-env"] }}
     (TestHub::start_with_config(&config, &[]), p)
 }
 
+async fn assert_healthy(hub: &TestHub) {
+    let health = common::http()
+        .get(format!("{}/api/health", hub.base))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200, "the hub is down");
+}
+
 async fn put_secret(m: &Mcp, value: &str) {
     m.ok(
         "secret_put",
@@ -165,12 +174,7 @@ async fn real_servers_are_listed_called_and_stream_progress() {
             .contains("completed"),
         "{last}"
     );
-    let health = common::http()
-        .get(format!("{}/api/health", hub.base))
-        .send()
-        .await
-        .expect("health");
-    assert_eq!(health.status(), 200);
+    assert_healthy(&hub).await;
 }
 
 /// Alice's and Bob's instances run at once, each with only its own user's secret, uid,
@@ -307,12 +311,7 @@ async fn misbehaving_servers_fail_clearly_and_are_replaced() {
         );
         last = fresh;
     }
-    let health = common::http()
-        .get(format!("{}/api/health", hub.base))
-        .send()
-        .await
-        .expect("health");
-    assert_eq!(health.status(), 200);
+    assert_healthy(&hub).await;
 }
 
 /// A server that prints a banner on stdout, and one that exits at start: clear start errors,
@@ -447,15 +446,7 @@ async fn notifications_are_relayed_both_ways() {
     // A streaming call the client abandons: the upstream hears notifications/cancelled.
     let body = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
         "params": {"name": "probe__slow", "arguments": {"seconds": 10}, "_meta": {"progressToken": 1}}});
-    let mut r = common::http()
-        .post(&a.url)
-        .bearer_auth(&a.token)
-        .header("mcp-session-id", &a.sid)
-        .header("accept", "application/json, text/event-stream")
-        .json(&body)
-        .send()
-        .await
-        .expect("post");
+    let mut r = a.post(&body).await;
     let first = r.chunk().await.expect("chunk").expect("a progress event");
     assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
     drop(r);
@@ -533,14 +524,7 @@ async fn a_client_cancel_reaches_the_upstream_and_no_one_else_can_send_it() {
         async move {
             let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                 "params": {"name": "probe__slow", "arguments": {"seconds": seconds}}});
-            let r = common::http()
-                .post(&m.url)
-                .bearer_auth(&m.token)
-                .header("mcp-session-id", &m.sid)
-                .json(&body)
-                .send()
-                .await
-                .expect("post");
+            let r = m.post(&body).await;
             r.json::<Value>().await.expect("json")
         }
     };
@@ -549,14 +533,7 @@ async fn a_client_cancel_reaches_the_upstream_and_no_one_else_can_send_it() {
         async move {
             let body = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": id, "reason": "changed my mind"}});
-            let r = common::http()
-                .post(&m.url)
-                .bearer_auth(&m.token)
-                .header("mcp-session-id", &m.sid)
-                .json(&body)
-                .send()
-                .await
-                .expect("post");
+            let r = m.post(&body).await;
             assert_eq!(r.status(), 202);
         }
     };

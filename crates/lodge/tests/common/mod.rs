@@ -277,21 +277,27 @@ pub struct Reply {
 }
 
 impl Mcp {
-    /// Calls tool `name` with `args`; panics only on transport or JSON-RPC failures.
-    pub async fn call(&self, name: &str, args: serde_json::Value) -> Reply {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": name, "arguments": args}});
-        let r = reqwest::Client::builder()
+    /// POSTs one JSON-RPC message on this session (accepting JSON or an event stream).
+    pub async fn post(&self, body: &serde_json::Value) -> reqwest::Response {
+        reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
             .expect("client")
             .post(&self.url)
             .bearer_auth(&self.token)
             .header("mcp-session-id", &self.sid)
-            .json(&body)
+            .header("accept", "application/json, text/event-stream")
+            .json(body)
             .send()
             .await
-            .expect("tools/call");
+            .unwrap_or_else(|e| panic!("POST {body}: {e}"))
+    }
+
+    /// Calls tool `name` with `args`; panics only on transport or JSON-RPC failures.
+    pub async fn call(&self, name: &str, args: serde_json::Value) -> Reply {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": name, "arguments": args}});
+        let r = self.post(&body).await;
         assert_eq!(r.status(), 200, "tools/call {name}");
         let v: serde_json::Value = r.json().await.expect("json");
         let result = v
@@ -320,14 +326,7 @@ impl Mcp {
     pub async fn rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
         let body =
             serde_json::json!({"jsonrpc": "2.0", "id": 8, "method": method, "params": params});
-        let r = http()
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.sid)
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let r = self.post(&body).await;
         assert_eq!(r.status(), 200, "{method}");
         r.json().await.expect("json")
     }
@@ -341,16 +340,9 @@ impl Mcp {
     ) -> Vec<serde_json::Value> {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
             "params": {"name": name, "arguments": args, "_meta": {"progressToken": "tok"}}});
-        let r = http()
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.sid)
-            .header("accept", "application/json, text/event-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
+        let r = self.post(&body).await;
         assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
         let text = r.text().await.expect("body");
         text.lines()
             .filter_map(|l| l.strip_prefix("data: "))
