@@ -1,9 +1,11 @@
 //! `lodge bench`: starts a private hub (this same binary, a temporary DATA_DIR, a loopback
 //! port) and measures it over real HTTP: sequential latency, session_info throughput, memory
-//! per idle session, and rooms (warm fs_read and run_command, a new user's cold first call,
-//! memory per running room). It must never touch the user's DATA_DIR or another hub, and never
-//! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
-//! the run.
+//! per idle session, rooms (warm fs_read and run_command, a new user's cold first call, memory
+//! per running room), and an upstream MCP server's proxy overhead and cold start (see
+//! [`upstream`]). It must never touch the user's DATA_DIR or another hub, and never report
+//! figures built from failed requests: any non-200, JSON-RPC error or tool error aborts the run.
+
+mod upstream;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Args;
@@ -46,6 +48,10 @@ pub struct BenchArgs {
     /// Skip the room figures (for machines without bubblewrap).
     #[arg(long)]
     pub skip_rooms: bool,
+    /// Skip the upstream server figures (proxy overhead over a direct stdio call, and the
+    /// first call's cold start); they need /usr/bin/python3 and bubblewrap.
+    #[arg(long)]
+    pub skip_upstream: bool,
     /// Print one JSON object with all figures instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -93,11 +99,13 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         );
     }
     let exe = std::env::current_exe().context("cannot find the lodge executable")?;
+    let upstream = upstream::Setup::new(&a)?;
     let dir = DataDir::create()?;
     let bars = Bars { hidden: a.json };
-    let tokens = provision(&a, &exe, dir.path(), &bars).await?;
+    let tokens = provision(&a, &upstream, &exe, dir.path(), &bars).await?;
+    upstream.write_config(dir.path())?;
     let hub = HubProcess::spawn(&exe, dir, &hub_env(&a)).await?;
-    let result = measure(&a, &hub, &tokens, &bars).await;
+    let result = measure(&a, &hub, &tokens, &upstream, &bars).await;
     if result.is_err() {
         hub.log.print_recent_info();
     }
@@ -139,7 +147,7 @@ fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
         ("LODGE_SESSIONS_MAX_PER_USER", "1000000".to_owned()),
         (
             "LODGE_ROOMS_MAX_USERS_ACTIVE",
-            (a.rooms + 8).max(200).to_string(),
+            (a.rooms + 8 + upstream::USERS).max(200).to_string(),
         ),
         ("LODGE_ROOMS_IDLE_TIMEOUT", "24h".to_owned()),
         ("LODGE_ROOMS_UID_BASE", uid_base.to_string()),
@@ -151,7 +159,15 @@ fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
 /// figure includes the hub's RSS growth); once started they sit idle through the later phases.
 /// Bulk sessions (memory phase, initialize row) belong to their own user, so the measured
 /// user's session_info reply (it lists up to 20 sessions) stays the same size in every row.
-async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens, bars: &Bars) -> Result<Report> {
+/// The upstream section follows the rooms (whose running-room count it would change); its
+/// rooms and instances then idle too.
+async fn measure(
+    a: &BenchArgs,
+    hub: &HubProcess,
+    tokens: &Tokens,
+    setup: &upstream::Setup,
+    bars: &Bars,
+) -> Result<Report> {
     let max_conc = a.concurrency.iter().copied().max().unwrap_or(1);
     let client = Arc::new(Client::new(&hub.base, &tokens.bench, max_conc)?);
     let bulk = Arc::new(Client::new(&hub.base, &tokens.bulk, MEMORY_CONCURRENCY)?);
@@ -164,6 +180,9 @@ async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens, bars: &Bars) 
         ),
         None => None,
     };
+    let upstream = upstream::run(a, setup, &bulk, &tokens.upstream, bars)
+        .await
+        .context("upstream server figures (pass --skip-upstream to leave them out)")?;
     let mut latency = latency_rows(a, &client, &bulk, bars).await?;
     if let Some(r) = &rooms {
         let base = latency.first().map_or(f64::NAN, |h| h.stats.p50_us);
@@ -177,7 +196,8 @@ async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens, bars: &Bars) 
     for &c in &a.concurrency {
         throughput.push(throughput_run(a, &client, c, bars).await?);
     }
-    let targets = targets(&latency, memory.as_ref());
+    let mut targets = targets(&latency, memory.as_ref());
+    targets.extend(upstream::target(upstream.as_ref()));
     Ok(Report {
         build: build_kind(),
         requests: a.requests,
@@ -187,6 +207,7 @@ async fn measure(a: &BenchArgs, hub: &HubProcess, tokens: &Tokens, bars: &Bars) 
         throughput,
         memory,
         rooms: rooms.map(|r| r.report),
+        upstream,
         targets,
         hub_log_lines: hub.log.warnings.load(Ordering::Relaxed),
     })
@@ -285,12 +306,14 @@ async fn lodge_cli(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
     String::from_utf8(out.stdout).context("lodge printed non-UTF-8 output")
 }
 
-/// Tokens of the bench users: `bench` runs session_info, `bench-bulk` holds bulk sessions, and
-/// (unless --skip-rooms) one user per room plus a metrics reader.
+/// Tokens of the bench users: `bench` runs session_info, `bench-bulk` holds bulk sessions,
+/// (unless --skip-rooms) one user per room plus a metrics reader, and the upstream section's
+/// users (none when it does not run).
 struct Tokens {
     bench: String,
     bulk: String,
     rooms: Option<RoomTokens>,
+    upstream: Vec<String>,
 }
 
 struct RoomTokens {
@@ -303,7 +326,13 @@ struct RoomTokens {
 
 /// Creates the users through the CLI before the hub starts, so provisioning never overlaps a
 /// measurement.
-async fn provision(a: &BenchArgs, exe: &Path, dir: &Path, bars: &Bars) -> Result<Tokens> {
+async fn provision(
+    a: &BenchArgs,
+    setup: &upstream::Setup,
+    exe: &Path,
+    dir: &Path,
+    bars: &Bars,
+) -> Result<Tokens> {
     let bench = user_with_token(exe, dir, "bench", &[]).await?;
     let bulk = user_with_token(exe, dir, "bench-bulk", &[]).await?;
     let rooms = if a.skip_rooms {
@@ -322,7 +351,13 @@ async fn provision(a: &BenchArgs, exe: &Path, dir: &Path, bars: &Bars) -> Result
         bar.finish_and_clear();
         Some(RoomTokens { metrics, users })
     };
-    Ok(Tokens { bench, bulk, rooms })
+    let upstream = upstream::provision(setup, exe, dir, bars).await?;
+    Ok(Tokens {
+        bench,
+        bulk,
+        rooms,
+        upstream,
+    })
 }
 
 fn room_user(i: usize) -> String {
@@ -1429,6 +1464,7 @@ struct Report {
     throughput: Vec<Throughput>,
     memory: Option<Memory>,
     rooms: Option<RoomsReport>,
+    upstream: Option<upstream::Section>,
     targets: Vec<Target>,
     hub_log_lines: usize,
 }
@@ -1481,8 +1517,10 @@ fn targets(latency: &[Row], memory: Option<&Memory>) -> Vec<Target> {
     out
 }
 
-/// Three significant digits in µs, ms or s.
+/// Three significant digits in µs, ms or s (a difference may be negative).
 fn fmt_us(us: f64) -> String {
+    let sign = if us < 0.0 { "-" } else { "" };
+    let us = us.abs();
     let (v, unit) = if us >= 1e6 {
         (us / 1e6, "s")
     } else if us >= 1e3 {
@@ -1490,7 +1528,7 @@ fn fmt_us(us: f64) -> String {
     } else {
         (us, "µs")
     };
-    format!("{} {unit}", sig3(v))
+    format!("{sign}{} {unit}", sig3(v))
 }
 
 fn sig3(v: f64) -> String {
@@ -1522,6 +1560,10 @@ fn fmt_target(t: &Target) -> String {
 fn print_table(r: &Report) {
     print_latency(r);
     println!();
+    if let Some(u) = &r.upstream {
+        upstream::print(u);
+        println!();
+    }
     print_throughput(r);
     println!();
     print_summary(r);
