@@ -21,13 +21,12 @@ import json
 import sys
 from typing import Any
 
-import anyio
 import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from sdk_support import CheckFailed, first_leaf, log, log_response
+from sdk_support import CheckFailed, log, log_response, run_main
 
 OVERALL_TIMEOUT_S = 60
 HTTP_TIMEOUT_S = 20
@@ -105,31 +104,5 @@ async def room_calls(session: ClientSession, user: str) -> tuple[str, Any, list[
     return page["content"], command, progress
 
 
-async def run_with_deadline(url: str, token: str) -> dict[str, Any]:
-    with anyio.fail_after(OVERALL_TIMEOUT_S):
-        return await run(url, token)
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        log("usage: mcp_sdk_client.py URL TOKEN")
-        return 2
-    url, token = argv[1], argv[2]
-    try:
-        out = anyio.run(run_with_deadline, url, token)
-    except BaseException as exc:  # noqa: BLE001 - any failure is a failed check
-        leaf = first_leaf(exc)
-        if isinstance(leaf, KeyboardInterrupt):
-            raise
-        if isinstance(leaf, MCPError):
-            msg = f"MCP error {leaf.error.code}: {leaf.error.message}"
-        else:
-            msg = f"{type(leaf).__name__}: {leaf}"
-        log(f"FAILED against {url}: {msg}")
-        return 1
-    print(json.dumps(out), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run_main(sys.argv, run, OVERALL_TIMEOUT_S))

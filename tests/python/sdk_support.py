@@ -1,11 +1,17 @@
 """Shared by the Python SDK test clients: logging of every HTTP exchange to stderr and
-unwrapping of anyio's exception groups. Diagnostics only; no checks live here."""
+unwrapping of anyio's exception groups, and the common `main`: run a check under a deadline,
+print its one JSON line, or report the first real failure. No checks live here."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from typing import Any, Awaitable, Callable
 
+import anyio
 import httpx2
+from mcp.shared.exceptions import MCPError
 
 
 class CheckFailed(Exception):
@@ -36,3 +42,34 @@ def first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+def run_main(
+    argv: list[str],
+    run: Callable[[str, str], Awaitable[dict[str, Any]]],
+    deadline_s: float,
+) -> int:
+    """`SCRIPT URL TOKEN`: runs `run(url, token)` within `deadline_s` and prints its result."""
+    if len(argv) != 3:
+        log(f"usage: {os.path.basename(argv[0])} URL TOKEN")
+        return 2
+    url, token = argv[1], argv[2]
+
+    async def with_deadline() -> dict[str, Any]:
+        with anyio.fail_after(deadline_s):
+            return await run(url, token)
+
+    try:
+        out = anyio.run(with_deadline)
+    except BaseException as exc:  # noqa: BLE001 - any failure is a failed check
+        leaf = first_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            raise
+        if isinstance(leaf, MCPError):
+            msg = f"MCP error {leaf.error.code}: {leaf.error.message}"
+        else:
+            msg = f"{type(leaf).__name__}: {leaf}"
+        log(f"FAILED against {url}: {msg}")
+        return 1
+    print(json.dumps(out), flush=True)
+    return 0
