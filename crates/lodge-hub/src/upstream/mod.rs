@@ -177,7 +177,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub struct Upstreams {
-    servers: BTreeMap<String, UpstreamConfig>,
     config: lodge_core::Config,
     rooms: Arc<Rooms>,
     vault: Arc<Vault>,
@@ -190,7 +189,6 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(config: &lodge_core::Config, rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
         Self {
-            servers: config.servers.clone(),
             config: config.clone(),
             rooms,
             vault,
@@ -202,20 +200,30 @@ impl Upstreams {
 
     /// Are any servers configured (so prompts and resources are offered)?
     pub fn any(&self) -> bool {
-        !self.servers.is_empty()
+        !self.config.servers.is_empty()
     }
 
     pub fn is_server(&self, name: &str) -> bool {
-        self.servers.contains_key(name)
+        self.config.servers.contains_key(name)
     }
 
-    /// Servers offered to `caller`.
-    fn enabled<'a>(
+    /// Servers offered to `user`.
+    fn enabled<'a, 'u>(
         &'a self,
-        caller: &'a Caller,
-    ) -> impl Iterator<Item = (&'a str, &'a UpstreamConfig)> {
-        self.servers
+        user: &'u str,
+    ) -> impl Iterator<Item = (&'a str, &'a UpstreamConfig)> + use<'a, 'u> {
+        self.config
+            .servers
             .iter()
+            .filter(move |(_, s)| s.enabled_for(user))
+            .map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// Server `name`, if it is offered to `caller`.
+    fn enabled_server(&self, caller: &Caller, name: &str) -> Option<(&str, &UpstreamConfig)> {
+        self.config
+            .servers
+            .get_key_value(name)
             .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
             .map(|(n, s)| (n.as_str(), s))
     }
@@ -227,9 +235,7 @@ impl Upstreams {
         qualified: &str,
     ) -> Result<(&str, &UpstreamConfig), UpstreamError> {
         catalog::split(qualified)
-            .and_then(|(server, _)| self.servers.get_key_value(server))
-            .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
-            .map(|(n, s)| (n.as_str(), s))
+            .and_then(|(server, _)| self.enabled_server(caller, server))
             .ok_or_else(|| UpstreamError::Unknown {
                 kind,
                 name: qualified.chars().take(100).collect(),
@@ -635,13 +641,7 @@ impl Upstreams {
         &'a self,
         caller: &Caller,
     ) -> Vec<(&'a str, &'a UpstreamConfig, Arc<Catalog>)> {
-        let user = caller.user.as_str();
-        let enabled: Vec<(&'a str, &'a UpstreamConfig)> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| s.enabled_for(user))
-            .map(|(n, s)| (n.as_str(), s))
-            .collect();
+        let enabled: Vec<_> = self.enabled(caller.user.as_str()).collect();
         let lookups = enabled.into_iter().map(|(name, server)| async move {
             self.catalog(caller, name, server)
                 .await
@@ -792,9 +792,7 @@ impl Upstreams {
         };
         let (server_name, own_uri) = catalog::split_uri(uri).ok_or_else(unknown)?;
         let (name, server) = self
-            .servers
-            .get_key_value(server_name)
-            .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
+            .enabled_server(caller, server_name)
             .ok_or_else(unknown)?;
         let params = json!({ "uri": own_uri });
         let mut result = self
@@ -822,7 +820,7 @@ impl Upstreams {
             .collect();
         let mut culled = 0;
         for ((_, name), slot) in slots {
-            let Some(server) = self.servers.get(&name) else {
+            let Some(server) = self.config.servers.get(&name) else {
                 continue;
             };
             let Ok(mut current) = slot.instance.try_lock() else {
@@ -858,7 +856,7 @@ impl Upstreams {
 
     /// What `session_info` shows: each enabled server and whether the caller's instance runs.
     pub fn status(&self, caller: &Caller) -> Vec<Value> {
-        self.enabled(caller)
+        self.enabled(caller.user.as_str())
             .map(|(name, server)| {
                 let slot = lock(&self.slots).get(&(caller.user_id, name.to_owned())).cloned();
                 let running = slot.as_ref().and_then(|s| {
