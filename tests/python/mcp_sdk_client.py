@@ -21,52 +21,36 @@ import json
 import sys
 from typing import Any
 
-import httpx2
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.exceptions import MCPError
-from sdk_support import CheckFailed, log, log_response, run_main
+from sdk_support import CheckFailed, open_session, run_main
 
 OVERALL_TIMEOUT_S = 60
 HTTP_TIMEOUT_S = 20
 
 
 async def run(url: str, token: str) -> dict[str, Any]:
-    http_client = create_mcp_http_client(
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx2.Timeout(HTTP_TIMEOUT_S),
-    )
-    http_client.event_hooks["response"] = [log_response]
-    async with http_client:
-        async with streamable_http_client(url, http_client=http_client) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=HTTP_TIMEOUT_S) as session:
-                try:
-                    init = await session.initialize()
-                except MCPError as exc:
-                    raise CheckFailed(f"initialize failed: {exc.error.code} {exc.error.message}") from exc
-                log(f"initialized: protocol {init.protocol_version}, server {init.server_info.name}")
-                protocol = session.protocol_version
+    async with open_session(url, token, HTTP_TIMEOUT_S) as session:
+        protocol = session.protocol_version
 
-                listed = await session.list_tools()
-                tools = [t.name for t in listed.tools]
-                if "session_info" not in tools:
-                    raise CheckFailed(f"tools/list has no session_info: {tools}")
+        listed = await session.list_tools()
+        tools = [t.name for t in listed.tools]
+        if "session_info" not in tools:
+            raise CheckFailed(f"tools/list has no session_info: {tools}")
 
-                result = await session.call_tool("session_info", {})
-                if result.is_error:
-                    raise CheckFailed(f"session_info returned an error result: {result.model_dump_json()}")
-                info = result.structured_content
-                if info is None:
-                    texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
-                    if not texts:
-                        raise CheckFailed(f"session_info returned neither structuredContent nor text: {result}")
-                    try:
-                        info = json.loads(texts[0])
-                    except json.JSONDecodeError as exc:
-                        raise CheckFailed(f"session_info text is not JSON: {texts[0]!r}") from exc
-                file, command, progress = await room_calls(session, info["user"])
-    # Leaving streamable_http_client sends DELETE for the session (terminate_on_close).
+        result = await session.call_tool("session_info", {})
+        if result.is_error:
+            raise CheckFailed(f"session_info returned an error result: {result.model_dump_json()}")
+        info = result.structured_content
+        if info is None:
+            texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+            if not texts:
+                raise CheckFailed(f"session_info returned neither structuredContent nor text: {result}")
+            try:
+                info = json.loads(texts[0])
+            except json.JSONDecodeError as exc:
+                raise CheckFailed(f"session_info text is not JSON: {texts[0]!r}") from exc
+        file, command, progress = await room_calls(session, info["user"])
+    # Leaving the session sends DELETE for it (terminate_on_close).
     return {
         "protocol": protocol,
         "tools": tools,

@@ -1,5 +1,5 @@
 """Shared by the Python SDK test clients: logging of every HTTP exchange to stderr and
-unwrapping of anyio's exception groups, and the common `main`: run a check under a deadline,
+unwrapping of anyio's exception groups, an initialized session, and the common `main`: run a check under a deadline,
 print its one JSON line, or report the first real failure. No checks live here."""
 
 from __future__ import annotations
@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 
@@ -42,6 +46,26 @@ def first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+@asynccontextmanager
+async def open_session(url: str, token: str, timeout_s: float) -> AsyncIterator[ClientSession]:
+    """An initialized SDK session over streamable HTTP with `Authorization: Bearer TOKEN`.
+    Leaving it sends DELETE for the session (terminate_on_close)."""
+    http_client = create_mcp_http_client(
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx2.Timeout(timeout_s),
+    )
+    http_client.event_hooks["response"] = [log_response]
+    async with http_client:
+        async with streamable_http_client(url, http_client=http_client) as (read, write):
+            async with ClientSession(read, write, read_timeout_seconds=timeout_s) as session:
+                try:
+                    init = await session.initialize()
+                except MCPError as exc:
+                    raise CheckFailed(f"initialize failed: {exc.error.code} {exc.error.message}") from exc
+                log(f"initialized: protocol {init.protocol_version}, server {init.server_info.name}")
+                yield session
 
 
 def run_main(

@@ -23,12 +23,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import httpx2
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from sdk_support import CheckFailed, log, log_response, run_main
+from sdk_support import CheckFailed, open_session, run_main
 
 OVERALL_TIMEOUT_S = 90
 HTTP_TIMEOUT_S = 30
@@ -58,53 +55,41 @@ def text_of(name: str, result: Any) -> str:
 
 
 async def run(url: str, token: str) -> dict[str, Any]:
-    http_client = create_mcp_http_client(
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx2.Timeout(HTTP_TIMEOUT_S),
-    )
-    http_client.event_hooks["response"] = [log_response]
-    async with http_client:
-        async with streamable_http_client(url, http_client=http_client) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=HTTP_TIMEOUT_S) as session:
-                try:
-                    init = await session.initialize()
-                except MCPError as exc:
-                    raise CheckFailed(f"initialize failed: {exc.error.code} {exc.error.message}") from exc
-                log(f"initialized: protocol {init.protocol_version}, server {init.server_info.name}")
+    async with open_session(url, token, HTTP_TIMEOUT_S) as session:
 
-                # mcp-server-git --repository /workspace exits at start unless /workspace is a git
-                # repository (and the hub then lists none of its tools): make it one first.
-                setup = await call_ok(session, "run_command", {"command": GIT_SETUP})
-                exit_code = (setup.structured_content or {}).get("exit_code")
-                if exit_code not in (None, 0):
-                    raise CheckFailed(f"git setup exited {exit_code}: {setup.model_dump_json()}")
+        # mcp-server-git --repository /workspace exits at start unless /workspace is a git
+        # repository (and the hub then lists none of its tools): make it one first.
+        setup = await call_ok(session, "run_command", {"command": GIT_SETUP})
+        exit_code = (setup.structured_content or {}).get("exit_code")
+        if exit_code not in (None, 0):
+            raise CheckFailed(f"git setup exited {exit_code}: {setup.model_dump_json()}")
 
-                listed = await session.list_tools()
-                tools = [t.name for t in listed.tools]
-                for want in ("session_info", "git__git_status", "everything__echo",
-                             "everything__trigger-long-running-operation"):
-                    if want not in tools:
-                        raise CheckFailed(f"tools/list has no {want}: {tools}")
+        listed = await session.list_tools()
+        tools = [t.name for t in listed.tools]
+        for want in ("session_info", "git__git_status", "everything__echo",
+                     "everything__trigger-long-running-operation"):
+            if want not in tools:
+                raise CheckFailed(f"tools/list has no {want}: {tools}")
 
-                status = await call_ok(session, "git__git_status", {"repo_path": "/workspace"})
-                git_status = text_of("git__git_status", status)
+        status = await call_ok(session, "git__git_status", {"repo_path": "/workspace"})
+        git_status = text_of("git__git_status", status)
 
-                echo_result = await call_ok(session, "everything__echo", {"message": "sdk"})
-                echo = text_of("everything__echo", echo_result)
+        echo_result = await call_ok(session, "everything__echo", {"message": "sdk"})
+        echo = text_of("everything__echo", echo_result)
 
-                progress: list[Any] = []
+        progress: list[Any] = []
 
-                async def on_progress(value: float, total: float | None, message: str | None) -> None:
-                    progress.append([value, total, message])
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append([value, total, message])
 
-                long = await call_ok(
-                    session,
-                    "everything__trigger-long-running-operation",
-                    {"duration": 2, "steps": 4},
-                    progress_callback=on_progress,
-                )
-                long_result = text_of("everything__trigger-long-running-operation", long)
-    # Leaving streamable_http_client sends DELETE for the session (terminate_on_close).
+        long = await call_ok(
+            session,
+            "everything__trigger-long-running-operation",
+            {"duration": 2, "steps": 4},
+            progress_callback=on_progress,
+        )
+        long_result = text_of("everything__trigger-long-running-operation", long)
+    # Leaving the session sends DELETE for it (terminate_on_close).
     return {
         "tools": tools,
         "git_status": git_status,
