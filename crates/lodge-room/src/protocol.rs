@@ -18,6 +18,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
+use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
@@ -260,6 +261,12 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// A notebook or kernel request (see `lodge_kernel::ops`), with the operator's kernel
+    /// settings.
+    Jupyter {
+        settings: KernelSettings,
+        request: JupyterOp,
+    },
 }
 
 /// Hand-written so that `{:?}` of an op (which ends up in logs and panic messages) never shows a
@@ -365,6 +372,11 @@ impl fmt::Debug for Op {
                 .field("argv", argv)
                 .field("env", &EnvNames(env))
                 .finish(),
+            // Code and cell sources may hold secrets: only the request's name.
+            Op::Jupyter { request, .. } => f
+                .debug_struct("Jupyter")
+                .field("request", &request.name())
+                .finish(),
         }
     }
 }
@@ -447,6 +459,8 @@ pub enum OpResult {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// For `Jupyter`.
+    Jupyter { result: JupyterResult },
 }
 
 /// One entry of a listing.
@@ -511,6 +525,10 @@ pub enum ErrorKind {
     /// An upstream server broke the stdio rules (e.g. wrote something other than JSON-RPC on
     /// stdout).
     Protocol,
+    /// A notebook changed since the revision the client read (edited outside Lodge).
+    Conflict,
+    /// A kernel could not start, died, or has no kernelspec.
+    Kernel,
 }
 
 impl ErrorKind {
@@ -528,6 +546,8 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::TimedOut => "timed_out",
             ErrorKind::Io => "io",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Kernel => "kernel",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Protocol => "protocol",
         }
@@ -1267,6 +1287,19 @@ mod tests {
             assert!(shown.contains("github-mcp"), "{shown}");
             assert!(shown.contains("\"github\""), "{shown}");
         }
+        let jupyter = Op::Jupyter {
+            settings: lodge_kernel::ops::KernelSettings::default(),
+            request: lodge_kernel::ops::JupyterOp::CodeExecute {
+                code: "token = 'hunter2'".into(),
+                kernel: None,
+                kernel_name: None,
+                timeout_ms: 1,
+                output_cap: 1,
+            },
+        };
+        let shown = format!("{jupyter:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("code_execute"), "{shown}");
         let input = HubMessage::Input {
             id: 4,
             message: json!({"params":{"arguments":{"password":"hunter2"}}}),

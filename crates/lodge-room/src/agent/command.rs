@@ -192,6 +192,11 @@ impl CommandContext {
         open_cwd(&self.root, None)
     }
 
+    /// The workspace root directory (for [`open_cwd`]).
+    pub(crate) fn root(&self) -> &OwnedFd {
+        &self.root
+    }
+
     /// The workspace path as the agent sees it (what `{workspace}` expands to).
     pub(crate) fn workspace(&self) -> &Path {
         &self.workspace
@@ -361,7 +366,7 @@ pub(crate) fn valid_env_name(name: &str) -> bool {
 /// Resolves the command's working directory beneath the workspace root (the kernel refuses any
 /// step outside, through `..`, absolute symlinks or magic links) and returns it as an `O_PATH`
 /// fd; the child `fchdir`s to it, so nothing can swap the path in between.
-fn open_cwd(root: &OwnedFd, cwd: Option<&str>) -> Result<OwnedFd, OpError> {
+pub(crate) fn open_cwd(root: &OwnedFd, cwd: Option<&str>) -> Result<OwnedFd, OpError> {
     let raw = cwd.unwrap_or("");
     let bad = |reason: &str| {
         OpError::new(

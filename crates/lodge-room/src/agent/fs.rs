@@ -90,7 +90,9 @@ pub(crate) fn run(ws: &Workspace, op: Op) -> Option<Result<OpResult, OpError>> {
             text,
             limit,
         } => search(ws, &path, glob.as_deref(), text.as_deref(), limit),
-        Op::Ping | Op::RunCommand { .. } | Op::Upstream { .. } => return None,
+        Op::Ping | Op::RunCommand { .. } | Op::Upstream { .. } | Op::Jupyter { .. } => {
+            return None;
+        }
     };
     Some(result.map_err(OpError::from))
 }

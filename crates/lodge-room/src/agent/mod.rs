@@ -6,6 +6,7 @@
 mod command;
 mod confine;
 mod fs;
+mod jupyter;
 mod reaper;
 mod serve;
 #[cfg(test)]

@@ -16,6 +16,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::command::{CommandContext, CommandRequest};
+use super::jupyter::Jupyter;
 use super::reaper::Reaper;
 use super::upstream::{self, UpstreamRequest};
 use super::{AgentConfig, AgentError, fs};
@@ -32,6 +33,7 @@ const OUTBOX: usize = 1024;
 struct Context {
     workspace: Arc<Workspace>,
     commands: CommandContext,
+    jupyter: Jupyter,
 }
 
 /// A request that has not answered yet.
@@ -58,10 +60,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let reaper = Reaper::start()?;
+    let workspace = Arc::new(Workspace::open(&cfg.workspace)?);
     let ctx = Arc::new(Context {
-        workspace: Arc::new(Workspace::open(&cfg.workspace)?),
+        jupyter: Jupyter::new(workspace.clone(), &cfg.workspace, &cfg.tmp),
+        workspace,
         commands: CommandContext::new(&cfg.workspace, &cfg.tmp, reaper)?,
     });
+    let culler = tokio::spawn(cull_kernels(ctx.clone()));
     let mut input = FramedRead::new(reader, AgentCodec::new());
     let mut output = FramedWrite::new(writer, AgentCodec::new());
     handshake(&mut input, &mut output).await?;
@@ -115,6 +120,8 @@ where
         running.cancel.cancel();
     }
     while tasks.join_next().await.is_some() {}
+    culler.abort();
+    ctx.jupyter.stop_all().await;
     drop(tx);
     if writer_done.is_none() {
         match writer.await {
@@ -233,6 +240,11 @@ async fn handle(
             let request = UpstreamRequest { server, argv, env };
             upstream::run(&ctx.commands, id, request, inbox, tx, token).await
         }
+        Op::Jupyter { settings, request } => ctx
+            .jupyter
+            .handle(&ctx.commands, settings, request, token)
+            .await
+            .map(|result| OpResult::Jupyter { result }),
         op => {
             let workspace = ctx.workspace.clone();
             let job = tokio::task::spawn_blocking(move || fs::run(&workspace, op));
@@ -243,6 +255,17 @@ async fn handle(
                 // The blocking call cannot be interrupted; it finishes unobserved.
                 () = token.cancelled() => Err(cancelled()),
             }
+        }
+    }
+}
+
+/// Stops idle kernels now and then, for as long as the agent serves.
+async fn cull_kernels(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(ctx.jupyter.cull_interval()).await;
+        let stopped = ctx.jupyter.cull().await;
+        if stopped > 0 {
+            tracing::debug!(stopped, "idle kernels shut down");
         }
     }
 }
