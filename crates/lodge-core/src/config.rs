@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Sections that environment variables may override. `LODGE_DATA_DIR`, `LODGE_CONFIG`,
 /// `LODGE_MASTER_KEY` and `LODGE_TOKEN` are not sections and are left alone.
-pub const SECTIONS: [&str; 5] = ["server", "auth", "sessions", "metrics", "rooms"];
+pub const SECTIONS: [&str; 6] = ["server", "auth", "sessions", "metrics", "rooms", "kernels"];
 
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +20,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub metrics: MetricsConfig,
     pub rooms: RoomsConfig,
+    pub kernels: KernelsConfig,
     /// Named resource profiles (`[profiles.NAME]`); users are assigned one. `default` always
     /// exists even when the file does not declare it.
     pub profiles: BTreeMap<String, Profile>,
@@ -180,6 +181,63 @@ impl Default for RoomsConfig {
     }
 }
 
+/// Jupyter kernels in rooms (`[kernels]`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelsConfig {
+    /// Jupyter data directories (each holding `kernels/NAME/kernel.json`) searched after the
+    /// user's own `/workspace/.local/share/jupyter` and before `/usr/local/share/jupyter` and
+    /// `/usr/share/jupyter`. Each must lie under `/usr` or one of `rooms.read_only_paths`, so
+    /// that rooms can see it.
+    pub paths: Vec<PathBuf>,
+    /// The kernelspec for notebooks and calls that name none.
+    pub default: String,
+    /// A kernel with nothing running for this long is shut down (its variables are lost). A
+    /// room stays up at least this long after its last notebook call.
+    #[serde(with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// How long a kernel may take to start answering.
+    #[serde(with = "serde_human")]
+    pub start_timeout: Duration,
+    /// Kernels one user may run at once.
+    pub max_per_user: u32,
+}
+
+impl Default for KernelsConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            default: "python3".to_owned(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            start_timeout: Duration::from_secs(60),
+            max_per_user: 4,
+        }
+    }
+}
+
+impl KernelsConfig {
+    fn validate(&self, read_only: &[PathBuf]) -> Result<(), String> {
+        if self.max_per_user == 0 {
+            return Err("kernels.max_per_user must be at least 1".into());
+        }
+        if self.default.is_empty() {
+            return Err("kernels.default must name a kernelspec (e.g. \"python3\")".into());
+        }
+        for path in &self.paths {
+            let visible = path.is_absolute()
+                && (path.starts_with("/usr") || read_only.iter().any(|r| path.starts_with(r)));
+            if !visible {
+                return Err(format!(
+                    "kernels.paths entry {} is not visible in rooms: use an absolute path under \
+                     /usr or under one of rooms.read_only_paths (add its prefix there)",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A resource profile (`[profiles.NAME]`); each user is assigned one. Sizes are written like
 /// `512MiB`; `"unlimited"` lifts a limit.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
@@ -333,6 +391,7 @@ impl Config {
         if self.sessions.max_per_user == 0 {
             return Err("sessions.max_per_user must be at least 1".into());
         }
+        self.kernels.validate(&self.rooms.read_only_paths)?;
         for (name, profile) in &self.profiles {
             if crate::UserName::parse(name).is_err() {
                 return Err(format!(
@@ -445,6 +504,29 @@ mod tests {
         assert_eq!(c.server.bind.port(), 0);
         assert_eq!(c.server.allowed_hosts, vec!["hub.example"]);
         assert!(c.has_profile("gpu") && c.has_profile("default"));
+    }
+
+    #[test]
+    fn kernel_paths_must_be_visible_in_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lodge.toml");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(Some(&p), env(&[]))
+        };
+        let c = load(
+            "[rooms]\nread_only_paths = [\"/opt/jupyter\"]\n[kernels]\npaths = [\"/opt/jupyter/share/jupyter\", \"/usr/lib/x\"]\nidle_timeout = \"5m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.kernels.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.kernels.default, "python3");
+        let e = load("[kernels]\npaths = [\"/opt/elsewhere/share/jupyter\"]\n").unwrap_err();
+        assert!(e.to_string().contains("/opt/elsewhere/share/jupyter"), "{e}");
+        assert!(e.to_string().contains("rooms.read_only_paths"), "{e}");
+        let e = load("[kernels]\nmax_per_user = 0\n").unwrap_err();
+        assert!(e.to_string().contains("kernels.max_per_user"), "{e}");
+        let e = load("[kernels]\nidle = \"5m\"\n").unwrap_err();
+        assert!(e.to_string().contains("idle"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Room {
     pub client: RoomClient,
     pub started: Instant,
     last_used_ms: AtomicI64,
+    /// Not culled before this time even when idle: kernels live in it (see [`Rooms::call_held`]).
+    held_until_ms: AtomicI64,
     stop: CancellationToken,
     stopped: tokio::sync::Notify,
     done: std::sync::atomic::AtomicBool,
@@ -57,6 +59,10 @@ impl Room {
 
     fn idle_for_ms(&self, now: i64) -> i64 {
         now - self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    fn held(&self, now: i64) -> bool {
+        now < self.held_until_ms.load(Ordering::Relaxed)
     }
 
     /// Asks the room's watcher to stop it and waits until it has.
@@ -134,6 +140,24 @@ impl Rooms {
         room.touch();
         let result = room.client.call(op, events).await;
         room.touch();
+        Ok(result?)
+    }
+
+    /// Like [`Self::call`], and keeps the room from being culled for `hold` after the call:
+    /// the op may leave state in the room (a kernel) that lives that long on its own.
+    pub async fn call_held(
+        &self,
+        caller: &Caller,
+        op: Op,
+        events: Option<mpsc::UnboundedSender<Event>>,
+        hold: std::time::Duration,
+    ) -> Result<OpResult, RoomError> {
+        let room = self.room_for(caller).await?;
+        room.touch();
+        let result = room.client.call(op, events).await;
+        room.touch();
+        let until = now_ms().saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+        room.held_until_ms.fetch_max(until, Ordering::Relaxed);
         Ok(result?)
     }
 
@@ -276,6 +300,7 @@ impl Rooms {
             client,
             started,
             last_used_ms: AtomicI64::new(now_ms()),
+            held_until_ms: AtomicI64::new(0),
             stop: CancellationToken::new(),
             stopped: tokio::sync::Notify::new(),
             done: std::sync::atomic::AtomicBool::new(false),
@@ -335,9 +360,9 @@ impl Rooms {
             let Ok(mut current) = slot.room.try_lock() else {
                 continue;
             };
-            let idle = current
-                .as_ref()
-                .is_some_and(|r| r.client.in_flight() == 0 && r.idle_for_ms(now) >= idle_ms);
+            let idle = current.as_ref().is_some_and(|r| {
+                r.client.in_flight() == 0 && r.idle_for_ms(now) >= idle_ms && !r.held(now)
+            });
             if idle && let Some(room) = current.take() {
                 room.stop_and_wait().await;
                 culled += 1;

@@ -118,20 +118,7 @@ impl CommandTools {
             }
         }
         let profile = self.rooms.profile(caller);
-        let timeout = match a.timeout_s {
-            None => profile.command_timeout,
-            Some(s) if s.is_finite() && s > 0.0 => {
-                let asked = std::time::Duration::from_secs_f64(s.min(1e9));
-                if asked > profile.max_command_timeout {
-                    return Err(bad(format!(
-                        "timeout_s {s} is above your profile's maximum of {} s",
-                        profile.max_command_timeout.as_secs()
-                    )));
-                }
-                asked
-            }
-            Some(s) => return Err(bad(format!("timeout_s must be a positive number, not {s}"))),
-        };
+        let timeout = super::profile_timeout("run_command", profile, a.timeout_s)?;
         Ok(Op::RunCommand {
             command: a.command,
             cwd: a.cwd,

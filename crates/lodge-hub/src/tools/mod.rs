@@ -7,12 +7,14 @@
 
 mod command;
 mod files;
+mod notebooks;
 mod secrets;
 mod session_info;
 mod upstream;
 
 pub use command::CommandTools;
 pub use files::FileTools;
+pub use notebooks::NotebookTools;
 pub use secrets::SecretTools;
 pub use session_info::SessionInfoTools;
 pub use upstream::UpstreamTools;
@@ -142,6 +144,33 @@ pub fn define<T: JsonSchema + 'static>(name: &'static str, description: &'static
         description,
         rmcp::handler::server::common::schema_for_type::<T>(),
     )
+}
+
+/// A call's `timeout_s` within the caller's profile: its `command_timeout` when absent, refused
+/// above its `max_command_timeout`.
+pub(crate) fn profile_timeout(
+    tool: &str,
+    profile: &lodge_core::config::Profile,
+    timeout_s: Option<f64>,
+) -> Result<std::time::Duration, ToolError> {
+    let bad = |reason: String| ToolError::InvalidArguments {
+        tool: tool.to_owned(),
+        reason,
+    };
+    match timeout_s {
+        None => Ok(profile.command_timeout),
+        Some(s) if s.is_finite() && s > 0.0 => {
+            let asked = std::time::Duration::from_secs_f64(s.min(1e9));
+            if asked > profile.max_command_timeout {
+                return Err(bad(format!(
+                    "timeout_s {s} is above your profile's maximum of {} s",
+                    profile.max_command_timeout.as_secs()
+                )));
+            }
+            Ok(asked)
+        }
+        Some(s) => Err(bad(format!("timeout_s must be a positive number, not {s}"))),
+    }
 }
 
 /// Parses tool arguments into `T`, naming the tool and the offending field on failure.

@@ -1,0 +1,645 @@
+//! Notebook and kernel tools (SPEC §5): Jupyter notebooks in the caller's workspace and kernels
+//! in the caller's room. This module turns arguments into room requests (with the profile's
+//! timeout and output cap and the operator's kernel settings) and results into MCP content; the
+//! room does the work. It never logs code or outputs.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lodge_core::config::KernelsConfig;
+use lodge_kernel::notebook::{CellRef, CellType};
+use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings, Run, RunStatus};
+use lodge_kernel::output::{Part, to_parts};
+use lodge_room::protocol::{Op, OpResult};
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{CallContext, ToolError, ToolSet, define, parse_args, profile_timeout, room_result};
+use crate::caller::Caller;
+use crate::rooms::Rooms;
+
+/// A cell: its index (negative counts from the end) or its id (`notebook_read` shows both).
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum CellArg {
+    Index(i64),
+    Id(String),
+}
+
+impl From<CellArg> for CellRef {
+    fn from(cell: CellArg) -> CellRef {
+        match cell {
+            CellArg::Index(i) => CellRef::Index(i),
+            CellArg::Id(id) => CellRef::Id(id),
+        }
+    }
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum CellKind {
+    Code,
+    Markdown,
+    Raw,
+}
+
+impl From<CellKind> for CellType {
+    fn from(kind: CellKind) -> CellType {
+        match kind {
+            CellKind::Code => CellType::Code,
+            CellKind::Markdown => CellType::Markdown,
+            CellKind::Raw => CellType::Raw,
+        }
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// List the notebooks (`*.ipynb`) in your workspace.
+struct ListArgs {
+    /// Directory to search, relative to the workspace (default: all of it).
+    path: Option<String>,
+    /// At most this many (default 1000).
+    limit: Option<u64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Create an empty notebook.
+struct CreateArgs {
+    /// Workspace-relative path ending in `.ipynb`.
+    path: String,
+    /// Kernelspec name (kernel_list shows them; default: the hub's default).
+    kernel: Option<String>,
+    /// Replace an existing file.
+    #[serde(default)]
+    overwrite: bool,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Read a notebook as text: cells with their index, id, execution count and outputs.
+struct ReadArgs {
+    path: String,
+    /// Shorten long sources and outputs (default: only for notebooks of more than 30 cells).
+    compact: Option<bool>,
+    /// First cell index to show.
+    start: Option<u64>,
+    /// Show cells before this index.
+    end: Option<u64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Run every code cell of a notebook in order in its kernel, saving the outputs.
+struct ExecuteAllArgs {
+    path: String,
+    /// Seconds each cell may run before the kernel is interrupted (default and maximum from
+    /// your profile).
+    timeout_s: Option<f64>,
+    /// Stop at the first cell that fails (default true).
+    stop_on_error: Option<bool>,
+    /// The revision you last read; refuse if the file changed since.
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Read one cell: its source and outputs (images as image content).
+struct CellReadArgs {
+    path: String,
+    cell: CellArg,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Insert a cell, and optionally run it.
+struct InsertArgs {
+    path: String,
+    source: String,
+    /// code (default), markdown or raw.
+    cell_type: Option<CellKind>,
+    /// Position of the new cell (default: at the end).
+    index: Option<u64>,
+    /// Run the new code cell right away.
+    #[serde(default)]
+    execute: bool,
+    /// Seconds the cell may run (with execute).
+    timeout_s: Option<f64>,
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Replace a cell's source (a code cell's outputs are cleared), and optionally run it.
+struct EditArgs {
+    path: String,
+    cell: CellArg,
+    source: String,
+    cell_type: Option<CellKind>,
+    #[serde(default)]
+    execute: bool,
+    timeout_s: Option<f64>,
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Move a cell so that it ends up at index `to`.
+struct MoveArgs {
+    path: String,
+    cell: CellArg,
+    to: u64,
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Delete a cell.
+struct DeleteArgs {
+    path: String,
+    cell: CellArg,
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Run a code cell in the notebook's kernel; its outputs and execution count are saved.
+struct CellExecuteArgs {
+    path: String,
+    cell: CellArg,
+    timeout_s: Option<f64>,
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Run code in a kernel without a notebook file (or in a notebook's kernel, to inspect it).
+struct CodeArgs {
+    code: String,
+    /// A notebook path (that notebook's kernel) or a scratch kernel name (default "scratch").
+    kernel: Option<String>,
+    /// Kernelspec for a kernel started by this call.
+    kernel_name: Option<String>,
+    timeout_s: Option<f64>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// List running kernels and the kernelspecs available in your room.
+struct NoArgs {}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// A kernel: a notebook path or a scratch kernel name (kernel_list shows them).
+struct KernelArgs {
+    kernel: String,
+}
+
+/// Notebooks above this many cells are read in compact form unless asked otherwise.
+const COMPACT_ABOVE: u64 = 30;
+
+pub struct NotebookTools {
+    rooms: Arc<Rooms>,
+    settings: KernelSettings,
+    /// Rooms with kernels are kept this long after a notebook call (kernels outlive calls).
+    hold: std::time::Duration,
+    tools: Vec<Tool>,
+}
+
+impl NotebookTools {
+    pub fn new(rooms: Arc<Rooms>, config: &KernelsConfig) -> Self {
+        let settings = KernelSettings {
+            paths: config
+                .paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            default: config.default.clone(),
+            idle_timeout_ms: config.idle_timeout.as_millis() as u64,
+            start_timeout_ms: config.start_timeout.as_millis() as u64,
+            max_kernels: u64::from(config.max_per_user),
+        };
+        let tools = vec![
+            define::<ListArgs>(
+                "notebook_list",
+                "List the notebooks (*.ipynb) in your workspace.",
+            ),
+            define::<CreateArgs>(
+                "notebook_create",
+                "Create an empty notebook (nbformat 4) for a kernelspec.",
+            ),
+            define::<ReadArgs>(
+                "notebook_read",
+                "Read a notebook as text: each cell with its index, id, execution count and outputs, and the notebook's revision (pass it to editing tools to refuse edits made meanwhile outside Lodge).",
+            ),
+            define::<ExecuteAllArgs>(
+                "notebook_execute",
+                "Run all code cells of a notebook in order in its kernel, saving outputs and execution counts to the file.",
+            ),
+            define::<CellReadArgs>(
+                "cell_read",
+                "Read one cell: source and outputs (images as image content).",
+            ),
+            define::<InsertArgs>(
+                "cell_insert",
+                "Insert a code, markdown or raw cell into a notebook; execute=true runs a new code cell at once.",
+            ),
+            define::<EditArgs>(
+                "cell_edit",
+                "Replace a cell's source (clearing a code cell's outputs); execute=true runs it.",
+            ),
+            define::<MoveArgs>("cell_move", "Move a cell to another index."),
+            define::<DeleteArgs>("cell_delete", "Delete a cell."),
+            define::<CellExecuteArgs>(
+                "cell_execute",
+                "Run a code cell in the notebook's kernel (started on first use, kept between calls): stream output, results, images and errors come back as content and are saved in the file.",
+            ),
+            define::<CodeArgs>(
+                "code_execute",
+                "Run code in a kernel without touching a notebook file: a scratch kernel, or a notebook's kernel to inspect its state.",
+            ),
+            define::<NoArgs>(
+                "kernel_list",
+                "List your running kernels (state, execution count, memory) and the kernelspecs your room offers.",
+            ),
+            define::<KernelArgs>(
+                "kernel_interrupt",
+                "Interrupt what a kernel is running; its variables are kept.",
+            ),
+            define::<KernelArgs>(
+                "kernel_restart",
+                "Restart a kernel (its variables are lost); also brings back a dead kernel.",
+            ),
+            define::<KernelArgs>("kernel_shutdown", "Stop a kernel and free its memory."),
+        ];
+        Self {
+            rooms,
+            hold: config.idle_timeout,
+            settings,
+            tools,
+        }
+    }
+
+    async fn ask(&self, caller: &Caller, request: JupyterOp) -> Result<JupyterResult, ToolError> {
+        let op = Op::Jupyter {
+            settings: self.settings.clone(),
+            request,
+        };
+        match room_result(self.rooms.call_held(caller, op, None, self.hold).await)? {
+            OpResult::Jupyter { result } => Ok(result),
+            other => Err(ToolError::Failed(format!(
+                "the room answered a notebook request with {other:?}; is the agent the same version as the hub?"
+            ))),
+        }
+    }
+
+    /// The profile's run limits for a call.
+    fn limits(
+        &self,
+        tool: &str,
+        caller: &Caller,
+        timeout_s: Option<f64>,
+    ) -> Result<(u64, u64), ToolError> {
+        let profile = self.rooms.profile(caller);
+        let timeout = profile_timeout(tool, profile, timeout_s)?;
+        Ok((timeout.as_millis().max(1) as u64, profile.output_cap))
+    }
+
+    async fn dispatch(
+        &self,
+        name: &str,
+        args: JsonObject,
+        caller: &Caller,
+    ) -> Result<CallToolResult, ToolError> {
+        let request = match name {
+            "notebook_list" => {
+                let a: ListArgs = parse_args(name, args)?;
+                JupyterOp::NotebookList {
+                    path: a.path.unwrap_or_else(|| ".".into()),
+                    limit: a.limit.unwrap_or(1000),
+                }
+            }
+            "notebook_create" => {
+                let a: CreateArgs = parse_args(name, args)?;
+                JupyterOp::NotebookCreate {
+                    path: a.path,
+                    kernel: a.kernel,
+                    overwrite: a.overwrite,
+                }
+            }
+            "notebook_read" => {
+                let a: ReadArgs = parse_args(name, args)?;
+                let compact = match a.compact {
+                    Some(compact) => compact,
+                    None => self.cell_count(caller, &a.path).await? > COMPACT_ABOVE,
+                };
+                JupyterOp::NotebookRead {
+                    path: a.path,
+                    compact,
+                    start: a.start,
+                    end: a.end,
+                }
+            }
+            "notebook_execute" => {
+                let a: ExecuteAllArgs = parse_args(name, args)?;
+                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
+                JupyterOp::NotebookExecute {
+                    path: a.path,
+                    timeout_ms,
+                    output_cap,
+                    stop_on_error: a.stop_on_error.unwrap_or(true),
+                    revision: a.revision,
+                }
+            }
+            "cell_read" => {
+                let a: CellReadArgs = parse_args(name, args)?;
+                JupyterOp::CellRead {
+                    path: a.path,
+                    cell: a.cell.into(),
+                }
+            }
+            "cell_insert" => {
+                let a: InsertArgs = parse_args(name, args)?;
+                let cell_type = a.cell_type.map_or(CellType::Code, CellType::from);
+                let request = JupyterOp::CellInsert {
+                    path: a.path.clone(),
+                    index: a.index,
+                    cell_type,
+                    source: a.source,
+                    revision: a.revision,
+                };
+                return self
+                    .change_then_run(name, caller, request, a.execute, a.timeout_s)
+                    .await;
+            }
+            "cell_edit" => {
+                let a: EditArgs = parse_args(name, args)?;
+                let request = JupyterOp::CellEdit {
+                    path: a.path,
+                    cell: a.cell.into(),
+                    source: a.source,
+                    cell_type: a.cell_type.map(CellType::from),
+                    revision: a.revision,
+                };
+                return self
+                    .change_then_run(name, caller, request, a.execute, a.timeout_s)
+                    .await;
+            }
+            "cell_move" => {
+                let a: MoveArgs = parse_args(name, args)?;
+                JupyterOp::CellMove {
+                    path: a.path,
+                    cell: a.cell.into(),
+                    to: a.to,
+                    revision: a.revision,
+                }
+            }
+            "cell_delete" => {
+                let a: DeleteArgs = parse_args(name, args)?;
+                JupyterOp::CellDelete {
+                    path: a.path,
+                    cell: a.cell.into(),
+                    revision: a.revision,
+                }
+            }
+            "cell_execute" => {
+                let a: CellExecuteArgs = parse_args(name, args)?;
+                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
+                JupyterOp::CellExecute {
+                    path: a.path,
+                    cell: a.cell.into(),
+                    timeout_ms,
+                    output_cap,
+                    revision: a.revision,
+                }
+            }
+            "code_execute" => {
+                let a: CodeArgs = parse_args(name, args)?;
+                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
+                JupyterOp::CodeExecute {
+                    code: a.code,
+                    kernel: a.kernel,
+                    kernel_name: a.kernel_name,
+                    timeout_ms,
+                    output_cap,
+                }
+            }
+            "kernel_list" => {
+                let _: NoArgs = parse_args(name, args)?;
+                JupyterOp::KernelList
+            }
+            "kernel_interrupt" | "kernel_restart" | "kernel_shutdown" => {
+                let a: KernelArgs = parse_args(name, args)?;
+                match name {
+                    "kernel_interrupt" => JupyterOp::KernelInterrupt { kernel: a.kernel },
+                    "kernel_restart" => JupyterOp::KernelRestart { kernel: a.kernel },
+                    _ => JupyterOp::KernelShutdown { kernel: a.kernel },
+                }
+            }
+            other => return Err(ToolError::Failed(format!("unknown notebook tool {other}"))),
+        };
+        Ok(present(self.ask(caller, request).await?))
+    }
+
+    /// A cell change, then (with `execute`) a run of the cell it concerned, at the revision the
+    /// change produced.
+    async fn change_then_run(
+        &self,
+        tool: &str,
+        caller: &Caller,
+        request: JupyterOp,
+        execute: bool,
+        timeout_s: Option<f64>,
+    ) -> Result<CallToolResult, ToolError> {
+        let limits = if execute {
+            Some(self.limits(tool, caller, timeout_s)?)
+        } else {
+            None
+        };
+        let changed = self.ask(caller, request).await?;
+        let Some((timeout_ms, output_cap)) = limits else {
+            return Ok(present(changed));
+        };
+        let JupyterResult::Changed {
+            path,
+            revision,
+            cell_id: Some(cell_id),
+            ..
+        } = &changed
+        else {
+            return Ok(present(changed));
+        };
+        let run = JupyterOp::CellExecute {
+            path: path.clone(),
+            cell: CellRef::Id(cell_id.clone()),
+            timeout_ms,
+            output_cap,
+            revision: Some(revision.clone()),
+        };
+        let mut result = present(self.ask(caller, run).await?);
+        result
+            .content
+            .insert(0, ContentBlock::text(changed_text(&changed)));
+        Ok(result)
+    }
+
+    /// How many cells a notebook has (to choose the compact form).
+    async fn cell_count(&self, caller: &Caller, path: &str) -> Result<u64, ToolError> {
+        let read = JupyterOp::NotebookRead {
+            path: path.to_string(),
+            compact: true,
+            start: Some(0),
+            end: Some(0),
+        };
+        match self.ask(caller, read).await? {
+            JupyterResult::Notebook { cells, .. } => Ok(cells),
+            _ => Ok(0),
+        }
+    }
+}
+
+/// A room's answer as the tool result.
+fn present(result: JupyterResult) -> CallToolResult {
+    match result {
+        JupyterResult::Notebook { text, outputs, .. } => {
+            let mut content = vec![ContentBlock::text(text)];
+            content.extend(parts(&outputs));
+            CallToolResult::success(content)
+        }
+        JupyterResult::Executed {
+            kernel,
+            path,
+            revision,
+            runs,
+        } => executed(&kernel, path, revision, &runs),
+        other => {
+            let text = match &other {
+                JupyterResult::Changed { .. } => changed_text(&other),
+                JupyterResult::Done { message } => message.clone(),
+                _ => String::new(),
+            };
+            let mut value = serde_json::to_value(&other).unwrap_or(Value::Null);
+            if let Some(o) = value.as_object_mut() {
+                o.remove("result");
+            }
+            let mut result = CallToolResult::structured(value);
+            if !text.is_empty() {
+                result.content = vec![ContentBlock::text(text)];
+            }
+            result
+        }
+    }
+}
+
+fn changed_text(changed: &JupyterResult) -> String {
+    match changed {
+        JupyterResult::Changed {
+            path,
+            revision,
+            cells,
+            index,
+            cell_id,
+        } => {
+            let cell = match (index, cell_id) {
+                (Some(i), Some(id)) => format!("cell {i} (id {id}) · "),
+                _ => String::new(),
+            };
+            format!("{path}: {cell}{cells} cells · revision {revision}")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Runs as content: per run a header line (cell, execution count, status), then its outputs;
+/// the summary as structured content. Only a dead kernel makes it an error result: code that
+/// raised is an ordinary outcome the caller reads.
+fn executed(
+    kernel: &str,
+    path: Option<String>,
+    revision: Option<String>,
+    runs: &[Run],
+) -> CallToolResult {
+    let mut content = Vec::new();
+    for run in runs {
+        let mut header = match (run.index, &run.cell_id) {
+            (Some(i), Some(id)) => format!("[cell {i} · id {id}"),
+            (Some(i), None) => format!("[cell {i}"),
+            _ => format!("[kernel {kernel}"),
+        };
+        if let Some(n) = run.execution_count {
+            header.push_str(&format!(" · In [{n}]"));
+        }
+        header.push_str(&format!(" · {}]", status_text(run.status)));
+        if let Some(why) = &run.not_saved {
+            header.push_str(&format!("\nnot saved: {why}"));
+        }
+        content.push(ContentBlock::text(header));
+        content.extend(parts(&run.outputs));
+    }
+    let summary: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            json!({
+                "index": r.index,
+                "cell_id": r.cell_id,
+                "execution_count": r.execution_count,
+                "status": r.status,
+                "truncated": r.truncated,
+                "not_saved": r.not_saved,
+            })
+        })
+        .collect();
+    let died = runs.iter().any(|r| r.status == RunStatus::KernelDied);
+    let mut result = if died {
+        CallToolResult::error(content)
+    } else {
+        CallToolResult::success(content)
+    };
+    result.structured_content = Some(json!({
+        "kernel": kernel,
+        "path": path,
+        "revision": revision,
+        "runs": summary,
+    }));
+    result
+}
+
+fn status_text(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Ok => "ok",
+        RunStatus::Error => "error",
+        RunStatus::TimedOut => "timed out: the kernel was interrupted, its state is kept",
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::KernelDied => "the kernel died",
+        RunStatus::Skipped => "skipped: an earlier cell failed",
+    }
+}
+
+fn parts(outputs: &[lodge_kernel::Output]) -> Vec<ContentBlock> {
+    to_parts(outputs)
+        .into_iter()
+        .map(|part| match part {
+            Part::Text(text) => ContentBlock::text(text),
+            Part::Image { mime, data } => ContentBlock::image(data, mime),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl ToolSet for NotebookTools {
+    fn definitions(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        args: JsonObject,
+        cx: &CallContext<'_>,
+    ) -> Result<CallToolResult, ToolError> {
+        self.dispatch(name, args, cx.caller).await
+    }
+}
