@@ -32,6 +32,8 @@ impl Peers {
             peers.node(),
             peers.everything(),
             peers.probe(),
+            peers.jupyter_python(),
+            peers.jupyter_data().join("kernels/python3/kernel.json"),
         ] {
             require(&path);
         }
@@ -57,6 +59,17 @@ impl Peers {
     pub fn everything(&self) -> PathBuf {
         self.dir
             .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+    }
+
+    /// dir/jupyter/bin/python: Debian's Python with PyPI ipykernel, nbformat, nbconvert and
+    /// jupyter_client.
+    pub fn jupyter_python(&self) -> PathBuf {
+        self.dir.join("jupyter/bin/python")
+    }
+
+    /// dir/jupyter/share/jupyter: the Jupyter data dir holding that venv's `python3` kernelspec.
+    pub fn jupyter_data(&self) -> PathBuf {
+        self.dir.join("jupyter/share/jupyter")
     }
 
     /// dir/probe_server.py: the project's own misbehaving stdio MCP server
