@@ -521,7 +521,10 @@ mod tests {
         assert_eq!(c.kernels.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.kernels.default, "python3");
         let e = load("[kernels]\npaths = [\"/opt/elsewhere/share/jupyter\"]\n").unwrap_err();
-        assert!(e.to_string().contains("/opt/elsewhere/share/jupyter"), "{e}");
+        assert!(
+            e.to_string().contains("/opt/elsewhere/share/jupyter"),
+            "{e}"
+        );
         assert!(e.to_string().contains("rooms.read_only_paths"), "{e}");
         let e = load("[kernels]\nmax_per_user = 0\n").unwrap_err();
         assert!(e.to_string().contains("kernels.max_per_user"), "{e}");

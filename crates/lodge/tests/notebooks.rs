@@ -285,6 +285,26 @@ async fn timeouts_interrupts_restarts_and_deaths() {
     let (hub, _p) = hub_with_kernels("");
     let a = hub.user_session("alice", &[]).await;
 
+    // A caller that asked for progress hears every second that its code still runs.
+    let events = a
+        .call_streamed(
+            "code_execute",
+            json!({"code": "import time\ntime.sleep(2.5)\n'slept'"}),
+        )
+        .await;
+    let ticks = events
+        .iter()
+        .filter(|e| {
+            e["method"] == "notifications/progress" && e["params"]["progressToken"] == "tok"
+        })
+        .count();
+    assert!(ticks >= 2, "{ticks} progress notifications: {events:?}");
+    let last = events.last().expect("a reply");
+    assert!(
+        last["result"]["content"].to_string().contains("slept"),
+        "{last}"
+    );
+
     let (_, set) = run(&a, "scratch", "kept = 'still here'", 30.0).await;
     assert_eq!(set["status"], "ok", "{set}");
     let started = Instant::now();

@@ -16,7 +16,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args, profile_timeout, room_result};
+use super::{
+    CallContext, Notice, NoticeSink, Progress, ToolError, ToolSet, define, parse_args,
+    profile_timeout, room_result,
+};
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 
@@ -198,6 +201,15 @@ struct KernelArgs {
     kernel: String,
 }
 
+/// How often a caller that asked for progress hears that its code still runs.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Whether and how `cell_insert`/`cell_edit` run the cell they changed.
+struct Execute<'a> {
+    execute: bool,
+    timeout_s: Option<f64>,
+    progress: Option<&'a NoticeSink>,
+}
+
 /// Notebooks above this many cells are read in compact form unless asked otherwise.
 const COMPACT_ABOVE: u64 = 30;
 
@@ -284,11 +296,29 @@ impl NotebookTools {
     }
 
     async fn ask(&self, caller: &Caller, request: JupyterOp) -> Result<JupyterResult, ToolError> {
+        self.ask_with_progress(caller, request, None).await
+    }
+
+    /// [`Self::ask`], telling a caller that asked for progress every second how long its code
+    /// has been running (kernels report no progress of their own).
+    async fn ask_with_progress(
+        &self,
+        caller: &Caller,
+        request: JupyterOp,
+        progress: Option<&NoticeSink>,
+    ) -> Result<JupyterResult, ToolError> {
+        let ticker = progress
+            .filter(|_| runs_code(&request))
+            .map(|sink| tokio::spawn(tick(sink.clone())));
         let op = Op::Jupyter {
             settings: self.settings.clone(),
             request,
         };
-        match room_result(self.rooms.call_held(caller, op, None, self.hold).await)? {
+        let answer = self.rooms.call_held(caller, op, None, self.hold).await;
+        if let Some(ticker) = ticker {
+            ticker.abort();
+        }
+        match room_result(answer)? {
             OpResult::Jupyter { result } => Ok(result),
             other => Err(ToolError::Failed(format!(
                 "the room answered a notebook request with {other:?}; is the agent the same version as the hub?"
@@ -313,6 +343,7 @@ impl NotebookTools {
         name: &str,
         args: JsonObject,
         caller: &Caller,
+        progress: Option<&NoticeSink>,
     ) -> Result<CallToolResult, ToolError> {
         let request = match name {
             "notebook_list" => {
@@ -371,9 +402,12 @@ impl NotebookTools {
                     source: a.source,
                     revision: a.revision,
                 };
-                return self
-                    .change_then_run(name, caller, request, a.execute, a.timeout_s)
-                    .await;
+                let run = Execute {
+                    execute: a.execute,
+                    timeout_s: a.timeout_s,
+                    progress,
+                };
+                return self.change_then_run(name, caller, request, run).await;
             }
             "cell_edit" => {
                 let a: EditArgs = parse_args(name, args)?;
@@ -384,9 +418,12 @@ impl NotebookTools {
                     cell_type: a.cell_type.map(CellType::from),
                     revision: a.revision,
                 };
-                return self
-                    .change_then_run(name, caller, request, a.execute, a.timeout_s)
-                    .await;
+                let run = Execute {
+                    execute: a.execute,
+                    timeout_s: a.timeout_s,
+                    progress,
+                };
+                return self.change_then_run(name, caller, request, run).await;
             }
             "cell_move" => {
                 let a: MoveArgs = parse_args(name, args)?;
@@ -441,7 +478,9 @@ impl NotebookTools {
             }
             other => return Err(ToolError::Failed(format!("unknown notebook tool {other}"))),
         };
-        Ok(present(self.ask(caller, request).await?))
+        Ok(present(
+            self.ask_with_progress(caller, request, progress).await?,
+        ))
     }
 
     /// A cell change, then (with `execute`) a run of the cell it concerned, at the revision the
@@ -451,11 +490,10 @@ impl NotebookTools {
         tool: &str,
         caller: &Caller,
         request: JupyterOp,
-        execute: bool,
-        timeout_s: Option<f64>,
+        run: Execute<'_>,
     ) -> Result<CallToolResult, ToolError> {
-        let limits = if execute {
-            Some(self.limits(tool, caller, timeout_s)?)
+        let limits = if run.execute {
+            Some(self.limits(tool, caller, run.timeout_s)?)
         } else {
             None
         };
@@ -472,14 +510,17 @@ impl NotebookTools {
         else {
             return Ok(present(changed));
         };
-        let run = JupyterOp::CellExecute {
+        let execute = JupyterOp::CellExecute {
             path: path.clone(),
             cell: CellRef::Id(cell_id.clone()),
             timeout_ms,
             output_cap,
             revision: Some(revision.clone()),
         };
-        let mut result = present(self.ask(caller, run).await?);
+        let mut result = present(
+            self.ask_with_progress(caller, execute, run.progress)
+                .await?,
+        );
         result
             .content
             .insert(0, ContentBlock::text(changed_text(&changed)));
@@ -497,6 +538,35 @@ impl NotebookTools {
         match self.ask(caller, read).await? {
             JupyterResult::Notebook { cells, .. } => Ok(cells),
             _ => Ok(0),
+        }
+    }
+}
+
+/// Requests that run code (and so may take long).
+fn runs_code(request: &JupyterOp) -> bool {
+    matches!(
+        request,
+        JupyterOp::CellExecute { .. }
+            | JupyterOp::NotebookExecute { .. }
+            | JupyterOp::CodeExecute { .. }
+    )
+}
+
+/// Sends `running for N s` progress every second until aborted.
+async fn tick(sink: NoticeSink) {
+    let started = std::time::Instant::now();
+    let mut every = tokio::time::interval(PROGRESS_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let seconds = started.elapsed().as_secs_f64().round();
+        let update = Progress {
+            progress: seconds,
+            total: None,
+            message: Some(format!("running for {seconds} s")),
+        };
+        if sink.send(Notice::Progress(update)).is_err() {
+            return;
         }
     }
 }
@@ -640,6 +710,7 @@ impl ToolSet for NotebookTools {
         args: JsonObject,
         cx: &CallContext<'_>,
     ) -> Result<CallToolResult, ToolError> {
-        self.dispatch(name, args, cx.caller).await
+        self.dispatch(name, args, cx.caller, cx.progress.as_ref())
+            .await
     }
 }
