@@ -1,10 +1,13 @@
 //! `lodge bench`: starts a private hub (this same binary, a temporary DATA_DIR, a loopback
 //! port) and measures it over real HTTP: sequential latency, session_info throughput, memory
 //! per idle session, rooms (warm fs_read and run_command, a new user's cold first call, memory
-//! per running room), and an upstream MCP server's proxy overhead and cold start (see
-//! [`upstream`]). It must never touch the user's DATA_DIR or another hub, and never report
-//! figures built from failed requests: any non-200, JSON-RPC error or tool error aborts the run.
+//! per running room), an upstream MCP server's proxy overhead and cold start (see
+//! [`upstream`]), and `code_execute` on a Jupyter kernel against jupyter_client driving one
+//! directly (see [`jupyter`]). It must never touch the user's DATA_DIR or another hub, and never
+//! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
+//! the run.
 
+mod jupyter;
 mod upstream;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -12,6 +15,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +56,20 @@ pub struct BenchArgs {
     /// first call's cold start); they need /usr/bin/python3 and bubblewrap.
     #[arg(long)]
     pub skip_upstream: bool,
+    /// Skip the Jupyter figures (`code_execute "1+1"` through the hub against jupyter_client
+    /// driving a kernel directly, and the first call's cold start); they need bubblewrap and a
+    /// Jupyter venv.
+    #[arg(long)]
+    pub skip_jupyter: bool,
+    /// The Jupyter venv: a prefix with bin/python (carrying ipykernel and jupyter_client) and
+    /// share/jupyter/kernels/python3/kernel.json. Default: $LODGE_TEST_PEERS/jupyter when
+    /// LODGE_TEST_PEERS is set, else /opt/lodge-test-peers/jupyter (scripts/peers installs it).
+    #[arg(long, value_name = "PATH")]
+    pub jupyter_venv: Option<PathBuf>,
+    /// Sequential code_execute calls per Jupyter warm row (each takes some 5-10 ms in the
+    /// kernel itself).
+    #[arg(long, default_value_t = 300)]
+    pub jupyter_requests: usize,
     /// Print one JSON object with all figures instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +96,9 @@ const TARGET_COLD_ROOM_P50_US: f64 = 60_000.0;
 const PROVISION_CONCURRENCY: usize = 8;
 /// Rooms starting at once while filling the hub with running rooms (not timed).
 const ROOM_FILL_CONCURRENCY: usize = 4;
+/// Where [`ScriptDir`]s go: world-traversable, and not /tmp, which rooms replace with their own
+/// (the hub refuses read-only paths below it).
+const SCRIPT_PARENT: &str = "/var/tmp";
 /// How long the hub may take to stop its rooms and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The file the warm fs_read row reads, and its size.
@@ -99,13 +120,19 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         );
     }
     let exe = std::env::current_exe().context("cannot find the lodge executable")?;
-    let upstream = upstream::Setup::new(&a)?;
+    let setups = Setups {
+        upstream: upstream::Setup::new(&a)?,
+        jupyter: jupyter::Setup::new(&a).await?,
+    };
     let dir = DataDir::create()?;
     let bars = Bars { hidden: a.json };
-    let tokens = provision(&a, &upstream, &exe, dir.path(), &bars).await?;
-    upstream.write_config(dir.path())?;
+    let tokens = provision(&a, &setups, &exe, dir.path(), &bars).await?;
+    write_config(
+        dir.path(),
+        &[setups.upstream.config()?, setups.jupyter.config()?],
+    )?;
     let hub = HubProcess::spawn(&exe, dir, &hub_env(&a)).await?;
-    let result = measure(&a, &hub, &tokens, &upstream, &bars).await;
+    let result = measure(&a, &hub, &tokens, &setups, &bars).await;
     if result.is_err() {
         hub.log.print_recent_info();
     }
@@ -123,6 +150,10 @@ fn check_args(a: &BenchArgs) -> Result<()> {
     ensure!(a.requests > 0, "--requests must be at least 1");
     ensure!(a.seconds > 0, "--seconds must be at least 1");
     ensure!(a.sessions > 0, "--sessions must be at least 1");
+    ensure!(
+        a.skip_jupyter || a.jupyter_requests > 0,
+        "--jupyter-requests must be at least 1"
+    );
     ensure!(
         !a.concurrency.is_empty() && a.concurrency.iter().all(|&c| c > 0),
         "--concurrency needs levels of at least 1, such as 1,16,256"
@@ -147,7 +178,9 @@ fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
         ("LODGE_SESSIONS_MAX_PER_USER", "1000000".to_owned()),
         (
             "LODGE_ROOMS_MAX_USERS_ACTIVE",
-            (a.rooms + 8 + upstream::USERS).max(200).to_string(),
+            (a.rooms + 8 + upstream::USERS + jupyter::USERS)
+                .max(200)
+                .to_string(),
         ),
         ("LODGE_ROOMS_IDLE_TIMEOUT", "24h".to_owned()),
         ("LODGE_ROOMS_UID_BASE", uid_base.to_string()),
@@ -159,13 +192,13 @@ fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
 /// figure includes the hub's RSS growth); once started they sit idle through the later phases.
 /// Bulk sessions (memory phase, initialize row) belong to their own user, so the measured
 /// user's session_info reply (it lists up to 20 sessions) stays the same size in every row.
-/// The upstream section follows the rooms (whose running-room count it would change); its
-/// rooms and instances then idle too.
+/// The upstream and Jupyter sections follow the rooms (whose running-room count they would
+/// change); their rooms, instances and kernels then idle too.
 async fn measure(
     a: &BenchArgs,
     hub: &HubProcess,
     tokens: &Tokens,
-    setup: &upstream::Setup,
+    setups: &Setups,
     bars: &Bars,
 ) -> Result<Report> {
     let max_conc = a.concurrency.iter().copied().max().unwrap_or(1);
@@ -180,9 +213,12 @@ async fn measure(
         ),
         None => None,
     };
-    let upstream = upstream::run(a, setup, &bulk, &tokens.upstream, bars)
+    let upstream = upstream::run(a, &setups.upstream, &bulk, &tokens.upstream, bars)
         .await
         .context("upstream server figures (pass --skip-upstream to leave them out)")?;
+    let jupyter = jupyter::run(a, &setups.jupyter, &bulk, &tokens.jupyter, bars)
+        .await
+        .context("Jupyter figures (pass --skip-jupyter to leave them out)")?;
     let mut latency = latency_rows(a, &client, &bulk, bars).await?;
     if let Some(r) = &rooms {
         let base = latency.first().map_or(f64::NAN, |h| h.stats.p50_us);
@@ -208,6 +244,7 @@ async fn measure(
         memory,
         rooms: rooms.map(|r| r.report),
         upstream,
+        jupyter,
         targets,
         hub_log_lines: hub.log.warnings.load(Ordering::Relaxed),
     })
@@ -223,6 +260,91 @@ fn build_kind() -> &'static str {
 
 // ---------------------------------------------------------------------------------------------
 // The hub under test
+
+/// Whether and how the upstream and Jupyter sections run.
+struct Setups {
+    upstream: upstream::Setup,
+    jupyter: jupyter::Setup,
+}
+
+/// A section's part of the bench hub's config file, DATA_DIR/lodge.toml (the hub is otherwise
+/// configured by environment, which cannot declare servers or kernel paths).
+#[derive(Default)]
+struct ConfigPart {
+    /// Its entries of `[rooms] read_only_paths`: [`write_config`] writes the one `[rooms]`
+    /// table of all sections (TOML allows no second).
+    read_only_paths: Vec<PathBuf>,
+    /// Tables of its own, as TOML text.
+    tables: String,
+}
+
+/// Writes DATA_DIR/lodge.toml from the sections' parts; no file when they add nothing.
+fn write_config(data_dir: &Path, parts: &[ConfigPart]) -> Result<()> {
+    let paths = parts
+        .iter()
+        .flat_map(|p| &p.read_only_paths)
+        .map(|p| toml_string(p))
+        .collect::<Result<Vec<_>>>()?;
+    if paths.is_empty() && parts.iter().all(|p| p.tables.is_empty()) {
+        return Ok(());
+    }
+    let mut text = "# Written by lodge bench.\n".to_owned();
+    if !paths.is_empty() {
+        text += &format!("[rooms]\nread_only_paths = [{}]\n", paths.join(", "));
+    }
+    for part in parts.iter().filter(|p| !p.tables.is_empty()) {
+        text.push('\n');
+        text += &part.tables;
+    }
+    let path = data_dir.join("lodge.toml");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `path` as a TOML basic string (JSON's string escapes are valid TOML ones).
+fn toml_string(path: &Path) -> Result<String> {
+    let s = path
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    Ok(serde_json::to_string(s)?)
+}
+
+/// A world-readable directory holding one script embedded in the binary; removed when dropped.
+/// It lies in [`SCRIPT_PARENT`], so rooms (which run as other uids) can be given it read-only.
+struct ScriptDir {
+    dir: PathBuf,
+    script: PathBuf,
+}
+
+impl ScriptDir {
+    /// `SCRIPT_PARENT/lodge-bench-TAG-PID/FILE`, holding `source`.
+    fn create(tag: &str, file: &str, source: &str) -> Result<Self> {
+        let dir =
+            Path::new(SCRIPT_PARENT).join(format!("lodge-bench-{tag}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot clear stale {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let made = Self {
+            script: dir.join(file),
+            dir,
+        };
+        // Explicit modes: the umask must not close them to the rooms' uids.
+        std::fs::set_permissions(&made.dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot open {} to rooms", made.dir.display()))?;
+        std::fs::write(&made.script, source)
+            .with_context(|| format!("cannot write {}", made.script.display()))?;
+        std::fs::set_permissions(&made.script, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot open {} to rooms", made.script.display()))?;
+        Ok(made)
+    }
+}
+
+impl Drop for ScriptDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// The temporary DATA_DIR; removed when dropped, so errors leave nothing behind.
 struct DataDir(PathBuf);
@@ -307,13 +429,14 @@ async fn lodge_cli(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Tokens of the bench users: `bench` runs session_info, `bench-bulk` holds bulk sessions,
-/// (unless --skip-rooms) one user per room plus a metrics reader, and the upstream section's
-/// users (none when it does not run).
+/// (unless --skip-rooms) one user per room plus a metrics reader, and the upstream and Jupyter
+/// sections' users (none for a section that does not run).
 struct Tokens {
     bench: String,
     bulk: String,
     rooms: Option<RoomTokens>,
     upstream: Vec<String>,
+    jupyter: Vec<String>,
 }
 
 struct RoomTokens {
@@ -328,7 +451,7 @@ struct RoomTokens {
 /// measurement.
 async fn provision(
     a: &BenchArgs,
-    setup: &upstream::Setup,
+    setups: &Setups,
     exe: &Path,
     dir: &Path,
     bars: &Bars,
@@ -351,13 +474,55 @@ async fn provision(
         bar.finish_and_clear();
         Some(RoomTokens { metrics, users })
     };
-    let upstream = upstream::provision(setup, exe, dir, bars).await?;
+    let upstream = provision_section(
+        exe,
+        dir,
+        bars,
+        setups.upstream.users(),
+        upstream::user_name,
+        "upstream users (user add, token create)",
+    )
+    .await?;
+    let jupyter = provision_section(
+        exe,
+        dir,
+        bars,
+        setups.jupyter.users(),
+        jupyter::user_name,
+        "Jupyter users (user add, token create)",
+    )
+    .await?;
     Ok(Tokens {
         bench,
         bulk,
         rooms,
         upstream,
+        jupyter,
     })
+}
+
+/// Creates a section's `n` users, `name(0)` to `name(n - 1)` (no secrets: the sections need
+/// none); returns their tokens.
+async fn provision_section(
+    exe: &Path,
+    dir: &Path,
+    bars: &Bars,
+    n: usize,
+    name: fn(usize) -> String,
+    msg: &str,
+) -> Result<Vec<String>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let bar = bars.counted(n, msg);
+    let (exe, dir) = (exe.to_owned(), dir.to_owned());
+    let tokens = bounded(n, PROVISION_CONCURRENCY, &bar, move |i| {
+        let (exe, dir) = (exe.clone(), dir.clone());
+        async move { user_with_token(&exe, &dir, &name(i), &[]).await }
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(tokens)
 }
 
 fn room_user(i: usize) -> String {
@@ -786,6 +951,17 @@ impl Bars {
             .with_message(msg.to_owned())
     }
 
+    /// A spinner for one step that counts nothing, with its elapsed time.
+    fn spinner(&self, msg: &str) -> ProgressBar {
+        let style = ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let bar = ProgressBar::with_draw_target(None, self.target())
+            .with_style(style)
+            .with_message(msg.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    }
+
     fn timed(&self, msg: String) -> ProgressBar {
         let style = ProgressStyle::with_template("{spinner} {msg:32} {pos} calls {per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
@@ -830,18 +1006,33 @@ async fn timed_row<F, Fut>(
     a: &BenchArgs,
     bars: &Bars,
     figure: &'static str,
+    f: F,
+) -> Result<(&'static str, Stats)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    timed_calls(a.warmup, a.requests, bars, figure, f).await
+}
+
+/// Makes `warmup` uncounted calls of `f`, then times `n` sequential ones.
+async fn timed_calls<F, Fut>(
+    warmup: usize,
+    n: usize,
+    bars: &Bars,
+    figure: &'static str,
     mut f: F,
 ) -> Result<(&'static str, Stats)>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    for _ in 0..a.warmup {
+    for _ in 0..warmup {
         f().await?;
     }
-    let bar = bars.counted(a.requests, figure);
-    let mut samples = Vec::with_capacity(a.requests);
-    for _ in 0..a.requests {
+    let bar = bars.counted(n, figure);
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
         let t = Instant::now();
         f().await?;
         samples.push(t.elapsed());
@@ -1465,6 +1656,7 @@ struct Report {
     memory: Option<Memory>,
     rooms: Option<RoomsReport>,
     upstream: Option<upstream::Section>,
+    jupyter: Option<jupyter::Section>,
     targets: Vec<Target>,
     hub_log_lines: usize,
 }
@@ -1562,6 +1754,10 @@ fn print_table(r: &Report) {
     println!();
     if let Some(u) = &r.upstream {
         upstream::print(u);
+        println!();
+    }
+    if let Some(j) = &r.jupyter {
+        jupyter::print(j);
         println!();
     }
     print_throughput(r);

@@ -5,15 +5,14 @@
 //! already running, and for a new user whose room starts too.
 
 use super::{
-    Bars, BenchArgs, Client, PROVISION_CONCURRENCY, REQUEST_TIMEOUT, RoomUser, Stats, Target,
-    bounded, check_exit_0, clip, fmt_us, sig3, timed_row, tool_body, user_with_token,
+    Bars, BenchArgs, Client, ConfigPart, REQUEST_TIMEOUT, RoomUser, ScriptDir, Stats, Target,
+    check_exit_0, clip, fmt_us, sig3, timed_row, toml_string, tool_body,
 };
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,9 +23,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 const PYTHON: &str = "/usr/bin/python3";
 const PROBE_SOURCE: &str = include_str!("../../../../tests/peers/probe_server.py");
 const PROBE_FILE: &str = "probe_server.py";
-/// Where the probe is written: world-traversable, and not /tmp, which rooms replace with their
-/// own (the hub refuses read-only paths below it).
-const PROBE_PARENT: &str = "/var/tmp";
 const SERVER: &str = "probe";
 const TOOL: &str = "probe__echo";
 const ECHO_TEXT: &str = "lodge bench";
@@ -54,7 +50,8 @@ pub(super) enum Setup {
     Off,
     /// It cannot run on this machine; the report says why instead of giving figures.
     Unavailable(String),
-    Ready(ProbeDir),
+    /// The probe, in a directory bind-mounted read-only into the rooms (they run as other uids).
+    Ready(ScriptDir),
 }
 
 impl Setup {
@@ -65,7 +62,11 @@ impl Setup {
         if !Path::new(PYTHON).exists() {
             return Ok(Self::Unavailable(format!("{PYTHON} not found")));
         }
-        Ok(Self::Ready(ProbeDir::create()?))
+        Ok(Self::Ready(ScriptDir::create(
+            "probe",
+            PROBE_FILE,
+            PROBE_SOURCE,
+        )?))
     }
 
     /// Bench users to provision for the section.
@@ -76,101 +77,27 @@ impl Setup {
         }
     }
 
-    /// Declares the probe server in the bench hub's config file, DATA_DIR/lodge.toml (the hub
-    /// is otherwise configured by environment, which cannot declare servers).
-    pub(super) fn write_config(&self, data_dir: &Path) -> Result<()> {
+    /// The probe's directory for the rooms, and the probe server's declaration.
+    pub(super) fn config(&self) -> Result<ConfigPart> {
         let Self::Ready(probe) = self else {
-            return Ok(());
+            return Ok(ConfigPart::default());
         };
-        let path = data_dir.join("lodge.toml");
-        std::fs::write(&path, probe.config()?)
-            .with_context(|| format!("cannot write {}", path.display()))
+        Ok(ConfigPart {
+            read_only_paths: vec![probe.dir.clone()],
+            tables: format!(
+                "[servers.{SERVER}]\n\
+                 description = \"lodge bench: the project's probe server\"\n\
+                 command = [{python}, {script}]\n",
+                python = toml_string(Path::new(PYTHON))?,
+                script = toml_string(&probe.script)?,
+            ),
+        })
     }
-}
-
-/// A world-readable directory holding the probe, bind-mounted read-only into the rooms (they
-/// run as other uids); removed when dropped.
-pub(super) struct ProbeDir {
-    dir: PathBuf,
-    script: PathBuf,
-}
-
-impl ProbeDir {
-    fn create() -> Result<Self> {
-        let dir = Path::new(PROBE_PARENT).join(format!("lodge-bench-probe-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot clear stale {}", dir.display()))?;
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let probe = Self {
-            script: dir.join(PROBE_FILE),
-            dir,
-        };
-        // Explicit modes: the umask must not close them to the rooms' uids.
-        std::fs::set_permissions(&probe.dir, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("cannot open {} to rooms", probe.dir.display()))?;
-        std::fs::write(&probe.script, PROBE_SOURCE)
-            .with_context(|| format!("cannot write {}", probe.script.display()))?;
-        std::fs::set_permissions(&probe.script, std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("cannot open {} to rooms", probe.script.display()))?;
-        Ok(probe)
-    }
-
-    fn config(&self) -> Result<String> {
-        Ok(format!(
-            "# Written by lodge bench.\n\
-             [rooms]\n\
-             read_only_paths = [{dir}]\n\n\
-             [servers.{SERVER}]\n\
-             description = \"lodge bench: the project's probe server\"\n\
-             command = [{python}, {script}]\n",
-            dir = toml_string(&self.dir)?,
-            python = toml_string(Path::new(PYTHON))?,
-            script = toml_string(&self.script)?,
-        ))
-    }
-}
-
-impl Drop for ProbeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `path` as a TOML basic string (JSON's string escapes are valid TOML ones).
-fn toml_string(path: &Path) -> Result<String> {
-    let s = path
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))?;
-    Ok(serde_json::to_string(s)?)
 }
 
 /// `bench-upstream-NN`, for NN in 0..[`USERS`].
-fn user_name(i: usize) -> String {
+pub(super) fn user_name(i: usize) -> String {
     format!("bench-upstream-{i:02}")
-}
-
-/// Creates the section's users (no secrets: the probe needs none); returns their tokens.
-pub(super) async fn provision(
-    setup: &Setup,
-    exe: &Path,
-    dir: &Path,
-    bars: &Bars,
-) -> Result<Vec<String>> {
-    let n = setup.users();
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let bar = bars.counted(n, "upstream users (user add, token create)");
-    let (exe, dir) = (exe.to_owned(), dir.to_owned());
-    let tokens = bounded(n, PROVISION_CONCURRENCY, &bar, move |i| {
-        let (exe, dir) = (exe.clone(), dir.clone());
-        async move { user_with_token(&exe, &dir, &user_name(i), &[]).await }
-    })
-    .await?;
-    bar.finish_and_clear();
-    Ok(tokens)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -209,7 +136,7 @@ struct Overhead {
     ratio_p50: f64,
 }
 
-/// Runs the section (with the `tokens` of [`provision`]); `None` with --skip-upstream. Cold
+/// Runs the section (with the tokens of its [`user_name`]s); `None` with --skip-upstream. Cold
 /// starts come first, while no instance runs; the direct and the warm row then run back to
 /// back, so both meet the machine in the same state.
 pub(super) async fn run(
