@@ -24,10 +24,11 @@ pub enum JupyterOp {
         overwrite: bool,
     },
     /// The notebook rendered as text: all cells, or `start..end` (cell indexes). `compact`
+    /// (default: only for notebooks of more than [`COMPACT_ABOVE`] cells)
     /// shortens long sources and outputs.
     NotebookRead {
         path: String,
-        compact: bool,
+        compact: Option<bool>,
         start: Option<u64>,
         end: Option<u64>,
     },
@@ -104,6 +105,9 @@ pub enum JupyterOp {
         kernel: String,
     },
 }
+
+/// Notebooks with more cells than this are read in compact form unless asked otherwise.
+pub const COMPACT_ABOVE: usize = 30;
 
 /// What a Jupyter request produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -210,9 +210,6 @@ struct Execute<'a> {
     progress: Option<&'a NoticeSink>,
 }
 
-/// Notebooks above this many cells are read in compact form unless asked otherwise.
-const COMPACT_ABOVE: u64 = 30;
-
 pub struct NotebookTools {
     rooms: Arc<Rooms>,
     settings: KernelSettings,
@@ -363,13 +360,9 @@ impl NotebookTools {
             }
             "notebook_read" => {
                 let a: ReadArgs = parse_args(name, args)?;
-                let compact = match a.compact {
-                    Some(compact) => compact,
-                    None => self.cell_count(caller, &a.path).await? > COMPACT_ABOVE,
-                };
                 JupyterOp::NotebookRead {
                     path: a.path,
-                    compact,
+                    compact: a.compact,
                     start: a.start,
                     end: a.end,
                 }
@@ -525,20 +518,6 @@ impl NotebookTools {
             .content
             .insert(0, ContentBlock::text(changed_text(&changed)));
         Ok(result)
-    }
-
-    /// How many cells a notebook has (to choose the compact form).
-    async fn cell_count(&self, caller: &Caller, path: &str) -> Result<u64, ToolError> {
-        let read = JupyterOp::NotebookRead {
-            path: path.to_string(),
-            compact: true,
-            start: Some(0),
-            end: Some(0),
-        };
-        match self.ask(caller, read).await? {
-            JupyterResult::Notebook { cells, .. } => Ok(cells),
-            _ => Ok(0),
-        }
     }
 }
 

@@ -78,7 +78,9 @@ impl Kernel {
         let prefix = dir.join("kernel");
         let info = client::ipc_connection(&prefix.to_string_lossy(), &key, &launch.spec.name);
         let file = dir.join("connection.json");
-        write_private(&file, &serde_json::to_vec(&info).unwrap_or_default())
+        let json = serde_json::to_vec(&info)
+            .map_err(|e| failed(format!("cannot encode its connection file: {e}")))?;
+        write_private(&file, &json)
             .map_err(|e| failed(format!("cannot write its connection file: {e}")))?;
 
         let argv = launch.spec.launch_argv(&file);

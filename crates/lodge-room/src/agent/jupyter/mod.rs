@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use lodge_kernel::notebook::{self, CellRef, Notebook};
 use lodge_kernel::ops::{
-    JupyterOp, JupyterResult, KernelSettings, NotebookEntry, Run, RunStatus, SpecInfo,
+    COMPACT_ABOVE, JupyterOp, JupyterResult, KernelSettings, NotebookEntry, Run, RunStatus,
+    SpecInfo,
 };
 use lodge_kernel::spec::{self, KernelSpec};
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,7 @@ impl Jupyter {
                 end,
             } => {
                 let (nb, revision) = self.load(&path).await?;
+                let compact = compact.unwrap_or(nb.len() > COMPACT_ABOVE);
                 let text = nb.render(&path, &revision, compact, index(start), index(end));
                 Ok(JupyterResult::Notebook {
                     cells: nb.len() as u64,
