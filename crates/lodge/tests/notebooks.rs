@@ -546,3 +546,28 @@ async fn kernel_limits_and_idle_culling() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A room with a kernel is not culled at the room's own idle timeout (the kernel would die
+/// with it); once the kernel's idle timeout has passed, kernel and room go.
+#[tokio::test]
+async fn a_room_outlives_its_idle_timeout_while_a_kernel_may_live() {
+    let p = Peers::get();
+    let config = format!(
+        "[sessions]\nflush_interval = \"200ms\"\n\n[rooms]\nread_only_paths = [\"{dir}\"]\nidle_timeout = \"1s\"\n\n[kernels]\npaths = [\"{data}\"]\nidle_timeout = \"5s\"\n",
+        dir = p.dir.display(),
+        data = p.jupyter_data().display(),
+    );
+    let hub = TestHub::start_with_config(&config, &[]);
+    let a = hub.user_session("alice", &[]).await;
+    run(&a, "scratch", "x = 'kept'", 30.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (text, r) = run(&a, "scratch", "x", 30.0).await;
+    assert_eq!(
+        r["status"], "ok",
+        "the room was culled under a live kernel: {text}"
+    );
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (text, r) = run(&a, "scratch", "x", 30.0).await;
+    assert_eq!(r["status"], "error", "the idle kernel was kept: {text}");
+    assert!(text.contains("NameError"), "{text}");
+}
