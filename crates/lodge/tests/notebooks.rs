@@ -571,3 +571,36 @@ async fn a_room_outlives_its_idle_timeout_while_a_kernel_may_live() {
     assert_eq!(r["status"], "error", "the idle kernel was kept: {text}");
     assert!(text.contains("NameError"), "{text}");
 }
+
+/// A kernel counts against its room's memory limit: one that allocates past it is killed by the
+/// room's OOM killer (not the agent, not the hub), reported dead, and restartable.
+#[tokio::test]
+async fn a_kernel_past_the_rooms_memory_limit_is_killed_alone() {
+    let (hub, _p) = hub_with_kernels("\n[profiles.default]\nmemory = \"400MiB\"\n");
+    let a = hub.user_session("alice", &[]).await;
+    run(&a, "hog", "1", 30.0).await;
+    let hog = a
+        .call(
+            "code_execute",
+            json!({"code": "blocks = [bytearray(64 << 20) for _ in range(32)]", "kernel": "hog"}),
+        )
+        .await;
+    assert!(hog.is_error, "{}", hog.text);
+    assert!(
+        hog.text.contains("died") && hog.text.contains("signal 9"),
+        "{}",
+        hog.text
+    );
+    // The room (its agent) survived: files still work, and the kernel comes back.
+    a.ok("fs_write", json!({"path": "after.txt", "content": "ok"}))
+        .await;
+    a.ok("kernel_restart", json!({"kernel": "hog"})).await;
+    let (text, r) = run(&a, "hog", "40 + 2", 30.0).await;
+    assert_eq!(r["status"], "ok", "{text}");
+    let health = common::http()
+        .get(format!("{}/api/health", hub.base))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+}
