@@ -1317,3 +1317,156 @@ async fn dropping_a_relay_kills_its_server() {
     assert_eq!(client.in_flight(), 0);
     assert_eq!(client.call(Op::Ping, None).await.unwrap(), OpResult::Pong);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Jupyter requests (no real kernel here: the notebook tests of the lodge crate run ipykernel)
+
+fn jupyter(request: lodge_kernel::ops::JupyterOp) -> Op {
+    Op::Jupyter {
+        settings: lodge_kernel::ops::KernelSettings {
+            default: "fake".into(),
+            ..Default::default()
+        },
+        request,
+    }
+}
+
+fn jupyter_result(result: Result<OpResult, OpError>) -> lodge_kernel::ops::JupyterResult {
+    match result {
+        Ok(OpResult::Jupyter { result }) => result,
+        other => panic!("expected a Jupyter result, got {other:?}"),
+    }
+}
+
+/// A kernelspec in the user's own Jupyter dir whose "kernel" exits at once.
+fn fake_kernelspec(ws: &Path) {
+    let dir = ws.join(".local/share/jupyter/kernels/fake");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = r#"{"argv": ["/bin/sh", "-c", "echo no kernel here >&2; exit 7", "{connection_file}"],
+        "display_name": "Fake", "language": "python"}"#;
+    std::fs::write(dir.join("kernel.json"), spec).unwrap();
+}
+
+#[tokio::test]
+async fn notebook_edits_check_revisions_and_cell_kinds() {
+    use lodge_kernel::notebook::{CellRef, CellType};
+    use lodge_kernel::ops::{JupyterOp, JupyterResult};
+    let mut hub = start().await;
+    fake_kernelspec(&hub.ws());
+    let created = jupyter_result(
+        hub.call(jupyter(JupyterOp::NotebookCreate {
+            path: "n.ipynb".into(),
+            kernel: None,
+            overwrite: false,
+        }))
+        .await,
+    );
+    let JupyterResult::Changed { revision, .. } = created else {
+        panic!("{created:?}")
+    };
+    let inserted = jupyter_result(
+        hub.call(jupyter(JupyterOp::CellInsert {
+            path: "n.ipynb".into(),
+            index: None,
+            cell_type: CellType::Markdown,
+            source: "# notes".into(),
+            revision: Some(revision.clone()),
+        }))
+        .await,
+    );
+    assert!(matches!(
+        inserted,
+        JupyterResult::Changed {
+            cells: 1,
+            index: Some(0),
+            ..
+        }
+    ));
+
+    // The revision of before the insert is stale now.
+    let stale = hub
+        .call(jupyter(JupyterOp::CellDelete {
+            path: "n.ipynb".into(),
+            cell: CellRef::Index(0),
+            revision: Some(revision),
+        }))
+        .await;
+    let (kind, message) = err_kind(stale);
+    assert_eq!(kind, ErrorKind::Conflict, "{message}");
+    assert!(message.contains("changed since revision"), "{message}");
+
+    let markdown = hub
+        .call(jupyter(JupyterOp::CellExecute {
+            path: "n.ipynb".into(),
+            cell: CellRef::Index(-1),
+            timeout_ms: 1000,
+            output_cap: 1000,
+            revision: None,
+        }))
+        .await;
+    let (kind, message) = err_kind(markdown);
+    assert_eq!(kind, ErrorKind::InvalidArgument, "{message}");
+    assert!(message.contains("not a code cell"), "{message}");
+
+    std::fs::write(hub.ws().join("broken.ipynb"), "{\"cells\": [").unwrap();
+    let (kind, message) = err_kind(
+        hub.call(jupyter(JupyterOp::NotebookRead {
+            path: "broken.ipynb".into(),
+            compact: None,
+            start: None,
+            end: None,
+        }))
+        .await,
+    );
+    assert_eq!(kind, ErrorKind::InvalidArgument, "{message}");
+    assert!(message.contains("broken.ipynb"), "{message}");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn kernels_that_cannot_start_or_do_not_exist_are_named() {
+    use lodge_kernel::ops::JupyterOp;
+    let mut hub = start().await;
+    fake_kernelspec(&hub.ws());
+    let code = |kernel: &str, kernel_name: Option<&str>| {
+        jupyter(JupyterOp::CodeExecute {
+            code: "1".into(),
+            kernel: Some(kernel.into()),
+            kernel_name: kernel_name.map(str::to_string),
+            timeout_ms: 5000,
+            output_cap: 1000,
+        })
+    };
+    let (kind, message) = err_kind(hub.call(code("scratch", None)).await);
+    assert_eq!(kind, ErrorKind::Kernel, "{message}");
+    assert!(message.contains("exited with code 7"), "{message}");
+    assert!(
+        message.contains("no kernel here"),
+        "the stderr tail is missing: {message}"
+    );
+
+    let (kind, message) = err_kind(hub.call(code("scratch", Some("nope"))).await);
+    assert_eq!(kind, ErrorKind::Kernel, "{message}");
+    assert!(
+        message.contains("nope") && message.contains("fake"),
+        "{message}"
+    );
+
+    let (kind, message) = err_kind(hub.call(code("../up", None)).await);
+    assert_eq!(kind, ErrorKind::InvalidArgument, "{message}");
+
+    let (kind, message) = err_kind(
+        hub.call(jupyter(JupyterOp::KernelInterrupt {
+            kernel: "ghost".into(),
+        }))
+        .await,
+    );
+    assert_eq!(kind, ErrorKind::NotFound, "{message}");
+    assert!(message.contains("ghost"), "{message}");
+    // Nothing of the failed starts is left running or on disk.
+    let left = std::fs::read_dir(hub.dir.path().join("tmp/lodge-kernels"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "socket dirs left behind");
+    hub.shutdown().await.unwrap();
+}
