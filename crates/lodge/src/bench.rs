@@ -1213,6 +1213,74 @@ struct RoomUser {
     sid: String,
 }
 
+/// What a section's first calls are: `body` on tool `tool`, with `check` judging each reply
+/// (outside the timing), and the labels of the two cold rows.
+struct FirstCalls<'a> {
+    tool: &'static str,
+    body: &'a str,
+    check: &'a dyn Fn(&str) -> Result<()>,
+    room_warm: &'static str,
+    new_user: &'static str,
+}
+
+/// A section's users with a session each (`tokens` must number `expected`).
+async fn section_users(
+    base: &Client,
+    tokens: &[String],
+    expected: usize,
+    what: &str,
+) -> Result<Vec<RoomUser>> {
+    ensure!(
+        tokens.len() == expected,
+        "{} {what} users were provisioned, not {expected}",
+        tokens.len()
+    );
+    let mut users = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        let client = base.for_token(t);
+        let sid = client.initialize().await?;
+        users.push(RoomUser { client, sid });
+    }
+    Ok(users)
+}
+
+/// The two cold figures of a section: the first call of each of `room_warm` (whose room is
+/// started first with `run_command "true"`), then the first call of all of each of `new`.
+async fn cold_rows(
+    room_warm: &[RoomUser],
+    new: &[RoomUser],
+    calls: &FirstCalls<'_>,
+    bars: &Bars,
+) -> Result<(Stats, Stats)> {
+    let run_true = tool_body("run_command", serde_json::json!({"command": "true"}));
+    let bar = bars.counted(room_warm.len(), calls.room_warm);
+    let mut samples = Vec::with_capacity(room_warm.len());
+    for u in room_warm {
+        check_exit_0(&u.run_true(&run_true).await?)?;
+        samples.push(first_call(u, calls).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let warm = Stats::of(samples)?;
+    let bar = bars.counted(new.len(), calls.new_user);
+    let mut samples = Vec::with_capacity(new.len());
+    for u in new {
+        samples.push(first_call(u, calls).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((warm, Stats::of(samples)?))
+}
+
+/// Times `u`'s first call of the section (which starts what it needs); checks the reply after.
+async fn first_call(u: &RoomUser, calls: &FirstCalls<'_>) -> Result<Duration> {
+    let t = Instant::now();
+    let reply = u.client.tool(&u.sid, calls.body, calls.tool).await?;
+    let took = t.elapsed();
+    (calls.check)(&reply)?;
+    Ok(took)
+}
+
 impl RoomUser {
     /// `run_command "true"`; [`check_exit_0`] checks the reply, outside any timing.
     async fn run_true(&self, body: &str) -> Result<String> {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::peers::Peers;
-use common::{Mcp, TestHub};
+use common::{Mcp, TestHub, content_text};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -39,18 +39,6 @@ async fn call_raw(m: &Mcp, name: &str, args: Value) -> Value {
         .get("result")
         .cloned()
         .unwrap_or_else(|| panic!("{name}: JSON-RPC error {reply}"))
-}
-
-fn texts(result: &Value) -> String {
-    result["content"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|b| b["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 /// Runs code in a kernel; returns the text and the structured summary of its one run.
@@ -165,7 +153,7 @@ async fn cells_run_in_a_real_kernel_and_the_file_stays_valid() {
             .any(|b| b["type"] == "image" && b["mimeType"] == "image/png" && b["data"] == PNG),
         "no PNG image content in {image}"
     );
-    assert!(texts(&image).contains("'shown'"), "{image}");
+    assert!(content_text(&image).contains("'shown'"), "{image}");
 
     a.ok(
         "cell_insert",

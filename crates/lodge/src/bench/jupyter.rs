@@ -7,15 +7,15 @@
 //! start (kernel start to first result).
 
 use super::{
-    Bars, BenchArgs, Client, ConfigPart, RoomUser, ScriptDir, Stats, check_exit_0, clip, fmt_us,
-    sig3, timed_calls, toml_string, tool_body,
+    Bars, BenchArgs, Client, ConfigPart, FirstCalls, ScriptDir, Stats, clip, cold_rows, fmt_us,
+    section_users, sig3, timed_calls, toml_string, tool_body,
 };
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::Command;
 
 /// Where scripts/peers installs the venv (as `jupyter/`) when LODGE_TEST_PEERS is unset.
@@ -242,39 +242,17 @@ pub(super) async fn run(
         }
         Setup::Ready(venv) => venv,
     };
-    ensure!(
-        tokens.len() == USERS,
-        "{} Jupyter users were provisioned, not {USERS}",
-        tokens.len()
-    );
-    let mut users = Vec::with_capacity(tokens.len());
-    for t in tokens {
-        let client = base.for_token(t);
-        let sid = client.initialize().await?;
-        users.push(RoomUser { client, sid });
-    }
+    let users = section_users(base, tokens, USERS, "Jupyter").await?;
     let (room_warm, new) = users.split_at(ROOM_WARM_USERS);
     let execute = tool_body(TOOL, json!({"code": CODE}));
-
-    let run_true = tool_body("run_command", json!({"command": "true"}));
-    let bar = bars.counted(room_warm.len(), FIG_COLD_KERNEL);
-    let mut samples = Vec::with_capacity(room_warm.len());
-    for u in room_warm {
-        check_exit_0(&u.run_true(&run_true).await?)?;
-        samples.push(first_call(u, &execute).await?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let cold_kernel = Stats::of(samples)?;
-
-    let bar = bars.counted(new.len(), FIG_COLD_ALL);
-    let mut samples = Vec::with_capacity(new.len());
-    for u in new {
-        samples.push(first_call(u, &execute).await?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let cold_all = Stats::of(samples)?;
+    let calls = FirstCalls {
+        tool: TOOL,
+        body: &execute,
+        check: &check_result,
+        room_warm: FIG_COLD_KERNEL,
+        new_user: FIG_COLD_ALL,
+    };
+    let (cold_kernel, cold_all) = cold_rows(room_warm, new, &calls, bars).await?;
 
     let (cold_direct_us, direct) = baseline(a, venv, bars).await?;
     let u = &room_warm[0];
@@ -305,15 +283,6 @@ pub(super) async fn run(
         cold_start_new_user: cold_all,
         cold_users: ROOM_WARM_USERS.min(NEW_USERS),
     })))
-}
-
-/// Times `u`'s first code_execute, which starts their kernel; checks its reply afterwards.
-async fn first_call(u: &RoomUser, execute: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let reply = u.client.tool(&u.sid, execute, TOOL).await?;
-    let took = t.elapsed();
-    check_result(&reply)?;
-    Ok(took)
 }
 
 /// A code_execute reply must hold the line `Out[N]: 2` in its text content, and no tool error.

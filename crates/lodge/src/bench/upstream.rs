@@ -5,8 +5,8 @@
 //! already running, and for a new user whose room starts too.
 
 use super::{
-    Bars, BenchArgs, Client, ConfigPart, REQUEST_TIMEOUT, RoomUser, ScriptDir, Stats, Target,
-    check_exit_0, clip, fmt_us, sig3, timed_row, toml_string, tool_body,
+    Bars, BenchArgs, Client, ConfigPart, FirstCalls, REQUEST_TIMEOUT, ScriptDir, Stats, Target,
+    clip, cold_rows, fmt_us, section_users, sig3, timed_row, toml_string, tool_body,
 };
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::Serialize;
@@ -155,39 +155,18 @@ pub(super) async fn run(
         }
         Setup::Ready(probe) => probe,
     };
-    ensure!(
-        tokens.len() == USERS,
-        "{} upstream users were provisioned, not {USERS}",
-        tokens.len()
-    );
-    let mut users = Vec::with_capacity(tokens.len());
-    for t in tokens {
-        let client = base.for_token(t);
-        let sid = client.initialize().await?;
-        users.push(RoomUser { client, sid });
-    }
+    let users = section_users(base, tokens, USERS, "upstream").await?;
     let (room_warm, new) = users.split_at(ROOM_WARM_USERS);
     let echo = tool_body(TOOL, json!({"text": ECHO_TEXT}));
-
-    let run_true = tool_body("run_command", json!({"command": "true"}));
-    let bar = bars.counted(room_warm.len(), FIG_COLD_INSTANCE);
-    let mut samples = Vec::with_capacity(room_warm.len());
-    for u in room_warm {
-        check_exit_0(&u.run_true(&run_true).await?)?;
-        samples.push(first_call(u, &echo).await?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let cold_instance = Stats::of(samples)?;
-
-    let bar = bars.counted(new.len(), FIG_COLD_ALL);
-    let mut samples = Vec::with_capacity(new.len());
-    for u in new {
-        samples.push(first_call(u, &echo).await?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let cold_all = Stats::of(samples)?;
+    let check = |reply: &str| check_echo(reply, TOOL);
+    let calls = FirstCalls {
+        tool: TOOL,
+        body: &echo,
+        check: &check,
+        room_warm: FIG_COLD_INSTANCE,
+        new_user: FIG_COLD_ALL,
+    };
+    let (cold_instance, cold_all) = cold_rows(room_warm, new, &calls, bars).await?;
 
     let direct = direct_row(a, &probe.script, bars).await?;
     let u = &room_warm[0];
@@ -213,15 +192,6 @@ pub(super) async fn run(
         cold_start_new_user: cold_all,
         cold_users: ROOM_WARM_USERS.min(NEW_USERS),
     })))
-}
-
-/// Times `u`'s first echo, which starts their instance; checks its reply afterwards.
-async fn first_call(u: &RoomUser, echo: &str) -> Result<Duration> {
-    let t = Instant::now();
-    let reply = u.client.tool(&u.sid, echo, TOOL).await?;
-    let took = t.elapsed();
-    check_echo(&reply, TOOL)?;
-    Ok(took)
 }
 
 /// A tools/call reply (JSON-RPC, from the hub or the probe) must carry the echoed text.

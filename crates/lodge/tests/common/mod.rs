@@ -258,6 +258,19 @@ impl TestHub {
     }
 }
 
+/// The text blocks of a tool result's content, joined by newlines.
+pub fn content_text(result: &serde_json::Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 /// An open legacy MCP session of one user, for tool-call tests.
 #[derive(Clone)]
 pub struct Mcp {
@@ -303,15 +316,7 @@ impl Mcp {
         let result = v
             .get("result")
             .unwrap_or_else(|| panic!("{name}: JSON-RPC error {v}"));
-        let text = result["content"]
-            .as_array()
-            .map(|c| {
-                c.iter()
-                    .filter_map(|b| b["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
+        let text = content_text(result);
         Reply {
             is_error: result["isError"].as_bool().unwrap_or(false),
             value: result
