@@ -592,3 +592,55 @@ async fn a_kernel_past_the_rooms_memory_limit_is_killed_alone() {
         .expect("health");
     assert_eq!(health.status(), 200);
 }
+
+/// Kernelspecs are found in the room, the user's own first: one written into the workspace
+/// (as `ipykernel install --user` would) is listed and runs, and a notebook created for it
+/// starts its kernel from it.
+#[tokio::test]
+async fn a_users_own_kernelspec_is_found_and_runs() {
+    let (hub, p) = hub_with_kernels("");
+    let a = hub.user_session("alice", &[]).await;
+    let spec = json!({
+        "argv": [p.jupyter_python(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Alice's Python",
+        "language": "python",
+        "env": {"ALICE_KERNEL": "yes"},
+    });
+    a.ok(
+        "fs_write",
+        json!({"path": ".local/share/jupyter/kernels/alices/kernel.json",
+               "content": spec.to_string(), "create_dirs": true}),
+    )
+    .await;
+    let listed = a.ok("kernel_list", json!({})).await;
+    let names: Vec<&str> = listed["specs"]
+        .as_array()
+        .expect("specs")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"alices") && names.contains(&"python3"),
+        "{listed}"
+    );
+
+    a.ok(
+        "notebook_create",
+        json!({"path": "mine.ipynb", "kernel": "alices"}),
+    )
+    .await;
+    let ran = a
+        .call(
+            "cell_insert",
+            json!({"path": "mine.ipynb", "execute": true,
+                   "source": "import os\nos.environ.get('ALICE_KERNEL')"}),
+        )
+        .await;
+    assert!(
+        ran.text.contains("'yes'"),
+        "not started from alice's spec: {}",
+        ran.text
+    );
+    let kernels = a.ok("kernel_list", json!({})).await;
+    assert_eq!(kernels["kernels"][0]["name"], "alices", "{kernels}");
+}
