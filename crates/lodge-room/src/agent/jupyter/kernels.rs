@@ -190,7 +190,12 @@ impl Kernel {
         output_cap: usize,
         cancel: &CancellationToken,
     ) -> Run {
-        let mut client = self.client.lock().await;
+        // Another execution may hold the kernel; a caller that gives up while waiting for it
+        // runs nothing.
+        let mut client = tokio::select! {
+            client = self.client.lock() => client,
+            () = cancel.cancelled() => return not_started(),
+        };
         if let Some(reason) = self.dead() {
             return died_run(&self.id, &reason, Vec::new(), false);
         }
@@ -331,6 +336,19 @@ enum Ended {
     Replied(Result<(ReplyStatus, Option<i64>), lodge_kernel::KernelError>),
     Died(String),
     Stuck,
+}
+
+/// A run cancelled before it started.
+fn not_started() -> Run {
+    Run {
+        index: None,
+        cell_id: None,
+        execution_count: None,
+        status: RunStatus::Interrupted,
+        outputs: Vec::new(),
+        truncated: false,
+        not_saved: None,
+    }
 }
 
 fn died_run(id: &str, reason: &str, outputs: Vec<lodge_kernel::Output>, truncated: bool) -> Run {
