@@ -172,6 +172,21 @@ pub struct Run {
     pub not_saved: Option<String>,
 }
 
+impl Run {
+    /// A run with `status` and `outputs`, not (yet) tied to a cell or an execution count.
+    pub fn new(status: RunStatus, outputs: Vec<Output>, truncated: bool) -> Run {
+        Run {
+            index: None,
+            cell_id: None,
+            execution_count: None,
+            status,
+            outputs,
+            truncated,
+            not_saved: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {

@@ -262,13 +262,8 @@ impl Kernel {
             self.execution_count.store(count, Ordering::Relaxed);
         }
         Run {
-            index: None,
-            cell_id: None,
             execution_count: count,
-            status,
-            outputs,
-            truncated,
-            not_saved: None,
+            ..Run::new(status, outputs, truncated)
         }
     }
 
@@ -340,15 +335,7 @@ enum Ended {
 
 /// A run cancelled before it started.
 fn not_started() -> Run {
-    Run {
-        index: None,
-        cell_id: None,
-        execution_count: None,
-        status: RunStatus::Interrupted,
-        outputs: Vec::new(),
-        truncated: false,
-        not_saved: None,
-    }
+    Run::new(RunStatus::Interrupted, Vec::new(), false)
 }
 
 fn died_run(id: &str, reason: &str, outputs: Vec<lodge_kernel::Output>, truncated: bool) -> Run {
@@ -360,15 +347,7 @@ fn died_run(id: &str, reason: &str, outputs: Vec<lodge_kernel::Output>, truncate
              fresh one]\n"
         ),
     });
-    Run {
-        index: None,
-        cell_id: None,
-        execution_count: None,
-        status: RunStatus::KernelDied,
-        outputs,
-        truncated,
-        not_saved: None,
-    }
+    Run::new(RunStatus::KernelDied, outputs, truncated)
 }
 
 /// Resolves when the process has exited, with the reason.

@@ -644,11 +644,7 @@ fn skipped(i: usize, cell_id: Option<String>) -> Run {
     Run {
         index: Some(i as u64),
         cell_id,
-        execution_count: None,
-        status: RunStatus::Skipped,
-        outputs: Vec::new(),
-        truncated: false,
-        not_saved: None,
+        ..Run::new(RunStatus::Skipped, Vec::new(), false)
     }
 }
 
