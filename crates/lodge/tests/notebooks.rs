@@ -293,6 +293,16 @@ async fn timeouts_interrupts_restarts_and_deaths() {
         "{last}"
     );
 
+    // Output beyond the profile's output_cap (1 MiB) is cut, with a note saying so.
+    let (text, big) = run(&a, "scratch", "print('x' * 3_000_000)", 30.0).await;
+    assert_eq!(big["truncated"], true, "{big}");
+    assert!(
+        text.contains("bytes of output dropped"),
+        "no note: {}",
+        &text[text.len() - 200..]
+    );
+    assert!(text.len() < 1_100_000, "{} bytes came back", text.len());
+
     let (_, set) = run(&a, "scratch", "kept = 'still here'", 30.0).await;
     assert_eq!(set["status"], "ok", "{set}");
     let started = Instant::now();
