@@ -1213,6 +1213,68 @@ struct RoomUser {
     sid: String,
 }
 
+/// Whether and how a section (upstream, Jupyter) runs.
+pub(super) enum Setup<T> {
+    /// Skipped by its flag.
+    Off,
+    /// It cannot run on this machine; the report says why instead of giving figures.
+    Unavailable(String),
+    Ready(T),
+}
+
+impl<T> Setup<T> {
+    /// Users to provision: `n` when the section runs.
+    fn users_if_ready(&self, n: usize) -> usize {
+        match self {
+            Self::Ready(_) => n,
+            Self::Off | Self::Unavailable(_) => 0,
+        }
+    }
+
+    /// What the section works with, or what the report says instead (nothing when skipped).
+    fn ready<F>(&self) -> Result<&T, Option<Section<F>>> {
+        match self {
+            Self::Off => Err(None),
+            Self::Unavailable(why) => Err(Some(Section::Skipped {
+                skipped: why.clone(),
+            })),
+            Self::Ready(t) => Ok(t),
+        }
+    }
+}
+
+/// A section in the report: its figures, or why it did not run.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum Section<F> {
+    Skipped { skipped: String },
+    Measured(F),
+}
+
+/// Via the hub minus direct, per statistic, and via the hub over direct.
+#[derive(Serialize)]
+struct Overhead {
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    ratio_p50: f64,
+    ratio_p99: f64,
+    ratio_mean: f64,
+}
+
+impl Overhead {
+    fn between(direct: &Stats, via_hub: &Stats) -> Overhead {
+        Overhead {
+            p50_us: via_hub.p50_us - direct.p50_us,
+            p99_us: via_hub.p99_us - direct.p99_us,
+            mean_us: via_hub.mean_us - direct.mean_us,
+            ratio_p50: via_hub.p50_us / direct.p50_us,
+            ratio_p99: via_hub.p99_us / direct.p99_us,
+            ratio_mean: via_hub.mean_us / direct.mean_us,
+        }
+    }
+}
+
 /// What a section's first calls are: `body` on tool `tool`, with `check` judging each reply
 /// (outside the timing), and the labels of the two cold rows.
 struct FirstCalls<'a> {

@@ -7,8 +7,8 @@
 //! start (kernel start to first result).
 
 use super::{
-    Bars, BenchArgs, Client, ConfigPart, FirstCalls, ScriptDir, Stats, clip, cold_rows, fmt_us,
-    section_users, sig3, timed_calls, toml_string, tool_body,
+    Bars, BenchArgs, Client, ConfigPart, FirstCalls, Overhead, ScriptDir, Stats, clip, cold_rows,
+    fmt_us, section_users, sig3, timed_calls, toml_string, tool_body,
 };
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -53,13 +53,7 @@ const FIG_COLD_KERNEL: &str = "cold: code_execute, room warm (kernel start)";
 const FIG_COLD_ALL: &str = "cold: code_execute, new user (room + kernel)";
 
 /// Whether and how the section runs.
-pub(super) enum Setup {
-    /// --skip-jupyter.
-    Off,
-    /// No usable venv; the report says why instead of giving figures.
-    Unavailable(String),
-    Ready(Venv),
-}
+pub(super) type Setup = super::Setup<Venv>;
 
 /// A usable Jupyter venv, and the baseline script written out for its Python.
 pub(super) struct Venv {
@@ -89,10 +83,7 @@ impl Setup {
 
     /// Bench users to provision for the section.
     pub(super) fn users(&self) -> usize {
-        match self {
-            Self::Ready(_) => USERS,
-            Self::Off | Self::Unavailable(_) => 0,
-        }
+        self.users_if_ready(USERS)
     }
 
     /// The venv for the rooms, and its share/jupyter as a kernel path (the hub accepts only
@@ -181,12 +172,7 @@ pub(super) fn user_name(i: usize) -> String {
 // Measuring
 
 /// The section in the report: its figures, or why it did not run.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub(super) enum Section {
-    Skipped { skipped: String },
-    Measured(Figures),
-}
+pub(super) type Section = super::Section<Figures>;
 
 #[derive(Serialize)]
 pub(super) struct Figures {
@@ -212,17 +198,6 @@ pub(super) struct Figures {
     cold_users: usize,
 }
 
-/// Via the hub minus direct, per statistic, and via the hub over direct.
-#[derive(Serialize)]
-struct Overhead {
-    p50_us: f64,
-    p99_us: f64,
-    mean_us: f64,
-    ratio_p50: f64,
-    ratio_p99: f64,
-    ratio_mean: f64,
-}
-
 /// Runs the section (with the tokens of its [`user_name`]s); `None` with --skip-jupyter. Cold
 /// starts come first, one user after the other; the baseline and the warm row then run back to
 /// back, so both meet the machine in the same state.
@@ -233,14 +208,9 @@ pub(super) async fn run(
     tokens: &[String],
     bars: &Bars,
 ) -> Result<Option<Section>> {
-    let venv = match setup {
-        Setup::Off => return Ok(None),
-        Setup::Unavailable(why) => {
-            return Ok(Some(Section::Skipped {
-                skipped: why.clone(),
-            }));
-        }
-        Setup::Ready(venv) => venv,
+    let venv = match setup.ready() {
+        Ok(venv) => venv,
+        Err(report) => return Ok(report),
     };
     let users = section_users(base, tokens, USERS, "Jupyter").await?;
     let (room_warm, new) = users.split_at(ROOM_WARM_USERS);
@@ -268,14 +238,7 @@ pub(super) async fn run(
         code: CODE,
         calls: a.jupyter_requests,
         warmup: a.warmup,
-        overhead: Overhead {
-            p50_us: via_hub.p50_us - direct.p50_us,
-            p99_us: via_hub.p99_us - direct.p99_us,
-            mean_us: via_hub.mean_us - direct.mean_us,
-            ratio_p50: via_hub.p50_us / direct.p50_us,
-            ratio_p99: via_hub.p99_us / direct.p99_us,
-            ratio_mean: via_hub.mean_us / direct.mean_us,
-        },
+        overhead: Overhead::between(&direct, &via_hub),
         direct,
         via_hub,
         cold_start_direct_us: cold_direct_us,

@@ -5,8 +5,8 @@
 //! already running, and for a new user whose room starts too.
 
 use super::{
-    Bars, BenchArgs, Client, ConfigPart, FirstCalls, REQUEST_TIMEOUT, ScriptDir, Stats, Target,
-    clip, cold_rows, fmt_us, section_users, sig3, timed_row, toml_string, tool_body,
+    Bars, BenchArgs, Client, ConfigPart, FirstCalls, Overhead, REQUEST_TIMEOUT, ScriptDir, Stats,
+    Target, clip, cold_rows, fmt_us, section_users, sig3, timed_row, toml_string, tool_body,
 };
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::Serialize;
@@ -45,14 +45,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 const STDERR_LINES: usize = 10;
 
 /// Whether and how the section runs.
-pub(super) enum Setup {
-    /// --skip-upstream.
-    Off,
-    /// It cannot run on this machine; the report says why instead of giving figures.
-    Unavailable(String),
-    /// The probe, in a directory bind-mounted read-only into the rooms (they run as other uids).
-    Ready(ScriptDir),
-}
+pub(super) type Setup = super::Setup<ScriptDir>;
 
 impl Setup {
     pub(super) fn new(a: &BenchArgs) -> Result<Self> {
@@ -71,10 +64,7 @@ impl Setup {
 
     /// Bench users to provision for the section.
     pub(super) fn users(&self) -> usize {
-        match self {
-            Self::Ready(_) => USERS,
-            Self::Off | Self::Unavailable(_) => 0,
-        }
+        self.users_if_ready(USERS)
     }
 
     /// The probe's directory for the rooms, and the probe server's declaration.
@@ -104,12 +94,7 @@ pub(super) fn user_name(i: usize) -> String {
 // Measuring
 
 /// The section in the report: its figures, or why it did not run.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub(super) enum Section {
-    Skipped { skipped: String },
-    Measured(Figures),
-}
+pub(super) type Section = super::Section<Figures>;
 
 #[derive(Serialize)]
 pub(super) struct Figures {
@@ -127,15 +112,6 @@ pub(super) struct Figures {
     cold_users: usize,
 }
 
-/// Via the hub minus direct, per statistic, and the ratio of their p50s.
-#[derive(Serialize)]
-struct Overhead {
-    p50_us: f64,
-    p99_us: f64,
-    mean_us: f64,
-    ratio_p50: f64,
-}
-
 /// Runs the section (with the tokens of its [`user_name`]s); `None` with --skip-upstream. Cold
 /// starts come first, while no instance runs; the direct and the warm row then run back to
 /// back, so both meet the machine in the same state.
@@ -146,14 +122,9 @@ pub(super) async fn run(
     tokens: &[String],
     bars: &Bars,
 ) -> Result<Option<Section>> {
-    let probe = match setup {
-        Setup::Off => return Ok(None),
-        Setup::Unavailable(why) => {
-            return Ok(Some(Section::Skipped {
-                skipped: why.clone(),
-            }));
-        }
-        Setup::Ready(probe) => probe,
+    let probe = match setup.ready() {
+        Ok(probe) => probe,
+        Err(report) => return Ok(report),
     };
     let users = section_users(base, tokens, USERS, "upstream").await?;
     let (room_warm, new) = users.split_at(ROOM_WARM_USERS);
@@ -180,12 +151,7 @@ pub(super) async fn run(
     Ok(Some(Section::Measured(Figures {
         server: format!("{SERVER}: {PYTHON} {PROBE_FILE}, tool echo"),
         calls: a.requests,
-        overhead: Overhead {
-            p50_us: via_hub.p50_us - direct.p50_us,
-            p99_us: via_hub.p99_us - direct.p99_us,
-            mean_us: via_hub.mean_us - direct.mean_us,
-            ratio_p50: via_hub.p50_us / direct.p50_us,
-        },
+        overhead: Overhead::between(&direct, &via_hub),
         direct,
         via_hub,
         cold_start_room_warm: cold_instance,
