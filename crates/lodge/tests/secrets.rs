@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{BIN, TestHub};
+use common::{BIN, TestHub, files_containing};
 use serde_json::json;
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,48 +17,6 @@ const BOB_TOKEN: &str = "ghp_BobOtherSecretValue9191";
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     memchr::memmem::find(haystack, needle.as_bytes()).is_some()
-}
-
-/// Every (file, needle) below `dir` where the file's bytes contain the needle. Files are read
-/// in chunks (workspace volume images are large and sparse).
-fn files_containing(dir: &Path, needles: &[&str]) -> Vec<String> {
-    use std::io::Read;
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
-    };
-    let overlap = needles.iter().map(|n| n.len()).max().unwrap_or(0);
-    for e in entries.flatten() {
-        let path = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() => hits.extend(files_containing(&path, needles)),
-            Ok(t) if t.is_file() => {
-                let Ok(mut f) = std::fs::File::open(&path) else {
-                    continue;
-                };
-                let mut buf = vec![0u8; 1 << 20];
-                let mut carry: Vec<u8> = Vec::new();
-                loop {
-                    let n = f.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    carry.extend_from_slice(&buf[..n]);
-                    for needle in needles {
-                        if contains(&carry, needle) {
-                            hits.push(format!("{} holds {needle}", path.display()));
-                        }
-                    }
-                    let keep = carry.len().saturating_sub(overlap);
-                    carry.drain(..keep);
-                }
-            }
-            _ => {}
-        }
-    }
-    hits.sort();
-    hits.dedup();
-    hits
 }
 
 fn with_stdin(mut cmd: Command, input: &str) -> std::process::Output {

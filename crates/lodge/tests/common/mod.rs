@@ -246,6 +246,14 @@ impl TestHub {
         Self::start_in(tmp, env)
     }
 
+    /// [`Self::start_with_config`], with the hub's log (stderr) in DATA_DIR/hub.log.
+    pub fn start_with_config_logged(config: &str, env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("lodge.toml"), config).expect("write lodge.toml");
+        let log = tmp.path().join("hub.log");
+        Self::start_with(tmp, env, Some(log))
+    }
+
     /// A user with a token and an open MCP session.
     pub async fn user_session(&self, name: &str, extra: &[&str]) -> Mcp {
         let mut args = vec!["user", "add", name];
@@ -434,4 +442,46 @@ pub fn pids_matching(needle: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Every (file, needle) below `dir` where the file's bytes contain the needle. Files are read
+/// in chunks (workspace volume images are large and sparse).
+pub fn files_containing(dir: &Path, needles: &[&str]) -> Vec<String> {
+    use std::io::Read;
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    let overlap = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => hits.extend(files_containing(&path, needles)),
+            Ok(t) if t.is_file() => {
+                let Ok(mut f) = std::fs::File::open(&path) else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 1 << 20];
+                let mut carry: Vec<u8> = Vec::new();
+                loop {
+                    let n = f.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    carry.extend_from_slice(&buf[..n]);
+                    for needle in needles {
+                        if memchr::memmem::find(&carry, needle.as_bytes()).is_some() {
+                            hits.push(format!("{} holds {needle}", path.display()));
+                        }
+                    }
+                    let keep = carry.len().saturating_sub(overlap);
+                    carry.drain(..keep);
+                }
+            }
+            _ => {}
+        }
+    }
+    hits.sort();
+    hits.dedup();
+    hits
 }
