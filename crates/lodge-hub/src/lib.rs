@@ -78,6 +78,7 @@ impl Hub {
             .with(tools::FileTools::new(rooms.clone()))
             .with(tools::CommandTools::new(rooms.clone(), vault.clone()))
             .with(tools::NotebookTools::new(rooms.clone(), &config.kernels))
+            .with(tools::GitTools::new(rooms.clone(), vault.clone()))
             .with(tools::SecretTools::new(vault.clone()))
             .with(tools::UpstreamTools::new(upstreams.clone()));
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);

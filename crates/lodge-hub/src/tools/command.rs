@@ -137,7 +137,7 @@ fn env_name(secret: &str, field: &str) -> String {
 }
 
 /// Replaces every occurrence of a secret value in command output by `***`, as CI systems do.
-fn mask(output: &mut String, value: &str) {
+pub(super) fn mask(output: &mut String, value: &str) {
     if value.len() >= MIN_MASKED_LEN && output.contains(value) {
         *output = output.replace(value, "***");
     }

@@ -7,6 +7,7 @@
 
 mod command;
 mod files;
+mod git;
 mod notebooks;
 mod secrets;
 mod session_info;
@@ -14,6 +15,7 @@ mod upstream;
 
 pub use command::CommandTools;
 pub use files::FileTools;
+pub use git::GitTools;
 pub use notebooks::NotebookTools;
 pub use secrets::SecretTools;
 pub use session_info::SessionInfoTools;

@@ -1,0 +1,646 @@
+//! Git tools (SPEC §5): real `git` run in the caller's room, on repositories in the workspace,
+//! with the caller's own identity and token. The token comes from one of the user's secrets
+//! and reaches only the one git process that needs it, through its environment and a credential
+//! helper that reads it from there: never argv, never a file, never `.git/config`. This module
+//! builds the commands and explains git's failures; the room runs them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lodge_room::protocol::{Op, OpResult};
+use lodge_vault::Vault;
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::command::mask;
+use super::secrets::vault_error;
+use super::{CallContext, ToolError, ToolSet, define, parse_args, profile_timeout, room_result};
+use crate::caller::Caller;
+use crate::rooms::Rooms;
+
+/// Where `git_configure` keeps the name of the user's token secret: their global git config
+/// (`/workspace/.gitconfig`, as HOME is the workspace), beside `user.name` and `user.email`.
+const TOKEN_SECRET_KEY: &str = "lodge.tokenSecret";
+/// The credential helper: answers `get` from the environment of the git process it serves.
+/// It names variables only; the token itself is never on a command line.
+const CREDENTIAL_HELPER: &str = r#"!f() { test "$1" = get && printf 'username=%s\npassword=%s\n' "$LODGE_GIT_USER" "$LODGE_GIT_TOKEN"; }; f"#;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Set your git identity, and which of your secrets holds your token for HTTPS remotes.
+struct ConfigureArgs {
+    /// Author name for your commits.
+    name: String,
+    /// Author email for your commits.
+    email: String,
+    /// One of your secrets (see secret_put) with a field `token` (and optionally `user`),
+    /// used for HTTPS remotes. Pass an empty string to stop using one.
+    token_secret: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Clone a repository into your workspace.
+struct CloneArgs {
+    /// The remote URL (https://…); put tokens in a secret (git_configure), never in the URL.
+    url: String,
+    /// Directory to clone into, relative to the workspace (default: from the URL).
+    path: Option<String>,
+    branch: Option<String>,
+    /// Only the last N commits.
+    depth: Option<u32>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// A repository in your workspace.
+struct RepoArgs {
+    /// The repository's directory, relative to the workspace.
+    path: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Show changes: the working tree against the index, or (staged) the index against HEAD.
+struct DiffArgs {
+    path: String,
+    #[serde(default)]
+    staged: bool,
+    /// Limit the diff to these files (relative to the repository).
+    #[serde(default)]
+    files: Vec<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Show recent commits.
+struct LogArgs {
+    path: String,
+    /// At most this many (default 20).
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Commit changes.
+struct CommitArgs {
+    path: String,
+    message: String,
+    /// Files to stage first (relative to the repository); default: every change.
+    #[serde(default)]
+    files: Vec<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// Push or pull a branch.
+struct RemoteArgs {
+    path: String,
+    /// Default "origin".
+    remote: Option<String>,
+    /// Default: the current branch.
+    branch: Option<String>,
+}
+
+pub struct GitTools {
+    rooms: Arc<Rooms>,
+    vault: Arc<Vault>,
+    tools: Vec<Tool>,
+}
+
+/// The credentials of one git process: a user name and the token, zeroized when dropped.
+struct Credentials {
+    secret: String,
+    user: Zeroizing<String>,
+    token: Zeroizing<String>,
+}
+
+/// What a git run printed.
+struct Ran {
+    ok: bool,
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    timed_out: bool,
+}
+
+impl GitTools {
+    pub fn new(rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
+        let tools = vec![
+            define::<ConfigureArgs>(
+                "git_configure",
+                "Set your git identity (name, email) and the secret holding your token for HTTPS remotes. The token stays in your vault; git gets it only for the one command that needs it.",
+            ),
+            define::<CloneArgs>(
+                "git_clone",
+                "Clone a repository into your workspace, with your token for HTTPS remotes.",
+            ),
+            define::<RepoArgs>(
+                "git_status",
+                "Show the branch and changed files of a repository in your workspace.",
+            ),
+            define::<DiffArgs>(
+                "git_diff",
+                "Show the changes of a repository (working tree, or staged).",
+            ),
+            define::<LogArgs>("git_log", "Show recent commits of a repository."),
+            define::<CommitArgs>(
+                "git_commit",
+                "Stage changes (all, or the files given) and commit them with your identity.",
+            ),
+            define::<RemoteArgs>("git_push", "Push a branch to its remote with your token."),
+            define::<RemoteArgs>(
+                "git_pull",
+                "Pull (fetch and merge) a branch from its remote with your token.",
+            ),
+        ];
+        Self {
+            rooms,
+            vault,
+            tools,
+        }
+    }
+
+    /// Runs `git ARGS` in the room, in `cwd` (workspace-relative), with `creds` for remotes.
+    async fn git(
+        &self,
+        caller: &Caller,
+        cwd: Option<&str>,
+        args: &[&str],
+        creds: Option<&Credentials>,
+    ) -> Result<Ran, ToolError> {
+        let profile = self.rooms.profile(caller);
+        let timeout = profile_timeout("git", profile, None)?;
+        let mut command = String::from("git");
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned());
+        if let Some(c) = creds {
+            // `credential.helper=` first clears any helper configured elsewhere.
+            for arg in ["-c", "credential.helper=", "-c"] {
+                command.push(' ');
+                command.push_str(&quote(arg));
+            }
+            command.push(' ');
+            command.push_str(&quote(&format!("credential.helper={CREDENTIAL_HELPER}")));
+            env.insert("LODGE_GIT_USER".to_owned(), c.user.to_string());
+            env.insert("LODGE_GIT_TOKEN".to_owned(), c.token.to_string());
+        }
+        for arg in args {
+            command.push(' ');
+            command.push_str(&quote(arg));
+        }
+        let op = Op::RunCommand {
+            command,
+            cwd: cwd.map(str::to_owned),
+            timeout_ms: timeout.as_millis().max(1) as u64,
+            env,
+            output_cap: profile.output_cap,
+        };
+        let result = room_result(self.rooms.call(caller, op, None).await)?;
+        let OpResult::Command {
+            exit_code,
+            mut stdout,
+            mut stderr,
+            timed_out,
+            ..
+        } = result
+        else {
+            return Err(ToolError::Failed(
+                "the room answered git with something other than a command result".into(),
+            ));
+        };
+        if let Some(c) = creds {
+            mask(&mut stdout, &c.token);
+            mask(&mut stderr, &c.token);
+        }
+        Ok(Ran {
+            ok: exit_code == Some(0) && !timed_out,
+            exit_code,
+            stdout,
+            stderr,
+            timed_out,
+        })
+    }
+
+    /// The credentials named by the repository's (or the user's) `lodge.tokenSecret`, if any.
+    async fn credentials(
+        &self,
+        caller: &Caller,
+        cwd: Option<&str>,
+    ) -> Result<Option<Credentials>, ToolError> {
+        let ran = self
+            .git(caller, cwd, &["config", "--get", TOKEN_SECRET_KEY], None)
+            .await?;
+        let secret = ran.stdout.trim().to_owned();
+        if !ran.ok || secret.is_empty() {
+            return Ok(None);
+        }
+        let fields = self.vault.get(caller.user_id, &secret).await.map_err(|e| {
+            ToolError::Failed(format!(
+                "the git token secret {secret:?} (set by git_configure): {e}"
+            ))
+        })?;
+        let token = fields.get("token").cloned().ok_or_else(|| {
+            ToolError::Failed(format!(
+                "your secret {secret:?} has no field `token`; store it with secret_put {{\"name\": \"{secret}\", \"fields\": {{\"token\": \"…\"}}}}"
+            ))
+        })?;
+        let user = fields
+            .get("user")
+            .cloned()
+            .unwrap_or_else(|| Zeroizing::new(caller.user.as_str().to_owned()));
+        Ok(Some(Credentials {
+            secret,
+            user,
+            token,
+        }))
+    }
+
+    async fn configure(
+        &self,
+        caller: &Caller,
+        a: ConfigureArgs,
+    ) -> Result<CallToolResult, ToolError> {
+        for (what, value) in [("name", &a.name), ("email", &a.email)] {
+            if value.trim().is_empty() || value.contains('\n') {
+                return Err(invalid(
+                    "git_configure",
+                    format!("{what} must be one non-empty line"),
+                ));
+            }
+        }
+        let secret = a.token_secret.filter(|s| !s.is_empty());
+        if let Some(s) = &secret {
+            let fields = self
+                .vault
+                .get(caller.user_id, s)
+                .await
+                .map_err(vault_error)?;
+            if !fields.contains_key("token") {
+                return Err(ToolError::Failed(format!(
+                    "your secret {s:?} has no field `token`; add one with secret_put"
+                )));
+            }
+        }
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["config", "--global", "user.name", &a.name],
+            vec!["config", "--global", "user.email", &a.email],
+        ];
+        for step in &steps {
+            self.checked(caller, None, step, None).await?;
+        }
+        match &secret {
+            Some(s) => {
+                self.checked(
+                    caller,
+                    None,
+                    &["config", "--global", TOKEN_SECRET_KEY, s],
+                    None,
+                )
+                .await?;
+            }
+            None => {
+                // Exit 5: the key was not set, which is what we want.
+                let _ = self
+                    .git(
+                        caller,
+                        None,
+                        &["config", "--global", "--unset", TOKEN_SECRET_KEY],
+                        None,
+                    )
+                    .await?;
+            }
+        }
+        let text = match &secret {
+            Some(s) => format!(
+                "git identity: {} <{}>; HTTPS token from your secret {s:?}",
+                a.name, a.email
+            ),
+            None => format!("git identity: {} <{}>; no token secret", a.name, a.email),
+        };
+        Ok(result(
+            text,
+            json!({"name": a.name, "email": a.email, "token_secret": secret}),
+        ))
+    }
+
+    /// Runs git and turns a failure into an error that says what happened and what to do.
+    async fn checked(
+        &self,
+        caller: &Caller,
+        cwd: Option<&str>,
+        args: &[&str],
+        creds: Option<&Credentials>,
+    ) -> Result<Ran, ToolError> {
+        let ran = self.git(caller, cwd, args, creds).await?;
+        if ran.ok {
+            return Ok(ran);
+        }
+        Err(ToolError::Failed(explain(&ran, cwd, creds)))
+    }
+
+    async fn dispatch(
+        &self,
+        name: &str,
+        args: JsonObject,
+        caller: &Caller,
+    ) -> Result<CallToolResult, ToolError> {
+        match name {
+            "git_configure" => self.configure(caller, parse_args(name, args)?).await,
+            "git_clone" => {
+                let a: CloneArgs = parse_args(name, args)?;
+                check_url(&a.url)?;
+                let depth = a.depth.map(|d| d.to_string());
+                let mut argv = vec!["clone"];
+                if let Some(b) = &a.branch {
+                    argv.extend(["--branch", b]);
+                }
+                if let Some(d) = &depth {
+                    argv.extend(["--depth", d]);
+                }
+                argv.extend(["--", &a.url]);
+                if let Some(p) = &a.path {
+                    argv.push(p);
+                }
+                let creds = self.credentials(caller, None).await?;
+                let ran = self.checked(caller, None, &argv, creds.as_ref()).await?;
+                Ok(result(
+                    format!("cloned {}\n{}", a.url, ran.stderr.trim()),
+                    json!({"url": a.url, "path": a.path}),
+                ))
+            }
+            "git_status" => {
+                let a: RepoArgs = parse_args(name, args)?;
+                let ran = self
+                    .checked(
+                        caller,
+                        Some(&a.path),
+                        &["status", "--branch", "--porcelain=v1"],
+                        None,
+                    )
+                    .await?;
+                Ok(output(ran))
+            }
+            "git_diff" => {
+                let a: DiffArgs = parse_args(name, args)?;
+                let mut argv = vec!["diff"];
+                if a.staged {
+                    argv.push("--cached");
+                }
+                argv.push("--");
+                argv.extend(a.files.iter().map(String::as_str));
+                let ran = self.checked(caller, Some(&a.path), &argv, None).await?;
+                Ok(output(ran))
+            }
+            "git_log" => {
+                let a: LogArgs = parse_args(name, args)?;
+                let limit = a.limit.unwrap_or(20).clamp(1, 1000).to_string();
+                let argv = [
+                    "log",
+                    "-n",
+                    &limit,
+                    "--date=iso",
+                    "--pretty=format:%h %ad %an <%ae>%n    %s",
+                ];
+                let ran = self.checked(caller, Some(&a.path), &argv, None).await?;
+                Ok(output(ran))
+            }
+            "git_commit" => {
+                let a: CommitArgs = parse_args(name, args)?;
+                if a.message.trim().is_empty() {
+                    return Err(invalid(name, "message must not be empty".into()));
+                }
+                let head = self
+                    .git(caller, Some(&a.path), &["symbolic-ref", "-q", "HEAD"], None)
+                    .await?;
+                if head.exit_code == Some(1) {
+                    return Err(ToolError::Failed(format!(
+                        "{} is on a detached HEAD (no branch), so a commit would be lost; create a branch first: run_command {{\"command\": \"git switch -c NAME\", \"cwd\": \"{}\"}}",
+                        a.path, a.path
+                    )));
+                }
+                let mut add = vec!["add"];
+                if a.files.is_empty() {
+                    add.push("-A");
+                } else {
+                    add.push("--");
+                    add.extend(a.files.iter().map(String::as_str));
+                }
+                self.checked(caller, Some(&a.path), &add, None).await?;
+                let ran = self
+                    .checked(caller, Some(&a.path), &["commit", "-m", &a.message], None)
+                    .await?;
+                Ok(output(ran))
+            }
+            "git_push" | "git_pull" => {
+                let a: RemoteArgs = parse_args(name, args)?;
+                let remote = a.remote.as_deref().unwrap_or("origin");
+                let creds = self.credentials(caller, Some(&a.path)).await?;
+                let mut argv = if name == "git_push" {
+                    vec!["push", "--porcelain", remote]
+                } else {
+                    vec!["pull", "--no-rebase", "--no-edit", remote]
+                };
+                match (&a.branch, name) {
+                    (Some(b), _) => argv.push(b),
+                    (None, "git_push") => argv.push("HEAD"),
+                    (None, _) => {}
+                }
+                let ran = self
+                    .checked(caller, Some(&a.path), &argv, creds.as_ref())
+                    .await?;
+                Ok(output(ran))
+            }
+            other => Err(ToolError::Failed(format!("unknown git tool {other}"))),
+        }
+    }
+}
+
+/// A URL git may fetch: no credentials inside it (they would land in `.git/config`), and no
+/// transport that runs commands.
+fn check_url(url: &str) -> Result<(), ToolError> {
+    let lower = url.to_ascii_lowercase();
+    if let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    {
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(invalid(
+                "git_clone",
+                "the URL carries credentials; they would be stored in .git/config. Put the token in a secret and name it with git_configure token_secret".into(),
+            ));
+        }
+    }
+    if lower.starts_with("ext::") || lower.starts_with("fd::") || url.starts_with('-') {
+        return Err(invalid(
+            "git_clone",
+            format!("unsupported URL {url:?}: use https://, ssh:// or a path"),
+        ));
+    }
+    Ok(())
+}
+
+/// What went wrong, in words a user can act on, from git's own messages.
+fn explain(ran: &Ran, cwd: Option<&str>, creds: Option<&Credentials>) -> String {
+    let err = ran.stderr.trim();
+    let out = ran.stdout.trim();
+    let all = format!("{err}\n{out}");
+    let lower = all.to_ascii_lowercase();
+    let repo = cwd.unwrap_or(".");
+    let why = if ran.timed_out {
+        "git did not finish within your profile's command_timeout".to_owned()
+    } else if lower.contains("authentication failed")
+        || lower.contains("could not read username")
+        || lower.contains("could not read password")
+        || lower.contains("the requested url returned error: 403")
+        || lower.contains("the requested url returned error: 401")
+    {
+        match creds {
+            Some(c) => format!(
+                "the remote refused your credentials (the token in your secret {:?}): check it is right and allowed on this repository, then store it again with secret_put",
+                c.secret
+            ),
+            None => "the remote asks for credentials and you have none configured: store a token with secret_put and name it with git_configure token_secret".to_owned(),
+        }
+    } else if lower.contains("[rejected]")
+        || lower.contains("non-fast-forward")
+        || lower.contains("fetch first")
+    {
+        "push rejected: the remote has commits you do not have. Run git_pull, resolve any conflict, then git_push again".to_owned()
+    } else if lower.contains("conflict") && lower.contains("automatic merge failed") {
+        let files: Vec<&str> = all
+            .lines()
+            .filter_map(|l| l.split_once("Merge conflict in ").map(|(_, f)| f.trim()))
+            .collect();
+        format!(
+            "merge conflict in {}: edit the files to resolve the <<<<<<< markers (fs_read, fs_edit), then git_commit",
+            if files.is_empty() {
+                "some files".to_owned()
+            } else {
+                files.join(", ")
+            }
+        )
+    } else if lower.contains("nothing to commit") || lower.contains("no changes added to commit") {
+        "nothing to commit: the working tree has no changes".to_owned()
+    } else if lower.contains("not currently on a branch") || lower.contains("detached head") {
+        format!("{repo} is on a detached HEAD; switch to a branch first (git switch NAME)")
+    } else if lower.contains("could not resolve host")
+        || lower.contains("failed to connect")
+        || lower.contains("couldn't connect")
+        || lower.contains("connection refused")
+        || lower.contains("network is unreachable")
+    {
+        "the remote is not reachable from your room. Rooms have no network unless your profile has network = \"host\" (ask the operator; see docs/configuration.md)".to_owned()
+    } else if lower.contains("not a git repository") {
+        format!("{repo} is not a git repository: clone one with git_clone, or run_command git init")
+    } else {
+        format!("git failed (exit code {:?})", ran.exit_code)
+    };
+    let tail: String = err
+        .lines()
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    if tail.is_empty() {
+        why
+    } else {
+        format!("{why}\ngit said:\n{tail}")
+    }
+}
+
+/// `s` as one word for `/bin/sh`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn invalid(tool: &str, reason: String) -> ToolError {
+    ToolError::InvalidArguments {
+        tool: tool.to_owned(),
+        reason,
+    }
+}
+
+fn result(text: String, value: serde_json::Value) -> CallToolResult {
+    let mut r = CallToolResult::structured(value);
+    r.content = vec![ContentBlock::text(text)];
+    r
+}
+
+fn output(ran: Ran) -> CallToolResult {
+    let text = if ran.stdout.trim().is_empty() {
+        ran.stderr.trim().to_owned()
+    } else {
+        ran.stdout.clone()
+    };
+    result(
+        text,
+        json!({"exit_code": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr}),
+    )
+}
+
+#[async_trait]
+impl ToolSet for GitTools {
+    fn definitions(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        args: JsonObject,
+        cx: &CallContext<'_>,
+    ) -> Result<CallToolResult, ToolError> {
+        self.dispatch(name, args, cx.caller).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        for s in ["plain", "it's", "a b", "$HOME `x` \"y\"", "'", ""] {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_or_command_transports_are_refused() {
+        assert!(check_url("https://github.com/a/b.git").is_ok());
+        assert!(check_url("https://user:tok@github.com/a/b.git").is_err());
+        assert!(check_url("https://tok@github.com/a/b.git").is_err());
+        assert!(check_url("ext::sh -c touch% /tmp/x").is_err());
+        assert!(check_url("--upload-pack=touch /tmp/x").is_err());
+        assert!(check_url("https://github.com/a/b@c.git").is_ok());
+    }
+
+    #[test]
+    fn the_helper_names_variables_only() {
+        assert!(CREDENTIAL_HELPER.contains("$LODGE_GIT_TOKEN"));
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{} get", CREDENTIAL_HELPER.trim_start_matches('!')))
+            .env("LODGE_GIT_USER", "u")
+            .env("LODGE_GIT_TOKEN", "t0k")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "username=u\npassword=t0k\n"
+        );
+    }
+}
