@@ -256,11 +256,12 @@ def main():
     Handler.root, Handler.users = root, users
     server = ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too, even if inherited as ignored
+        signal.signal(sig, lambda *_: sys.exit(0))
     print(f"listening on http://{args.bind}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
+    except SystemExit:
         pass
     finally:
         server.server_close()

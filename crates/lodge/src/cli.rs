@@ -148,7 +148,11 @@ pub enum TokenCmd {
         json: bool,
     },
     /// Revoke a token by id.
-    Revoke { id: String },
+    Revoke {
+        /// The id `token list` shows. Ids may begin with '-' (they are URL-safe base64).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,4 +224,20 @@ pub struct DoctorArgs {
     /// Print {"checks": [...], "ready": bool} as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Token ids are URL-safe base64, so one in 32 begins with '-'; revoking it must not need
+    /// `--` (a CI run once drew `-v7Nlfri` and clap took it for a flag).
+    #[test]
+    fn a_token_id_beginning_with_a_hyphen_can_be_revoked() {
+        let cli = Cli::try_parse_from(["lodge", "token", "revoke", "-v7Nlfri"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("-v7Nlfri"), "{shown}");
+    }
 }
