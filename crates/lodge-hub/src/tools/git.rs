@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lodge_room::protocol::{Op, OpResult};
 use lodge_vault::Vault;
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use rmcp::model::{CallToolResult, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -17,7 +17,10 @@ use zeroize::Zeroizing;
 
 use super::command::mask;
 use super::secrets::vault_error;
-use super::{CallContext, ToolError, ToolSet, define, parse_args, profile_timeout, room_result};
+use super::{
+    CallContext, ToolError, ToolSet, define, parse_args, profile_timeout, room_result,
+    structured_with_text,
+};
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 
@@ -321,9 +324,9 @@ impl GitTools {
             ),
             None => format!("git identity: {} <{}>; no token secret", a.name, a.email),
         };
-        Ok(result(
-            text,
+        Ok(structured_with_text(
             json!({"name": a.name, "email": a.email, "token_secret": secret}),
+            text,
         ))
     }
 
@@ -367,9 +370,9 @@ impl GitTools {
                 }
                 let creds = self.credentials(caller, None).await?;
                 let ran = self.checked(caller, None, &argv, creds.as_ref()).await?;
-                Ok(result(
-                    format!("cloned {}\n{}", a.url, ran.stderr.trim()),
+                Ok(structured_with_text(
                     json!({"url": a.url, "path": a.path}),
+                    format!("cloned {}\n{}", a.url, ran.stderr.trim()),
                 ))
             }
             "git_status" => {
@@ -568,21 +571,15 @@ fn invalid(tool: &str, reason: String) -> ToolError {
     }
 }
 
-fn result(text: String, value: serde_json::Value) -> CallToolResult {
-    let mut r = CallToolResult::structured(value);
-    r.content = vec![ContentBlock::text(text)];
-    r
-}
-
 fn output(ran: Ran) -> CallToolResult {
     let text = if ran.stdout.trim().is_empty() {
         ran.stderr.trim().to_owned()
     } else {
         ran.stdout.clone()
     };
-    result(
-        text,
+    structured_with_text(
         json!({"exit_code": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr}),
+        text,
     )
 }
 

@@ -148,6 +148,15 @@ pub fn define<T: JsonSchema + 'static>(name: &'static str, description: &'static
     )
 }
 
+/// A result with `value` as structured content and `text` as its one text block (instead of
+/// the JSON dump `CallToolResult::structured` puts there), for tools whose answer reads best
+/// as prose.
+pub(crate) fn structured_with_text(value: serde_json::Value, text: String) -> CallToolResult {
+    let mut result = CallToolResult::structured(value);
+    result.content = vec![ContentBlock::text(text)];
+    result
+}
+
 /// A call's `timeout_s` within the caller's profile: its `command_timeout` when absent, refused
 /// above its `max_command_timeout`.
 pub(crate) fn profile_timeout(

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     CallContext, Notice, NoticeSink, Progress, ToolError, ToolSet, define, parse_args,
-    profile_timeout, room_result,
+    profile_timeout, room_result, structured_with_text,
 };
 use crate::caller::Caller;
 use crate::rooms::Rooms;
@@ -574,11 +574,11 @@ fn present(result: JupyterResult) -> CallToolResult {
             if let Some(o) = value.as_object_mut() {
                 o.remove("result");
             }
-            let mut result = CallToolResult::structured(value);
-            if !text.is_empty() {
-                result.content = vec![ContentBlock::text(text)];
+            if text.is_empty() {
+                CallToolResult::structured(value)
+            } else {
+                structured_with_text(value, text)
             }
-            result
         }
     }
 }
