@@ -26,6 +26,9 @@ use crate::protocol::{ErrorKind, OpError};
 
 /// How long a kernel gets to stop running after an interrupt before it is declared stuck.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// How long a dead kernel's stderr may take to reach its end.
+const STDERR_DRAIN: Duration = Duration::from_millis(250);
+
 /// How much of a kernel's stderr is kept for the message when it dies.
 const STDERR_TAIL: usize = 2048;
 
@@ -107,12 +110,19 @@ impl Kernel {
             .map(|st| vec![st.st_ino])
             .unwrap_or_default();
         let tail = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = stderr.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()) {
-            tokio::spawn(keep_tail(stderr, tail.clone()));
-        }
+        let drained = stderr
+            .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok())
+            .map(|stderr| tokio::spawn(keep_tail(stderr, tail.clone())));
         let (tx, exited) = watch::channel(None);
         tokio::spawn(async move {
-            let reason = match exit.await {
+            let status = exit.await;
+            // The exit can be seen before the last stderr bytes are read;
+            // wait a moment for the pipe's end so the reason quotes them. A
+            // grandchild holding the pipe open must not delay the report.
+            if let Some(drained) = drained {
+                let _ = tokio::time::timeout(STDERR_DRAIN, drained).await;
+            }
+            let reason = match status {
                 Ok(exit) => match (exit.code, exit.signal) {
                     (Some(code), _) => format!("it exited with code {code}"),
                     (_, Some(signal)) => format!("it was killed by signal {signal}"),
