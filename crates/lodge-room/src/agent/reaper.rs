@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use rustix::process::{Pid, WaitOptions, WaitStatus};
@@ -16,6 +16,17 @@ use tokio::task::JoinHandle;
 
 /// A safety net in case a SIGCHLD was coalesced away or arrived before the stream existed.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A forked child holds copies of all the agent's fds until it execs, including the read ends
+/// of other commands' output pipes. A tree scan in that window would take it for a holder of
+/// such a pipe and kill another command's fresh child. Spawns hold this for reading across
+/// fork and exec; [`no_spawn_in_flight`] holds it for writing while a scan looks at pipes.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
+/// Blocks new spawns and waits for those in flight to exec, for as long as the guard lives.
+pub(crate) fn no_spawn_in_flight() -> RwLockWriteGuard<'static, ()> {
+    SPAWNING.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +76,7 @@ impl Reaper {
         Self::start_with(reap_all)
     }
 
-    fn start_with(reap_all: bool) -> std::io::Result<Reaper> {
+    pub(crate) fn start_with(reap_all: bool) -> std::io::Result<Reaper> {
         let waiters = Arc::new(Waiters {
             map: Mutex::new(HashMap::new()),
             reap_all,
@@ -96,6 +107,7 @@ impl Reaper {
         &self,
         cmd: &mut Command,
     ) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
+        let _spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
         let mut map = self.waiters.lock();
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();

@@ -85,6 +85,8 @@ fn holds_pipe(pid: i32, pipes: &[u64]) -> bool {
 /// The live processes belonging to `target`, never including the agent itself.
 pub(crate) fn scan(target: &Target) -> Vec<i32> {
     let me = rustix::process::getpid().as_raw_pid();
+    // Held for the whole scan: a child between fork and exec would look like a pipe holder.
+    let _quiet = (!target.pipes.is_empty()).then(super::reaper::no_spawn_in_flight);
     let procs = all_processes();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for p in &procs {
@@ -203,5 +205,36 @@ mod tests {
             pipes: Vec::new(),
         });
         assert!(!found.contains(&me));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_child_between_fork_and_exec_is_not_a_pipe_holder() {
+        use rustix::pipe::{PipeFlags, pipe_with};
+        // Another command's output pipe, as the agent holds it: close-on-exec.
+        let (read, _write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let inode = rustix::fs::fstat(&read).unwrap().st_ino;
+        let target = Target {
+            root: i32::MAX,
+            pipes: vec![inode],
+        };
+        let reaper = super::super::reaper::Reaper::start_with(false).unwrap();
+        let spawner = reaper.clone();
+        let spawning = std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new("/bin/sleep");
+            cmd.arg("5");
+            crate::sys::agent::probe::slow_exec(&mut cmd, 400);
+            spawner.spawn(&mut cmd).unwrap().0
+        });
+        // The child now sits between fork and exec with a copy of `read`.
+        std::thread::sleep(Duration::from_millis(150));
+        let found = scan(&target);
+        let mut child = spawning.join().unwrap();
+        let pid = child.id() as i32;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            !found.contains(&pid),
+            "a fresh child of another command was taken for a holder of its pipe: {found:?}"
+        );
     }
 }

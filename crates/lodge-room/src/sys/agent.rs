@@ -62,6 +62,24 @@ pub(crate) mod probe {
         mount(None, target, Some(c"tmpfs"), 0, None)
     }
 
+    /// Makes `cmd`'s child sleep `ms` between fork and exec, holding copies of all the
+    /// parent's fds, as every child does for a moment.
+    pub fn slow_exec(cmd: &mut std::process::Command, ms: u64) {
+        let pause = rustix::thread::Timespec {
+            tv_sec: (ms / 1000) as i64,
+            tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+        };
+        let hook = move || -> std::io::Result<()> {
+            let _ = rustix::thread::nanosleep(&pause);
+            Ok(())
+        };
+        // SAFETY: the hook runs in the forked child and only calls nanosleep(2), which is
+        // async-signal-safe; it allocates nothing and touches no shared memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, hook);
+        }
+    }
+
     /// `clone3(NULL, 0)`: EINVAL from the kernel (size too small), ENOSYS under the filter.
     /// No process can be created by it either way.
     pub fn clone3_empty() -> Result<(), Errno> {
