@@ -102,10 +102,7 @@ impl CommandTools {
     }
 
     fn op(&self, caller: &Caller, a: RunArgs, secrets: &Injected) -> Result<Op, ToolError> {
-        let bad = |reason: String| ToolError::InvalidArguments {
-            tool: "run_command".into(),
-            reason,
-        };
+        let bad = |reason: String| ToolError::invalid("run_command", reason);
         if a.command.trim().is_empty() {
             return Err(bad("command must not be empty".into()));
         }

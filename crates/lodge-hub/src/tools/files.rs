@@ -177,10 +177,10 @@ impl FileTools {
             "fs_read" => {
                 let a: ReadArgs = parse_args(name, args)?;
                 if a.limit == 0 || a.limit > READ_MAX {
-                    return Err(ToolError::InvalidArguments {
-                        tool: name.into(),
-                        reason: format!("limit must be between 1 and {READ_MAX} bytes"),
-                    });
+                    return Err(ToolError::invalid(
+                        name,
+                        format!("limit must be between 1 and {READ_MAX} bytes"),
+                    ));
                 }
                 Op::FsRead {
                     path: a.path,
@@ -199,10 +199,7 @@ impl FileTools {
             "fs_edit" => {
                 let a: EditArgs = parse_args(name, args)?;
                 if a.old_text.is_empty() {
-                    return Err(ToolError::InvalidArguments {
-                        tool: name.into(),
-                        reason: "old_text must not be empty".into(),
-                    });
+                    return Err(ToolError::invalid(name, "old_text must not be empty"));
                 }
                 Op::FsEdit {
                     path: a.path,
@@ -236,10 +233,7 @@ impl FileTools {
             "fs_search" => {
                 let a: SearchArgs = parse_args(name, args)?;
                 if a.glob.is_none() && a.text.is_none() {
-                    return Err(ToolError::InvalidArguments {
-                        tool: name.into(),
-                        reason: "give a glob, a text, or both".into(),
-                    });
+                    return Err(ToolError::invalid(name, "give a glob, a text, or both"));
                 }
                 Op::FsSearch {
                     path: a.path,

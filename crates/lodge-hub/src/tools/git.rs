@@ -269,7 +269,7 @@ impl GitTools {
     ) -> Result<CallToolResult, ToolError> {
         for (what, value) in [("name", &a.name), ("email", &a.email)] {
             if value.trim().is_empty() || value.contains('\n') {
-                return Err(invalid(
+                return Err(ToolError::invalid(
                     "git_configure",
                     format!("{what} must be one non-empty line"),
                 ));
@@ -414,7 +414,7 @@ impl GitTools {
             "git_commit" => {
                 let a: CommitArgs = parse_args(name, args)?;
                 if a.message.trim().is_empty() {
-                    return Err(invalid(name, "message must not be empty".into()));
+                    return Err(ToolError::invalid(name, "message must not be empty"));
                 }
                 let head = self
                     .git(caller, Some(&a.path), &["symbolic-ref", "-q", "HEAD"], None)
@@ -472,14 +472,14 @@ fn check_url(url: &str) -> Result<(), ToolError> {
     {
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.contains('@') {
-            return Err(invalid(
+            return Err(ToolError::invalid(
                 "git_clone",
-                "the URL carries credentials; they would be stored in .git/config. Put the token in a secret and name it with git_configure token_secret".into(),
+                "the URL carries credentials; they would be stored in .git/config. Put the token in a secret and name it with git_configure token_secret",
             ));
         }
     }
     if lower.starts_with("ext::") || lower.starts_with("fd::") || url.starts_with('-') {
-        return Err(invalid(
+        return Err(ToolError::invalid(
             "git_clone",
             format!("unsupported URL {url:?}: use https://, ssh:// or a path"),
         ));
@@ -562,13 +562,6 @@ fn explain(ran: &Ran, cwd: Option<&str>, creds: Option<&Credentials>) -> String 
 /// `s` as one word for `/bin/sh`.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn invalid(tool: &str, reason: String) -> ToolError {
-    ToolError::InvalidArguments {
-        tool: tool.to_owned(),
-        reason,
-    }
 }
 
 fn output(ran: Ran) -> CallToolResult {

@@ -88,6 +88,16 @@ pub enum ToolError {
     },
 }
 
+impl ToolError {
+    /// Arguments of `tool` that parse but make no sense; `reason` names the field and the fix.
+    pub fn invalid(tool: &str, reason: impl Into<String>) -> Self {
+        ToolError::InvalidArguments {
+            tool: tool.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
 #[async_trait]
 pub trait ToolSet: Send + Sync + 'static {
     /// Every tool this set can answer for.
@@ -164,10 +174,7 @@ pub(crate) fn profile_timeout(
     profile: &lodge_core::config::Profile,
     timeout_s: Option<f64>,
 ) -> Result<std::time::Duration, ToolError> {
-    let bad = |reason: String| ToolError::InvalidArguments {
-        tool: tool.to_owned(),
-        reason,
-    };
+    let bad = |reason: String| ToolError::invalid(tool, reason);
     match timeout_s {
         None => Ok(profile.command_timeout),
         Some(s) if s.is_finite() && s > 0.0 => {
@@ -186,12 +193,8 @@ pub(crate) fn profile_timeout(
 
 /// Parses tool arguments into `T`, naming the tool and the offending field on failure.
 pub fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ToolError> {
-    serde_json::from_value(serde_json::Value::Object(args)).map_err(|e| {
-        ToolError::InvalidArguments {
-            tool: tool.to_owned(),
-            reason: e.to_string(),
-        }
-    })
+    serde_json::from_value(serde_json::Value::Object(args))
+        .map_err(|e| ToolError::invalid(tool, e.to_string()))
 }
 
 impl ToolError {

@@ -92,10 +92,10 @@ impl ToolSet for SecretTools {
             "secret_put" => {
                 let a: PutArgs = parse_args(name, args)?;
                 if a.fields.is_empty() {
-                    return Err(ToolError::InvalidArguments {
-                        tool: name.into(),
-                        reason: "fields must hold at least one field".into(),
-                    });
+                    return Err(ToolError::invalid(
+                        name,
+                        "fields must hold at least one field",
+                    ));
                 }
                 let names: Vec<String> = a.fields.keys().cloned().collect();
                 let fields: Fields = a
