@@ -279,4 +279,76 @@ impl JupyterOp {
             JupyterOp::KernelShutdown { .. } => "kernel_shutdown",
         }
     }
+
+    /// The same request with its notebook paths (and notebook kernel ids) in one spelling, so
+    /// `a.ipynb`, `./a.ipynb` and `.//a.ipynb` name one file and one kernel.
+    /// Only `.` and empty components go; `..` stays for the workspace rules to judge.
+    pub fn normalized(mut self) -> Self {
+        match &mut self {
+            JupyterOp::NotebookCreate { path, .. }
+            | JupyterOp::NotebookRead { path, .. }
+            | JupyterOp::NotebookExecute { path, .. }
+            | JupyterOp::CellRead { path, .. }
+            | JupyterOp::CellInsert { path, .. }
+            | JupyterOp::CellEdit { path, .. }
+            | JupyterOp::CellMove { path, .. }
+            | JupyterOp::CellDelete { path, .. }
+            | JupyterOp::CellExecute { path, .. }
+            | JupyterOp::CodeExecute {
+                kernel: Some(path), ..
+            }
+            | JupyterOp::KernelInterrupt { kernel: path }
+            | JupyterOp::KernelRestart { kernel: path }
+            | JupyterOp::KernelShutdown { kernel: path } => {
+                if path.ends_with(".ipynb") {
+                    *path = normal_path(path);
+                }
+            }
+            JupyterOp::NotebookList { .. }
+            | JupyterOp::CodeExecute { kernel: None, .. }
+            | JupyterOp::KernelList => {}
+        }
+        self
+    }
+}
+
+/// `path` without `.` and empty components; a leading `/` is kept (the workspace refuses it).
+fn normal_path(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    let joined = parts.join("/");
+    if path.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notebook_paths_and_kernel_ids_get_one_spelling() {
+        assert_eq!(normal_path("./a.ipynb"), "a.ipynb");
+        assert_eq!(normal_path("x//./y/a.ipynb"), "x/y/a.ipynb");
+        assert_eq!(normal_path("x/../a.ipynb"), "x/../a.ipynb");
+        assert_eq!(normal_path("/etc/./a.ipynb"), "/etc/a.ipynb");
+        let op = JupyterOp::KernelRestart {
+            kernel: "./n/a.ipynb".into(),
+        };
+        assert_eq!(
+            op.normalized(),
+            JupyterOp::KernelRestart {
+                kernel: "n/a.ipynb".into()
+            }
+        );
+        // Scratch kernel names are not paths and stay as given.
+        let op = JupyterOp::KernelShutdown {
+            kernel: "scratch".into(),
+        };
+        assert_eq!(op.clone().normalized(), op);
+    }
 }

@@ -138,6 +138,18 @@ async fn cells_run_in_a_real_kernel_and_the_file_stays_valid() {
         "state was not kept: {}",
         second.text
     );
+    // Another spelling of the path names the same notebook and the same kernel.
+    let spelled = a
+        .call(
+            "code_execute",
+            json!({"code": "x + 1", "kernel": "./work//analysis.ipynb"}),
+        )
+        .await;
+    assert!(
+        spelled.text.contains("21"),
+        "./work//analysis.ipynb got a kernel of its own: {}",
+        spelled.text
+    );
 
     let code = format!(
         "import base64\nfrom IPython.display import Image, display\ndisplay('shown')\ndisplay(Image(data=base64.b64decode('{PNG}')))"

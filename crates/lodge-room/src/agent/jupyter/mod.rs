@@ -72,7 +72,7 @@ impl Jupyter {
     ) -> Outcome {
         *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = settings;
         let exec = Exec { ctx, cancel };
-        match op {
+        match op.normalized() {
             JupyterOp::NotebookList { path, limit } => self.list(&path, limit).await,
             JupyterOp::NotebookCreate {
                 path,
