@@ -538,6 +538,13 @@ fn explain(ran: &Ran, cwd: Option<&str>, creds: Option<&Credentials>) -> String 
         || lower.contains("network is unreachable")
     {
         "the remote is not reachable from your room. Rooms have no network unless your profile has network = \"host\" (ask the operator; see docs/configuration.md)".to_owned()
+    } else if lower.contains("repository not found")
+        || lower.contains("the requested url returned error: 404")
+        || lower.contains("does not appear to be a git repository")
+    {
+        "the remote has no repository at that URL: check the URL (a host may also answer this way for a private repository your token cannot see)".to_owned()
+    } else if lower.contains("already exists and is not an empty directory") {
+        "the clone's target directory already exists and is not empty: pass another path, or remove it with fs_delete".to_owned()
     } else if lower.contains("not a git repository") {
         format!("{repo} is not a git repository: clone one with git_clone, or run_command git init")
     } else {
@@ -616,6 +623,45 @@ mod tests {
         assert!(check_url("ext::sh -c touch% /tmp/x").is_err());
         assert!(check_url("--upload-pack=touch /tmp/x").is_err());
         assert!(check_url("https://github.com/a/b@c.git").is_ok());
+    }
+
+    #[test]
+    fn errors_users_meet_are_named_with_the_fix() {
+        let failed = |stderr: &str| Ran {
+            ok: false,
+            exit_code: Some(128),
+            stdout: String::new(),
+            stderr: stderr.to_owned(),
+            timed_out: false,
+        };
+        let cases = [
+            (
+                "remote: Repository not found.\nfatal: repository 'https://h/a/b.git/' not found",
+                "no repository at that URL",
+            ),
+            (
+                "fatal: unable to access 'http://h/x/': The requested URL returned error: 404",
+                "no repository at that URL",
+            ),
+            (
+                "fatal: destination path 'b' already exists and is not an empty directory.",
+                "already exists and is not empty",
+            ),
+            (
+                "fatal: unable to access 'https://h/': Could not resolve host: h",
+                "network = \"host\"",
+            ),
+            (
+                "fatal: not a git repository (or any of the parent directories): .git",
+                "is not a git repository",
+            ),
+            ("something new", "git failed (exit code Some(128))"),
+        ];
+        for (stderr, expected) in cases {
+            let text = explain(&failed(stderr), Some("b"), None);
+            assert!(text.contains(expected), "{stderr:?} gave {text:?}");
+            assert!(text.ends_with(stderr.lines().last().unwrap_or_default()));
+        }
     }
 
     #[test]
