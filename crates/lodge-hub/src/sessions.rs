@@ -12,6 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// Last-use times written per store transaction by [`Sessions::flush`].
+const FLUSH_CHUNK: usize = 500;
+
 /// A live session as the hub keeps it in memory.
 #[derive(Debug)]
 pub struct Session {
@@ -265,10 +268,12 @@ impl Sessions {
                 (seen > old).then(|| (format_id(*k), seen))
             })
             .collect();
-        if dirty.is_empty() {
-            return Ok(());
+        // One transaction per chunk: a flush of many sessions in one transaction held
+        // SQLite's write lock long enough to stall new sessions' inserts under load.
+        for chunk in dirty.chunks(FLUSH_CHUNK) {
+            self.store.touch_sessions(chunk).await?;
         }
-        self.store.touch_sessions(&dirty).await
+        Ok(())
     }
 
     /// Sessions of one user, or of everyone (`None`), as (id, session) pairs.
@@ -306,6 +311,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_store::{NewUser, SqliteStore};
 
     #[test]
     fn ids_round_trip_and_reject_junk() {
@@ -320,6 +326,43 @@ mod tests {
             "+0000000000000000000000000000000",
         ] {
             assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_larger_than_one_chunk_writes_every_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("lodge.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.unwrap());
+        let user = store
+            .create_user(&NewUser {
+                name: lodge_core::UserName::parse("alice").unwrap(),
+                admin: false,
+                profile: "default".into(),
+            })
+            .await
+            .unwrap();
+        let cfg = SessionsConfig {
+            max_per_user: 5000,
+            ..SessionsConfig::default()
+        };
+        let sessions = Sessions::load(store.clone(), &cfg).await.unwrap();
+        let n = FLUSH_CHUNK * 2 + 7;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(sessions.create(user.id, "2025-06-18", "t").await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        for id in &ids {
+            sessions.touch(id, user.id).await.unwrap();
+        }
+        sessions.flush().await.unwrap();
+
+        let reloaded = Sessions::load(store, &cfg).await.unwrap();
+        for id in &ids {
+            let before = sessions.get(id).unwrap().last_seen_ms();
+            let after = reloaded.get(id).unwrap().last_seen_ms();
+            assert_eq!(after, before, "session {id}'s last use was not written");
         }
     }
 }
