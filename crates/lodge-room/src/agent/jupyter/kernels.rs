@@ -187,7 +187,8 @@ impl Kernel {
         lock(&self.last_used).elapsed()
     }
 
-    fn touch(&self) {
+    /// Marks the kernel used now (a call that was just handed it is about to run).
+    pub(crate) fn touch(&self) {
         *lock(&self.last_used) = Instant::now();
     }
 
@@ -474,19 +475,44 @@ impl Kernels {
         self.all().iter().filter(|k| k.dead().is_none()).count()
     }
 
-    pub(crate) fn forget(&self, id: &str) {
-        lock(&self.slots).remove(id);
+    /// Drops the empty slot `id` unless a caller holds a clone of it (it is waiting to start a
+    /// kernel there; removing the slot would leave that kernel outside the registry).
+    pub(crate) fn forget(&self, id: &str, slot: &Slot) {
+        let mut slots = lock(&self.slots);
+        // Clones are made under this lock (in `slot`), so the count cannot grow meanwhile:
+        // one for the map and one for the caller's `slot`.
+        if slots
+            .get(id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot) && Arc::strong_count(s) == 2)
+        {
+            slots.remove(id);
+        }
     }
 
-    /// Stops kernels idle longer than `idle`, and forgets dead ones idle as long.
+    /// Stops kernels idle longer than `idle`, and forgets dead ones idle as long. A slot
+    /// someone holds is skipped: its kernel is being started or handed to a call, which
+    /// touches it under that lock, so a kernel is never culled between pick and run.
     pub(crate) async fn cull(&self, idle: Duration) -> usize {
+        let slots: Vec<(String, Slot)> = lock(&self.slots)
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.clone()))
+            .collect();
         let mut stopped = 0;
-        for kernel in self.all() {
-            if !kernel.is_busy() && kernel.idle_for() >= idle {
-                kernel.stop().await;
-                self.forget(&kernel.id);
-                stopped += 1;
+        for (id, slot) in slots {
+            let Ok(mut held) = slot.try_lock() else {
+                continue;
+            };
+            let Some(kernel) = held.clone() else {
+                continue;
+            };
+            if kernel.is_busy() || kernel.idle_for() < idle {
+                continue;
             }
+            kernel.stop().await;
+            *held = None;
+            drop(held);
+            self.forget(&id, &slot);
+            stopped += 1;
         }
         stopped
     }

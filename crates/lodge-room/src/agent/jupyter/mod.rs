@@ -225,7 +225,8 @@ impl Jupyter {
                 let mut held = slot.lock().await;
                 k.stop().await;
                 *held = None;
-                self.kernels.forget(&kernel);
+                drop(held);
+                self.kernels.forget(&kernel, &slot);
                 Ok(done(format!("kernel {kernel:?} was shut down")))
             }
         }
@@ -507,6 +508,8 @@ impl Jupyter {
             if let Some(reason) = kernel.dead() {
                 return Err(dead_kernel(id, &reason));
             }
+            // Under the slot's lock, so the culler sees this use before it judges idleness.
+            kernel.touch();
             return Ok(kernel.clone());
         }
         let wanted = match (wanted, is_notebook) {
