@@ -24,8 +24,13 @@ struct Hub {
     dir: tempfile::TempDir,
 }
 
-/// Starts an agent and reads its hello; does not send ours.
-async fn start_raw() -> Hub {
+/// A real agent serving over an in-memory pipe, unconfined, with `ws` and `tmp` in a fresh
+/// temporary directory. Returns the hub's end of the pipe.
+fn spawn_agent() -> (
+    DuplexStream,
+    JoinHandle<Result<(), AgentError>>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("ws")).unwrap();
     std::fs::create_dir(dir.path().join("tmp")).unwrap();
@@ -39,6 +44,12 @@ async fn start_raw() -> Hub {
     let (hub_end, agent_end) = tokio::io::duplex(1 << 20);
     let (reader, writer) = tokio::io::split(agent_end);
     let agent = tokio::spawn(async move { serve(reader, writer, &cfg).await });
+    (hub_end, agent, dir)
+}
+
+/// Starts an agent and reads its hello; does not send ours.
+async fn start_raw() -> Hub {
+    let (hub_end, agent, dir) = spawn_agent();
     let mut io = Framed::new(hub_end, HubCodec::new());
     match next(&mut io).await {
         AgentMessage::Hello(hello) => {
@@ -1213,19 +1224,7 @@ async fn cancel_kills_an_upstream_server_and_its_children() {
 
 /// A `RoomClient` connected to a real agent over an in-memory pipe.
 async fn client() -> (crate::client::RoomClient, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("ws")).unwrap();
-    std::fs::create_dir(dir.path().join("tmp")).unwrap();
-    let cfg = AgentConfig {
-        workspace: dir.path().join("ws"),
-        tmp: dir.path().join("tmp"),
-        confine: false,
-        network: true,
-        read_only: Vec::new(),
-    };
-    let (hub_end, agent_end) = tokio::io::duplex(1 << 20);
-    let (reader, writer) = tokio::io::split(agent_end);
-    tokio::spawn(async move { serve(reader, writer, &cfg).await });
+    let (hub_end, _agent, dir) = spawn_agent();
     let (reader, writer) = tokio::io::split(hub_end);
     let (client, _) = crate::client::RoomClient::connect(reader, writer, STEP)
         .await
