@@ -389,7 +389,7 @@ impl NotebookTools {
                 let a: InsertArgs = parse_args(name, args)?;
                 let cell_type = a.cell_type.map_or(CellType::Code, CellType::from);
                 let request = JupyterOp::CellInsert {
-                    path: a.path.clone(),
+                    path: a.path,
                     index: a.index,
                     cell_type,
                     source: a.source,
