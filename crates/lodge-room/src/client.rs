@@ -467,10 +467,13 @@ mod tests {
     use super::*;
     use crate::protocol::{AgentCodec, ErrorKind};
 
+    /// What the fake agent reads from the hub.
+    type AgentIn = FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, AgentCodec>;
+
     /// A scripted agent on the other end of a duplex pipe.
     async fn fake_agent() -> (
         RoomClient,
-        FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, AgentCodec>,
+        AgentIn,
         FramedWrite<tokio::io::WriteHalf<tokio::io::DuplexStream>, AgentCodec>,
     ) {
         let (hub_side, agent_side) = tokio::io::duplex(1 << 16);
@@ -496,6 +499,25 @@ mod tests {
             agent
         );
         (client, a_in, a_out)
+    }
+
+    /// The id of the next frame from the hub, which must be a request.
+    async fn next_request(a_in: &mut AgentIn) -> u64 {
+        match a_in.next().await.unwrap().unwrap() {
+            HubMessage::Request { id, .. } => id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The next frame from the hub must be a `Cancel` of request `id`, within 5 s.
+    async fn expect_cancel(a_in: &mut AgentIn, id: u64) {
+        let next = tokio::time::timeout(Duration::from_secs(5), a_in.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(next, Some(Ok(HubMessage::Cancel { id: c })) if c == id),
+            "{next:?}"
+        );
     }
 
     #[tokio::test]
@@ -578,18 +600,9 @@ mod tests {
         let (client, mut a_in, _a_out) = fake_agent().await;
         let c = client.clone();
         let call = tokio::spawn(async move { c.call(Op::Ping, None).await });
-        let id = match a_in.next().await.unwrap().unwrap() {
-            HubMessage::Request { id, .. } => id,
-            other => panic!("unexpected {other:?}"),
-        };
+        let id = next_request(&mut a_in).await;
         call.abort();
-        let next = tokio::time::timeout(Duration::from_secs(5), a_in.next())
-            .await
-            .unwrap();
-        assert!(
-            matches!(next, Some(Ok(HubMessage::Cancel { id: c })) if c == id),
-            "{next:?}"
-        );
+        expect_cancel(&mut a_in, id).await;
         assert_eq!(client.in_flight(), 0);
     }
 
@@ -624,22 +637,13 @@ mod tests {
             env: Default::default(),
         };
         let mut relay = client.open(op, tx).unwrap();
-        let id = match a_in.next().await.unwrap().unwrap() {
-            HubMessage::Request { id, .. } => id,
-            other => panic!("unexpected {other:?}"),
-        };
+        let id = next_request(&mut a_in).await;
         relay
             .input()
             .send(serde_json::json!({ "s": huge }))
             .unwrap();
         // The oversized input never leaves; the request is cancelled in the room instead.
-        let next = tokio::time::timeout(Duration::from_secs(5), a_in.next())
-            .await
-            .unwrap();
-        assert!(
-            matches!(next, Some(Ok(HubMessage::Cancel { id: c })) if c == id),
-            "{next:?}"
-        );
+        expect_cancel(&mut a_in, id).await;
         let r = relay.finished().await;
         assert!(
             matches!(&r, Err(CallError::Op(e)) if e.kind == ErrorKind::TooLarge),
@@ -675,10 +679,7 @@ mod tests {
         let relay = client.open(op, tx).unwrap();
         let input = relay.input();
         input.send(serde_json::json!({"n": 1})).unwrap();
-        let id = match a_in.next().await.unwrap().unwrap() {
-            HubMessage::Request { id, .. } => id,
-            other => panic!("unexpected {other:?}"),
-        };
+        let id = next_request(&mut a_in).await;
         assert_eq!(
             a_in.next().await.unwrap().unwrap(),
             HubMessage::Input {
