@@ -126,14 +126,19 @@ fn session_ids(info: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Checks one user's SDK result; returns (the SDK's session id, the listed session ids).
-fn check(out: &Value, user: &str) -> (String, Vec<String>) {
-    let tools: Vec<&str> = out["tools"]
+/// The tool names an SDK script printed under `tools`.
+fn tool_names(out: &Value) -> Vec<&str> {
+    out["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("no tools list: {out}"))
         .iter()
         .filter_map(Value::as_str)
-        .collect();
+        .collect()
+}
+
+/// Checks one user's SDK result; returns (the SDK's session id, the listed session ids).
+fn check(out: &Value, user: &str) -> (String, Vec<String>) {
+    let tools = tool_names(out);
     assert!(tools.contains(&"session_info"), "tools: {tools:?}");
     let info = &out["session_info"];
     assert_eq!(info["user"], user, "{user}'s session_info: {info}");
@@ -278,12 +283,7 @@ command = ["{node}", "{everything}", "stdio"]
     let token = hub.token("alice", &[]);
 
     let out = script_ok(&py, &upstream_script(), &hub.mcp_url(), &token).await;
-    let tools: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tools list: {out}"))
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let tools = tool_names(&out);
     for want in ["git__git_status", "everything__echo", "session_info"] {
         assert!(tools.contains(&want), "{want} missing from {tools:?}");
     }
