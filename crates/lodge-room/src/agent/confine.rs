@@ -107,6 +107,21 @@ const CLONE_NAMESPACES: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// Socket families a room may create: local sockets, IPv4/IPv6 (Landlock and the network
+/// namespace decide where they may go) and netlink. Every other family is refused with
+/// EAFNOSUPPORT: families such as AF_VSOCK ignore network namespaces (a `network = "none"` room
+/// could otherwise talk to the hypervisor), and rarely used ones (AF_ALG, AF_PACKET, bluetooth,
+/// XDP, …) are kernel attack surface no room needs.
+const SOCKET_FAMILIES: &[libc::c_int] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+/// The one netlink protocol a room needs: NETLINK_ROUTE, which glibc's getaddrinfo reads its
+/// interface addresses from. Other netlink protocols (audit, netfilter, uevents, …) are refused.
+const NETLINK_PROTOCOLS: &[libc::c_int] = &[libc::NETLINK_ROUTE];
+
 /// Why confinement could not be applied. The agent must not serve after any of these.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
@@ -156,7 +171,8 @@ impl fmt::Display for ConfineReport {
             f,
             "confinement: landlock {ruleset} (kernel: {kernel}; asked for ABI {LANDLOCK_ABI}, \
              {network}, signal and abstract-socket scopes); seccomp: {} syscalls refused, \
-             namespace clones refused, clone3 -> ENOSYS; no_new_privs: {}",
+             namespace clones refused, clone3 -> ENOSYS, socket families other than unix, inet, inet6 \
+             and netlink route refused; no_new_privs: {}",
             self.seccomp_denied, self.landlock.no_new_privs
         )
     }
@@ -209,9 +225,11 @@ fn landlock(cfg: &AgentConfig) -> Result<RestrictionStatus, landlock::RulesetErr
         .restrict_self()
 }
 
-/// Two filters (a filter has one match action): EPERM for [`DENIED`] and namespace clones, and
+/// Three filters (a filter has one match action): EPERM for [`DENIED`] and namespace clones,
 /// ENOSYS for `clone3` (its flags live in memory a filter cannot read; ENOSYS makes libc fall
-/// back to `clone`, which the first filter can check).
+/// back to `clone`, which the first filter can check), and EAFNOSUPPORT for sockets of a family
+/// outside [`SOCKET_FAMILIES`] (the errno programs expect for a family the kernel lacks, so
+/// they fall back instead of failing hard).
 fn seccomp_filters() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
@@ -240,7 +258,38 @@ fn seccomp_filters() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         ARCH,
     )?;
-    Ok(vec![eperm.try_into()?, clone3.try_into()?])
+    Ok(vec![
+        eperm.try_into()?,
+        clone3.try_into()?,
+        socket_families()?.try_into()?,
+    ])
+}
+
+/// `socket` and `socketpair` whose family (argument 0) is none of [`SOCKET_FAMILIES`], and
+/// netlink sockets whose protocol (argument 2) is none of [`NETLINK_PROTOCOLS`].
+fn socket_families() -> Result<SeccompFilter, seccompiler::BackendError> {
+    let dword = |arg: u8, op: SeccompCmpOp, value: libc::c_int| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value as u32 as u64)
+    };
+    let none_of = |arg: u8, values: &[libc::c_int]| -> Result<Vec<SeccompCondition>, _> {
+        values
+            .iter()
+            .map(|v| dword(arg, SeccompCmpOp::Ne, *v))
+            .collect()
+    };
+    let other_family = SeccompRule::new(none_of(0, SOCKET_FAMILIES)?)?;
+    let mut other_netlink = vec![dword(0, SeccompCmpOp::Eq, libc::AF_NETLINK)?];
+    other_netlink.extend(none_of(2, NETLINK_PROTOCOLS)?);
+    let other_netlink = SeccompRule::new(other_netlink)?;
+    SeccompFilter::new(
+        BTreeMap::from([
+            (libc::SYS_socket, vec![other_family.clone(), other_netlink]),
+            (libc::SYS_socketpair, vec![other_family]),
+        ]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        ARCH,
+    )
 }
 
 #[cfg(test)]
@@ -260,7 +309,7 @@ mod tests {
     #[test]
     fn filters_compile_for_this_arch() {
         let filters = seccomp_filters().unwrap();
-        assert_eq!(filters.len(), 2);
+        assert_eq!(filters.len(), 3);
         assert!(filters.iter().all(|f| !f.is_empty()));
     }
 
@@ -374,6 +423,61 @@ mod tests {
             probe::clone_newuser_invalid(),
             Err(Errno::PERM),
             "clone(NEWUSER)"
+        );
+
+        // Socket families: what rooms use still works; AF_VSOCK (which ignores network
+        // namespaces), AF_PACKET, AF_ALG and netlink beyond NETLINK_ROUTE do not.
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink, socket, socketpair};
+        socket(AddressFamily::UNIX, SocketType::STREAM, None).expect("unix socket");
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::empty(),
+            None,
+        )
+        .expect("unix socketpair");
+        socket(AddressFamily::INET, SocketType::DGRAM, None).expect("inet socket");
+        socket(AddressFamily::INET6, SocketType::STREAM, None).expect("inet6 socket");
+        socket(AddressFamily::NETLINK, SocketType::RAW, None).expect("netlink route socket");
+        for (family, kind, protocol, what) in [
+            (AddressFamily::VSOCK, SocketType::STREAM, None, "vsock"),
+            (AddressFamily::VSOCK, SocketType::DGRAM, None, "vsock dgram"),
+            (AddressFamily::PACKET, SocketType::RAW, None, "packet"),
+            (
+                AddressFamily::from_raw(libc::AF_ALG as _),
+                SocketType::SEQPACKET,
+                None,
+                "alg",
+            ),
+            (
+                AddressFamily::NETLINK,
+                SocketType::RAW,
+                Some(netlink::AUDIT),
+                "netlink audit",
+            ),
+            (
+                AddressFamily::NETLINK,
+                SocketType::RAW,
+                Some(netlink::KOBJECT_UEVENT),
+                "netlink uevent",
+            ),
+        ] {
+            assert_eq!(
+                socket(family, kind, protocol).map(drop),
+                Err(Errno::AFNOSUPPORT),
+                "socket({what})"
+            );
+        }
+        assert_eq!(
+            socketpair(
+                AddressFamily::VSOCK,
+                SocketType::STREAM,
+                SocketFlags::empty(),
+                None
+            )
+            .map(drop),
+            Err(Errno::AFNOSUPPORT),
+            "socketpair(vsock)"
         );
     }
 }
