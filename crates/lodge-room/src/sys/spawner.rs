@@ -1,5 +1,5 @@
 //! The spawner's side: the child setup that runs between fork and exec (cgroup placement,
-//! rlimits, the mount bridge, dropping to the room uid), prepared by the parent. It must not
+//! the mount bridge, rlimits, dropping to the room uid), prepared by the parent. It must not
 //! allocate, lock or log in the child, and must not decide policy.
 
 use std::ffi::{CStr, CString};
@@ -143,18 +143,23 @@ impl Plan {
             // "0" means the writing process: the child joins before it forks anything.
             self.check(Stage::Cgroup, rustix::io::write(fd, b"0"))?;
         }
+        if s.ignore_sigxfsz {
+            self.check(Stage::Signal, ignore_sigxfsz())?;
+        }
+        if let Some(bridge) = &s.bridge {
+            self.build_bridge(bridge)?;
+        }
+        // Limits come after every open: until exec the child holds a copy of each of the
+        // hub's descriptors (close-on-exec, but open now), so with a busy hub the lowest free
+        // descriptor number can lie above the room's RLIMIT_NOFILE and any open would fail
+        // with EMFILE. Lowering a limit below descriptors already open is allowed; exec then
+        // closes the hub's copies.
         for &(resource, value) in &s.rlimits {
             let limit = Rlimit {
                 current: Some(value),
                 maximum: Some(value),
             };
             self.check(Stage::Rlimit, rustix::process::setrlimit(resource, limit))?;
-        }
-        if s.ignore_sigxfsz {
-            self.check(Stage::Signal, ignore_sigxfsz())?;
-        }
-        if let Some(bridge) = &s.bridge {
-            self.build_bridge(bridge)?;
         }
         if let Some((uid, gid)) = s.credentials {
             self.check(Stage::Credentials, set_credentials(uid, gid))?;
