@@ -112,11 +112,8 @@ impl Rooms {
             );
         }
         ::metrics::gauge!("lodge_rooms_running").set(0.0);
-        let instance = {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(setup.data_dir.as_os_str().as_encoded_bytes());
-            hex::encode(&digest[..4])
-        };
+        let instance = spawner::leftovers::instance_for(&setup.data_dir);
+        sweep_leftovers(&setup.data_dir, &instance);
         Self {
             instance,
             config: config.rooms.clone(),
@@ -317,7 +314,6 @@ impl Rooms {
     fn watch(&self, user: String, room: Arc<Room>, mut process: RoomProcess) {
         let grace = self.config.stop_grace;
         let running = self.running.clone();
-        let workspace = self.setup.data_dir.join("workspaces").join(&user);
         tokio::spawn(async move {
             let reason = tokio::select! {
                 status = process.wait() => {
@@ -338,11 +334,8 @@ impl Rooms {
             };
             room.client.shutdown();
             room.client.close(reason);
+            // Also unmounts the room's quota volume.
             process.stop(grace).await;
-            // The quota volume is mounted per running room; a lazy unmount never blocks.
-            if let Err(e) = spawner::unmount(&workspace) {
-                tracing::warn!(%user, error = %e, "cannot unmount the room's workspace volume");
-            }
             running.release();
             room.done.store(true, Ordering::Release);
             room.stopped.notify_waiters();
@@ -437,6 +430,24 @@ impl Running {
 /// Workspaces are named by user name, but a name can be reused after its user was removed
 /// without `--purge`. The room's state directory records the user id that owns the
 /// workspace; another id is refused, so a new user never inherits a removed user's files.
+/// Removes what rooms of a hub that died without stopping them left behind (mounts, loop
+/// devices, cgroups). Rooms still running are left alone.
+fn sweep_leftovers(data_dir: &std::path::Path, instance: &str) {
+    let found = spawner::leftovers::find(data_dir, instance);
+    if found.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        mounts = found.mounts.len(),
+        loop_devices = found.loop_devices.len(),
+        cgroups = found.cgroups.len(),
+        "removing what rooms of a hub that stopped without stopping them left behind"
+    );
+    for why in spawner::leftovers::remove(&found) {
+        tracing::warn!("{why}");
+    }
+}
+
 fn claim_workspace(spec: &RoomSpec) -> Result<(), String> {
     let marker = spec.state_dir.join("owner-id");
     let mine = spec.user_id.to_string();

@@ -385,3 +385,119 @@ async fn purge_removes_the_workspace_volume() {
     );
     assert!(!mounted(&ws), "volume still mounted");
 }
+
+/// Loop devices whose backing file lies below `dir`.
+fn loop_devices_below(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            backing
+                .trim()
+                .starts_with(dir.to_str()?)
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Workspace mounts in the test's (the host's) mount namespace below `dir`.
+fn mounts_below(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_str().expect("utf8 path");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `lodge doctor --json`'s "room leftovers" check.
+fn leftovers_check(hub: &TestHub) -> serde_json::Value {
+    let out = hub.lodge(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "room leftovers")
+        .cloned()
+        .expect("a room leftovers check")
+}
+
+/// A hub killed with SIGKILL takes its rooms with it (bwrap dies with its parent) but never
+/// runs their stop path, so their quota volumes stay mounted and their cgroups stay. `lodge
+/// doctor` names them; the next hub on the same DATA_DIR removes them before it serves, and
+/// the users' files are all there on their next call.
+#[tokio::test]
+async fn a_killed_hubs_room_leftovers_are_reported_and_removed_by_the_next_hub() {
+    let mut hub = TestHub::start();
+    let dir = std::fs::canonicalize(&hub.dir).expect("data dir");
+    let users = ["kleft1", "kleft2"];
+    for name in users {
+        let s = hub.user_session(name, &[]).await;
+        s.ok("fs_write", json!({"path": "f.txt", "content": name}))
+            .await;
+    }
+    assert_eq!(mounts_below(&dir).len(), 2, "{:?}", mounts_below(&dir));
+    assert_eq!(loop_devices_below(&dir).len(), 2);
+    hub.kill();
+
+    // Once the rooms are dead, doctor reports what they left (live rooms are never listed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let check = loop {
+        let check = leftovers_check(&hub);
+        let detail = check["detail"].as_str().unwrap_or_default().to_owned();
+        if users
+            .iter()
+            .all(|u| detail.contains(&format!("workspaces/{u}")))
+        {
+            break check;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "doctor did not report the dead rooms' mounts: {check}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(check["status"], "degraded", "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    for u in users {
+        assert!(detail.contains(&format!("-{u}")), "cgroup of {u}: {check}");
+    }
+    assert_eq!(mounts_below(&dir).len(), 2, "the kill unmounted nothing");
+
+    // The next hub sweeps before it prints its ready line.
+    hub.spawn();
+    assert!(
+        mounts_below(&dir).is_empty(),
+        "mounts survived the restart: {:?}",
+        mounts_below(&dir)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !loop_devices_below(&dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loop devices survived the restart: {:?}",
+            loop_devices_below(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for u in users {
+        assert!(cgroups_named(&format!("-{u}")).is_empty(), "cgroup of {u}");
+    }
+    assert_eq!(leftovers_check(&hub)["status"], "ok");
+
+    // Nothing of the users' was lost.
+    for name in users {
+        let token = hub.token(name, &[]);
+        let url = hub.mcp_url();
+        let sid = common::open_session(&url, &token).await;
+        let s = Mcp { url, token, sid };
+        let r = s.ok("fs_read", json!({"path": "f.txt"})).await;
+        assert!(r.to_string().contains(name), "{r}");
+    }
+}

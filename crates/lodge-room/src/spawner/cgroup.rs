@@ -148,6 +148,29 @@ fn v1_dirs(mounts: &[Mount], own: &str) -> Layout {
     }
 }
 
+impl Layout {
+    /// The room ids (`<instance>-<user>`) of the room cgroups of `instance` that exist now.
+    pub(crate) fn rooms_of(&self, instance: &str) -> Vec<String> {
+        let parents: Vec<&PathBuf> = match self {
+            Layout::V2 { parent } => vec![parent],
+            Layout::V1 { memory, cpu, pids } => [memory, cpu, pids].into_iter().flatten().collect(),
+        };
+        let prefix = format!("lodge-{instance}-");
+        let mut rooms = BTreeSet::new();
+        for parent in parents {
+            let Ok(dir) = fs::read_dir(parent) else {
+                continue;
+            };
+            rooms.extend(dir.flatten().filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.starts_with(&prefix)
+                    .then(|| name["lodge-".len()..].to_owned())
+            }));
+        }
+        rooms.into_iter().collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Version {
     V1,

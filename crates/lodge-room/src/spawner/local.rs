@@ -187,12 +187,15 @@ impl LocalSpawner {
             path: spec.state_dir.clone(),
             error,
         })?;
+        // Mounted for this room: any failure below drops it, which unmounts the volume again.
+        let mut mounted = None;
         if let Some(disk) = spec.limits.disk_bytes {
             match ids {
                 Some(owner) => {
                     let image = volume::image_path(&spec.state_dir);
-                    if let Some(w) = volume::prepare(&spec.workspace, &image, disk, owner).await? {
-                        warnings.push(w);
+                    match volume::prepare(&spec.workspace, &image, disk, owner).await? {
+                        volume::Quota::Mounted(m) => mounted = Some(m),
+                        volume::Quota::NotApplied(w) => warnings.push(w),
                     }
                 }
                 None => warnings.push(
@@ -238,6 +241,7 @@ impl LocalSpawner {
                     warnings,
                     child,
                     cgroup,
+                    volume: mounted,
                     finished: false,
                 })
             }
@@ -461,7 +465,8 @@ impl LocalSpawner {
 /// One started room: its channel (the agent's stdin/stdout), its diagnostics (stderr), warnings
 /// about degraded isolation, and control over its life. The stdio fields are `Option`s so the
 /// hub can take them (`take_channel`, `take_stderr`) and keep the process for `stop`.
-/// Dropping a `RoomProcess` without `stop` kills every process of the room.
+/// Dropping a `RoomProcess` without `stop` kills every process of the room and unmounts its
+/// volume (lazily: the loop device goes once the last process using it is gone).
 pub struct RoomProcess {
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
@@ -471,6 +476,8 @@ pub struct RoomProcess {
     pub warnings: Vec<String>,
     child: Child,
     cgroup: Option<RoomCgroup>,
+    /// The workspace's quota volume, unmounted when the room is stopped or dropped.
+    volume: Option<volume::Mounted>,
     finished: bool,
 }
 
@@ -505,7 +512,7 @@ impl RoomProcess {
 
     /// Stops the room: waits up to `grace` for it to exit by itself (the hub has already sent
     /// Shutdown or closed stdin), then kills every process of the room (cgroup-wide when there
-    /// is a cgroup), reaps, and removes the cgroup.
+    /// is a cgroup), reaps, removes the cgroup and unmounts the workspace volume.
     pub async fn stop(mut self, grace: Duration) {
         let exited = matches!(
             tokio::time::timeout(grace, self.child.wait()).await,
@@ -528,6 +535,8 @@ impl RoomProcess {
             // Also catches processes that outlived the outer one (isolation = none).
             cg.remove().await;
         }
+        // Every process of the room is gone: nothing holds the volume any more.
+        drop(self.volume.take());
         self.finished = true;
     }
 

@@ -65,6 +65,7 @@ pub struct RoomSpec {
 }
 
 mod cgroup;
+pub mod leftovers;
 mod local;
 mod mountinfo;
 mod volume;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 /// One line of mountinfo, with the fields the spawner uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mount {
+    /// The mounted filesystem's device, `major:minor` (the same in every namespace).
+    pub device: String,
     /// The path inside the mounted filesystem that is mounted here (`/` for a whole fs).
     pub root: PathBuf,
     pub mount_point: PathBuf,
@@ -22,6 +24,36 @@ pub(crate) fn read() -> io::Result<Vec<Mount>> {
     Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
 }
 
+/// Devices (`major:minor`) mounted in any mount namespace other than this process's: a live
+/// room holds its workspace volume in its own namespace even after the host's mount is gone.
+/// Processes that vanish or cannot be read while scanning are skipped.
+pub(crate) fn devices_in_other_namespaces() -> io::Result<std::collections::HashSet<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/mnt")?.ino();
+    let mut seen = std::collections::HashSet::from([own]);
+    let mut devices = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(ns) = std::fs::metadata(dir.join("ns/mnt")) else {
+            continue;
+        };
+        if !seen.insert(ns.ino()) {
+            continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("mountinfo")) {
+            devices.extend(parse(&text).into_iter().map(|m| m.device));
+        }
+    }
+    Ok(devices)
+}
+
 /// Parses mountinfo text; malformed lines are skipped.
 pub(crate) fn parse(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_line).collect()
@@ -31,13 +63,15 @@ fn parse_line(line: &str) -> Option<Mount> {
     // id parent major:minor root mount_point options [optional...] - fstype source super_options
     let (head, tail) = line.split_once(" - ")?;
     let mut head = head.split(' ');
-    let root = head.nth(3)?;
+    let device = head.nth(2)?;
+    let root = head.next()?;
     let mount_point = head.next()?;
     let mut tail = tail.split(' ');
     let fstype = tail.next()?;
     let source = tail.next().unwrap_or("");
     let super_options = tail.next().unwrap_or("");
     Some(Mount {
+        device: device.to_owned(),
         root: unescape(root),
         mount_point: unescape(mount_point),
         fstype: fstype.to_owned(),
@@ -101,6 +135,8 @@ garbage line
         assert_eq!(m[3].fstype, "cgroup2");
         assert_eq!(m[4].mount_point, Path::new("/data/work spaces/a\\b"));
         assert_eq!(m[4].source, "/dev/loop0");
+        assert_eq!(m[4].device, "7:0");
+        assert_eq!(m[0].device, "259:1");
         assert!(is_mount_point(&m, Path::new("/data/work spaces/a\\b")));
         assert!(!is_mount_point(&m, Path::new("/data")));
     }

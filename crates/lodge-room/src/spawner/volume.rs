@@ -22,6 +22,31 @@ pub(crate) fn image_path(state_dir: &Path) -> PathBuf {
     state_dir.join("workspace.img")
 }
 
+/// What [`prepare`] did to a workspace.
+#[derive(Debug)]
+pub(crate) enum Quota {
+    /// The volume is mounted; the guard unmounts it when the room is done with it.
+    Mounted(Mounted),
+    /// No quota applies (an older workspace holds files): the warning to show.
+    NotApplied(String),
+}
+
+/// A workspace volume mounted for one room. Dropping it unmounts the volume lazily, so a room
+/// that stops, and a start that fails at any later step, leaves no mount or loop device behind
+/// (`mount -o loop` sets autoclear: the loop device goes with its last mount).
+#[derive(Debug)]
+pub(crate) struct Mounted {
+    workspace: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = unmount(&self.workspace) {
+            tracing::warn!(error = %e, "cannot unmount a room's workspace volume");
+        }
+    }
+}
+
 /// Makes `workspace` a mounted ext4 volume of about `disk_bytes` usable bytes owned by
 /// `owner`. Returns a warning when an older workspace keeps no quota; fails when the volume
 /// cannot be made or mounted. Needs root.
@@ -30,7 +55,7 @@ pub(crate) async fn prepare(
     image: &Path,
     disk_bytes: u64,
     owner: (u32, u32),
-) -> Result<Option<String>, SpawnError> {
+) -> Result<Quota, SpawnError> {
     let ws_err = |error: io::Error| SpawnError::Workspace {
         path: workspace.to_path_buf(),
         error,
@@ -42,10 +67,13 @@ pub(crate) async fn prepare(
         Ok(_) => {
             let canonical = fs::canonicalize(workspace).map_err(ws_err)?;
             if is_mounted(&canonical).map_err(ws_err)? {
-                return Ok(None);
+                // Left by a hub that died before its sweep ran; this room takes it over.
+                return Ok(Quota::Mounted(Mounted {
+                    workspace: workspace.to_path_buf(),
+                }));
             }
             if fs::read_dir(workspace).map_err(ws_err)?.next().is_some() {
-                return Ok(Some(format!(
+                return Ok(Quota::NotApplied(format!(
                     "disk quota not applied: workspace predates the quota ({} holds files; move them out, delete {} and restart the room to apply it)",
                     workspace.display(),
                     workspace.display()
@@ -95,6 +123,10 @@ pub(crate) async fn prepare(
         // mkfs leaves lost+found; the workspace should start empty.
         let _ = fs::remove_dir(workspace.join("lost+found"));
     }
+    // From here on a failure unmounts again.
+    let mounted = Mounted {
+        workspace: workspace.to_path_buf(),
+    };
     // The volume's root is the workspace: the room's uid, nobody else.
     rustix::fs::chown(
         workspace,
@@ -103,7 +135,7 @@ pub(crate) async fn prepare(
     )
     .map_err(|e| ws_err(e.into()))?;
     fs::set_permissions(workspace, fs::Permissions::from_mode(0o700)).map_err(ws_err)?;
-    Ok(None)
+    Ok(Quota::Mounted(mounted))
 }
 
 fn first_guess(disk: u64) -> u64 {
@@ -257,6 +289,60 @@ pub fn unmount(workspace: &Path) -> Result<bool, SpawnError> {
         ))));
     }
     Ok(true)
+}
+
+/// A loop device and the file behind it, from `/sys/block/loop*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoopDevice {
+    pub device: PathBuf,
+    /// `major:minor`, as mountinfo names it.
+    pub number: String,
+    pub backing_file: PathBuf,
+}
+
+/// Attached loop devices whose backing file lies below `dir`.
+pub(crate) fn loop_devices_below(dir: &Path) -> Vec<LoopDevice> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out: Vec<LoopDevice> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| {
+            let sys = e.path();
+            let backing = fs::read_to_string(sys.join("loop/backing_file")).ok()?;
+            // The kernel appends " (deleted)" when the file is gone.
+            let backing = PathBuf::from(backing.trim_end().trim_end_matches(" (deleted)"));
+            let number = fs::read_to_string(sys.join("dev")).ok()?.trim().to_owned();
+            backing.starts_with(dir).then(|| LoopDevice {
+                device: Path::new("/dev").join(e.file_name()),
+                number,
+                backing_file: backing,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.device.cmp(&b.device));
+    out
+}
+
+/// Detaches a loop device that no mount uses any more (`losetup -d`).
+pub(crate) fn detach(device: &Path) -> Result<(), String> {
+    let tool = find_tool("losetup").ok_or("losetup(8) not found; install mount")?;
+    let out = std::process::Command::new(&tool)
+        .arg("-d")
+        .arg(device)
+        .env_clear()
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "losetup -d {} failed: {}",
+            device.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Finds a system tool in PATH or the usual sbin/bin directories (a hub started by systemd or

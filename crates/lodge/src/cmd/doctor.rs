@@ -1,9 +1,10 @@
 //! `lodge doctor` (SPEC §8): reports which isolation features this machine offers rooms
 //! (bubblewrap, user namespaces, cgroups, Landlock, seccomp, no_new_privs) and the command that
-//! fixes each missing one. It only reads /proc and /sys and runs throwaway probes; it never
-//! changes the machine and needs no DATA_DIR.
+//! fixes each missing one, and what dead rooms of DATA_DIR's hub left behind. It only reads
+//! /proc and /sys and runs throwaway probes; it never changes the machine and creates no
+//! DATA_DIR.
 
-use crate::cli::DoctorArgs;
+use crate::cli::{DoctorArgs, Global};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -67,8 +68,9 @@ struct Report<'a> {
     ready: bool,
 }
 
-pub async fn run(args: DoctorArgs) -> Result<()> {
-    let checks = all_checks();
+pub async fn run(global: &Global, args: DoctorArgs) -> Result<()> {
+    let mut checks = all_checks();
+    checks.push(check_leftovers(&global.data_dir));
     let missing: Vec<&str> = checks
         .iter()
         .filter(|c| c.status == Status::Missing)
@@ -159,6 +161,47 @@ fn check_quota_volumes(status: &str) -> Check {
     Check::ok(
         NAME,
         "root, mkfs.ext4, mount and loop devices present".into(),
+    )
+}
+
+// ---- leftovers of dead rooms ----
+
+/// Mounts, loop devices and cgroups that rooms of this DATA_DIR's hub left when the hub died
+/// without stopping them (SIGKILL, a crash). The next `lodge serve` removes them; until then
+/// they hold loop devices and kernel memory.
+fn check_leftovers(data_dir: &Path) -> Check {
+    const NAME: &str = "room leftovers";
+    let Ok(data_dir) = std::fs::canonicalize(data_dir) else {
+        return Check::ok(NAME, "no DATA_DIR yet".into());
+    };
+    let instance = lodge_room::spawner::leftovers::instance_for(&data_dir);
+    let found = lodge_room::spawner::leftovers::find(&data_dir, &instance);
+    if found.is_empty() {
+        return Check::ok(NAME, format!("none under {}", data_dir.display()));
+    }
+    let mut what: Vec<String> = found
+        .mounts
+        .iter()
+        .map(|m| format!("mount {}", m.display()))
+        .collect();
+    what.extend(
+        found
+            .loop_devices
+            .iter()
+            .map(|d| format!("loop device {}", d.display())),
+    );
+    what.extend(found.cgroups.iter().map(|c| format!("cgroup lodge-{c}")));
+    Check::not_ok(
+        NAME,
+        Status::Degraded,
+        format!(
+            "dead rooms of a hub that did not stop them left {}",
+            what.join(", ")
+        ),
+        format!(
+            "start `lodge --data-dir {} serve` (it removes them before serving), or by hand: umount -l MOUNT; losetup -d DEVICE",
+            data_dir.display()
+        ),
     )
 }
 

@@ -350,7 +350,6 @@ async fn disk_quota_limits_the_workspace() {
         out.contains("failed=3"),
         "12M fit, the third 6M file must not: {out}"
     );
-    room.stop(Duration::ZERO).await;
 
     let ws = fs::canonicalize(&fx.spec.workspace).expect("workspace");
     let mounts = mountinfo::read().expect("mountinfo");
@@ -371,8 +370,14 @@ async fn disk_quota_limits_the_workspace() {
     );
     assert!(!ws.join("lost+found").exists());
 
-    // A second start reuses the mounted volume.
+    // The volume stays mounted until the room is stopped; a second start mounts it again,
+    // with the files still there.
     fs::write(ws.join("kept"), "x").expect("write");
+    room.stop(Duration::ZERO).await;
+    assert!(
+        !mountinfo::is_mount_point(&mountinfo::read().expect("mountinfo"), &ws),
+        "a stopped room leaves its volume mounted"
+    );
     let mut room = fx.spawn("cat /workspace/kept").await;
     assert!(
         room.warnings.iter().all(|w| !w.contains("disk quota")),
@@ -382,10 +387,69 @@ async fn disk_quota_limits_the_workspace() {
     let (out, _, _) = finish(&mut room).await;
     assert_eq!(out, "x");
     room.stop(Duration::ZERO).await;
+    assert!(!mountinfo::is_mount_point(
+        &mountinfo::read().expect("mountinfo"),
+        &ws
+    ));
+    eventually("no loop device left", || {
+        volume::loop_devices_below(&fx.data).is_empty()
+    })
+    .await;
+}
 
-    assert!(volume::unmount(&fx.spec.workspace).expect("unmount"));
-    let mounts = mountinfo::read().expect("mountinfo");
-    assert!(!mountinfo::is_mount_point(&mounts, &ws));
+/// A start that fails after the quota volume was mounted unmounts it again: failed starts
+/// (a scale test made hundreds) must not leak mounts or loop devices.
+#[tokio::test]
+async fn a_failed_start_leaves_no_volume_mounted() {
+    let mut fx = Fixture::new("dqfail", 25);
+    fx.spec.limits.disk_bytes = Some(16 * MIB);
+    fx.spec.agent_exe = fx.data.join("no-such-lodge");
+    let e = LocalSpawner::new()
+        .spawn(&fx.spec)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(matches!(e, SpawnError::AgentExe { .. }), "{e}");
+    let ws = fs::canonicalize(&fx.spec.workspace).expect("workspace");
+    assert!(
+        !mountinfo::is_mount_point(&mountinfo::read().expect("mountinfo"), &ws),
+        "the failed start left {} mounted",
+        ws.display()
+    );
+    eventually("no loop device left", || {
+        volume::loop_devices_below(&fx.data).is_empty()
+    })
+    .await;
+    // The image stays, so the next start reuses it.
+    assert!(volume::image_path(&fx.spec.state_dir).exists());
+}
+
+/// A hub holding more descriptors than a room may open (about 4 per live room) still starts
+/// rooms: the child lowers RLIMIT_NOFILE only after its last open. Before, every start failed
+/// with EMFILE once the hub's lowest free descriptor lay above the profile's open_files.
+#[tokio::test]
+async fn a_hub_with_more_descriptors_than_a_rooms_limit_still_starts_rooms() {
+    let mut fx = Fixture::new("fds", 26);
+    fx.spec.limits.open_files = 256;
+    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+    rustix::process::setrlimit(
+        Resource::Nofile,
+        rustix::process::Rlimit {
+            current: hard,
+            maximum: hard,
+        },
+    )
+    .expect("raise RLIMIT_NOFILE");
+    let null = fs::File::open("/dev/null").expect("/dev/null");
+    let held: Vec<std::os::fd::OwnedFd> = (0..600)
+        .map(|_| rustix::io::dup(&null).expect("dup"))
+        .collect();
+    let mut room = fx.spawn("echo started").await;
+    let (out, err, status) = finish(&mut room).await;
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "started");
+    room.stop(Duration::ZERO).await;
+    drop(held);
 }
 
 #[tokio::test]
