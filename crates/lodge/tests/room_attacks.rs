@@ -280,6 +280,30 @@ async fn commands_cannot_reach_the_hub_over_the_network() {
     still_fine(&bob, "bob-only").await;
 }
 
+/// AF_VSOCK ignores network namespaces, so a `network = "none"` room must not open one (nor
+/// other families a room does not need); the families rooms use still work.
+#[tokio::test]
+async fn commands_cannot_open_vsock_or_other_unneeded_socket_families() {
+    let (_hub, alice, bob) = two_users().await;
+    let probe = r#"python3 -c '
+import socket
+for name, fam, kind in [("vsock", socket.AF_VSOCK, socket.SOCK_STREAM), ("packet", socket.AF_PACKET, socket.SOCK_RAW), ("unix", socket.AF_UNIX, socket.SOCK_STREAM), ("inet", socket.AF_INET, socket.SOCK_DGRAM)]:
+    try:
+        socket.socket(fam, kind).close()
+        print(name, "opened")
+    except OSError as e:
+        print(name, "refused", e.errno)
+'"#;
+    let r = alice.sh(probe).await;
+    let out = r["stdout"].as_str().unwrap_or_default();
+    let eafnosupport = 97;
+    assert!(out.contains(&format!("vsock refused {eafnosupport}")), "{r}");
+    assert!(out.contains(&format!("packet refused {eafnosupport}")), "{r}");
+    assert!(out.contains("unix opened"), "{r}");
+    assert!(out.contains("inet opened"), "{r}");
+    still_fine(&bob, "bob-only").await;
+}
+
 #[tokio::test]
 async fn a_fork_bomb_is_contained() {
     let (hub, alice, bob) = two_users().await;
