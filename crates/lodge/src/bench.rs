@@ -3,11 +3,13 @@
 //! per idle session, rooms (warm fs_read and run_command, a new user's cold first call, memory
 //! per running room), an upstream MCP server's proxy overhead and cold start (see
 //! [`upstream`]), and `code_execute` on a Jupyter kernel against jupyter_client driving one
-//! directly (see [`jupyter`]). It must never touch the user's DATA_DIR or another hub, and never
+//! directly (see [`jupyter`]), and then, on a hub of its own, a thousand live rooms (see
+//! [`scale`]). It must never touch the user's DATA_DIR or another hub, and never
 //! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
 //! the run.
 
 mod jupyter;
+mod scale;
 mod upstream;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -70,6 +72,12 @@ pub struct BenchArgs {
     /// kernel itself).
     #[arg(long, default_value_t = 300)]
     pub jupyter_requests: usize,
+    /// Users given a live room in the live-rooms section, on a hub of its own (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    pub scale_rooms: usize,
+    /// Warm calls per run of the live-rooms section (baseline, then all rooms up).
+    #[arg(long, default_value_t = 20_000)]
+    pub scale_calls: usize,
     /// Print one JSON object with all figures instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -137,7 +145,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         hub.log.print_recent_info();
     }
     hub.stop().await;
-    let report = result?;
+    let mut report = result?;
+    report.scale = scale::run(&a, &exe, &bars)
+        .await
+        .context("live-rooms figures (pass --scale-rooms 0 to leave them out)")?;
+    report.targets.extend(scale::targets(report.scale.as_ref()));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -150,6 +162,10 @@ fn check_args(a: &BenchArgs) -> Result<()> {
     ensure!(a.requests > 0, "--requests must be at least 1");
     ensure!(a.seconds > 0, "--seconds must be at least 1");
     ensure!(a.sessions > 0, "--sessions must be at least 1");
+    ensure!(
+        a.scale_rooms == 0 || a.scale_calls > 0,
+        "--scale-calls must be at least 1"
+    );
     ensure!(
         a.skip_jupyter || a.jupyter_requests > 0,
         "--jupyter-requests must be at least 1"
@@ -172,8 +188,6 @@ fn check_args(a: &BenchArgs) -> Result<()> {
 /// run, and room uids of its own (RLIMIT_NPROC counts per uid, so rooms of another hub on this
 /// machine must not share them).
 fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
-    // Below 2^31: bwrap cannot map larger uids. Apart from the default (1.5e9) and the tests'.
-    let uid_base = 1_600_000_000 + (std::process::id() % 50_000) * 10_000;
     vec![
         ("LODGE_SESSIONS_MAX_PER_USER", "1000000".to_owned()),
         (
@@ -183,8 +197,14 @@ fn hub_env(a: &BenchArgs) -> Vec<(&'static str, String)> {
                 .to_string(),
         ),
         ("LODGE_ROOMS_IDLE_TIMEOUT", "24h".to_owned()),
-        ("LODGE_ROOMS_UID_BASE", uid_base.to_string()),
+        ("LODGE_ROOMS_UID_BASE", bench_uid_base(0).to_string()),
     ]
+}
+
+/// Room uids for the bench's hub number `hub` (0 or 1) of this process: 10,000 per hub, below
+/// 2^31 (bwrap cannot map larger uids), apart from the default (1.5e9) and the tests'.
+fn bench_uid_base(hub: u32) -> u32 {
+    1_600_000_000 + ((std::process::id() % 25_000) * 2 + hub) * 10_000
 }
 
 /// Runs the phases, one at a time. Memory comes first: later phases leave freed heap in the
@@ -245,6 +265,7 @@ async fn measure(
         rooms: rooms.map(|r| r.report),
         upstream,
         jupyter,
+        scale: None,
         targets,
         hub_log_lines: hub.log.warnings.load(Ordering::Relaxed),
     })
@@ -1787,18 +1808,25 @@ struct Report {
     rooms: Option<RoomsReport>,
     upstream: Option<upstream::Section>,
     jupyter: Option<jupyter::Section>,
+    scale: Option<scale::Report>,
     targets: Vec<Target>,
     hub_log_lines: usize,
 }
 
+impl Target {
+    fn new(name: &'static str, value: f64, limit: f64, unit: &'static str) -> Self {
+        Target {
+            name,
+            value,
+            limit,
+            unit,
+            met: value <= limit,
+        }
+    }
+}
+
 fn targets(latency: &[Row], memory: Option<&Memory>) -> Vec<Target> {
-    let target = |name, value: f64, limit, unit| Target {
-        name,
-        value,
-        limit,
-        unit,
-        met: value <= limit,
-    };
+    let target = Target::new;
     let mut out = Vec::new();
     if let Some(init) = latency
         .iter()
@@ -1892,6 +1920,10 @@ fn print_table(r: &Report) {
     }
     print_throughput(r);
     println!();
+    if let Some(s) = &r.scale {
+        scale::print(s);
+        println!();
+    }
     print_summary(r);
 }
 

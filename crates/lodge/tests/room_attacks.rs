@@ -297,8 +297,14 @@ for name, fam, kind in [("vsock", socket.AF_VSOCK, socket.SOCK_STREAM), ("packet
     let r = alice.sh(probe).await;
     let out = r["stdout"].as_str().unwrap_or_default();
     let eafnosupport = 97;
-    assert!(out.contains(&format!("vsock refused {eafnosupport}")), "{r}");
-    assert!(out.contains(&format!("packet refused {eafnosupport}")), "{r}");
+    assert!(
+        out.contains(&format!("vsock refused {eafnosupport}")),
+        "{r}"
+    );
+    assert!(
+        out.contains(&format!("packet refused {eafnosupport}")),
+        "{r}"
+    );
     assert!(out.contains("unix opened"), "{r}");
     assert!(out.contains("inet opened"), "{r}");
     still_fine(&bob, "bob-only").await;

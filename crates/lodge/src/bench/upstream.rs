@@ -354,13 +354,12 @@ pub(super) fn target(section: Option<&Section>) -> Option<Target> {
     let Some(Section::Measured(f)) = section else {
         return None;
     };
-    Some(Target {
-        name: "proxy overhead p50",
-        value: f.overhead.p50_us,
-        limit: TARGET_OVERHEAD_P50_US,
-        unit: "us",
-        met: f.overhead.p50_us <= TARGET_OVERHEAD_P50_US,
-    })
+    Some(Target::new(
+        "proxy overhead p50",
+        f.overhead.p50_us,
+        TARGET_OVERHEAD_P50_US,
+        "us",
+    ))
 }
 
 pub(super) fn print(section: &Section) {
