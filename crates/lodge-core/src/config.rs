@@ -170,7 +170,7 @@ impl Default for RoomsConfig {
         Self {
             isolation: Isolation::Bubblewrap,
             idle_timeout: Duration::from_secs(15 * 60),
-            max_users_active: 200,
+            max_users_active: 1000,
             start_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(3),
             uid_base: 1_500_000_000,
