@@ -1399,28 +1399,14 @@ async fn rooms_run(
     tokens: &RoomTokens,
     bars: &Bars,
 ) -> Result<RoomFigures> {
-    let bar = bars.counted(tokens.users.len(), "room users' sessions (initialize)");
-    let clients: Vec<Client> = tokens.users.iter().map(|t| base.for_token(t)).collect();
-    let clients = Arc::new(clients);
-    let users = bounded(clients.len(), MEMORY_CONCURRENCY, &bar, {
-        let clients = clients.clone();
-        move |i| {
-            let clients = clients.clone();
-            async move { clients[i].initialize().await }
-        }
-    })
+    let users = open_sessions_of(
+        base,
+        &tokens.users,
+        bars,
+        "room users' sessions (initialize)",
+    )
     .await?;
-    bar.finish_and_clear();
-    let users: Vec<Arc<RoomUser>> = users
-        .into_iter()
-        .zip(tokens.users.iter())
-        .map(|(sid, t)| {
-            Arc::new(RoomUser {
-                client: base.for_token(t),
-                sid,
-            })
-        })
-        .collect();
+    let users: Vec<Arc<RoomUser>> = users.into_iter().map(Arc::new).collect();
     let (warm, rest) = users
         .split_first()
         .context("no room users were provisioned")?;
@@ -1487,6 +1473,34 @@ async fn rooms_run(
             memory,
         },
     })
+}
+
+/// A [`RoomUser`] for each token, their sessions opened [`MEMORY_CONCURRENCY`] at a time.
+async fn open_sessions_of(
+    base: &Client,
+    tokens: &[String],
+    bars: &Bars,
+    msg: &str,
+) -> Result<Vec<RoomUser>> {
+    let bar = bars.counted(tokens.len(), msg);
+    let clients: Arc<Vec<Client>> = Arc::new(tokens.iter().map(|t| base.for_token(t)).collect());
+    let sids = bounded(clients.len(), MEMORY_CONCURRENCY, &bar, {
+        let clients = clients.clone();
+        move |i| {
+            let clients = clients.clone();
+            async move { clients[i].initialize().await }
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(sids
+        .into_iter()
+        .zip(tokens)
+        .map(|(sid, t)| RoomUser {
+            client: base.for_token(t),
+            sid,
+        })
+        .collect())
 }
 
 /// The warm rows, on `u`'s room: writing the file starts the room (untimed), then fs_read and

@@ -7,8 +7,8 @@
 
 use super::{
     Bars, BenchArgs, Client, ConfigPart, DataDir, HubProcess, PROVISION_CONCURRENCY, RoomMemory,
-    RoomUser, Section, Stats, Target, bounded, create_token, fmt_us, lodge_cli, room_memory,
-    rss_kb, sig3, structured, tool_body, user_with_token, write_config,
+    RoomUser, Section, Stats, Target, bounded, create_token, fmt_us, lodge_cli, open_sessions_of,
+    room_memory, rss_kb, sig3, structured, tool_body, user_with_token, write_config,
 };
 use anyhow::{Context as _, Result, ensure};
 use serde::Serialize;
@@ -134,26 +134,13 @@ async fn measure(
 ) -> Result<Figures> {
     let n = tokens.len();
     let base = Client::new(&hub.base, metrics, CLIENTS)?;
-    let bar = bars.counted(n, "live-rooms users' sessions (initialize)");
-    let clients: Arc<Vec<Client>> = Arc::new(tokens.iter().map(|t| base.for_token(t)).collect());
-    let sids = bounded(n, super::MEMORY_CONCURRENCY, &bar, {
-        let clients = clients.clone();
-        move |i| {
-            let clients = clients.clone();
-            async move { clients[i].initialize().await }
-        }
-    })
-    .await?;
-    bar.finish_and_clear();
-    let users: Arc<Vec<RoomUser>> = Arc::new(
-        sids.into_iter()
-            .zip(tokens)
-            .map(|(sid, t)| RoomUser {
-                client: base.for_token(t),
-                sid,
-            })
-            .collect(),
+    let users = open_sessions_of(
+        &base,
+        tokens,
+        bars,
+        "live-rooms users' sessions (initialize)",
     );
+    let users: Arc<Vec<RoomUser>> = Arc::new(users.await?);
     let rss_before = rss_kb(hub.pid)?;
 
     let first = CLIENTS.min(n);
