@@ -60,7 +60,8 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(t)| t).map_err(|e| match &e {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(e.body_text()),
         _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
-        _ => ApiError::BadRequest(e.body_text()),
+        // serde quotes the offending value, and a body may carry a secret's fields.
+        _ => ApiError::BadRequest(lodge_core::text::without_values(&e.body_text())),
     })
 }
 
