@@ -3,7 +3,7 @@
 //! that user exists or not. Secret values may be written here but are never returned.
 
 use crate::Hub;
-use crate::accounts::{Accounts, TokenRequest};
+use crate::accounts::{Accounts, Creator, TokenRequest};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http_util::{ClientAddr, authorization};
@@ -177,7 +177,11 @@ pub async fn create_token(
     let scopes = b.scopes.map(|s| s.join(","));
     let (secret, info) = accounts(&hub, &p)
         .create_token(TokenRequest {
-            creator: Some((&p.user, &p.scopes)),
+            creator: Some(Creator {
+                owner: &p.user,
+                scopes: &p.scopes,
+                expires_ms: p.expires_ms,
+            }),
             owner: &name,
             scopes: scopes.as_deref(),
             expires: b.expires.as_deref(),
