@@ -369,8 +369,11 @@ mod tests {
 
     #[test]
     fn the_new_spec_scopes_parse_and_round_trip() {
-        let s = Scopes::parse_list("read:rooms,admin:rooms,access:rooms!user=bob,read:audit", true)
-            .unwrap();
+        let s = Scopes::parse_list(
+            "read:rooms,admin:rooms,access:rooms!user=bob,read:audit",
+            true,
+        )
+        .unwrap();
         assert_eq!(
             s.to_stored(),
             "read:rooms,admin:rooms,access:rooms!user=bob,read:audit"
@@ -415,17 +418,15 @@ mod tests {
         let s = Scopes::parse_list("access:rooms!user=bob", true).unwrap();
         assert!(s.check_held_by(&root, true).is_ok());
         assert!(s.check_held_by(&root, false).is_err());
-        assert!(s.effective(&root, true).grants(
-            ScopeKind::AccessRooms,
-            &root,
-            Some(&n("bob"))
-        ));
+        assert!(
+            s.effective(&root, true)
+                .grants(ScopeKind::AccessRooms, &root, Some(&n("bob")))
+        );
         // Demoted, the same token no longer acts for bob.
-        assert!(!s.effective(&root, false).grants(
-            ScopeKind::AccessRooms,
-            &root,
-            Some(&n("bob"))
-        ));
+        assert!(
+            !s.effective(&root, false)
+                .grants(ScopeKind::AccessRooms, &root, Some(&n("bob")))
+        );
     }
 
     #[test]

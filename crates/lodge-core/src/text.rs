@@ -102,8 +102,9 @@ pub fn without_values(msg: &str) -> String {
     };
     let (head, rest) = (&msg[..at], &msg[at + marker.len()..]);
     let tail = match marker {
-        "invalid type: " | "invalid value: " => split_unexpected(rest)
-            .map(|(kind, expected)| format!("{marker}{kind}, {expected}")),
+        "invalid type: " | "invalid value: " => {
+            split_unexpected(rest).map(|(kind, expected)| format!("{marker}{kind}, {expected}"))
+        }
         _ => {
             // The given name is in backticks and may hold anything, the expected list never
             // holds "`, " followed by these words, so split at the last one.
@@ -147,7 +148,10 @@ mod tests {
         let secret = "ghp_s3cr3t\", expected \\\"x";
         let quoted = format!("invalid type: string {secret:?}, expected a map at line 1 column 9");
         let out = without_values(&quoted);
-        assert_eq!(out, "invalid type: a string, expected a map at line 1 column 9");
+        assert_eq!(
+            out,
+            "invalid type: a string, expected a map at line 1 column 9"
+        );
         assert_eq!(
             without_values("fields: invalid value: integer `1234`, expected a string"),
             "fields: invalid value: a number, expected a string"

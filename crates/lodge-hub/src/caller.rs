@@ -62,7 +62,9 @@ pub async fn resolve(
     }
     // The token's scopes decide; the owner being an admin only lets them hold the scope (the
     // scopes are already cut to the owner's current role at authentication).
-    let allowed = admin_access && p.scopes.grants(ScopeKind::AccessRooms, &p.user, Some(&name));
+    let allowed = admin_access
+        && p.scopes
+            .grants(ScopeKind::AccessRooms, &p.user, Some(&name));
     if !allowed {
         return Err(denied());
     }

@@ -215,11 +215,7 @@ impl Sessions {
         let now = now_ms();
         let s = {
             let idx = self.read();
-            let s = idx
-                .by_id
-                .get(&key)
-                .cloned()
-                .ok_or(SessionError::NotFound)?;
+            let s = idx.by_id.get(&key).cloned().ok_or(SessionError::NotFound)?;
             if s.user_id != user_id {
                 return Err(SessionError::NotFound);
             }

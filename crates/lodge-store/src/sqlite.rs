@@ -357,12 +357,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn prune_audit(
-        &self,
-        before_ms: i64,
-        keep: u64,
-        batch: u32,
-    ) -> Result<u64, StoreError> {
+    async fn prune_audit(&self, before_ms: i64, keep: u64, batch: u32) -> Result<u64, StoreError> {
         // Two statements, each an index range (rowid; audit_ts) read from its low end, so
         // neither scans the table when there is nothing to delete. Ids only grow, so "not
         // among the newest `keep` ids" is "id <= max(id) - keep".
@@ -712,7 +707,13 @@ mod tests {
             until_ms: Some(30),
             ..Default::default()
         };
-        let before: Vec<i64> = s.query_audit(&q).await.unwrap().iter().map(|r| r.ts_ms).collect();
+        let before: Vec<i64> = s
+            .query_audit(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect();
         assert_eq!(before, [10, 20]);
     }
 
@@ -738,7 +739,10 @@ mod tests {
             let n = s.prune_audit(before_ms, keep, batch).await.unwrap();
             total += n;
             calls += 1;
-            assert!(n <= u64::from(batch), "one call deleted {n} > batch {batch}");
+            assert!(
+                n <= u64::from(batch),
+                "one call deleted {n} > batch {batch}"
+            );
             if n < u64::from(batch) {
                 return (total, calls);
             }
@@ -750,7 +754,12 @@ mod tests {
             limit: u32::MAX,
             ..Default::default()
         };
-        s.query_audit(&q).await.unwrap().iter().map(|r| r.ts_ms).collect()
+        s.query_audit(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect()
     }
 
     #[tokio::test]

@@ -195,18 +195,28 @@ async fn a_token_cannot_mint_one_that_outlives_it() {
             "{body}: the error must say the longest expiry allowed: {msg}"
         );
     }
-    let (s, v) = mint(&hour_self, "alice", json!({"scopes": ["mcp"], "expires": "30m"})).await;
+    let (s, v) = mint(
+        &hour_self,
+        "alice",
+        json!({"scopes": ["mcp"], "expires": "30m"}),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     // The same rule for an admin minting for someone else.
     let hour_admin = hub.token("root", &["--scopes", "admin:tokens", "--expires", "1h"]);
     assert_eq!(mint(&hour_admin, "alice", json!({})).await.0, 403);
     assert_eq!(
-        mint(&hour_admin, "alice", json!({"expires": "10m"})).await.0,
+        mint(&hour_admin, "alice", json!({"expires": "10m"}))
+            .await
+            .0,
         201
     );
     // A token that never expires may mint any expiry; the operator at the CLI is unbounded.
     let lasting = hub.token("alice", &["--scopes", "self"]);
-    assert_eq!(mint(&lasting, "alice", json!({"scopes": ["mcp"]})).await.0, 201);
+    assert_eq!(
+        mint(&lasting, "alice", json!({"scopes": ["mcp"]})).await.0,
+        201
+    );
     hub.ok(&["token", "create", "alice", "--expires", "never"]);
 }
 

@@ -261,12 +261,24 @@ async fn other_users_endpoint_is_403_alike_for_existing_missing_and_invalid_user
 /// user and `acting_via` it reports when it ran.
 async fn act_in(w: &World, target: &str, token: &str) -> (u16, Value) {
     let auth = format!("Bearer {token}");
-    let r = post(&w.hub.user_url(target), Some(&auth), None, &init_body("2025-11-25")).await;
+    let r = post(
+        &w.hub.user_url(target),
+        Some(&auth),
+        None,
+        &init_body("2025-11-25"),
+    )
+    .await;
     if r.status() != 200 {
         return (r.status().as_u16(), Value::Null);
     }
     let sid = open_session(&w.hub.user_url(target), token).await;
-    let r = post(&w.hub.user_url(target), Some(&auth), Some(&sid), &call_body()).await;
+    let r = post(
+        &w.hub.user_url(target),
+        Some(&auth),
+        Some(&sid),
+        &call_body(),
+    )
+    .await;
     let s = r.status().as_u16();
     let v: Value = r.json().await.expect("json");
     (s, v["result"]["structuredContent"].clone())
@@ -277,10 +289,18 @@ async fn an_admin_token_acts_in_another_room_only_with_access_rooms() {
     // admin_access on: the operator allows acting in other users' rooms, the token decides.
     let w = world_env(&[("LODGE_AUTH_ADMIN_ACCESS", "true")]);
     w.hub.add_admin("root");
-    for scopes in ["read:metrics", "mcp", "inherit", "mcp,self,admin:users,admin:tokens"] {
+    for scopes in [
+        "read:metrics",
+        "mcp",
+        "inherit",
+        "mcp,self,admin:users,admin:tokens",
+    ] {
         let t = w.hub.token("root", &["--scopes", scopes]);
         let (s, _) = act_in(&w, "bob", &t).await;
-        assert_eq!(s, 403, "an admin token with only {scopes} acted in bob's room");
+        assert_eq!(
+            s, 403,
+            "an admin token with only {scopes} acted in bob's room"
+        );
     }
     let t = w.hub.token("root", &["--scopes", "access:rooms"]);
     for target in ["bob", "alice"] {
@@ -290,7 +310,9 @@ async fn an_admin_token_acts_in_another_room_only_with_access_rooms() {
         assert_eq!(v["acting_via"], "root");
     }
     // A user cannot hold it at all.
-    let out = w.hub.lodge(&["token", "create", "alice", "--scopes", "access:rooms"]);
+    let out = w
+        .hub
+        .lodge(&["token", "create", "alice", "--scopes", "access:rooms"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not hold"));
     still_serves(&w).await;
@@ -319,12 +341,20 @@ async fn acting_in_other_rooms_needs_admin_access_and_one_scope_name() {
     let w = world();
     w.hub.add_admin("root");
     // admin_access off (the default): access:rooms cannot be minted, and the error says why.
-    let out = w.hub.lodge(&["token", "create", "root", "--scopes", "access:rooms!user=bob"]);
+    let out = w.hub.lodge(&[
+        "token",
+        "create",
+        "root",
+        "--scopes",
+        "access:rooms!user=bob",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("auth.admin_access"), "{err}");
     // The old service-token form no longer acts for bob; the error names the scope to use.
-    let out = w.hub.lodge(&["token", "create", "root", "--scopes", "mcp!user=bob"]);
+    let out = w
+        .hub
+        .lodge(&["token", "create", "root", "--scopes", "mcp!user=bob"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("access:rooms!user=bob"), "{err}");

@@ -242,13 +242,17 @@ async fn argument_errors_never_quote_the_value_given() {
         json!({"name": "github", "fields": {(ALICE_TOKEN.replace('_', ":")): "x"}}),
     ];
     for args in &bad_args {
-        let r = alice.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        let r = alice
+            .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
             "params": {"name": "secret_put", "arguments": args}}))
             .await;
         let body = r.text().await.expect("body");
         assert!(body.contains("invalid"), "{args}: not refused: {body}");
         let needle = ALICE_TOKEN.split(['_']).nth(1).expect("part");
-        assert!(!body.contains(needle), "{args}: the error quotes the value: {body}");
+        assert!(
+            !body.contains(needle),
+            "{args}: the error quotes the value: {body}"
+        );
     }
     // The arguments themselves given as a string, and the REST API's secret body.
     let r = alice

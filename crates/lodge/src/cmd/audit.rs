@@ -4,8 +4,8 @@
 use super::Context;
 use crate::cli::{AuditArgs, Global};
 use anyhow::{Result, bail};
-use lodge_core::time::{now_ms, rfc3339};
 use lodge_core::text::for_people;
+use lodge_core::time::{now_ms, rfc3339};
 use lodge_store::{AuditKind, AuditQuery, AuditRecord};
 
 /// `--since`/`--until`: a duration ago or an RFC 3339 time, as Unix milliseconds.
