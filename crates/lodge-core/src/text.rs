@@ -85,8 +85,36 @@ fn split_unexpected(rest: &str) -> Option<(&'static str, &str)> {
 /// taken out: `invalid type: string "hunter2", expected a map` becomes `invalid type: a string,
 /// expected a map`; unknown fields and variants keep what was expected but not what was given.
 /// Input may be a secret, and error messages travel to clients, logs and audit records.
-/// Messages of a shape this does not recognise lose everything after the first such marker.
+/// Any other double-quoted text (custom errors that quote their input with `{:?}`) becomes
+/// `"…"`. Messages of a shape this does not recognise lose everything after the marker.
 pub fn without_values(msg: &str) -> String {
+    unquoted(&without_marked_values(msg))
+}
+
+/// Every `"…"`-quoted (Rust `{:?}` style) run in `s` replaced by `"…"`.
+fn unquoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            out.push(c);
+            continue;
+        }
+        out.push_str("\"…\"");
+        let mut escaped = false;
+        for c in chars.by_ref() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => break,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn without_marked_values(msg: &str) -> String {
     let markers = [
         "invalid type: ",
         "invalid value: ",
@@ -170,5 +198,9 @@ mod tests {
         );
         let odd = without_values("invalid type: string \"unterminated");
         assert!(!odd.contains("unterminated"), "{odd}");
+        assert_eq!(
+            without_values("bad mode \"0o7\\\"77\" for x"),
+            "bad mode \"…\" for x"
+        );
     }
 }
