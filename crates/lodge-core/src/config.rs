@@ -10,7 +10,9 @@ use std::time::Duration;
 
 /// Sections that environment variables may override. `LODGE_DATA_DIR`, `LODGE_CONFIG`,
 /// `LODGE_MASTER_KEY` and `LODGE_TOKEN` are not sections and are left alone.
-pub const SECTIONS: [&str; 6] = ["server", "auth", "sessions", "metrics", "rooms", "kernels"];
+pub const SECTIONS: [&str; 7] = [
+    "server", "auth", "sessions", "metrics", "rooms", "kernels", "audit",
+];
 
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +23,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub rooms: RoomsConfig,
     pub kernels: KernelsConfig,
+    pub audit: AuditConfig,
     /// Named resource profiles (`[profiles.NAME]`); users are assigned one. `default` always
     /// exists even when the file does not declare it.
     pub profiles: BTreeMap<String, Profile>,
@@ -107,6 +110,27 @@ impl Default for SessionsConfig {
             max_age: Duration::from_secs(24 * 3600),
             max_per_user: 100,
             flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How long audit records are kept. The hub prunes older records, and the oldest beyond the
+/// row cap, in small batches in the background.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Records older than this are deleted.
+    #[serde(with = "serde_human")]
+    pub retention: Duration,
+    /// At most this many records are kept; the oldest beyond it are deleted.
+    pub max_rows: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(90 * 86400),
+            max_rows: 10_000_000,
         }
     }
 }
@@ -391,6 +415,9 @@ impl Config {
         if self.sessions.max_per_user == 0 {
             return Err("sessions.max_per_user must be at least 1".into());
         }
+        if self.audit.max_rows < 1000 {
+            return Err("audit.max_rows must be at least 1000".into());
+        }
         self.kernels.validate(&self.rooms.read_only_paths)?;
         for (name, profile) in &self.profiles {
             if crate::UserName::parse(name).is_err() {
@@ -477,6 +504,25 @@ mod tests {
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:8765");
         assert!(c.has_profile("default"));
         assert_eq!(c.sessions.idle_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn audit_retention_defaults_and_comes_from_the_environment() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.audit.retention, Duration::from_secs(90 * 86400));
+        assert_eq!(c.audit.max_rows, 10_000_000);
+        let c = Config::load(
+            None,
+            env(&[
+                ("LODGE_AUDIT_RETENTION", "30d"),
+                ("LODGE_AUDIT_MAX_ROWS", "50000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.audit.retention, Duration::from_secs(30 * 86400));
+        assert_eq!(c.audit.max_rows, 50_000);
+        let e = Config::load(None, env(&[("LODGE_AUDIT_MAX_ROWS", "5")])).unwrap_err();
+        assert!(e.to_string().contains("audit.max_rows"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub fn parse_optional(input: &str) -> Result<Option<Duration>, DurationError> {
     }
 }
 
+/// A duration as [`parse`] reads it back (`1h 59m 58s`).
+pub fn format(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 /// Serde adapter so config fields can be written as human durations.
 pub mod serde_human {
     use super::*;
@@ -41,7 +46,7 @@ pub mod serde_human {
     }
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+        s.serialize_str(&format(*d))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod name;
 pub mod scope;
 pub mod servers;
 pub mod size;
+pub mod text;
 pub mod time;
 pub mod token;
 

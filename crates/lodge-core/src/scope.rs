@@ -1,8 +1,8 @@
 //! Scopes, JupyterHub style: what a token may do, and for whom.
 //!
 //! `mcp` and `self` without a filter mean "the token owner's own"; every other scope without a
-//! filter means "any user". A filter (`mcp!user=alice`) narrows a scope to one user. This module
-//! decides coverage and grants; it does not know about HTTP or storage.
+//! filter means "any user". A filter (`access:rooms!user=alice`) narrows a scope to one user.
+//! This module decides coverage and grants; it does not know about HTTP, storage or config.
 
 use crate::name::UserName;
 use std::fmt;
@@ -17,10 +17,19 @@ pub enum ScopeKind {
     ReadSessions,
     AdminSessions,
     ReadMetrics,
+    /// Reserved (SPEC §2): parses and may be held, but no route accepts it yet.
+    ReadRooms,
+    /// Reserved (SPEC §2): parses and may be held, but no route accepts it yet.
+    AdminRooms,
+    /// Act in another user's room through `/user/{name}/mcp` (JupyterHub's `access:servers`);
+    /// effective only while `auth.admin_access` is true.
+    AccessRooms,
+    /// Reserved (SPEC §2): parses and may be held, but no route accepts it yet.
+    ReadAudit,
 }
 
 impl ScopeKind {
-    pub const ALL: [ScopeKind; 8] = [
+    pub const ALL: [ScopeKind; 12] = [
         ScopeKind::Mcp,
         ScopeKind::OwnSelf,
         ScopeKind::ReadUsers,
@@ -29,6 +38,10 @@ impl ScopeKind {
         ScopeKind::ReadSessions,
         ScopeKind::AdminSessions,
         ScopeKind::ReadMetrics,
+        ScopeKind::ReadRooms,
+        ScopeKind::AdminRooms,
+        ScopeKind::AccessRooms,
+        ScopeKind::ReadAudit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +54,10 @@ impl ScopeKind {
             ScopeKind::ReadSessions => "read:sessions",
             ScopeKind::AdminSessions => "admin:sessions",
             ScopeKind::ReadMetrics => "read:metrics",
+            ScopeKind::ReadRooms => "read:rooms",
+            ScopeKind::AdminRooms => "admin:rooms",
+            ScopeKind::AccessRooms => "access:rooms",
+            ScopeKind::ReadAudit => "read:audit",
         }
     }
 
@@ -77,6 +94,10 @@ pub enum ScopeError {
         "the requesting token may not grant scope {0}: a new token gets at most the scopes of the token that creates it"
     )]
     Exceeds(String),
+    #[error(
+        "scope {scope} would act in {user}'s room, which takes scope access:rooms!user={user} (and auth.admin_access = true); mcp filtered to a user is only for that user's own tokens"
+    )]
+    McpForOther { scope: String, user: String },
 }
 
 fn known_list() -> String {
@@ -139,7 +160,7 @@ impl fmt::Display for Scope {
 pub struct Scopes(Vec<Scope>);
 
 impl Scopes {
-    /// What a role holds: users get `mcp` and `self`; admins hold every scope.
+    /// What a role holds: users get `mcp` and `self`; admins may hold every scope.
     pub fn for_role(admin: bool) -> Self {
         if admin {
             Self(ScopeKind::ALL.into_iter().map(Scope::new).collect())
@@ -156,12 +177,18 @@ impl Scopes {
         Self(vec![Scope::new(ScopeKind::Mcp)])
     }
 
-    /// Parses `a,b,c`; `inherit` expands to everything the owner's role holds.
+    /// Parses `a,b,c`; `inherit` expands to everything the owner's role holds except
+    /// `access:rooms`: acting in other users' rooms is granted only when asked for by name.
     pub fn parse_list(s: &str, owner_admin: bool) -> Result<Self, ScopeError> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "inherit" {
-                out.extend(Self::for_role(owner_admin).0);
+                out.extend(
+                    Self::for_role(owner_admin)
+                        .0
+                        .into_iter()
+                        .filter(|s| s.kind != ScopeKind::AccessRooms),
+                );
             } else {
                 out.push(Scope::parse(part)?);
             }
@@ -182,22 +209,35 @@ impl Scopes {
         Self(v)
     }
 
-    /// Refuses scopes the owner's role cannot hold (a user asking for `admin:users`). Admins
-    /// hold every scope, including `mcp!user=NAME` for service tokens that act for one user.
+    /// Refuses scopes the owner's role cannot hold (a user asking for `admin:users`; admins
+    /// hold every scope), and `mcp` filtered to someone else (`mcp!user=bob` on alice's
+    /// token): acting in another user's room is `access:rooms!user=bob`, one way only.
     pub fn check_held_by(&self, owner: &UserName, admin: bool) -> Result<(), ScopeError> {
-        if admin {
-            return Ok(());
-        }
         let role = Self::for_role(admin);
         for s in &self.0 {
-            if !role.covers(s, owner) {
+            if !admin && !role.covers(s, owner) {
                 return Err(ScopeError::NotHeld {
                     owner: owner.to_string(),
                     scope: s.to_string(),
                 });
             }
+            if let Some(u) = s
+                .user
+                .as_ref()
+                .filter(|u| s.kind == ScopeKind::Mcp && *u != owner)
+            {
+                return Err(ScopeError::McpForOther {
+                    scope: s.to_string(),
+                    user: u.to_string(),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Does this set hold `kind` in any form (filtered or not)?
+    pub fn has_kind(&self, kind: ScopeKind) -> bool {
+        self.0.iter().any(|s| s.kind == kind)
     }
 
     /// The token's scopes limited to what the owner's current role still holds, so that
@@ -317,12 +357,47 @@ mod tests {
     }
 
     #[test]
-    fn filtered_mcp_acts_for_that_user_only() {
+    fn filtered_access_rooms_covers_that_user_only() {
         let svc = n("svc");
-        let s = Scopes::parse_list("mcp!user=bob", true).unwrap();
-        assert!(s.grants(ScopeKind::Mcp, &svc, Some(&n("bob"))));
-        assert!(!s.grants(ScopeKind::Mcp, &svc, Some(&n("carol"))));
-        assert!(!s.grants(ScopeKind::Mcp, &svc, Some(&svc)));
+        let s = Scopes::parse_list("access:rooms!user=bob", true).unwrap();
+        assert!(s.grants(ScopeKind::AccessRooms, &svc, Some(&n("bob"))));
+        assert!(!s.grants(ScopeKind::AccessRooms, &svc, Some(&n("carol"))));
+        assert!(!s.grants(ScopeKind::Mcp, &svc, Some(&svc)), "no own /mcp");
+        let all = Scopes::parse_list("access:rooms", true).unwrap();
+        assert!(all.grants(ScopeKind::AccessRooms, &svc, Some(&n("carol"))));
+    }
+
+    #[test]
+    fn the_new_spec_scopes_parse_and_round_trip() {
+        let s = Scopes::parse_list(
+            "read:rooms,admin:rooms,access:rooms!user=bob,read:audit",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            s.to_stored(),
+            "read:rooms,admin:rooms,access:rooms!user=bob,read:audit"
+        );
+        assert_eq!(Scopes::from_stored(&s.to_stored()), s);
+    }
+
+    #[test]
+    fn inherit_never_includes_access_to_other_rooms() {
+        let s = Scopes::parse_list("inherit", true).unwrap();
+        assert!(!s.has_kind(ScopeKind::AccessRooms));
+        assert!(s.has_kind(ScopeKind::ReadAudit));
+    }
+
+    #[test]
+    fn mcp_filtered_to_another_user_is_refused_with_the_scope_to_use() {
+        let root = n("root");
+        let e = Scopes::parse_list("mcp!user=bob", true)
+            .unwrap()
+            .check_held_by(&root, true)
+            .unwrap_err();
+        assert!(e.to_string().contains("access:rooms!user=bob"), "{e}");
+        let own = Scopes::parse_list("mcp!user=root", true).unwrap();
+        assert!(own.check_held_by(&root, true).is_ok());
     }
 
     #[test]
@@ -340,16 +415,17 @@ mod tests {
     #[test]
     fn admins_may_mint_service_tokens_for_one_user() {
         let root = n("root");
-        let s = Scopes::parse_list("mcp!user=bob", true).unwrap();
+        let s = Scopes::parse_list("access:rooms!user=bob", true).unwrap();
         assert!(s.check_held_by(&root, true).is_ok());
+        assert!(s.check_held_by(&root, false).is_err());
         assert!(
             s.effective(&root, true)
-                .grants(ScopeKind::Mcp, &root, Some(&n("bob")))
+                .grants(ScopeKind::AccessRooms, &root, Some(&n("bob")))
         );
         // Demoted, the same token no longer acts for bob.
         assert!(
             !s.effective(&root, false)
-                .grants(ScopeKind::Mcp, &root, Some(&n("bob")))
+                .grants(ScopeKind::AccessRooms, &root, Some(&n("bob")))
         );
     }
 

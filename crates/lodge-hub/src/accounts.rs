@@ -3,7 +3,7 @@
 
 use crate::audit::{AdminAction, Auditor};
 use lodge_core::time::now_ms;
-use lodge_core::{Config, NewToken, Scopes, UserName, duration};
+use lodge_core::{Config, NewToken, ScopeKind, Scopes, UserName, duration};
 use lodge_store::{NewTokenRow, NewUser, Store, StoreError, TokenInfo, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,14 @@ pub enum AccountError {
     UnknownToken(String),
     #[error("note too long: at most 200 characters")]
     NoteTooLong,
+    #[error(
+        "scope {0} needs auth.admin_access = true in lodge.toml (or LODGE_AUTH_ADMIN_ACCESS=true): acting in other users' rooms is off on this hub"
+    )]
+    AdminAccessOff(String),
+    #[error(
+        "a token may not outlive the token that creates it: ask for an expiry of at most {max} (the creating token expires at {at})"
+    )]
+    OutlivesCreator { max: String, at: String },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -45,16 +53,25 @@ impl From<AccountError> for crate::error::ApiError {
                 A::NotFound(e.to_string())
             }
             AccountError::Exists(_) => A::Conflict(e.to_string()),
-            AccountError::Scope(lodge_core::ScopeError::Exceeds(_)) => A::Forbidden(e.to_string()),
+            AccountError::Scope(lodge_core::ScopeError::Exceeds(_))
+            | AccountError::OutlivesCreator { .. } => A::Forbidden(e.to_string()),
             AccountError::Store(s) => s.into(),
             other => A::BadRequest(other.to_string()),
         }
     }
 }
 
+/// The token that asks for a new one: the new token gets no more scopes and no longer life.
+pub struct Creator<'a> {
+    pub owner: &'a UserName,
+    pub scopes: &'a Scopes,
+    /// None: the creating token never expires.
+    pub expires_ms: Option<i64>,
+}
+
 pub struct TokenRequest<'a> {
-    /// The token creating this one, with its owner; `None` for the operator at the CLI.
-    pub creator: Option<(&'a UserName, &'a Scopes)>,
+    /// The token creating this one; `None` for the operator at the CLI.
+    pub creator: Option<Creator<'a>>,
     pub owner: &'a str,
     pub scopes: Option<&'a str>,
     pub expires: Option<&'a str>,
@@ -134,16 +151,33 @@ impl Accounts<'_> {
             None => Scopes::default_token(),
         };
         scopes.check_held_by(&owner, user.admin)?;
-        if let Some((creator_owner, creator)) = req.creator {
-            scopes.check_within(&owner, creator, creator_owner)?;
+        if let Some(s) = scopes
+            .iter()
+            .find(|s| s.kind == ScopeKind::AccessRooms && !self.config.auth.admin_access)
+        {
+            return Err(AccountError::AdminAccessOff(s.to_string()));
+        }
+        if let Some(c) = &req.creator {
+            scopes.check_within(&owner, c.scopes, c.owner)?;
         }
         let lifetime = req
             .expires
             .map(duration::parse_optional)
             .transpose()?
             .flatten();
+        let now = now_ms();
         let expires_ms =
-            lifetime.map(|d| now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64));
+            lifetime.map(|d| now.saturating_add(d.as_millis().min(i64::MAX as u128) as i64));
+        if let Some(limit) = req.creator.as_ref().and_then(|c| c.expires_ms) {
+            // No expiry, or a later one, would let a short-lived token mint a lasting one.
+            if expires_ms.is_none_or(|e| e > limit) {
+                let left = std::time::Duration::from_secs((limit - now).max(0) as u64 / 1000);
+                return Err(AccountError::OutlivesCreator {
+                    max: duration::format(left),
+                    at: lodge_core::time::rfc3339(limit),
+                });
+            }
+        }
         if req.note.chars().count() > 200 {
             return Err(AccountError::NoteTooLong);
         }

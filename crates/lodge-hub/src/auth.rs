@@ -24,6 +24,8 @@ pub struct Principal {
     pub admin: bool,
     pub profile: String,
     pub scopes: Scopes,
+    /// When the presented token expires (None: never); a token it mints may not outlive it.
+    pub expires_ms: Option<i64>,
 }
 
 struct Cached {
@@ -130,6 +132,7 @@ impl Authenticator {
             user: row.user.name,
             admin: row.user.admin,
             profile: row.user.profile,
+            expires_ms: row.expires_ms,
         };
         let entry = Arc::new(Cached {
             principal,

@@ -1,5 +1,6 @@
-//! Whom a request acts for. It comes only from credentials (and, for `/user/{name}/mcp`, a scope
-//! that allows acting for that user), never from tool arguments.
+//! Whom a request acts for. It comes only from credentials (and, for `/user/{name}/mcp`, the
+//! token's own `access:rooms` scope for that user), never from tool arguments nor from the
+//! owner's role alone.
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -34,7 +35,8 @@ fn denied() -> ApiError {
 }
 
 /// Resolves the user an MCP request acts for: the token's owner on `/mcp`, or `target` on
-/// `/user/{target}/mcp` if the token may act for them.
+/// `/user/{target}/mcp` if the token itself holds `access:rooms` (or `access:rooms!user=TARGET`)
+/// and the operator allows acting in other users' rooms at all (`auth.admin_access`).
 pub async fn resolve(
     p: &Principal,
     target: Option<&str>,
@@ -58,8 +60,11 @@ pub async fn resolve(
             Err(denied())
         };
     }
-    let allowed =
-        p.scopes.grants(ScopeKind::Mcp, &p.user, Some(&name)) || (admin_access && p.admin);
+    // The token's scopes decide; the owner being an admin only lets them hold the scope (the
+    // scopes are already cut to the owner's current role at authentication).
+    let allowed = admin_access
+        && p.scopes
+            .grants(ScopeKind::AccessRooms, &p.user, Some(&name));
     if !allowed {
         return Err(denied());
     }

@@ -145,6 +145,11 @@ impl Hub {
         let bound = listener.local_addr()?;
         let stop = CancellationToken::new();
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        let pruning = tokio::spawn(audit::prune_periodically(
+            self.store.clone(),
+            self.config.audit.clone(),
+            stop.clone(),
+        ));
         let app = self
             .router(bound)
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -166,6 +171,7 @@ impl Hub {
             .await;
         stop.cancel();
         let _ = maintenance.await;
+        let _ = pruning.await;
         // Wait for every room to be stopped and cleaned up (cgroups, volumes) before exiting.
         let _ = rooms_stopped.await;
         self.flush().await;

@@ -3,7 +3,7 @@
 //! that user exists or not. Secret values may be written here but are never returned.
 
 use crate::Hub;
-use crate::accounts::{Accounts, TokenRequest};
+use crate::accounts::{Accounts, Creator, TokenRequest};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http_util::{ClientAddr, authorization};
@@ -60,7 +60,8 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(t)| t).map_err(|e| match &e {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(e.body_text()),
         _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
-        _ => ApiError::BadRequest(e.body_text()),
+        // serde quotes the offending value, and a body may carry a secret's fields.
+        _ => ApiError::BadRequest(lodge_core::text::without_values(&e.body_text())),
     })
 }
 
@@ -176,7 +177,11 @@ pub async fn create_token(
     let scopes = b.scopes.map(|s| s.join(","));
     let (secret, info) = accounts(&hub, &p)
         .create_token(TokenRequest {
-            creator: Some((&p.user, &p.scopes)),
+            creator: Some(Creator {
+                owner: &p.user,
+                scopes: &p.scopes,
+                expires_ms: p.expires_ms,
+            }),
             owner: &name,
             scopes: scopes.as_deref(),
             expires: b.expires.as_deref(),

@@ -3,14 +3,16 @@
 //!
 //! The in-memory index is the fast path: a lookup costs no I/O and an idle session costs about a
 //! hundred bytes. Last-use times are written back every `sessions.flush_interval`. Sessions hold
-//! no per-user state; rooms and kernels are keyed by user, never by session.
+//! no per-user state; rooms and kernels are keyed by user, never by session. Each user's
+//! sessions are kept ordered by last use, so no per-call question (how many, which are newest)
+//! walks all of a user's sessions.
 
 use lodge_core::config::SessionsConfig;
 use lodge_core::time::now_ms;
 use lodge_store::{NewSession, Store, StoreError};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Last-use times written per store transaction by [`Sessions::flush`].
 const FLUSH_CHUNK: usize = 500;
@@ -31,6 +33,14 @@ impl Session {
     }
 }
 
+/// One user's sessions as (last use, id), oldest first. A session's last use changes only
+/// under this lock (or under the index's write lock), so its entry here always matches it.
+type ByLastUse = Mutex<BTreeSet<(i64, u128)>>;
+
+fn lock(m: &ByLastUse) -> MutexGuard<'_, BTreeSet<(i64, u128)>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// Unknown, expired, or another user's: deliberately indistinguishable.
@@ -47,24 +57,43 @@ pub enum SessionError {
 #[derive(Default)]
 struct Index {
     by_id: HashMap<u128, Arc<Session>>,
-    by_user: HashMap<i64, HashSet<u128>>,
+    by_user: HashMap<i64, ByLastUse>,
+    /// Sessions reached through [`Index::session`], for tests that check a question about one
+    /// user does not visit all of that user's sessions.
+    #[cfg(test)]
+    visits: std::sync::atomic::AtomicUsize,
 }
 
 impl Index {
     fn insert(&mut self, id: u128, s: Arc<Session>) {
-        self.by_user.entry(s.user_id).or_default().insert(id);
+        let set = self.by_user.entry(s.user_id).or_default();
+        set.get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((s.last_seen_ms(), id));
         self.by_id.insert(id, s);
     }
 
     fn remove(&mut self, id: u128) -> Option<Arc<Session>> {
         let s = self.by_id.remove(&id)?;
         if let Some(set) = self.by_user.get_mut(&s.user_id) {
-            set.remove(&id);
-            if set.is_empty() {
+            let set_inner = set.get_mut().unwrap_or_else(|p| p.into_inner());
+            set_inner.remove(&(s.last_seen_ms(), id));
+            if set_inner.is_empty() {
                 self.by_user.remove(&s.user_id);
             }
         }
         Some(s)
+    }
+
+    /// The session with `id`: the one way from an id in a user's set to its session.
+    fn session(&self, id: u128) -> Option<&Arc<Session>> {
+        #[cfg(test)]
+        self.visits.fetch_add(1, Ordering::Relaxed);
+        self.by_id.get(&id)
+    }
+
+    fn count_for(&self, user_id: i64) -> usize {
+        self.by_user.get(&user_id).map_or(0, |s| lock(s).len())
     }
 }
 
@@ -158,7 +187,7 @@ impl Sessions {
         {
             // Reserve under the lock so concurrent creates cannot exceed the limit.
             let mut idx = self.write();
-            let n = idx.by_user.get(&user_id).map_or(0, |s| s.len()) as u32;
+            let n = idx.count_for(user_id) as u32;
             if n >= self.max_per_user {
                 return Err(SessionError::TooMany(self.max_per_user));
             }
@@ -183,21 +212,30 @@ impl Sessions {
     /// give the same [`SessionError::NotFound`].
     pub async fn touch(&self, id: &str, user_id: i64) -> Result<Arc<Session>, SessionError> {
         let key = parse_id(id).ok_or(SessionError::NotFound)?;
-        let s = self
-            .read()
-            .by_id
-            .get(&key)
-            .cloned()
-            .ok_or(SessionError::NotFound)?;
-        if s.user_id != user_id {
-            return Err(SessionError::NotFound);
-        }
         let now = now_ms();
+        let s = {
+            let idx = self.read();
+            let s = idx.by_id.get(&key).cloned().ok_or(SessionError::NotFound)?;
+            if s.user_id != user_id {
+                return Err(SessionError::NotFound);
+            }
+            if !self.expired(s.created_ms, s.last_seen_ms(), now)
+                && let Some(set) = idx.by_user.get(&user_id)
+            {
+                // Moves the session to its new place in the user's order: O(log n).
+                let mut set = lock(set);
+                let old = s.last_seen_ms();
+                if now > old && set.remove(&(old, key)) {
+                    s.last_seen_ms.store(now, Ordering::Relaxed);
+                    set.insert((now, key));
+                }
+            }
+            s
+        };
         if self.expired(s.created_ms, s.last_seen_ms(), now) {
             self.end_many(vec![key]).await?;
             return Err(SessionError::NotFound);
         }
-        s.last_seen_ms.fetch_max(now, Ordering::Relaxed);
         Ok(s)
     }
 
@@ -238,7 +276,7 @@ impl Sessions {
             .read()
             .by_user
             .get(&user_id)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| lock(s).iter().map(|(_, k)| *k).collect())
             .unwrap_or_default();
         self.end_many(keys).await
     }
@@ -280,13 +318,16 @@ impl Sessions {
     pub fn list(&self, user_id: Option<i64>) -> Vec<(String, Arc<Session>)> {
         let idx = self.read();
         match user_id {
-            Some(u) => idx
-                .by_user
-                .get(&u)
-                .into_iter()
-                .flatten()
-                .filter_map(|k| idx.by_id.get(k).map(|s| (format_id(*k), s.clone())))
-                .collect(),
+            Some(u) => {
+                let keys: Vec<u128> = idx
+                    .by_user
+                    .get(&u)
+                    .map(|s| lock(s).iter().map(|(_, k)| *k).collect())
+                    .unwrap_or_default();
+                keys.into_iter()
+                    .filter_map(|k| idx.session(k).map(|s| (format_id(k), s.clone())))
+                    .collect()
+            }
             None => idx
                 .by_id
                 .iter()
@@ -304,7 +345,24 @@ impl Sessions {
     }
 
     pub fn count_for(&self, user_id: i64) -> usize {
-        self.read().by_user.get(&user_id).map_or(0, |s| s.len())
+        self.read().count_for(user_id)
+    }
+
+    /// How many sessions `user_id` holds, and the `n` most recently used (newest first, with
+    /// the last-use time they are ordered by). Costs O(log total + n), whatever the total.
+    pub fn newest(&self, user_id: i64, n: usize) -> (usize, Vec<(String, Arc<Session>, i64)>) {
+        let idx = self.read();
+        let Some(set) = idx.by_user.get(&user_id) else {
+            return (0, Vec::new());
+        };
+        let set = lock(set);
+        let shown = set
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|&(seen, k)| idx.session(k).map(|s| (format_id(k), s.clone(), seen)))
+            .collect();
+        (set.len(), shown)
     }
 }
 
@@ -364,5 +422,110 @@ mod tests {
             let after = reloaded.get(id).unwrap().last_seen_ms();
             assert_eq!(after, before, "session {id}'s last use was not written");
         }
+    }
+
+    async fn one_user(max_per_user: u32) -> (tempfile::TempDir, Sessions, i64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("lodge.db"))
+                .await
+                .unwrap(),
+        );
+        let mut ids = Vec::new();
+        for name in ["alice", "bob"] {
+            let u = store
+                .create_user(&NewUser {
+                    name: lodge_core::UserName::parse(name).unwrap(),
+                    admin: false,
+                    profile: "default".into(),
+                })
+                .await
+                .unwrap();
+            ids.push(u.id);
+        }
+        let cfg = SessionsConfig {
+            max_per_user,
+            ..SessionsConfig::default()
+        };
+        let sessions = Sessions::load(store, &cfg).await.unwrap();
+        (dir, sessions, ids[0], ids[1])
+    }
+
+    /// Sets a session's last use directly (as a touch at that time would), so the test
+    /// controls the order without sleeping.
+    fn seen_at(sessions: &Sessions, id: &str, at: i64) {
+        let idx = sessions.read();
+        let key = parse_id(id).unwrap();
+        let s = idx.by_id.get(&key).unwrap();
+        let mut set = lock(idx.by_user.get(&s.user_id).unwrap());
+        assert!(set.remove(&(s.last_seen_ms(), key)));
+        s.last_seen_ms.store(at, Ordering::Relaxed);
+        set.insert((at, key));
+    }
+
+    #[tokio::test]
+    async fn newest_lists_the_most_recently_used_without_visiting_the_rest() {
+        let n = 3000;
+        let (_dir, sessions, alice, bob) = one_user(n as u32).await;
+        let base = now_ms() - 10 * n as i64;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = sessions.create(alice, "2025-06-18", "t").await.unwrap();
+            // Last use in a shuffled order, so creation order is not the answer.
+            seen_at(&sessions, &id, base + ((i * 7919) % n) as i64);
+            ids.push(id);
+        }
+        sessions.create(bob, "2025-06-18", "t").await.unwrap();
+        // A real touch moves a session to the front.
+        let touched = ids[17].clone();
+        sessions.touch(&touched, alice).await.unwrap();
+
+        let mut expect: Vec<(i64, String)> = ids
+            .iter()
+            .map(|id| (sessions.get(id).unwrap().last_seen_ms(), id.clone()))
+            .collect();
+        expect.sort_by(|a, b| b.cmp(a));
+        let expect: Vec<String> = expect.into_iter().take(20).map(|(_, id)| id).collect();
+
+        sessions.read().visits.store(0, Ordering::Relaxed);
+        let (total, newest) = sessions.newest(alice, 20);
+        let visited = sessions.read().visits.load(Ordering::Relaxed);
+        assert_eq!(total, n);
+        let got: Vec<String> = newest.iter().map(|(id, ..)| id.clone()).collect();
+        assert_eq!(got, expect);
+        assert_eq!(got[0], touched);
+        for (id, s, seen) in &newest {
+            assert_eq!(s.user_id, alice, "{id} is not alice's");
+            assert_eq!(*seen, s.last_seen_ms());
+        }
+        // The operation count that catches a return to list-and-sort: only the sessions
+        // shown are visited, however many the user holds.
+        assert_eq!(visited, 20, "newest() visited {visited} of {n} sessions");
+        assert_eq!(sessions.newest(bob, 20).0, 1);
+
+        // Ending sessions keeps the order and the count right.
+        sessions.end(&touched, Some(alice)).await.unwrap();
+        let (total, newest) = sessions.newest(alice, 20);
+        assert_eq!(total, n - 1);
+        assert_eq!(newest[0].0, expect[1]);
+        assert_eq!(sessions.end_user(alice).await.unwrap(), n - 1);
+        assert_eq!(sessions.newest(alice, 20).0, 0);
+    }
+
+    #[tokio::test]
+    async fn the_per_user_limit_counts_live_sessions() {
+        let (_dir, sessions, alice, bob) = one_user(3).await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(sessions.create(alice, "2025-06-18", "t").await.unwrap());
+        }
+        assert!(matches!(
+            sessions.create(alice, "2025-06-18", "t").await,
+            Err(SessionError::TooMany(3))
+        ));
+        sessions.create(bob, "2025-06-18", "t").await.unwrap();
+        sessions.end(&ids[0], Some(alice)).await.unwrap();
+        sessions.create(alice, "2025-06-18", "t").await.unwrap();
+        assert_eq!(sessions.count_for(alice), 3);
     }
 }

@@ -743,31 +743,11 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     }
 }
 
-/// serde_json's error text, with any quoted string values replaced by `"…"`: errors such as
-/// `invalid type: string "…", expected u64` would otherwise copy payload (perhaps a secret) into
-/// logs. Positions, field names and expectations are kept.
+/// serde_json's error text without the values it quotes (`invalid type: string "…", expected
+/// u64` would otherwise copy payload, perhaps a secret, into logs). Positions, field names and
+/// expectations are kept.
 fn describe_json_error(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '"' {
-            out.push(c);
-            continue;
-        }
-        out.push_str("\"…\"");
-        let mut escaped = false;
-        for c in chars.by_ref() {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                break;
-            }
-        }
-    }
-    out
+    lodge_core::text::without_values(&error.to_string())
 }
 
 #[cfg(test)]
@@ -1195,6 +1175,7 @@ mod tests {
     fn wrong_shape_is_malformed_and_quotes_no_values() {
         let (_, message) = malformed(br#"{"type":"launch_missiles"}"#);
         assert!(message.contains("unknown variant"), "{message}");
+        assert!(!message.contains("missiles"), "value leaked: {message}");
 
         let (_, message) = malformed(br#"{"type":"cancel"}"#);
         assert!(message.contains("missing field `id`"), "{message}");

@@ -55,6 +55,10 @@ pub trait Store: Send + Sync + 'static {
     // Audit.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Deletes at most `batch` of the oldest records that are older than `before_ms` or not
+    /// among the newest `keep` (by id), and returns how many went. Each call is short
+    /// statements on indexed ranges, so writers wait at most one batch; call it in a loop.
+    async fn prune_audit(&self, before_ms: i64, keep: u64, batch: u32) -> Result<u64, StoreError>;
 
     // Secret vault. Blobs are opaque sealed bytes (the crypto lives in lodge-vault); rows go
     // away with their user (ON DELETE CASCADE).

@@ -120,6 +120,8 @@ pub struct AuditRecord {
 pub struct AuditQuery {
     pub user: Option<String>,
     pub since_ms: Option<i64>,
+    /// Records strictly before this time (to export those that retention will prune next).
+    pub until_ms: Option<i64>,
     pub kind: Option<AuditKind>,
     pub limit: u32,
 }

@@ -328,12 +328,13 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT ts_ms, kind, user, session, action, digest, outcome, duration_ms, client, detail \
              FROM audit WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR ts_ms >= ?2) \
-             AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4",
+             AND (?3 IS NULL OR kind = ?3) AND (?5 IS NULL OR ts_ms < ?5) ORDER BY id DESC LIMIT ?4",
         )
         .bind(&q.user)
         .bind(q.since_ms)
         .bind(q.kind.map(|k| k.as_str()))
         .bind(if q.limit == 0 { 1000 } else { q.limit as i64 })
+        .bind(q.until_ms)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -354,6 +355,35 @@ impl Store for SqliteStore {
         }
         out.reverse();
         Ok(out)
+    }
+
+    async fn prune_audit(&self, before_ms: i64, keep: u64, batch: u32) -> Result<u64, StoreError> {
+        // Two statements, each an index range (rowid; audit_ts) read from its low end, so
+        // neither scans the table when there is nothing to delete. Ids only grow, so "not
+        // among the newest `keep` ids" is "id <= max(id) - keep".
+        let over_cap = sqlx::query(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit \
+             WHERE id <= (SELECT max(id) FROM audit) - ?1 ORDER BY id LIMIT ?2)",
+        )
+        .bind(keep.min(i64::MAX as u64) as i64)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let left = u64::from(batch).saturating_sub(over_cap);
+        if left == 0 {
+            return Ok(over_cap);
+        }
+        let too_old = sqlx::query(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit \
+             WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+        )
+        .bind(before_ms)
+        .bind(left as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(over_cap + too_old)
     }
 
     async fn vault_verifier(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -673,6 +703,99 @@ mod tests {
         let some = s.query_audit(&q).await.unwrap();
         assert_eq!(some.len(), 1);
         assert_eq!(some[0].ts_ms, 30);
+        let q = AuditQuery {
+            until_ms: Some(30),
+            ..Default::default()
+        };
+        let before: Vec<i64> = s
+            .query_audit(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect();
+        assert_eq!(before, [10, 20]);
+    }
+
+    fn audit_at(ts_ms: i64, action: &str) -> AuditRecord {
+        AuditRecord {
+            ts_ms,
+            kind: AuditKind::ToolCall,
+            user: Some("a".into()),
+            session: None,
+            action: action.into(),
+            digest: None,
+            outcome: "ok".into(),
+            duration_ms: None,
+            client: None,
+            detail: None,
+        }
+    }
+
+    /// Prunes the way the hub does: batch after batch until one comes back short.
+    async fn prune_all(s: &SqliteStore, before_ms: i64, keep: u64, batch: u32) -> (u64, u32) {
+        let (mut total, mut calls) = (0, 0);
+        loop {
+            let n = s.prune_audit(before_ms, keep, batch).await.unwrap();
+            total += n;
+            calls += 1;
+            assert!(
+                n <= u64::from(batch),
+                "one call deleted {n} > batch {batch}"
+            );
+            if n < u64::from(batch) {
+                return (total, calls);
+            }
+        }
+    }
+
+    async fn audit_times(s: &SqliteStore) -> Vec<i64> {
+        let q = AuditQuery {
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        s.query_audit(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_old_records_in_batches_and_keeps_recent_ones() {
+        let (_d, s) = store().await;
+        // Written out of time order too (a late flush): age decides, not position.
+        let mut recs: Vec<AuditRecord> = (0..2500).map(|i| audit_at(i, "old")).collect();
+        recs.push(audit_at(5000, "recent"));
+        recs.push(audit_at(10, "old-late"));
+        recs.extend((0..100).map(|i| audit_at(6000 + i, "recent")));
+        s.append_audit(&recs).await.unwrap();
+        let (deleted, calls) = prune_all(&s, 3000, u64::MAX, 1000).await;
+        assert_eq!(deleted, 2501);
+        assert!(calls >= 3, "{calls} calls: pruning must go in batches");
+        let left = audit_times(&s).await;
+        assert_eq!(left.len(), 101);
+        assert!(left.iter().all(|t| *t >= 5000), "{left:?}");
+        // Nothing more to do: the next call deletes nothing.
+        assert_eq!(s.prune_audit(3000, u64::MAX, 1000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_row_cap_prunes_the_oldest_records_first() {
+        let (_d, s) = store().await;
+        for chunk in (0..2300).collect::<Vec<i64>>().chunks(500) {
+            let recs: Vec<AuditRecord> = chunk.iter().map(|i| audit_at(100 + i, "x")).collect();
+            s.append_audit(&recs).await.unwrap();
+        }
+        let (deleted, _) = prune_all(&s, 0, 1000, 400).await;
+        assert_eq!(deleted, 1300);
+        let left = audit_times(&s).await;
+        assert_eq!(left.len(), 1000);
+        assert_eq!(left.first(), Some(&1400), "the oldest went first");
+        assert_eq!(left.last(), Some(&2399));
+        // Under the cap and within retention: nothing goes.
+        assert_eq!(s.prune_audit(0, 1000, 400).await.unwrap(), 0);
     }
     async fn user_id(s: &SqliteStore, n: &str) -> i64 {
         s.create_user(&NewUser {

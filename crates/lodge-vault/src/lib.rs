@@ -37,8 +37,6 @@ pub type Fields = BTreeMap<String, Zeroizing<String>>;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most fields a secret may hold.
 pub const MAX_FIELDS: usize = 32;
-/// Longest secret or field name.
-const MAX_NAME: usize = lodge_core::servers::MAX_SECRET_NAME;
 /// Attempts at a step that another process can make stale (a rotation elsewhere, a user added).
 const ATTEMPTS: usize = 5;
 
@@ -111,11 +109,13 @@ pub enum VaultError {
     NotFound { name: String },
     #[error("secret {name} has no field {field}")]
     FieldNotFound { name: String, field: String },
+    /// The name itself is not repeated: a value pasted in the wrong argument must not come
+    /// back in an error.
     #[error(
-        "invalid {kind} {name:?}: it must start with a letter, followed by at most 63 letters, \
-         digits, '_' or '-'"
+        "invalid {kind} (the {chars} characters given are not shown): it must start with a \
+         letter, followed by at most 63 letters, digits, '_' or '-'"
     )]
-    InvalidName { kind: &'static str, name: String },
+    InvalidName { kind: &'static str, chars: usize },
     #[error("secret {name} needs at least one field")]
     NoFields { name: String },
     #[error("too large: {what}")]
@@ -149,11 +149,10 @@ fn check_name(kind: &'static str, s: &str) -> Result<(), VaultError> {
     if lodge_core::servers::valid_secret_name(s) {
         return Ok(());
     }
-    let mut name: String = s.chars().take(MAX_NAME + 16).collect();
-    if name.len() < s.len() {
-        name.push('…');
-    }
-    Err(VaultError::InvalidName { kind, name })
+    Err(VaultError::InvalidName {
+        kind,
+        chars: s.chars().count(),
+    })
 }
 
 /// The master key in use, with the verifier it opens and where it came from.

@@ -209,12 +209,17 @@ pub struct AuditArgs {
     /// Only records since this long ago (e.g. 1h) or since an RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
+    /// Only records before this long ago (e.g. 80d) or before an RFC 3339 time: with --json,
+    /// exports the records `[audit] retention` will prune next.
+    #[arg(long)]
+    pub until: Option<String>,
     /// Only one kind: auth_failure, tool_call or admin.
     #[arg(long)]
     pub kind: Option<String>,
     /// At most this many records (the newest).
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
+    /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -166,6 +166,61 @@ async fn rest_scopes_are_enforced_per_target_user() {
 }
 
 #[tokio::test]
+async fn a_token_cannot_mint_one_that_outlives_it() {
+    let hub = TestHub::start();
+    hub.add_admin("root");
+    hub.add_user("alice");
+    let mint = async |creator: &str, owner: &str, body: Value| {
+        let r = http()
+            .post(format!("{}/api/users/{owner}/tokens", hub.base))
+            .bearer_auth(creator)
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let hour_self = hub.token("alice", &["--scopes", "self", "--expires", "1h"]);
+    for body in [
+        json!({"scopes": ["mcp"]}),
+        json!({"scopes": ["mcp"], "expires": "never"}),
+        json!({"scopes": ["mcp"], "expires": "2h"}),
+    ] {
+        let (s, v) = mint(&hour_self, "alice", body.clone()).await;
+        assert_eq!(s, 403, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("may not outlive") && msg.contains("at most 59m"),
+            "{body}: the error must say the longest expiry allowed: {msg}"
+        );
+    }
+    let (s, v) = mint(
+        &hour_self,
+        "alice",
+        json!({"scopes": ["mcp"], "expires": "30m"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // The same rule for an admin minting for someone else.
+    let hour_admin = hub.token("root", &["--scopes", "admin:tokens", "--expires", "1h"]);
+    assert_eq!(mint(&hour_admin, "alice", json!({})).await.0, 403);
+    assert_eq!(
+        mint(&hour_admin, "alice", json!({"expires": "10m"}))
+            .await
+            .0,
+        201
+    );
+    // A token that never expires may mint any expiry; the operator at the CLI is unbounded.
+    let lasting = hub.token("alice", &["--scopes", "self"]);
+    assert_eq!(
+        mint(&lasting, "alice", json!({"scopes": ["mcp"]})).await.0,
+        201
+    );
+    hub.ok(&["token", "create", "alice", "--expires", "never"]);
+}
+
+#[tokio::test]
 async fn sessions_api_lists_own_or_all_and_ends_them() {
     let hub = TestHub::start();
     hub.add_admin("root");

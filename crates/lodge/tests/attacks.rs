@@ -257,35 +257,111 @@ async fn other_users_endpoint_is_403_alike_for_existing_missing_and_invalid_user
     still_serves(&w).await;
 }
 
-#[tokio::test]
-async fn filtered_service_token_acts_for_exactly_one_user() {
-    let w = world();
-    w.hub.add_admin("svc");
-    let svc = w.hub.token("svc", &["--scopes", "mcp!user=bob"]);
-    let auth = format!("Bearer {svc}");
-    let sid = open_session(&w.hub.user_url("bob"), &svc).await;
+/// `session_info` through `/user/{target}/mcp` with this token: the HTTP status, and the
+/// user and `acting_via` it reports when it ran.
+async fn act_in(w: &World, target: &str, token: &str) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
     let r = post(
-        &w.hub.user_url("bob"),
+        &w.hub.user_url(target),
+        Some(&auth),
+        None,
+        &init_body("2025-11-25"),
+    )
+    .await;
+    if r.status() != 200 {
+        return (r.status().as_u16(), Value::Null);
+    }
+    let sid = open_session(&w.hub.user_url(target), token).await;
+    let r = post(
+        &w.hub.user_url(target),
         Some(&auth),
         Some(&sid),
         &call_body(),
     )
     .await;
+    let s = r.status().as_u16();
     let v: Value = r.json().await.expect("json");
-    assert_eq!(v["result"]["structuredContent"]["user"], "bob");
-    assert_eq!(v["result"]["structuredContent"]["acting_via"], "svc");
-    for other in ["alice", "svc"] {
-        let r = post(
-            &w.hub.user_url(other),
-            Some(&auth),
-            None,
-            &init_body("2025-11-25"),
-        )
-        .await;
-        assert_eq!(r.status(), 403, "svc token on {other}");
+    (s, v["result"]["structuredContent"].clone())
+}
+
+#[tokio::test]
+async fn an_admin_token_acts_in_another_room_only_with_access_rooms() {
+    // admin_access on: the operator allows acting in other users' rooms, the token decides.
+    let w = world_env(&[("LODGE_AUTH_ADMIN_ACCESS", "true")]);
+    w.hub.add_admin("root");
+    for scopes in [
+        "read:metrics",
+        "mcp",
+        "inherit",
+        "mcp,self,admin:users,admin:tokens",
+    ] {
+        let t = w.hub.token("root", &["--scopes", scopes]);
+        let (s, _) = act_in(&w, "bob", &t).await;
+        assert_eq!(
+            s, 403,
+            "an admin token with only {scopes} acted in bob's room"
+        );
     }
-    let r = init_as(&w, &auth).await;
+    let t = w.hub.token("root", &["--scopes", "access:rooms"]);
+    for target in ["bob", "alice"] {
+        let (s, v) = act_in(&w, target, &t).await;
+        assert_eq!(s, 200, "access:rooms on {target}");
+        assert_eq!(v["user"], target);
+        assert_eq!(v["acting_via"], "root");
+    }
+    // A user cannot hold it at all.
+    let out = w
+        .hub
+        .lodge(&["token", "create", "alice", "--scopes", "access:rooms"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not hold"));
+    still_serves(&w).await;
+}
+
+#[tokio::test]
+async fn filtered_access_rooms_acts_for_exactly_one_user() {
+    let w = world_env(&[("LODGE_AUTH_ADMIN_ACCESS", "true")]);
+    w.hub.add_user("carol");
+    w.hub.add_admin("svc");
+    let svc = w.hub.token("svc", &["--scopes", "access:rooms!user=bob"]);
+    let (s, v) = act_in(&w, "bob", &svc).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["user"], "bob");
+    assert_eq!(v["acting_via"], "svc");
+    for other in ["carol", "alice", "svc", "ghost"] {
+        assert_eq!(act_in(&w, other, &svc).await.0, 403, "svc token on {other}");
+    }
+    let r = init_as(&w, &format!("Bearer {svc}")).await;
     assert_eq!(r.status(), 403, "a bob-only token has no own /mcp");
+    still_serves(&w).await;
+}
+
+#[tokio::test]
+async fn acting_in_other_rooms_needs_admin_access_and_one_scope_name() {
+    let w = world();
+    w.hub.add_admin("root");
+    // admin_access off (the default): access:rooms cannot be minted, and the error says why.
+    let out = w.hub.lodge(&[
+        "token",
+        "create",
+        "root",
+        "--scopes",
+        "access:rooms!user=bob",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.admin_access"), "{err}");
+    // The old service-token form no longer acts for bob; the error names the scope to use.
+    let out = w
+        .hub
+        .lodge(&["token", "create", "root", "--scopes", "mcp!user=bob"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("access:rooms!user=bob"), "{err}");
+    // An admin's token, whatever it holds, is refused everywhere but its own room.
+    let t = w.hub.token("root", &["--scopes", "inherit"]);
+    assert_eq!(act_in(&w, "bob", &t).await.0, 403);
+    assert_eq!(act_in(&w, "root", &w.hub.token("root", &[])).await.0, 200);
     still_serves(&w).await;
 }
 

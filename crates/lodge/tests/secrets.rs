@@ -231,6 +231,50 @@ async fn tools_store_inject_and_redact_without_leaking() {
 }
 
 #[tokio::test]
+async fn argument_errors_never_quote_the_value_given() {
+    let hub = TestHub::start();
+    let alice = hub.user_session("alice", &[]).await;
+    let bad_args = [
+        json!({"name": "github", "fields": ALICE_TOKEN}),
+        json!({"name": "github", "fields": {"token": [ALICE_TOKEN]}}),
+        json!({"name": "github", "fields": {"token": "x"}, (ALICE_TOKEN): 1}),
+        json!({"name": ALICE_TOKEN.replace('_', "/"), "fields": {"token": "x"}}),
+        json!({"name": "github", "fields": {(ALICE_TOKEN.replace('_', ":")): "x"}}),
+    ];
+    for args in &bad_args {
+        let r = alice
+            .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "secret_put", "arguments": args}}))
+            .await;
+        let body = r.text().await.expect("body");
+        assert!(body.contains("invalid"), "{args}: not refused: {body}");
+        let needle = ALICE_TOKEN.split(['_']).nth(1).expect("part");
+        assert!(
+            !body.contains(needle),
+            "{args}: the error quotes the value: {body}"
+        );
+    }
+    // The arguments themselves given as a string, and the REST API's secret body.
+    let r = alice
+        .post(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+            "params": {"name": "secret_put", "arguments": ALICE_TOKEN}}))
+        .await;
+    let body = r.text().await.expect("body");
+    assert!(!body.contains(ALICE_TOKEN), "{body}");
+    let r = common::http()
+        .put(format!("{}/api/users/alice/secrets/github", hub.base))
+        .bearer_auth(hub.token("alice", &["--scopes", "self"]))
+        .json(&json!({"fields": ALICE_TOKEN}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("fields"), "the error names the field: {body}");
+    assert!(!body.contains(ALICE_TOKEN), "{body}");
+}
+
+#[tokio::test]
 async fn cli_secrets_take_values_from_stdin_never_argv() {
     let hub = TestHub::start();
     hub.add_user("carol");

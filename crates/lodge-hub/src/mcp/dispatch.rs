@@ -85,7 +85,10 @@ fn parse_params<T: serde::de::DeserializeOwned>(
     params: Option<Value>,
 ) -> Result<T, ErrorData> {
     let params = params.unwrap_or_else(|| Value::Object(Default::default()));
-    serde_json::from_value(params).map_err(|e| invalid_params(format!("{method}: {e}")))
+    serde_json::from_value(params).map_err(|e| {
+        let e = lodge_core::text::without_values(&e.to_string());
+        invalid_params(format!("{method}: {e}"))
+    })
 }
 
 /// A list gathered from upstream servers, as the result type of its method.
@@ -124,9 +127,7 @@ async fn call_tool(
     cx: &RequestCx<'_>,
     params: Option<Value>,
 ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-    let params = params.unwrap_or_else(|| Value::Object(Default::default()));
-    let p: CallToolRequestParams =
-        serde_json::from_value(params).map_err(|e| invalid_params(format!("tools/call: {e}")))?;
+    let p: CallToolRequestParams = parse_params("tools/call", params)?;
     let name = p.name.as_ref();
     let set = hub.tools.find(name).ok_or_else(|| {
         let shown: String = name.chars().take(100).collect();

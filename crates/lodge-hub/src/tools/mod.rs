@@ -191,10 +191,42 @@ pub(crate) fn profile_timeout(
     }
 }
 
-/// Parses tool arguments into `T`, naming the tool and the offending field on failure.
+/// Parses tool arguments into `T`, naming the tool and the offending field on failure, never
+/// the value given: serde quotes it (`invalid type: string "hunter2"`), and it may be a secret.
 pub fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ToolError> {
-    serde_json::from_value(serde_json::Value::Object(args))
-        .map_err(|e| ToolError::invalid(tool, e.to_string()))
+    serde_path_to_error::deserialize(serde_json::Value::Object(args)).map_err(|e| {
+        let message = e.inner().to_string();
+        let reason = lodge_core::text::without_values(&message);
+        // An unknown field's name is the last segment of its path: input, so left out.
+        let unknown = message.starts_with("unknown field");
+        match arg_path(e.path(), unknown) {
+            Some(path) => ToolError::invalid(tool, format!("{path}: {reason}")),
+            None => ToolError::invalid(tool, reason),
+        }
+    })
+}
+
+/// `fields.token`, `paths[2]`: where in the arguments an error is, for people. Map keys are
+/// names the caller chose (a secret's field names), shown escaped and cut short.
+fn arg_path(path: &serde_path_to_error::Path, drop_last: bool) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let keep = segments.len() - usize::from(drop_last && !segments.is_empty());
+    let mut out = String::new();
+    for seg in &segments[..keep] {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let shown: String = lodge_core::text::for_people(key).chars().take(64).collect();
+                out.push_str(&shown);
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 impl ToolError {

@@ -65,21 +65,12 @@ impl ToolSet for SessionInfoTools {
         cx: &CallContext<'_>,
     ) -> Result<CallToolResult, ToolError> {
         let NoArgs {} = parse_args(name, args)?;
-        // The newest few sessions only: the reply must not grow with the user's session count.
-        // Snapshot last-use times first: concurrent calls update them, and sorting on live
-        // values would not be a total order.
-        let mut own: Vec<_> = self
-            .sessions
-            .list(Some(cx.caller.user_id))
+        // The newest few sessions only, from the user's sessions kept in last-use order: neither
+        // the reply nor the work grows with the user's session count.
+        let (total, newest) = self.sessions.newest(cx.caller.user_id, SHOWN_SESSIONS);
+        let shown: Vec<_> = newest
             .into_iter()
-            .map(|(id, s)| (s.last_seen_ms(), id, s))
-            .collect();
-        let total = own.len();
-        own.sort_unstable_by_key(|(seen, ..)| std::cmp::Reverse(*seen));
-        let shown: Vec<_> = own
-            .into_iter()
-            .take(SHOWN_SESSIONS)
-            .map(|(seen, id, s)| {
+            .map(|(id, s, seen)| {
                 json!({
                     "id": id,
                     "protocol": s.protocol,

@@ -148,7 +148,8 @@ pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
                         t.scopes.join(","),
                         opt_time(t.expires_ms),
                         opt_time(t.last_used_ms),
-                        t.note
+                        // Notes are free text from whoever made the token.
+                        lodge_core::text::for_people(&t.note)
                     );
                 }
             }

@@ -215,9 +215,11 @@ fn render_table(checks: &[Check]) -> String {
             "{:<8}  {:<width$}  {}\n",
             c.status.label(),
             c.name,
-            c.detail
+            // Details quote what the system said (paths, error text): one line each.
+            lodge_core::text::for_people(&c.detail)
         ));
         if let Some(fix) = c.fix.as_deref().filter(|_| c.status != Status::Ok) {
+            let fix = lodge_core::text::for_people(fix);
             out.push_str(&format!("{:<8}  {:<width$}  fix: {fix}\n", "", ""));
         }
     }
