@@ -106,7 +106,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::McpConfig(a) => accounts::mcp_config(&cli.global, a).await,
         Command::Audit(a) => audit::run(&cli.global, a).await,
         Command::Bench(a) => crate::bench::run(a).await,
-        Command::Doctor(a) => doctor::run(a).await,
+        Command::Doctor(a) => doctor::run(&cli.global, a).await,
         Command::Secret(c) => secrets::run(&cli.global, c).await,
         Command::Agent(_) => anyhow::bail!("lodge agent runs before the runtime starts"),
     }
