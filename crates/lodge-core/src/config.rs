@@ -210,10 +210,12 @@ impl Default for RoomsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct KernelsConfig {
     /// Jupyter data directories (each holding `kernels/NAME/kernel.json`) searched after the
-    /// user's own `/workspace/.local/share/jupyter` and before `/usr/local/share/jupyter` and
-    /// `/usr/share/jupyter`. Each must lie under `/usr` or one of `rooms.read_only_paths`, so
-    /// that rooms can see it.
+    /// user's own `/workspace/.local/share/jupyter` and before `system_paths`. Each must lie
+    /// under `/usr` or one of `rooms.read_only_paths`, so that rooms can see it.
     pub paths: Vec<PathBuf>,
+    /// The host's Jupyter data directories, searched last (where Debian's python3-ipykernel
+    /// puts its `python3` kernelspec). `[]` offers rooms only the user's and `paths` specs.
+    pub system_paths: Vec<PathBuf>,
     /// The kernelspec for notebooks and calls that name none.
     pub default: String,
     /// A kernel with nothing running for this long is shut down (its variables are lost). A
@@ -231,6 +233,10 @@ impl Default for KernelsConfig {
     fn default() -> Self {
         Self {
             paths: Vec::new(),
+            system_paths: vec![
+                PathBuf::from("/usr/local/share/jupyter"),
+                PathBuf::from("/usr/share/jupyter"),
+            ],
             default: "python3".to_owned(),
             idle_timeout: Duration::from_secs(30 * 60),
             start_timeout: Duration::from_secs(60),
@@ -247,15 +253,17 @@ impl KernelsConfig {
         if self.default.is_empty() {
             return Err("kernels.default must name a kernelspec (e.g. \"python3\")".into());
         }
-        for path in &self.paths {
-            let visible = path.is_absolute()
-                && (path.starts_with("/usr") || read_only.iter().any(|r| path.starts_with(r)));
-            if !visible {
-                return Err(format!(
-                    "kernels.paths entry {} is not visible in rooms: use an absolute path under \
-                     /usr or under one of rooms.read_only_paths (add its prefix there)",
-                    path.display()
-                ));
+        for (key, paths) in [("paths", &self.paths), ("system_paths", &self.system_paths)] {
+            for path in paths {
+                let visible = path.is_absolute()
+                    && (path.starts_with("/usr") || read_only.iter().any(|r| path.starts_with(r)));
+                if !visible {
+                    return Err(format!(
+                        "kernels.{key} entry {} is not visible in rooms: use an absolute path \
+                         under /usr or under one of rooms.read_only_paths (add its prefix there)",
+                        path.display()
+                    ));
+                }
             }
         }
         Ok(())
@@ -576,6 +584,32 @@ mod tests {
         assert!(e.to_string().contains("kernels.max_per_user"), "{e}");
         let e = load("[kernels]\nidle = \"5m\"\n").unwrap_err();
         assert!(e.to_string().contains("idle"), "{e}");
+    }
+
+    /// The host's Jupyter dirs are searched by default, can be emptied (from the environment
+    /// too) and obey the same visibility rule as `paths`.
+    #[test]
+    fn kernel_system_paths_default_env_and_visibility() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            c.kernels.system_paths,
+            [
+                PathBuf::from("/usr/local/share/jupyter"),
+                PathBuf::from("/usr/share/jupyter")
+            ]
+        );
+        let c = Config::load(None, env(&[("LODGE_KERNELS_SYSTEM_PATHS", "[]")])).unwrap();
+        assert!(c.kernels.system_paths.is_empty());
+        let e = Config::load(
+            None,
+            env(&[("LODGE_KERNELS_SYSTEM_PATHS", "[\"/srv/jupyter\"]")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("kernels.system_paths entry /srv/jupyter"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -107,8 +107,9 @@ impl Rooms {
         let spawner = LocalSpawner::new();
         if config.rooms.isolation == Isolation::Bubblewrap && !spawner.bubblewrap_available() {
             tracing::error!(
-                "bubblewrap (bwrap) not found: rooms cannot start. Install it (apt install \
-                 bubblewrap) or set rooms.isolation = \"none\" for development"
+                "bubblewrap (bwrap) not found: rooms cannot start. Install it \
+                 (`apt-get install bubblewrap`, or start the hub with scripts/serve, which \
+                 installs it) or set rooms.isolation = \"none\" for development"
             );
         }
         ::metrics::gauge!("lodge_rooms_running").set(0.0);
@@ -242,6 +243,12 @@ impl Rooms {
             uid_base: self.config.uid_base,
             stop_grace: self.config.stop_grace,
         }
+    }
+
+    /// Does `caller`'s room reach the network (so hints may tell them to install from it)?
+    pub fn has_network(&self, caller: &Caller) -> bool {
+        self.config.isolation == Isolation::None
+            || self.limits(caller, self.profile(caller)).network == spawner::Network::Host
     }
 
     /// The profile's limits, with the host network when an upstream server enabled for the

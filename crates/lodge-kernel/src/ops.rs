@@ -233,8 +233,7 @@ pub struct SpecInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelSettings {
     /// Jupyter data directories searched for `kernels/*/kernel.json` after the user's own
-    /// (`/workspace/.local/share/jupyter`) and before `/usr/local/share/jupyter` and
-    /// `/usr/share/jupyter`.
+    /// (`/workspace/.local/share/jupyter`) and before `system_paths`.
     pub paths: Vec<String>,
     /// The kernelspec used when a notebook or call names none.
     pub default: String,
@@ -244,6 +243,10 @@ pub struct KernelSettings {
     pub start_timeout_ms: u64,
     /// Kernels one room may run at once.
     pub max_kernels: u64,
+    /// Jupyter data directories searched last (`[kernels] system_paths`).
+    pub system_paths: Vec<String>,
+    /// The room reaches the network (its hints may then suggest installing from PyPI).
+    pub room_network: bool,
 }
 
 impl Default for KernelSettings {
@@ -254,6 +257,11 @@ impl Default for KernelSettings {
             idle_timeout_ms: 30 * 60 * 1000,
             start_timeout_ms: 60 * 1000,
             max_kernels: 4,
+            system_paths: vec![
+                "/usr/local/share/jupyter".to_string(),
+                "/usr/share/jupyter".to_string(),
+            ],
+            room_network: false,
         }
     }
 }

@@ -38,17 +38,42 @@ pub enum SpecError {
     #[error("kernelspec {} is invalid: {reason}; fix the file or remove its directory", .path.display())]
     Invalid { path: PathBuf, reason: String },
     #[error(
-        "no kernelspec named {name:?}; this room has: {available}. Install one with \
-         `python -m ipykernel install --user` in your workspace or ask the operator to add a \
-         kernels path"
+        "no kernelspec named {name:?}; this room has: {available}. Name one of those, or add \
+         {USER_SPECS}/{name}/kernel.json in your workspace, or ask the hub's operator to add a \
+         Jupyter dir holding it to [kernels] paths"
     )]
     NoSuchSpec { name: String, available: String },
-    #[error(
-        "this room has no Jupyter kernelspecs: ipykernel must be installed and reachable in the \
-         room. Install it in your workspace (`pip install ipykernel`, then \
-         `python -m ipykernel install --user`) or ask the operator to add a kernels path"
-    )]
-    NoSpecs,
+    #[error("this room has no Jupyter kernelspecs. {}", no_specs_hint(*.room_network))]
+    NoSpecs {
+        /// The room reaches the network (so the user can install ipykernel themselves).
+        room_network: bool,
+    },
+}
+
+/// Where a room's own kernelspecs go (`ipykernel install --user` with HOME = /workspace).
+pub const USER_SPECS: &str = "/workspace/.local/share/jupyter/kernels";
+
+/// What to do about a room without kernelspecs, true for that room: pip cannot reach PyPI
+/// without network, and Debian's pip refuses the system Python (PEP 668) anyway, so only a
+/// room with network can make its own venv; otherwise the operator installs Debian's
+/// python3-ipykernel on the host (its kernelspec is in /usr/share/jupyter, which rooms see).
+fn no_specs_hint(room_network: bool) -> String {
+    let operator = "ask the hub's operator to install Debian's python3-ipykernel on the host \
+         (`apt-get install python3-ipykernel`; `lodge doctor` checks it)";
+    if room_network {
+        format!(
+            "Make one in your workspace: `python3 -m venv ~/.venv && ~/.venv/bin/pip install \
+             ipykernel && ~/.venv/bin/python -m ipykernel install --user` (the kernelspec goes \
+             to {USER_SPECS}), or {operator}"
+        )
+    } else {
+        format!(
+            "This room has no network, so ipykernel cannot be installed from inside it: \
+             {operator}. If your workspace already holds a Python environment with ipykernel \
+             (made where there was network), register it with \
+             `PATH_TO_ITS_PYTHON -m ipykernel install --user`"
+        )
+    }
 }
 
 /// `kernel.json` as Jupyter documents it; other keys (metadata, protocol version) are unused.
@@ -199,13 +224,16 @@ fn spec_dirs(kernels: &Path) -> Vec<PathBuf> {
 /// The spec to use: `wanted` if given, else `default`, else the first Python spec, else the
 /// first. Names match exactly, else ignoring case: Jupyter lowercases spec names, so a
 /// notebook written elsewhere may name `Julia-1.10` as `julia-1.10`.
+/// `room_network` says whether the room reaches the network, for the hint when it has none.
 pub fn choose<'a>(
     specs: &'a [KernelSpec],
     wanted: Option<&str>,
     default: &str,
+    room_network: bool,
 ) -> Result<&'a KernelSpec, SpecError> {
+    let none = SpecError::NoSpecs { room_network };
     if specs.is_empty() {
-        return Err(SpecError::NoSpecs);
+        return Err(none);
     }
     if let Some(name) = wanted {
         return by_name(specs, name).ok_or_else(|| SpecError::NoSuchSpec {
@@ -224,7 +252,7 @@ pub fn choose<'a>(
                 .find(|s| s.language.eq_ignore_ascii_case("python"))
         })
         .or(specs.first())
-        .ok_or(SpecError::NoSpecs)
+        .ok_or(none)
 }
 
 fn by_name<'a>(specs: &'a [KernelSpec], name: &str) -> Option<&'a KernelSpec> {
@@ -407,31 +435,61 @@ mod tests {
             spec("python3", "python"),
             spec("julia", "julia"),
         ];
-        assert_eq!(choose(&specs, Some("julia"), "ir").unwrap().name, "julia");
-        assert_eq!(choose(&specs, Some("IR"), "ir").unwrap().name, "ir");
-        assert_eq!(choose(&specs, None, "julia").unwrap().name, "julia");
-        assert_eq!(choose(&specs, None, "missing").unwrap().name, "python3");
-        assert_eq!(choose(&specs[2..], None, "").unwrap().name, "julia");
+        let pick = |wanted, default| choose(&specs, wanted, default, false).unwrap().name.clone();
+        assert_eq!(pick(Some("julia"), "ir"), "julia");
+        assert_eq!(pick(Some("IR"), "ir"), "ir");
+        assert_eq!(pick(None, "julia"), "julia");
+        assert_eq!(pick(None, "missing"), "python3");
+        assert_eq!(choose(&specs[2..], None, "", false).unwrap().name, "julia");
     }
 
     #[test]
     fn choose_errors_name_what_was_asked_and_what_there_is() {
         let specs = [spec("ir", "R"), spec("python3", "python")];
-        let err = choose(&specs, Some("rust"), "python3")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("no kernelspec named \"rust\"; this room has: ir, python3."),
-            "{err}"
-        );
-        assert!(err.contains("python -m ipykernel install --user"), "{err}");
+        for room_network in [false, true] {
+            let err = choose(&specs, Some("rust"), "python3", room_network)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("no kernelspec named \"rust\"; this room has: ir, python3."),
+                "{err}"
+            );
+            // Writing a file needs no network: true in every room.
+            assert!(
+                err.contains("/workspace/.local/share/jupyter/kernels/rust/kernel.json"),
+                "{err}"
+            );
+            assert!(!err.contains("pip"), "{err}");
+        }
+    }
 
-        let err = choose(&[], Some("python3"), "python3")
+    /// Issue 12 finding 15: the hint for a room without kernelspecs is one that can work in
+    /// that room. Without network, pip cannot: the operator's Debian package is the way.
+    #[test]
+    fn the_no_kernelspec_hint_fits_the_room() {
+        let offline = choose(&[], Some("python3"), "python3", false)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("ipykernel must be installed and reachable"),
-            "{err}"
+            offline.starts_with("this room has no Jupyter kernelspecs."),
+            "{offline}"
         );
+        assert!(offline.contains("no network"), "{offline}");
+        assert!(
+            offline.contains("apt-get install python3-ipykernel"),
+            "{offline}"
+        );
+        assert!(offline.contains("lodge doctor"), "{offline}");
+        assert!(!offline.contains("pip install"), "{offline}");
+
+        let online = choose(&[], None, "python3", true).unwrap_err().to_string();
+        // pip into a venv of the user's own (Debian's pip refuses the system Python).
+        assert!(
+            online.contains("python3 -m venv ~/.venv && ~/.venv/bin/pip install ipykernel"),
+            "{online}"
+        );
+        assert!(online.contains("ipykernel install --user"), "{online}");
+        assert!(online.contains("python3-ipykernel"), "{online}");
+        assert!(!online.contains("no network"), "{online}");
     }
 }

@@ -5,6 +5,14 @@ use serde_json::Value;
 use std::process::{Command, Output};
 
 fn doctor(path_env: Option<&std::path::Path>, json: bool) -> (Output, tempfile::TempDir) {
+    doctor_with(path_env, json, &[])
+}
+
+fn doctor_with(
+    path_env: Option<&std::path::Path>,
+    json: bool,
+    env: &[(&str, &str)],
+) -> (Output, tempfile::TempDir) {
     let data = tempfile::tempdir().expect("tempdir");
     let data_dir = data.path().join("lodge-data");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodge"));
@@ -15,6 +23,7 @@ fn doctor(path_env: Option<&std::path::Path>, json: bool) -> (Output, tempfile::
     if let Some(p) = path_env {
         cmd.env("PATH", p);
     }
+    cmd.env_remove("LODGE_CONFIG").envs(env.iter().copied());
     let out = cmd.output().expect("run lodge doctor");
     assert!(!data_dir.exists(), "doctor must not create DATA_DIR");
     (out, data)
@@ -84,4 +93,50 @@ fn missing_bwrap_fails_with_its_fix() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("MISSING"), "{table}");
     assert!(table.contains("fix: apt-get install bubblewrap"), "{table}");
+}
+
+/// Issue 12 finding 15: doctor tells the operator when rooms get no notebook kernel, with the
+/// apt command (users in rooms without network cannot install one), and says which kernelspec
+/// rooms use when there is one that imports ipykernel.
+#[test]
+fn notebook_kernels_are_checked_with_the_apt_fix() {
+    let none = [
+        ("LODGE_KERNELS_SYSTEM_PATHS", "[]"),
+        ("LODGE_KERNELS_PATHS", "[]"),
+    ];
+    let (out, _data) = doctor_with(None, true, &none);
+    let r = report(&out);
+    let kernels = check(&r, "notebook kernels");
+    assert_eq!(kernels["status"], "degraded", "{kernels}");
+    let fix = kernels["fix"].as_str().unwrap_or("");
+    assert!(fix.contains("apt-get install python3-ipykernel"), "{fix:?}");
+    // Rooms still run without notebooks: the machine stays ready.
+    assert!(out.status.success(), "{r:#}");
+    let (out, _data) = doctor_with(None, false, &none);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("fix: apt-get install python3-ipykernel"),
+        "{table}"
+    );
+
+    let peers = std::env::var("LODGE_TEST_PEERS").unwrap_or("/opt/lodge-test-peers".into());
+    let data = format!("[\"{peers}/jupyter/share/jupyter\"]");
+    let read_only = format!("[\"{peers}\"]");
+    let (out, _data) = doctor_with(
+        None,
+        true,
+        &[
+            ("LODGE_KERNELS_SYSTEM_PATHS", "[]"),
+            ("LODGE_KERNELS_PATHS", &data),
+            ("LODGE_ROOMS_READ_ONLY_PATHS", &read_only),
+        ],
+    );
+    let r = report(&out);
+    let kernels = check(&r, "notebook kernels");
+    assert_eq!(kernels["status"], "ok", "{kernels} (run scripts/peers)");
+    let detail = kernels["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("kernelspec python3") && detail.contains("imports ipykernel"),
+        "{detail:?}"
+    );
 }

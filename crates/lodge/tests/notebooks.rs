@@ -666,3 +666,53 @@ async fn a_users_own_kernelspec_is_found_and_runs() {
     let kernels = a.ok("kernel_list", json!({})).await;
     assert_eq!(kernels["kernels"][0]["name"], "alices", "{kernels}");
 }
+
+/// Issue 12 finding 15: a room without kernelspecs gets a hint that can work in that room. A
+/// room without network (the default) cannot pip install anything, so it is sent to the
+/// operator's Debian package; a room with network may make its own venv.
+#[tokio::test]
+async fn a_room_without_kernelspecs_gets_a_hint_that_works_there() {
+    // No system kernelspecs, whatever this machine has installed, and no operator paths.
+    let hub = TestHub::start_with_config(
+        "[kernels]\nsystem_paths = []\n[profiles.online]\nnetwork = \"host\"\n",
+        &[],
+    );
+    let offline = hub.user_session("offline", &[]).await;
+    let online = hub.user_session("online", &["--profile", "online"]).await;
+
+    for (tool, args) in [
+        ("notebook_create", json!({"path": "a.ipynb"})),
+        ("code_execute", json!({"code": "1"})),
+    ] {
+        let e = offline.err(tool, args.clone()).await;
+        assert!(
+            e.contains("this room has no Jupyter kernelspecs"),
+            "{tool}: {e}"
+        );
+        assert!(e.contains("no network"), "{tool}: {e}");
+        assert!(
+            e.contains("apt-get install python3-ipykernel"),
+            "{tool}: {e}"
+        );
+        assert!(
+            !e.contains("pip install"),
+            "{tool}: pip cannot work here: {e}"
+        );
+
+        let e = online.err(tool, args).await;
+        assert!(
+            e.contains("this room has no Jupyter kernelspecs"),
+            "{tool}: {e}"
+        );
+        assert!(
+            e.contains("python3 -m venv ~/.venv && ~/.venv/bin/pip install ipykernel"),
+            "{tool}: {e}"
+        );
+        assert!(!e.contains("no network"), "{tool}: {e}");
+    }
+    // The offline room really has no network, so its hint's premise holds.
+    let r = offline
+        .sh("python3 -c 'import socket; socket.create_connection((\"1.1.1.1\", 53), 3)'")
+        .await;
+    assert_ne!(r["exit_code"], 0, "{r}");
+}

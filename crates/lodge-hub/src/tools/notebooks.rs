@@ -226,6 +226,12 @@ impl NotebookTools {
                 .iter()
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect(),
+            system_paths: config
+                .system_paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            room_network: false,
             default: config.default.clone(),
             idle_timeout_ms: config.idle_timeout.as_millis() as u64,
             start_timeout_ms: config.start_timeout.as_millis() as u64,
@@ -307,10 +313,11 @@ impl NotebookTools {
         let ticker = progress
             .filter(|_| runs_code(&request))
             .map(|sink| tokio::spawn(tick(sink.clone())));
-        let op = Op::Jupyter {
-            settings: self.settings.clone(),
-            request,
+        let settings = KernelSettings {
+            room_network: self.rooms.has_network(caller),
+            ..self.settings.clone()
         };
+        let op = Op::Jupyter { settings, request };
         let answer = self.rooms.call_held(caller, op, None, self.hold).await;
         if let Some(ticker) = ticker {
             ticker.abort();

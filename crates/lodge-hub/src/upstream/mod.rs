@@ -2,6 +2,8 @@
 //! room with the user's own secrets, replaced (with backoff) when they die, culled when idle,
 //! and their tools, prompts and resources offered under names that say which server they are
 //! from. This module owns which instances run; the room runs them and relays their stdio.
+//! An instance's output is its user's alone: each user's lists come from their own instance,
+//! never from another user's (a user controls their instance's stdio from their own commands).
 
 pub mod catalog;
 mod conn;
@@ -9,7 +11,7 @@ mod conn;
 use crate::caller::Caller;
 use crate::rooms::{RoomError, Rooms};
 use crate::tools::NoticeSink;
-use catalog::Catalog;
+use catalog::{Catalog, Interner};
 use conn::{Conn, ConnError};
 use lodge_core::servers::{EnvValue, UpstreamConfig};
 use lodge_core::time::now_ms;
@@ -96,7 +98,6 @@ impl UpstreamError {
 /// One running instance of a server for one user.
 struct Instance {
     conn: Arc<Conn>,
-    catalog: RwLock<Arc<Catalog>>,
     started: Instant,
     last_used_ms: AtomicI64,
 }
@@ -108,13 +109,6 @@ impl Instance {
 
     fn alive(&self) -> bool {
         self.conn.dead_reason().is_none()
-    }
-
-    fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 
@@ -163,6 +157,27 @@ impl Backoff {
 struct Slot {
     instance: tokio::sync::Mutex<Option<Arc<Instance>>>,
     backoff: Mutex<Backoff>,
+    /// The lists this user's latest instance gave (kept when it is culled, so listing does not
+    /// restart it). Only this user's own instances ever write here.
+    catalog: RwLock<Option<Arc<Catalog>>>,
+}
+
+impl Slot {
+    fn catalog(&self) -> Option<Arc<Catalog>> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the lists `conn` gave, unless it has ended meanwhile (a replacement instance,
+    /// started only after it ended, then owns the slot's lists).
+    fn set_catalog(&self, conn: &Conn, catalog: Arc<Catalog>) {
+        let mut current = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        if conn.dead_reason().is_none() {
+            *current = Some(catalog);
+        }
+    }
 }
 
 /// Instances running, per user and in all, for the limits.
@@ -182,8 +197,8 @@ pub struct Upstreams {
     vault: Arc<Vault>,
     slots: Mutex<HashMap<(i64, String), Arc<Slot>>>,
     counts: Arc<Mutex<Counts>>,
-    /// Each server's lists as its latest instance (of any user) gave them.
-    cache: Arc<RwLock<HashMap<String, Arc<Catalog>>>>,
+    /// Users' catalogs with equal content held once (memory only: see [`Interner`]).
+    interner: Arc<Mutex<Interner>>,
 }
 
 impl Upstreams {
@@ -194,7 +209,7 @@ impl Upstreams {
             vault,
             slots: Mutex::new(HashMap::new()),
             counts: Arc::default(),
-            cache: Arc::default(),
+            interner: Arc::default(),
         }
     }
 
@@ -283,7 +298,7 @@ impl Upstreams {
         lock(&slot.backoff).check(name)?;
         let env = self.env(caller, name, server).await?;
         self.reserve(caller, name)?;
-        match self.start(caller, name, server, env).await {
+        match self.start(caller, name, server, env, &slot).await {
             Ok(instance) => {
                 let (counts, user, conn) =
                     (self.counts.clone(), caller.user_id, instance.conn.clone());
@@ -372,6 +387,7 @@ impl Upstreams {
         name: &str,
         server: &UpstreamConfig,
         env: BTreeMap<String, String>,
+        slot: &Arc<Slot>,
     ) -> Result<Arc<Instance>, UpstreamError> {
         let started = Instant::now();
         let room = self.rooms.room_for(caller).await?;
@@ -414,34 +430,25 @@ impl Upstreams {
         let catalog = fetch_catalog(&conn, &caps, server.start_timeout)
             .await
             .map_err(fail)?;
-        let catalog = Arc::new(catalog);
-        self.remember(name, catalog.clone());
+        slot.set_catalog(&conn, lock(&self.interner).intern(catalog));
         let instance = Arc::new(Instance {
             conn: conn.clone(),
-            catalog: RwLock::new(catalog),
             started,
             last_used_ms: AtomicI64::new(now_ms()),
         });
-        self.watch_changes(name, &instance, caps, server.start_timeout);
+        self.watch_changes(slot, &conn, caps, server.start_timeout);
         tracing::info!(user = %caller.user, server = name, ms = started.elapsed().as_millis() as u64, "upstream instance started");
         ::metrics::counter!("lodge_upstream_starts_total", "server" => name.to_owned())
             .increment(1);
         Ok(instance)
     }
 
-    fn remember(&self, server: &str, catalog: Arc<Catalog>) {
-        self.cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(server.to_owned(), catalog);
-    }
-
-    /// Re-reads an instance's lists whenever it says they changed (for as long as it lives).
-    fn watch_changes(&self, name: &str, instance: &Arc<Instance>, caps: Value, timeout: Duration) {
-        let weak = Arc::downgrade(instance);
-        let conn = instance.conn.clone();
-        let name = name.to_owned();
-        let shared = self.cache.clone();
+    /// Re-reads an instance's lists whenever it says they changed (for as long as it lives),
+    /// into its user's slot only.
+    fn watch_changes(&self, slot: &Arc<Slot>, conn: &Arc<Conn>, caps: Value, timeout: Duration) {
+        let slot = Arc::downgrade(slot);
+        let conn = conn.clone();
+        let interner = self.interner.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -451,15 +458,10 @@ impl Upstreams {
                 let Ok(fresh) = fetch_catalog(&conn, &caps, timeout).await else {
                     continue;
                 };
-                let fresh = Arc::new(fresh);
-                let Some(instance) = weak.upgrade() else {
+                let Some(slot) = slot.upgrade() else {
                     return;
                 };
-                *instance.catalog.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                shared
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.clone(), fresh);
+                slot.set_catalog(&conn, lock(&interner).intern(fresh));
             }
         });
     }
@@ -601,39 +603,40 @@ impl Upstreams {
         }
     }
 
-    /// The lists of `name` for `caller`: their running instance's, else the server's cached
-    /// ones, else (never seen since the hub started) those of a newly started instance.
+    /// The lists of `name` for `caller`, from the caller's own instance only: the latest it
+    /// gave, else (none yet since the hub started) those of their newly started instance.
+    /// Another user's lists are never an answer: that user may have written them.
     async fn catalog(
         &self,
         caller: &Caller,
         name: &str,
         server: &UpstreamConfig,
-    ) -> Option<Arc<Catalog>> {
-        let slot = lock(&self.slots)
-            .get(&(caller.user_id, name.to_owned()))
-            .cloned();
-        if let Some(slot) = slot
-            && let Ok(current) = slot.instance.try_lock()
-            && let Some(i) = current.as_ref().filter(|i| i.alive())
-        {
-            return Some(i.catalog());
+    ) -> Result<Arc<Catalog>, UpstreamError> {
+        let slot = self.slot(caller, name);
+        if let Some(known) = slot.catalog() {
+            return Ok(known);
         }
-        let cached = self
-            .cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
-        if cached.is_some() {
-            return cached;
+        self.instance(caller, name, server).await?;
+        slot.catalog().ok_or_else(|| UpstreamError::Start {
+            server: name.to_owned(),
+            reason: "it ended while its lists were read".to_owned(),
+        })
+    }
+
+    /// Is `qualified` (`{server}__{tool}`) a tool the caller may call: their server, permitted
+    /// by the config and listed by their own instance (started if needed; a start failure is
+    /// the error)? Other users' lists do not count.
+    pub async fn has_tool(&self, caller: &Caller, qualified: &str) -> Result<bool, UpstreamError> {
+        let Some((server_name, tool)) = catalog::split(qualified) else {
+            return Ok(false);
+        };
+        let Some((name, server)) = self.enabled_server(caller, server_name) else {
+            return Ok(false);
+        };
+        if !server.tools.permits(tool) {
+            return Ok(false);
         }
-        match self.instance(caller, name, server).await {
-            Ok(i) => Some(i.catalog()),
-            Err(e) => {
-                tracing::info!(user = %caller.user, server = name, "cannot list the server's tools: {e}");
-                None
-            }
-        }
+        Ok(self.catalog(caller, name, server).await?.has_tool(tool))
     }
 
     /// Every enabled server's catalog for the caller (servers not yet seen start in parallel).
@@ -643,9 +646,13 @@ impl Upstreams {
     ) -> Vec<(&'a str, &'a UpstreamConfig, Arc<Catalog>)> {
         let enabled: Vec<_> = self.enabled(caller.user.as_str()).collect();
         let lookups = enabled.into_iter().map(|(name, server)| async move {
-            self.catalog(caller, name, server)
-                .await
-                .map(|c| (name, server, c))
+            match self.catalog(caller, name, server).await {
+                Ok(c) => Some((name, server, c)),
+                Err(e) => {
+                    tracing::info!(user = %caller.user, server = name, "cannot list the server's tools: {e}");
+                    None
+                }
+            }
         });
         futures::future::join_all(lookups)
             .await

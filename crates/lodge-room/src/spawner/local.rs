@@ -20,6 +20,12 @@ use super::volume;
 use super::{Isolation, Network, RoomSpec};
 use crate::sys::spawner::{self as sys, Bridge, BridgeEntry, ChildSetup};
 
+/// What to do without bwrap. Users read it too (in "could not start the room"), and only the
+/// operator can install it, so it says who.
+const BWRAP_FIX: &str = "the hub's operator must install bubblewrap on the host (Debian/Ubuntu: \
+     apt-get install bubblewrap, or start the hub with scripts/serve, which installs it; \
+     Fedora: dnf install bubblewrap), or set rooms.isolation = \"none\" for development only";
+
 /// Where things are inside a bubblewrap room.
 const SANDBOX_EXE: &str = "/run/lodge/lodge";
 const SANDBOX_WORKSPACE: &str = "/workspace";
@@ -180,7 +186,7 @@ impl LocalSpawner {
         check_read_only_paths(spec, ids.is_some())?;
         if spec.isolation == Isolation::Bubblewrap && self.bwrap.is_none() {
             return Err(SpawnError::NoBubblewrap {
-                fix: "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap), or set isolation = none for development only".to_owned(),
+                fix: BWRAP_FIX.to_owned(),
             });
         }
         create_private_dir(&spec.state_dir).map_err(|error| SpawnError::StateDir {
@@ -293,7 +299,7 @@ impl LocalSpawner {
             }
             Isolation::Bubblewrap => {
                 let bwrap = self.bwrap.clone().ok_or_else(|| SpawnError::NoBubblewrap {
-                    fix: "install bubblewrap".to_owned(),
+                    fix: BWRAP_FIX.to_owned(),
                 })?;
                 let (passwd, group) = write_identity_files(spec)?;
                 let (sources, bridge) = if ids.is_some() {

@@ -1,11 +1,12 @@
 //! `lodge doctor` (SPEC §8): reports which isolation features this machine offers rooms
-//! (bubblewrap, user namespaces, cgroups, Landlock, seccomp, no_new_privs) and the command that
-//! fixes each missing one, and what dead rooms of DATA_DIR's hub left behind. It only reads
-//! /proc and /sys and runs throwaway probes; it never changes the machine and creates no
-//! DATA_DIR.
+//! (bubblewrap, user namespaces, cgroups, Landlock, seccomp, no_new_privs), whether rooms get a
+//! notebook kernel, and the command that fixes each missing one, and what dead rooms of
+//! DATA_DIR's hub left behind. It only reads /proc, /sys and the config and runs throwaway
+//! probes; it never changes the machine and creates no DATA_DIR.
 
 use crate::cli::{DoctorArgs, Global};
 use anyhow::Result;
+use lodge_core::config::KernelsConfig;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +21,7 @@ pub enum Status {
     Ok,
     /// Rooms cannot run with the isolation they need.
     Missing,
-    /// Rooms run, with one layer of defence fewer.
+    /// Rooms run, with one layer of defence (or one feature, such as notebooks) fewer.
     Degraded,
 }
 
@@ -69,7 +70,14 @@ struct Report<'a> {
 }
 
 pub async fn run(global: &Global, args: DoctorArgs) -> Result<()> {
+    // The config only says where rooms find kernelspecs; DATA_DIR need not exist.
+    let config_path = match &global.config {
+        Some(p) => Some(p.clone()),
+        None => Some(global.data_dir.join("lodge.toml")).filter(|p| p.exists()),
+    };
+    let config = lodge_core::Config::load(config_path.as_deref(), std::env::vars())?;
     let mut checks = all_checks();
+    checks.push(check_kernels(&config.kernels));
     checks.push(check_leftovers(&global.data_dir));
     let missing: Vec<&str> = checks
         .iter()
@@ -203,6 +211,71 @@ fn check_leftovers(data_dir: &Path) -> Check {
             data_dir.display()
         ),
     )
+}
+
+// ---- notebook kernels ----
+
+/// Where rooms look for programs (their PATH).
+const ROOM_PATH: [&str; 3] = ["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// Rooms offer the kernelspecs of `[kernels] paths` and `system_paths` (besides each user's
+/// own). Without a usable one notebooks fail, and a user in a room without network cannot
+/// install one: only the operator can, so doctor says how.
+fn check_kernels(kernels: &KernelsConfig) -> Check {
+    const NAME: &str = "notebook kernels";
+    let fix = "apt-get install python3-ipykernel (scripts/serve does; users in rooms without \
+               network cannot install a kernel themselves), or set [kernels] paths to a Jupyter \
+               data dir holding a kernelspec"
+        .to_string();
+    let dirs: Vec<PathBuf> = kernels
+        .paths
+        .iter()
+        .chain(&kernels.system_paths)
+        .cloned()
+        .collect();
+    let shown = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let specs = lodge_kernel::spec::find_specs(&dirs);
+    let Ok(spec) = lodge_kernel::spec::choose(&specs, None, &kernels.default, false) else {
+        return Check::not_ok(
+            NAME,
+            Status::Degraded,
+            format!("no kernelspec in [{shown}]: notebooks fail unless users bring their own"),
+            fix,
+        );
+    };
+    let argv = spec.launch_argv(Path::new("/dev/null"));
+    let program = argv.first().map(PathBuf::from).unwrap_or_default();
+    let program = if program.is_absolute() {
+        Some(program).filter(|p| is_executable(p))
+    } else {
+        ROOM_PATH
+            .iter()
+            .map(|d| Path::new(d).join(&program))
+            .find(|p| is_executable(p))
+    };
+    let at = format!("kernelspec {} in {}", spec.name, spec.dir.display());
+    let Some(program) = program else {
+        return Check::not_ok(
+            NAME,
+            Status::Degraded,
+            format!("{at} runs {:?}, which rooms cannot find", argv.first()),
+            fix,
+        );
+    };
+    if argv.iter().any(|a| a == "ipykernel_launcher") {
+        return match run_probe(&program, &["-c", "import ipykernel"]) {
+            Ok(_) => Check::ok(
+                NAME,
+                format!("{at}: {} imports ipykernel", program.display()),
+            ),
+            Err(why) => Check::not_ok(NAME, Status::Degraded, format!("{at}: {why}"), fix),
+        };
+    }
+    Check::ok(NAME, format!("{at} runs {}", program.display()))
 }
 
 // ---- rendering ----

@@ -26,8 +26,6 @@ use crate::workspace::{MAX_READ, Workspace};
 const MAX_NOTEBOOK: u64 = 64 * 1024 * 1024;
 /// The scratch kernel `code_execute` uses when it names none.
 const SCRATCH: &str = "scratch";
-/// Jupyter data dirs every room has, searched after the user's own and the operator's.
-const SYSTEM_DIRS: [&str; 2] = ["/usr/local/share/jupyter", "/usr/share/jupyter"];
 /// Where the user's own kernelspecs live (`python -m ipykernel install --user` with HOME set
 /// to the workspace).
 const USER_DIR: &str = ".local/share/jupyter";
@@ -276,7 +274,7 @@ impl Jupyter {
         check_notebook_path(path)?;
         let settings = self.settings();
         let specs = self.specs();
-        let spec = spec::choose(&specs, kernel, &settings.default)
+        let spec = spec::choose(&specs, kernel, &settings.default, settings.room_network)
             .map_err(|e| OpError::new(ErrorKind::InvalidArgument, e.to_string()))?;
         let nb = Notebook::new(&spec.name, &spec.display_name, &spec.language);
         let bytes = nb.to_bytes();
@@ -541,9 +539,10 @@ impl Jupyter {
             ));
         }
         let specs = self.specs();
-        let spec: KernelSpec = spec::choose(&specs, wanted, &settings.default)
-            .map_err(|e| OpError::new(ErrorKind::Kernel, e.to_string()))?
-            .clone();
+        let spec: KernelSpec =
+            spec::choose(&specs, wanted, &settings.default, settings.room_network)
+                .map_err(|e| OpError::new(ErrorKind::Kernel, e.to_string()))?
+                .clone();
         let cwd = match id.rsplit_once('/') {
             Some((dir, _)) if id.ends_with(".ipynb") => dir,
             _ => ".",
@@ -592,7 +591,7 @@ impl Jupyter {
         let settings = self.settings();
         std::iter::once(self.root.join(USER_DIR))
             .chain(settings.paths.iter().map(PathBuf::from))
-            .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+            .chain(settings.system_paths.iter().map(PathBuf::from))
             .collect()
     }
 
@@ -603,7 +602,7 @@ impl Jupyter {
     fn specs_info(&self) -> Vec<SpecInfo> {
         let settings = self.settings();
         let specs = self.specs();
-        let default = spec::choose(&specs, None, &settings.default)
+        let default = spec::choose(&specs, None, &settings.default, settings.room_network)
             .ok()
             .map(|s| s.name.clone());
         specs

@@ -656,6 +656,7 @@ async fn errors_name_the_problem() {
     let e = no_bwrap.spawn(&fx.spec).await.err().expect("must fail");
     assert!(matches!(e, SpawnError::NoBubblewrap { .. }), "{e}");
     assert!(e.to_string().contains("apt-get install bubblewrap"), "{e}");
+    assert!(e.to_string().contains("operator must install"), "{e}");
 
     let mut spec = fx.spec.clone();
     spec.agent_exe = fx.data.join("no-such-lodge");
