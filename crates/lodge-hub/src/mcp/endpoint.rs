@@ -110,6 +110,12 @@ async fn post(
         Ok(c) => c,
         Err(e) => return e.into_jsonrpc_response(),
     };
+    if let Err(e) = hub.spend_request(&caller) {
+        return e.into_jsonrpc_response();
+    }
+    if let Some(e) = duplicate_header(&headers) {
+        return rpc_error(StatusCode::BAD_REQUEST, Value::Null, &e);
+    }
     let body = match body {
         Ok(b) => b,
         Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -415,6 +421,26 @@ fn session_error(id: Value, e: SessionError) -> Response {
             &jsonrpc::internal(other.to_string()),
         ),
     }
+}
+
+/// The MCP headers a request may carry once, as the spec spells them: with two, which one
+/// counts would be a guess (and a proxy may have checked the other).
+const SINGLE_HEADERS: [(&str, &str); 3] = [
+    (SESSION_HEADER, "Mcp-Session-Id"),
+    (VERSION_HEADER, "MCP-Protocol-Version"),
+    (METHOD_HEADER, "Mcp-Method"),
+];
+
+/// The error for an MCP header sent more than once, if one is.
+fn duplicate_header(h: &HeaderMap) -> Option<ErrorData> {
+    SINGLE_HEADERS.iter().find_map(|(name, shown)| {
+        let n = h.get_all(*name).iter().count();
+        (n > 1).then(|| {
+            jsonrpc::header_mismatch(format!(
+                "the {shown} header is sent {n} times: send it once"
+            ))
+        })
+    })
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -608,7 +608,7 @@ impl Upstreams {
         caller: &Caller,
         name: &str,
         server: &UpstreamConfig,
-    ) -> Option<Arc<Catalog>> {
+    ) -> Result<Arc<Catalog>, UpstreamError> {
         let slot = lock(&self.slots)
             .get(&(caller.user_id, name.to_owned()))
             .cloned();
@@ -616,7 +616,7 @@ impl Upstreams {
             && let Ok(current) = slot.instance.try_lock()
             && let Some(i) = current.as_ref().filter(|i| i.alive())
         {
-            return Some(i.catalog());
+            return Ok(i.catalog());
         }
         let cached = self
             .cache
@@ -624,16 +624,31 @@ impl Upstreams {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned();
-        if cached.is_some() {
-            return cached;
+        if let Some(c) = cached {
+            return Ok(c);
         }
-        match self.instance(caller, name, server).await {
-            Ok(i) => Some(i.catalog()),
-            Err(e) => {
-                tracing::info!(user = %caller.user, server = name, "cannot list the server's tools: {e}");
-                None
-            }
+        self.instance(caller, name, server).await.map(|i| i.catalog())
+    }
+
+    /// Is `qualified` (`{server}__{tool}`) a tool `caller` has: the server enabled for them,
+    /// the tool permitted by the config and in the server's catalog for them? Unknown names
+    /// are `Unknown`; a catalog that cannot be had gives the reason (a missing secret, a
+    /// server that does not start).
+    pub async fn check_tool(&self, caller: &Caller, qualified: &str) -> Result<(), UpstreamError> {
+        let (name, server) = self.server(caller, "tool", qualified)?;
+        let tool = catalog::split(qualified).map_or("", |(_, t)| t);
+        let listed = |c: &Catalog| {
+            c.tools
+                .iter()
+                .any(|t| t.get("name").and_then(Value::as_str) == Some(tool))
+        };
+        if server.tools.permits(tool) && listed(&*self.catalog(caller, name, server).await?) {
+            return Ok(());
         }
+        Err(UpstreamError::Unknown {
+            kind: "tool",
+            name: qualified.chars().take(100).collect(),
+        })
     }
 
     /// Every enabled server's catalog for the caller (servers not yet seen start in parallel).
@@ -643,9 +658,13 @@ impl Upstreams {
     ) -> Vec<(&'a str, &'a UpstreamConfig, Arc<Catalog>)> {
         let enabled: Vec<_> = self.enabled(caller.user.as_str()).collect();
         let lookups = enabled.into_iter().map(|(name, server)| async move {
-            self.catalog(caller, name, server)
-                .await
-                .map(|c| (name, server, c))
+            match self.catalog(caller, name, server).await {
+                Ok(c) => Some((name, server, c)),
+                Err(e) => {
+                    tracing::info!(user = %caller.user, server = name, "cannot list the server's tools: {e}");
+                    None
+                }
+            }
         });
         futures::future::join_all(lookups)
             .await
