@@ -85,9 +85,7 @@ impl<K: Hash + Eq> Buckets<K> {
             tokens: rate.burst,
             at: now,
         };
-        let bucket = shard
-            .get(&key)
-            .map_or(fresh, |b| b.refilled(rate, now));
+        let bucket = shard.get(&key).map_or(fresh, |b| b.refilled(rate, now));
         if bucket.tokens < 1.0 {
             shard.insert(key, bucket);
             return Err(bucket.wait(rate));
@@ -168,10 +166,7 @@ mod tests {
         assert_eq!(b.take("a", rate, t1), Ok(()));
         assert!(b.take("a", rate, t1).is_err());
         // Refusals take nothing: the next token comes as promised.
-        assert_eq!(
-            b.check(&"a", rate, t1 + Duration::from_millis(500)),
-            Ok(())
-        );
+        assert_eq!(b.check(&"a", rate, t1 + Duration::from_millis(500)), Ok(()));
     }
 
     #[test]

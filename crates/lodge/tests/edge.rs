@@ -55,7 +55,10 @@ async fn health_status(hub: &TestHub, s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out);
-    text.lines().next().unwrap_or("closed without a reply").to_owned()
+    text.lines()
+        .next()
+        .unwrap_or("closed without a reply")
+        .to_owned()
 }
 
 async fn assert_serves(hub: &TestHub, token: &str) {
@@ -324,7 +327,9 @@ async fn unknown_and_overlong_tool_names_leave_no_trace() {
 
     let marker = "zq7marker";
     let long = format!("probe__{marker}{}", "x".repeat(1 << 20));
-    let v = a.rpc("tools/call", json!({"name": long, "arguments": {}})).await;
+    let v = a
+        .rpc("tools/call", json!({"name": long, "arguments": {}}))
+        .await;
     let msg = v["error"]["message"].as_str().unwrap_or("");
     assert!(
         msg.contains("at most 128 bytes") && !msg.contains(marker),
@@ -337,7 +342,9 @@ async fn unknown_and_overlong_tool_names_leave_no_trace() {
         format!("{marker}_builtin"),
         format!("probe__{marker}\nuser=bob tool=secret_get"),
     ] {
-        let v = a.rpc("tools/call", json!({"name": name, "arguments": {}})).await;
+        let v = a
+            .rpc("tools/call", json!({"name": name, "arguments": {}}))
+            .await;
         let msg = v["error"]["message"].as_str().unwrap_or("");
         assert!(msg.contains("unknown tool"), "{name:?}: {v}");
     }
@@ -352,7 +359,10 @@ async fn unknown_and_overlong_tool_names_leave_no_trace() {
         .text()
         .await
         .expect("metrics text");
-    assert!(metrics.contains(r#"tool="session_info""#), "control missing");
+    assert!(
+        metrics.contains(r#"tool="session_info""#),
+        "control missing"
+    );
     assert!(metrics.contains(r#"tool="probe__echo""#), "control missing");
     assert!(
         !metrics.contains(marker),

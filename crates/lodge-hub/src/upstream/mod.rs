@@ -627,7 +627,9 @@ impl Upstreams {
         if let Some(c) = cached {
             return Ok(c);
         }
-        self.instance(caller, name, server).await.map(|i| i.catalog())
+        self.instance(caller, name, server)
+            .await
+            .map(|i| i.catalog())
     }
 
     /// Is `qualified` (`{server}__{tool}`) a tool `caller` has: the server enabled for them,
