@@ -104,7 +104,7 @@ pub async fn serve(
         };
         let peer_ip = peer.ip().to_canonical();
         let per_address = !config.trusted(peer_ip);
-        let Some(permit) = counts.admit(peer_ip, per_address, &config) else {
+        let Some(permit) = counts.admit(address_key(peer_ip), per_address, &config) else {
             // Never wait on a refused client: one try to say why, then close.
             let _ = stream.try_write(&refusal());
             ::metrics::counter!("lodge_connections_refused_total").increment(1);
@@ -114,8 +114,10 @@ pub async fn serve(
         let busy = Arc::new(AtomicBool::new(false));
         let io = HeadClock::new(stream, busy.clone(), config.header_read_timeout);
         let (router, config) = (router.clone(), config.clone());
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             busy.store(true, Ordering::Relaxed);
+            let idle = config.idle_timeout;
+            let mut req = req.map(|body| axum::body::Body::new(StallLimit::new(body, idle)));
             let client = client_ip(peer_ip, req.headers(), &config);
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(ClientAddr(Some(client)));
@@ -185,6 +187,77 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
         .ok()
         .map(|ip| ip.to_canonical())
+}
+
+/// What the per-address cap counts by: an IPv4 address, or an IPv6 /64 (one host usually has a
+/// whole /64, so counting single IPv6 addresses would give it billions of places).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+    }
+}
+
+/// A request body that fails when no part of it arrives for `limit`: a client that sends its
+/// headers and then stalls mid-body would otherwise hold its connection for ever (the header
+/// clock has stopped, and a request in progress is never idle). The timer is only set up once
+/// the body has to be waited for, so bodies that are already there cost nothing.
+struct StallLimit {
+    inner: Incoming,
+    limit: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl StallLimit {
+    fn new(inner: Incoming, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: None,
+        }
+    }
+}
+
+impl http_body::Body for StallLimit {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "the request body stalled for {limit:?} (server.idle_timeout)"
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Connections open, in all and per address.
@@ -391,6 +464,20 @@ mod tests {
             client_ip(ip("10.0.0.2"), &xff(&["203.0.113.7:5555"]), &c),
             ip("203.0.113.7")
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        assert_eq!(address_key(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:ffff::9")),
+            address_key(ip("2001:db8:1:2::1"))
+        );
+        assert_ne!(address_key(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
     }
 
     #[test]

@@ -75,9 +75,9 @@ async fn assert_serves(hub: &TestHub, token: &str) {
 }
 
 /// Slowloris: connections that send half their headers are closed after
-/// `server.header_read_timeout`, silent ones after `server.idle_timeout`, and a normal client
-/// is served all along; a kept-alive connection between requests gets the idle timeout, not
-/// the header one.
+/// `server.header_read_timeout`, silent ones and ones that stall mid-body after
+/// `server.idle_timeout`, and a normal client is served all along; a kept-alive connection
+/// between requests gets the idle timeout, not the header one.
 #[tokio::test]
 async fn slow_headers_and_idle_connections_are_closed_while_others_are_served() {
     let hub = TestHub::start_env(&[
@@ -89,6 +89,17 @@ async fn slow_headers_and_idle_connections_are_closed_while_others_are_served() 
     let started = Instant::now();
     let mut slow = Vec::new();
     let mut silent = Vec::new();
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_from(&hub, [127, 0, 0, 1]).await;
+        s.write_all(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"jsonrpc\":",
+        )
+        .await
+        .expect("head and part of a body");
+        stalled.push(s);
+    }
     for _ in 0..60 {
         let mut s = connect_from(&hub, [127, 0, 0, 1]).await;
         s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never-Ending: ")
@@ -133,10 +144,10 @@ async fn slow_headers_and_idle_connections_are_closed_while_others_are_served() 
     let n = kept.read(&mut buf).await.expect("second reply");
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
     assert_serves(&hub, &alice).await;
-    for (i, s) in silent.iter_mut().enumerate() {
+    for (i, s) in silent.iter_mut().chain(&mut stalled).enumerate() {
         assert!(
             closed_within(s, Duration::from_secs(10)).await,
-            "silent connection {i} still open after the idle timeout"
+            "silent or stalled connection {i} still open after the idle timeout"
         );
     }
     assert_serves(&hub, &alice).await;
