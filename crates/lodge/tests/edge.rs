@@ -410,8 +410,13 @@ async fn a_user_over_budget_gets_429_and_others_are_unaffected() {
         let r = flood.post(&session_info_call()).await;
         assert_eq!(r.status(), 200, "request {i} within the burst");
     }
+    let asked = Instant::now();
     let r = flood.post(&session_info_call()).await;
     assert_eq!(r.status(), 429);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "a refusal must be held, so a loop ignoring Retry-After cannot spin on it"
+    );
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
         .expect("retry-after")

@@ -22,6 +22,8 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 const METHOD_HEADER: &str = "mcp-method";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+/// How long a request over its user's budget waits before its 429.
+const THROTTLE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn post_own(
     State(hub): State<Arc<Hub>>,
@@ -111,6 +113,10 @@ async fn post(
         Err(e) => return e.into_jsonrpc_response(),
     };
     if let Err(e) = hub.spend_request(&caller) {
+        // A loop that ignores Retry-After would make its refusals a flood of their own (they
+        // are cheap, but tens of thousands a second still take the hub's CPU): each is held
+        // first, so one connection gets at most one a second (connections are capped).
+        tokio::time::sleep(THROTTLE_HOLD).await;
         return e.into_jsonrpc_response();
     }
     if let Some(e) = duplicate_header(&headers) {
