@@ -215,8 +215,7 @@ impl Authenticator {
                 now - e.last_used_ms.load(Ordering::Relaxed).max(e.verified_ms) < 600_000
             });
         }
-        self.failures
-            .sweep(Instant::now(), |_| Some(self.failure_rate));
+        self.failures.sweep(Instant::now());
     }
 }
 

@@ -231,23 +231,6 @@ impl Hub {
         self.audit.flush().await;
     }
 
-    /// Drops request buckets that are full again. Buckets do not say their user's profile, so
-    /// a bucket counts as full only once the slowest profile would have refilled the largest.
-    fn sweep_request_budget(&self) {
-        let profiles = self.config.profiles.values();
-        let slowest = Rate {
-            per_second: profiles
-                .clone()
-                .map(|p| p.requests_per_second)
-                .fold(f64::INFINITY, f64::min),
-            burst: profiles
-                .map(|p| f64::from(p.request_burst))
-                .fold(1.0, f64::max),
-        };
-        self.request_budget
-            .sweep(std::time::Instant::now(), |_| Some(slowest));
-    }
-
     /// Periodic work: write-behind flushes, session expiry, cache sweeps, idle-room culling.
     async fn maintain(self: Arc<Self>, stop: CancellationToken) {
         let period = self
@@ -269,7 +252,7 @@ impl Hub {
             }
             self.flush().await;
             self.auth.sweep();
-            self.sweep_request_budget();
+            self.request_budget.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;
             if stopped > 0 {
                 tracing::info!(stopped, "idle upstream server instances stopped");

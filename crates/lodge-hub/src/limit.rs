@@ -34,6 +34,8 @@ impl Rate {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The rate it was last used with, so sweeps know when it is full again.
+    rate: Rate,
 }
 
 impl Bucket {
@@ -43,6 +45,7 @@ impl Bucket {
         Self {
             tokens: (self.tokens + gained).min(rate.burst),
             at: now,
+            rate,
         }
     }
 
@@ -51,8 +54,8 @@ impl Bucket {
         Duration::from_secs_f64(((1.0 - self.tokens) / rate.per_second).max(0.0))
     }
 
-    fn full(self, rate: Rate, now: Instant) -> bool {
-        self.refilled(rate, now).tokens >= rate.burst
+    fn full(self, now: Instant) -> bool {
+        self.refilled(self.rate, now).tokens >= self.rate.burst
     }
 }
 
@@ -84,6 +87,7 @@ impl<K: Hash + Eq> Buckets<K> {
         let fresh = Bucket {
             tokens: rate.burst,
             at: now,
+            rate,
         };
         let bucket = shard.get(&key).map_or(fresh, |b| b.refilled(rate, now));
         if bucket.tokens < 1.0 {
@@ -91,7 +95,7 @@ impl<K: Hash + Eq> Buckets<K> {
             return Err(bucket.wait(rate));
         }
         if shard.len() >= SHARD_CAP && !shard.contains_key(&key) {
-            shard.retain(|_, b| !b.full(rate, now));
+            shard.retain(|_, b| !b.full(now));
         }
         shard.insert(
             key,
@@ -112,13 +116,12 @@ impl<K: Hash + Eq> Buckets<K> {
     }
 
     /// Drops the buckets that are full again (they hold nothing a fresh one would not).
-    /// `rate_of` gives each key's rate; keys whose rate is gone (`None`) are dropped too.
-    pub fn sweep(&self, now: Instant, rate_of: impl Fn(&K) -> Option<Rate>) {
+    pub fn sweep(&self, now: Instant) {
         for shard in &*self.shards {
             shard
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|k, b| rate_of(k).is_some_and(|r| !b.full(r, now)));
+                .retain(|_, b| !b.full(now));
         }
     }
 
@@ -181,9 +184,9 @@ mod tests {
         let wait = b.check(&1, rate, t0).unwrap_err();
         assert_eq!(retry_after_s(wait), 30);
         b.take(2, rate, t0).unwrap();
-        b.sweep(t0, |_| Some(rate));
+        b.sweep(t0);
         assert_eq!(b.len(), 2, "partly empty buckets stay");
-        b.sweep(t0 + Duration::from_secs(60), |_| Some(rate));
+        b.sweep(t0 + Duration::from_secs(60));
         assert!(b.is_empty(), "refilled buckets go");
     }
 
