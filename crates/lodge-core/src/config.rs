@@ -49,6 +49,23 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Allow binding a non-loopback address without TLS (e.g. behind a TLS-terminating proxy).
     pub insecure_public: bool,
+    /// Once a request starts arriving, its headers must be complete within this time, else
+    /// the connection is closed (slow-header attacks).
+    #[serde(with = "serde_human")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress (new, or kept alive after a response) is
+    /// closed after this long.
+    #[serde(with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; beyond it new ones are answered 503 and closed.
+    pub max_connections: u32,
+    /// Connections open at once from one client address (trusted proxies are exempt: their
+    /// clients are told apart by `X-Forwarded-For`).
+    pub max_connections_per_address: u32,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: for a request
+    /// from one of them, the client address used for limits is the right-most address in that
+    /// header that is not itself a trusted proxy.
+    pub trusted_proxies: Vec<crate::net::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +77,11 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             insecure_public: false,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 16_384,
+            max_connections_per_address: 512,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -302,6 +324,11 @@ pub struct Profile {
     pub output_cap: u64,
     /// Open files per process.
     pub open_files: u64,
+    /// MCP requests a user may send per second, sustained (a token bucket); beyond it the hub
+    /// answers 429 with `Retry-After`.
+    pub requests_per_second: f64,
+    /// MCP requests a user may send at once above the sustained rate (the bucket's size).
+    pub request_burst: u32,
 }
 
 impl Default for Profile {
@@ -318,6 +345,8 @@ impl Default for Profile {
             max_command_timeout: Duration::from_secs(30 * 60),
             output_cap: 1 << 20,
             open_files: 1024,
+            requests_per_second: 50.0,
+            request_burst: 200,
         }
     }
 }
@@ -341,6 +370,15 @@ impl Profile {
         }
         if self.open_files < 16 {
             return Err(format!("profiles.{name}.open_files must be at least 16"));
+        }
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            return Err(format!(
+                "profiles.{name}.requests_per_second must be a positive number (requests per \
+                 second, e.g. 50)"
+            ));
+        }
+        if self.request_burst == 0 {
+            return Err(format!("profiles.{name}.request_burst must be at least 1"));
         }
         Ok(())
     }
@@ -419,6 +457,21 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
+        }
+        let server = &self.server;
+        if server.header_read_timeout.is_zero() || server.idle_timeout.is_zero() {
+            return Err(
+                "server.header_read_timeout and server.idle_timeout must be longer than 0 \
+                 (e.g. \"10s\" and \"60s\")"
+                    .into(),
+            );
+        }
+        if server.max_connections == 0 || server.max_connections_per_address == 0 {
+            return Err(
+                "server.max_connections and server.max_connections_per_address must be at \
+                 least 1"
+                    .into(),
+            );
         }
         if self.sessions.max_per_user == 0 {
             return Err("sessions.max_per_user must be at least 1".into());
@@ -648,6 +701,45 @@ mod tests {
         std::fs::write(&p, "[profiles.bad]\ncpus = 0\n").unwrap();
         let e = Config::load(Some(&p), env(&[])).unwrap_err();
         assert!(e.to_string().contains("profiles.bad.cpus"), "{e}");
+    }
+
+    #[test]
+    fn edge_keys_and_request_budgets_come_from_env_and_file() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("LODGE_SERVER_HEADER_READ_TIMEOUT", "3s"),
+                ("LODGE_SERVER_IDLE_TIMEOUT", "2m"),
+                ("LODGE_SERVER_MAX_CONNECTIONS", "100"),
+                ("LODGE_SERVER_MAX_CONNECTIONS_PER_ADDRESS", "10"),
+                ("LODGE_SERVER_TRUSTED_PROXIES", r#"["10.0.0.0/8", "::1"]"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.server.max_connections, 100);
+        assert_eq!(c.server.max_connections_per_address, 10);
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(c.server.trusted_proxies[0].contains(ip("10.9.8.7")));
+        assert!(c.server.trusted_proxies[1].contains(ip("::1")));
+        assert_eq!(c.profile("default").requests_per_second, 50.0);
+        let e = Config::load(
+            None,
+            env(&[("LODGE_SERVER_TRUSTED_PROXIES", r#"["10.0.0.0/40"]"#)]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("10.0.0.0/40"), "{e}");
+        let e = Config::load(None, env(&[("LODGE_SERVER_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert!(e.to_string().contains("server.max_connections"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lodge.toml");
+        std::fs::write(&p, "[profiles.bot]\nrequests_per_second = 0\n").unwrap();
+        let e = Config::load(Some(&p), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("profiles.bot.requests_per_second"),
+            "{e}"
+        );
     }
 
     #[test]

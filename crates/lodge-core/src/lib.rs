@@ -5,6 +5,7 @@
 pub mod config;
 pub mod duration;
 pub mod name;
+pub mod net;
 pub mod scope;
 pub mod servers;
 pub mod size;

@@ -2,18 +2,20 @@
 //!
 //! Tokens are looked up by their public id and their SHA-256 compared in constant time. Verified
 //! tokens are cached for `auth.token_cache` so the hot path does no I/O; failed attempts are
-//! limited per client address. This module decides who is calling, not what they may do.
+//! limited per client address (a token bucket: `auth.failed_auth_per_minute` at once, refilled
+//! over a minute). This module decides who is calling, not what they may do.
 
 use crate::audit::Auditor;
 use crate::error::ApiError;
+use crate::limit::{Buckets, Rate, retry_after_s};
 use lodge_core::time::now_ms;
 use lodge_core::{Scopes, TokenHash, UserName, token};
 use lodge_store::Store;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 /// The authenticated caller of one request.
 #[derive(Clone, Debug)]
@@ -40,12 +42,10 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     audit: Auditor,
     ttl_ms: i64,
-    failures_per_minute: u32,
+    failure_rate: Rate,
     cache: RwLock<HashMap<TokenHash, Arc<Cached>>>,
-    failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    failures: Buckets<IpAddr>,
 }
-
-const WINDOW_MS: i64 = 60_000;
 
 impl Authenticator {
     pub fn new(
@@ -58,9 +58,9 @@ impl Authenticator {
             store,
             audit,
             ttl_ms: ttl.as_millis() as i64,
-            failures_per_minute,
+            failure_rate: Rate::per_minute(failures_per_minute),
             cache: RwLock::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Buckets::default(),
         }
     }
 
@@ -77,7 +77,7 @@ impl Authenticator {
         // Over-budget clients are refused before any lookup or audit write, whatever they send,
         // unless they present a token this hub already verified.
         if cached.is_none() {
-            self.check_rate(client, now)?;
+            self.check_rate(client)?;
         }
         let (id, hash) = match (presented, parsed) {
             (None, _) => {
@@ -169,40 +169,26 @@ impl Authenticator {
 
     /// Clients over their failure budget get 429 before any lookup, unless they present a
     /// token this hub has verified before (so a guesser cannot lock out a NAT's real users).
-    fn check_rate(&self, client: Option<IpAddr>, now: i64) -> Result<(), ApiError> {
+    fn check_rate(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
         let Some(ip) = client else { return Ok(()) };
-        let Ok(f) = self.failures.lock() else {
-            return Ok(());
-        };
-        if let Some((start, count)) = f.get(&ip)
-            && now - start < WINDOW_MS
-            && *count >= self.failures_per_minute
-        {
-            let retry_after_s = ((WINDOW_MS - (now - start)) / 1000).max(1) as u64;
-            return Err(ApiError::TooManyRequests {
-                message: format!(
-                    "too many failed authentications from {ip}; retry after {retry_after_s}s"
-                ),
-                retry_after_s,
-            });
-        }
-        Ok(())
+        self.failures
+            .check(&ip, self.failure_rate, Instant::now())
+            .map_err(|wait| {
+                let retry_after_s = retry_after_s(wait);
+                ApiError::TooManyRequests {
+                    message: format!(
+                        "too many failed authentications from {ip}; retry after {retry_after_s}s"
+                    ),
+                    retry_after_s,
+                }
+            })
     }
 
     async fn fail(&self, client: Option<IpAddr>, reason: &str, token_id: Option<&str>) -> ApiError {
         metrics::counter!("lodge_auth_failures_total", "reason" => reason.to_owned()).increment(1);
-        if let Some(ip) = client
-            && let Ok(mut f) = self.failures.lock()
-        {
-            let now = now_ms();
-            let e = f.entry(ip).or_insert((now, 0));
-            if now - e.0 >= WINDOW_MS {
-                *e = (now, 0);
-            }
-            e.1 += 1;
-            if f.len() > 100_000 {
-                f.retain(|_, (start, _)| now - *start < WINDOW_MS);
-            }
+        if let Some(ip) = client {
+            // An empty bucket stays empty: the failure needs no further counting.
+            let _ = self.failures.take(ip, self.failure_rate, Instant::now());
         }
         self.audit.auth_failure(reason, token_id, client);
         ApiError::Unauthorized(format!(
@@ -232,9 +218,7 @@ impl Authenticator {
                 now - e.last_used_ms.load(Ordering::Relaxed).max(e.verified_ms) < 600_000
             });
         }
-        if let Ok(mut f) = self.failures.lock() {
-            f.retain(|_, (start, _)| now - *start < WINDOW_MS);
-        }
+        self.failures.sweep(Instant::now());
     }
 }
 

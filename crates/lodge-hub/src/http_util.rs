@@ -6,13 +6,18 @@ use axum::http::request::Parts;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 
-/// The client's address, when the server was started with connect info (always, in `serve`).
+/// The client's address: as the edge resolved it (the peer, or the address a trusted proxy
+/// forwarded), else the peer from connect info, else unknown.
+#[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(resolved) = parts.extensions.get::<ClientAddr>() {
+            return Ok(*resolved);
+        }
         Ok(ClientAddr(
             parts
                 .extensions

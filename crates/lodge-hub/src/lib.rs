@@ -6,9 +6,11 @@ pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod caller;
+pub mod edge;
 pub mod error;
 mod guard;
 mod http_util;
+pub mod limit;
 pub mod mcp;
 pub mod metrics;
 mod rest;
@@ -29,6 +31,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use audit::Auditor;
+use limit::Rate;
+
+/// A profile's MCP request budget as a bucket.
+fn request_rate(p: &lodge_core::config::Profile) -> Rate {
+    Rate {
+        per_second: p.requests_per_second,
+        burst: f64::from(p.request_burst),
+    }
+}
 
 /// Everything a request handler may need, shared behind one `Arc`.
 pub struct Hub {
@@ -43,6 +54,8 @@ pub struct Hub {
     pub upstreams: Arc<upstream::Upstreams>,
     /// Requests being answered, for the clients' `notifications/cancelled`.
     pub inflight: mcp::inflight::Inflight,
+    /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
+    request_budget: limit::Buckets<i64>,
 }
 
 impl Hub {
@@ -93,6 +106,7 @@ impl Hub {
             vault,
             upstreams,
             inflight: Default::default(),
+            request_budget: Default::default(),
         }))
     }
 
@@ -143,6 +157,9 @@ impl Hub {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let bound = listener.local_addr()?;
+        // Half the descriptors are the connections'; rooms, upstreams and the store use the rest.
+        let fd_budget = edge::raise_open_files_limit().map(|n| n / 2);
+        let edge_config = edge::EdgeConfig::new(&self.config.server, fd_budget);
         let stop = CancellationToken::new();
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
         let pruning = tokio::spawn(audit::prune_periodically(
@@ -150,9 +167,7 @@ impl Hub {
             self.config.audit.clone(),
             stop.clone(),
         ));
-        let app = self
-            .router(bound)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = self.router(bound);
         // Rooms stop as soon as shutdown begins, so calls running in them end at once (with
         // "the room stopped") instead of holding the drain for up to a command timeout. If
         // serving fails instead, the dropped sender starts the same stop.
@@ -166,9 +181,7 @@ impl Hub {
             shutdown.await;
             let _ = begin_stop.send(());
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = edge::serve(listener, app, edge_config, shutdown).await;
         stop.cancel();
         let _ = maintenance.await;
         let _ = pruning.await;
@@ -176,6 +189,38 @@ impl Hub {
         let _ = rooms_stopped.await;
         self.flush().await;
         served
+    }
+
+    /// Spends one of the caller's MCP requests: 429 (with `Retry-After`) when their profile's
+    /// budget is used up, so one user's loop cannot take the hub from everyone else.
+    pub fn spend_request(&self, caller: &caller::Caller) -> Result<(), error::ApiError> {
+        let profile = self.config.profile(&caller.profile);
+        let rate = request_rate(profile);
+        let wait = match self
+            .request_budget
+            .take(caller.user_id, rate, std::time::Instant::now())
+        {
+            Ok(()) => return Ok(()),
+            Err(wait) => wait,
+        };
+        ::metrics::counter!("lodge_requests_throttled_total").increment(1);
+        let retry_after_s = limit::retry_after_s(wait);
+        Err(error::ApiError::TooManyRequests {
+            message: format!(
+                "user {} sent more MCP requests than their profile allows ({} per second, bursts \
+                 of {}: profiles.{}.requests_per_second and request_burst); retry after \
+                 {retry_after_s}s",
+                caller.user,
+                profile.requests_per_second,
+                profile.request_burst,
+                if self.config.has_profile(&caller.profile) {
+                    caller.profile.as_str()
+                } else {
+                    "default"
+                },
+            ),
+            retry_after_s,
+        })
     }
 
     /// Writes batched state (last-use times, audit records) to the store.
@@ -213,6 +258,7 @@ impl Hub {
             }
             self.flush().await;
             self.auth.sweep();
+            self.request_budget.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;
             if stopped > 0 {
                 tracing::info!(stopped, "idle upstream server instances stopped");

@@ -3,11 +3,13 @@
 //! per idle session, rooms (warm fs_read and run_command, a new user's cold first call, memory
 //! per running room), an upstream MCP server's proxy overhead and cold start (see
 //! [`upstream`]), and `code_execute` on a Jupyter kernel against jupyter_client driving one
-//! directly (see [`jupyter`]), and then, on a hub of its own, a thousand live rooms (see
-//! [`scale`]). It must never touch the user's DATA_DIR or another hub, and never
+//! directly (see [`jupyter`]), one user's latency while another floods the hub (see
+//! [`flood`]), and then, on a hub of its own, a thousand live rooms (see [`scale`]). It must
+//! never touch the user's DATA_DIR or another hub, and never
 //! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
 //! the run.
 
+mod flood;
 mod jupyter;
 mod scale;
 mod upstream;
@@ -78,6 +80,9 @@ pub struct BenchArgs {
     /// Warm calls per run of the live-rooms section (baseline, then all rooms up).
     #[arg(long, default_value_t = 20_000)]
     pub scale_calls: usize,
+    /// Skip the flood figures (one user's session_info latency while another floods the hub).
+    #[arg(long)]
+    pub skip_flood: bool,
     /// Print one JSON object with all figures instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -137,7 +142,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let tokens = provision(&a, &setups, &exe, dir.path(), &bars).await?;
     write_config(
         dir.path(),
-        &[setups.upstream.config()?, setups.jupyter.config()?],
+        &[
+            setups.upstream.config()?,
+            setups.jupyter.config()?,
+            flood::config(),
+        ],
     )?;
     let hub = HubProcess::spawn(&exe, dir, &hub_env(&a)).await?;
     let result = measure(&a, &hub, &tokens, &setups, &bars).await;
@@ -252,6 +261,9 @@ async fn measure(
     for &c in &a.concurrency {
         throughput.push(throughput_run(a, &client, c, bars).await?);
     }
+    let flood = flood::run(a, hub, bars)
+        .await
+        .context("flood figures (pass --skip-flood to leave them out)")?;
     let mut targets = targets(&latency, memory.as_ref());
     targets.extend(upstream::target(upstream.as_ref()));
     Ok(Report {
@@ -266,6 +278,7 @@ async fn measure(
         upstream,
         jupyter,
         scale: None,
+        flood,
         targets,
         hub_log_lines: hub.log.warnings.load(Ordering::Relaxed),
     })
@@ -1823,6 +1836,7 @@ struct Report {
     upstream: Option<upstream::Section>,
     jupyter: Option<jupyter::Section>,
     scale: Option<scale::Report>,
+    flood: Option<flood::Figures>,
     targets: Vec<Target>,
     hub_log_lines: usize,
 }
@@ -1934,6 +1948,10 @@ fn print_table(r: &Report) {
     }
     print_throughput(r);
     println!();
+    if let Some(f) = &r.flood {
+        flood::print(f);
+        println!();
+    }
     if let Some(s) = &r.scale {
         scale::print(s);
         println!();

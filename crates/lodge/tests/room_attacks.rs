@@ -16,6 +16,9 @@ cpus = 0.5
 pids = 64
 disk = "32MiB"
 command_timeout = "20s"
+# The symlink race calls as fast as it can; the request budget is not under test here.
+requests_per_second = 100000
+request_burst = 100000
 "#;
 
 /// A hub with alice and bob on the tight profile.

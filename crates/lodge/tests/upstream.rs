@@ -123,8 +123,8 @@ async fn real_servers_are_listed_called_and_stream_progress() {
         .await;
     assert!(log.text.contains("first"), "{}", log.text);
 
-    // A denied tool cannot be called either; an unknown one gets the server's own error,
-    // naming the server.
+    // A denied tool cannot be called either; nor can one the server does not list (the hub
+    // refuses it before the name goes anywhere).
     let denied = a
         .rpc(
             "tools/call",
@@ -146,7 +146,7 @@ async fn real_servers_are_listed_called_and_stream_progress() {
         .await;
     let msg = unknown["error"]["message"].as_str().unwrap_or("");
     assert!(
-        msg.contains("server probe") && msg.contains("Unknown tool: nope"),
+        msg.contains("unknown tool") && msg.contains("probe__nope"),
         "{unknown}"
     );
 

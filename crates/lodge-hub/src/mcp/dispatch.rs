@@ -27,6 +27,9 @@ pub fn capabilities(hub: &Hub) -> ServerCapabilities {
     }
 }
 
+/// The longest tool name accepted, in bytes (MCP's own guidance is at most 128 characters).
+pub const MAX_TOOL_NAME: usize = 128;
+
 pub const INSTRUCTIONS: &str = "Lodge gives you a private room on a shared hub. Call session_info to see who you are and your limits.";
 
 /// Answers one request. `initialize` is handled by the endpoint because it creates a session.
@@ -129,12 +132,25 @@ async fn call_tool(
 ) -> Result<rmcp::model::CallToolResult, ErrorData> {
     let p: CallToolRequestParams = parse_params("tools/call", params)?;
     let name = p.name.as_ref();
-    let set = hub.tools.find(name).ok_or_else(|| {
-        let shown: String = name.chars().take(100).collect();
-        invalid_params(format!(
-            "unknown tool: {shown} (tools/list shows the tools you have)"
-        ))
-    })?;
+    if name.len() > MAX_TOOL_NAME {
+        return Err(invalid_params(format!(
+            "tool name of {} bytes: tool names are at most {MAX_TOOL_NAME} bytes (tools/list \
+             shows the tools you have)",
+            name.len()
+        )));
+    }
+    // Only names the caller really has go further: everything below records the name (metric
+    // labels, the audit trail), so a made-up one must not get there.
+    let set = match hub.tools.find(cx.caller, name).await {
+        Ok(Some(set)) => set,
+        Ok(None) => {
+            let shown: String = name.chars().take(100).collect();
+            return Err(invalid_params(format!(
+                "unknown tool: {shown} (tools/list shows the tools you have)"
+            )));
+        }
+        Err(refused) => return refused.into_result(),
+    };
     let args = p.arguments.unwrap_or_default();
     let digest = crate::audit::digest(&set.audit_view(name, &args));
     let tcx = CallContext {

@@ -22,6 +22,8 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 const METHOD_HEADER: &str = "mcp-method";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+/// How long a request over its user's budget waits before its 429.
+const THROTTLE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn post_own(
     State(hub): State<Arc<Hub>>,
@@ -110,6 +112,16 @@ async fn post(
         Ok(c) => c,
         Err(e) => return e.into_jsonrpc_response(),
     };
+    if let Err(e) = hub.spend_request(&caller) {
+        // A loop that ignores Retry-After would make its refusals a flood of their own (they
+        // are cheap, but tens of thousands a second still take the hub's CPU): each is held
+        // first, so one connection gets at most one a second (connections are capped).
+        tokio::time::sleep(THROTTLE_HOLD).await;
+        return e.into_jsonrpc_response();
+    }
+    if let Some(e) = duplicate_header(&headers) {
+        return rpc_error(StatusCode::BAD_REQUEST, Value::Null, &e);
+    }
     let body = match body {
         Ok(b) => b,
         Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -415,6 +427,26 @@ fn session_error(id: Value, e: SessionError) -> Response {
             &jsonrpc::internal(other.to_string()),
         ),
     }
+}
+
+/// The MCP headers a request may carry once, as the spec spells them: with two, which one
+/// counts would be a guess (and a proxy may have checked the other).
+const SINGLE_HEADERS: [(&str, &str); 3] = [
+    (SESSION_HEADER, "Mcp-Session-Id"),
+    (VERSION_HEADER, "MCP-Protocol-Version"),
+    (METHOD_HEADER, "Mcp-Method"),
+];
+
+/// The error for an MCP header sent more than once, if one is.
+fn duplicate_header(h: &HeaderMap) -> Option<ErrorData> {
+    SINGLE_HEADERS.iter().find_map(|(name, shown)| {
+        let n = h.get_all(*name).iter().count();
+        (n > 1).then(|| {
+            jsonrpc::header_mismatch(format!(
+                "the {shown} header is sent {n} times: send it once"
+            ))
+        })
+    })
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {

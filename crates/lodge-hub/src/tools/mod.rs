@@ -106,10 +106,14 @@ pub trait ToolSet: Send + Sync + 'static {
     async fn tools(&self, _caller: &Caller) -> Vec<Tool> {
         self.definitions().to_vec()
     }
-    /// Does this set answer for `name`? Derived from the definitions, so the names a set
-    /// lists and the names it answers for cannot drift apart.
-    fn owns(&self, name: &str) -> bool {
-        self.definitions().iter().any(|t| t.name == name)
+    /// Does this set answer `caller`'s call of `name`? `Ok(false)`: not one of this set's
+    /// names; `Err`: one of its names, refused before it reaches a tool (the tool is not
+    /// offered to the caller, or whether it is cannot be told now). Derived from the
+    /// definitions by default, so the names a set lists and the names it answers for cannot
+    /// drift apart. Only names that pass are recorded (metrics, audit), so this is what keeps
+    /// caller-chosen names out of them.
+    async fn offers(&self, _caller: &Caller, name: &str) -> Result<bool, ToolError> {
+        Ok(self.definitions().iter().any(|t| t.name == name))
     }
     async fn call(
         &self,
@@ -143,8 +147,18 @@ impl Registry {
         all
     }
 
-    pub fn find(&self, name: &str) -> Option<&Arc<dyn ToolSet>> {
-        self.sets.iter().find(|s| s.owns(name))
+    /// The set that answers `caller`'s call of `name` (see [`ToolSet::offers`]).
+    pub async fn find(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Option<&Arc<dyn ToolSet>>, ToolError> {
+        for set in &self.sets {
+            if set.offers(caller, name).await? {
+                return Ok(Some(set));
+            }
+        }
+        Ok(None)
     }
 }
 

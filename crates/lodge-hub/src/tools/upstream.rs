@@ -41,8 +41,15 @@ impl ToolSet for UpstreamTools {
             .collect()
     }
 
-    fn owns(&self, name: &str) -> bool {
-        catalog::split(name).is_some_and(|(server, _)| self.upstreams.is_server(server))
+    async fn offers(&self, caller: &Caller, name: &str) -> Result<bool, ToolError> {
+        if !catalog::split(name).is_some_and(|(server, _)| self.upstreams.is_server(server)) {
+            return Ok(false);
+        }
+        self.upstreams
+            .check_tool(caller, name)
+            .await
+            .map(|()| true)
+            .map_err(tool_error)
     }
 
     async fn call(

@@ -623,20 +623,20 @@ impl Upstreams {
         })
     }
 
-    /// Is `qualified` (`{server}__{tool}`) a tool the caller may call: their server, permitted
-    /// by the config and listed by their own instance (started if needed; a start failure is
-    /// the error)? Other users' lists do not count.
-    pub async fn has_tool(&self, caller: &Caller, qualified: &str) -> Result<bool, UpstreamError> {
-        let Some((server_name, tool)) = catalog::split(qualified) else {
-            return Ok(false);
-        };
-        let Some((name, server)) = self.enabled_server(caller, server_name) else {
-            return Ok(false);
-        };
-        if !server.tools.permits(tool) {
-            return Ok(false);
+    /// Is `qualified` (`{server}__{tool}`) a tool `caller` has: the server enabled for them,
+    /// the tool permitted by the config and listed by their own instance (started if needed)?
+    /// Other users' lists never count. Unknown names are `Unknown`; a catalog that cannot be
+    /// had gives the reason (a missing secret, a server that does not start).
+    pub async fn check_tool(&self, caller: &Caller, qualified: &str) -> Result<(), UpstreamError> {
+        let (name, server) = self.server(caller, "tool", qualified)?;
+        let tool = catalog::split(qualified).map_or("", |(_, t)| t);
+        if server.tools.permits(tool) && self.catalog(caller, name, server).await?.has_tool(tool) {
+            return Ok(());
         }
-        Ok(self.catalog(caller, name, server).await?.has_tool(tool))
+        Err(UpstreamError::Unknown {
+            kind: "tool",
+            name: qualified.chars().take(100).collect(),
+        })
     }
 
     /// Every enabled server's catalog for the caller (servers not yet seen start in parallel).
