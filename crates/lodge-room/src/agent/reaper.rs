@@ -14,7 +14,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A safety net in case a SIGCHLD was coalesced away or arrived before the stream existed.
+/// A safety net, while a command is awaited, in case a SIGCHLD was coalesced away or arrived
+/// before the stream existed.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A forked child holds copies of all the agent's fds until it execs, including the read ends
@@ -85,9 +86,16 @@ impl Reaper {
         let weak: Weak<Waiters> = Arc::downgrade(&waiters);
         let task = tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = sigchld.recv() => {}
-                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                // The poll is a net for commands still awaited; an idle room sleeps until
+                // SIGCHLD, so a thousand idle rooms do not wake twice a second each.
+                let awaited = weak.upgrade().is_some_and(|w| !w.lock().is_empty());
+                if awaited {
+                    tokio::select! {
+                        _ = sigchld.recv() => {}
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                } else if sigchld.recv().await.is_none() {
+                    return; // The runtime is shutting down.
                 }
                 match weak.upgrade() {
                     Some(waiters) => waiters.reap(),
