@@ -241,16 +241,7 @@ async fn run_tool(name: &str, args: &[&OsStr]) -> Result<(), String> {
         .output()
         .await
         .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name} {} failed: {}",
-            args.last()
-                .map_or_else(String::new, |a| a.to_string_lossy().into_owned()),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    tool_result(name, args, &out)
 }
 
 /// Is `canonical` a mount point in the hub's mount namespace?
@@ -274,21 +265,34 @@ pub fn unmount(workspace: &Path) -> Result<bool, SpawnError> {
     if !is_mounted(&canonical).map_err(ws_err)? {
         return Ok(false);
     }
-    let tool = find_tool("umount")
-        .ok_or_else(|| ws_err(io::Error::other("umount(8) not found; install mount")))?;
+    run_tool_blocking("umount", &[OsStr::new("-l"), canonical.as_os_str()])
+        .map_err(|why| ws_err(io::Error::other(why)))?;
+    Ok(true)
+}
+
+/// [`run_tool`] for callers without a runtime (Drop, the start-up sweep): the tools it runs
+/// (umount -l, losetup -d) return at once.
+fn run_tool_blocking(name: &str, args: &[&OsStr]) -> Result<(), String> {
+    let tool = find_tool(name).ok_or_else(|| format!("{name}(8) not found; install mount"))?;
     let out = std::process::Command::new(&tool)
-        .arg("-l")
-        .arg(&canonical)
+        .args(args)
         .env_clear()
         .output()
-        .map_err(ws_err)?;
-    if !out.status.success() {
-        return Err(ws_err(io::Error::other(format!(
-            "umount -l failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))));
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    tool_result(name, args, &out)
+}
+
+/// `Ok` when the tool succeeded, else an error quoting its stderr.
+fn tool_result(name: &str, args: &[&OsStr], out: &std::process::Output) -> Result<(), String> {
+    if out.status.success() {
+        return Ok(());
     }
-    Ok(true)
+    Err(format!(
+        "{name} {} failed: {}",
+        args.last()
+            .map_or_else(String::new, |a| a.to_string_lossy().into_owned()),
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
 }
 
 /// A loop device and the file behind it, from `/sys/block/loop*`.
@@ -327,22 +331,7 @@ pub(crate) fn loop_devices_below(dir: &Path) -> Vec<LoopDevice> {
 
 /// Detaches a loop device that no mount uses any more (`losetup -d`).
 pub(crate) fn detach(device: &Path) -> Result<(), String> {
-    let tool = find_tool("losetup").ok_or("losetup(8) not found; install mount")?;
-    let out = std::process::Command::new(&tool)
-        .arg("-d")
-        .arg(device)
-        .env_clear()
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "losetup -d {} failed: {}",
-            device.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    run_tool_blocking("losetup", &[OsStr::new("-d"), device.as_os_str()])
 }
 
 /// Finds a system tool in PATH or the usual sbin/bin directories (a hub started by systemd or
