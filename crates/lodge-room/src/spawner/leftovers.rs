@@ -1,13 +1,15 @@
 //! What dead rooms of this hub left on the machine (a hub killed with SIGKILL never ran its
 //! stop path): workspace mounts, loop devices and room cgroups. It finds them (for `lodge
 //! doctor`) and removes them (at hub start). A room whose processes still run is never touched:
-//! a volume still mounted in some room's namespace, or a cgroup with processes, is left alone.
+//! a volume still mounted at a sandbox's `/workspace`, the volume of a user whose room cgroup
+//! has processes, and a cgroup with processes are left alone.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::cgroup::{self, RoomCgroup};
+use super::local::SANDBOX_WORKSPACE;
 use super::{mountinfo, volume};
 
 /// Leftovers of dead rooms under one DATA_DIR and hub instance.
@@ -15,7 +17,9 @@ use super::{mountinfo, volume};
 pub struct Leftovers {
     /// Workspace volumes still mounted in the hub's namespace, used by no room.
     pub mounts: Vec<PathBuf>,
-    /// Loop devices backing this DATA_DIR's volume images, mounted nowhere.
+    /// Loop devices backing this DATA_DIR's volume images, mounted neither in the hub's
+    /// namespace nor in a sandbox. Detaching one that another room's namespace still holds a
+    /// copy of only marks it: the kernel frees it when that room stops.
     pub loop_devices: Vec<PathBuf>,
     /// Room cgroups (`lodge-<instance>-<user>`) without processes.
     pub cgroups: Vec<String>,
@@ -37,13 +41,26 @@ pub fn instance_for(data_dir: &Path) -> String {
 
 /// Finds what dead rooms left. Reads /proc and /sys only.
 pub fn find(data_dir: &Path, instance: &str) -> Leftovers {
-    let in_rooms = mountinfo::devices_in_other_namespaces().unwrap_or_default();
+    let in_rooms =
+        mountinfo::devices_at_in_other_namespaces(Path::new(SANDBOX_WORKSPACE)).unwrap_or_default();
+    let layout = cgroup::detect().ok();
+    let live = |user: &str| {
+        layout.as_ref().is_some_and(|l| {
+            !RoomCgroup::for_user(l, &format!("{instance}-{user}"))
+                .pids()
+                .is_empty()
+        })
+    };
     let own = mountinfo::read().unwrap_or_default();
     let workspaces = canonical(&data_dir.join("workspaces"));
     let mounts: Vec<PathBuf> = own
         .iter()
         .filter(|m| m.mount_point.parent() == Some(workspaces.as_path()))
         .filter(|m| !in_rooms.contains(&m.device))
+        .filter(|m| {
+            let user = m.mount_point.file_name().unwrap_or_default();
+            !live(&user.to_string_lossy())
+        })
         .map(|m| m.mount_point.clone())
         .collect();
     let mounted: HashSet<&str> = own.iter().map(|m| m.device.as_str()).collect();
@@ -52,13 +69,13 @@ pub fn find(data_dir: &Path, instance: &str) -> Leftovers {
         .filter(|d| !mounted.contains(d.number.as_str()) && !in_rooms.contains(&d.number))
         .map(|d| d.device)
         .collect();
-    let cgroups = match cgroup::detect() {
-        Ok(layout) => layout
+    let cgroups = match &layout {
+        Some(layout) => layout
             .rooms_of(instance)
             .into_iter()
-            .filter(|room| RoomCgroup::for_user(&layout, room).pids().is_empty())
+            .filter(|room| RoomCgroup::for_user(layout, room).pids().is_empty())
             .collect(),
-        Err(_) => Vec::new(),
+        None => Vec::new(),
     };
     Leftovers {
         mounts,

@@ -28,7 +28,7 @@ const BWRAP_FIX: &str = "the hub's operator must install bubblewrap on the host 
 
 /// Where things are inside a bubblewrap room.
 const SANDBOX_EXE: &str = "/run/lodge/lodge";
-const SANDBOX_WORKSPACE: &str = "/workspace";
+pub(super) const SANDBOX_WORKSPACE: &str = "/workspace";
 const SANDBOX_TMP: &str = "/tmp";
 const SANDBOX_ID: u32 = 1000;
 /// The tmpfs the child mounts (in its private mount namespace) to hand the unprivileged bwrap

@@ -24,10 +24,15 @@ pub(crate) fn read() -> io::Result<Vec<Mount>> {
     Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
 }
 
-/// Devices (`major:minor`) mounted in any mount namespace other than this process's: a live
-/// room holds its workspace volume in its own namespace even after the host's mount is gone.
-/// Processes that vanish or cannot be read while scanning are skipped.
-pub(crate) fn devices_in_other_namespaces() -> io::Result<std::collections::HashSet<String>> {
+/// Devices (`major:minor`) mounted at `mount_point` in any mount namespace other than this
+/// process's: a live room holds its workspace volume at `/workspace` in its sandbox's
+/// namespace even after the host's mount is gone. (Only that path counts: every namespace
+/// made while a volume was mounted holds a copy of it at its host path, bwrap's outer one
+/// included, for as long as it lives.) Processes that vanish or cannot be read while scanning
+/// are skipped.
+pub(crate) fn devices_at_in_other_namespaces(
+    mount_point: &Path,
+) -> io::Result<std::collections::HashSet<String>> {
     use std::os::unix::fs::MetadataExt;
     let own = std::fs::metadata("/proc/self/ns/mnt")?.ino();
     let mut seen = std::collections::HashSet::from([own]);
@@ -48,7 +53,12 @@ pub(crate) fn devices_in_other_namespaces() -> io::Result<std::collections::Hash
             continue;
         }
         if let Ok(text) = std::fs::read_to_string(dir.join("mountinfo")) {
-            devices.extend(parse(&text).into_iter().map(|m| m.device));
+            devices.extend(
+                parse(&text)
+                    .into_iter()
+                    .filter(|m| m.mount_point == mount_point)
+                    .map(|m| m.device),
+            );
         }
     }
     Ok(devices)
