@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Mcp, TestHub};
+use common::{Mcp, TestHub, mounts_below};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -367,12 +367,7 @@ async fn purge_removes_the_workspace_volume() {
     a.ok("fs_write", json!({"path": "f.txt", "content": "x"}))
         .await;
     let ws = hub.dir.join("workspaces/pu");
-    let mounted = |p: &std::path::Path| {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .expect("mountinfo")
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(p.to_str().expect("utf8 path")))
-    };
+    let mounted = |p: &std::path::Path| !common::mounts_below(p).is_empty();
     assert!(
         mounted(&ws),
         "the default profile's disk quota mounts a volume"
@@ -400,18 +395,6 @@ fn loop_devices_below(dir: &std::path::Path) -> Vec<String> {
                 .starts_with(dir.to_str()?)
                 .then(|| e.file_name().to_string_lossy().into_owned())
         })
-        .collect()
-}
-
-/// Workspace mounts in the test's (the host's) mount namespace below `dir`.
-fn mounts_below(dir: &std::path::Path) -> Vec<String> {
-    let dir = dir.to_str().expect("utf8 path");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(dir))
-        .map(str::to_owned)
         .collect()
 }
 

@@ -391,17 +391,22 @@ impl Mcp {
 /// Lazily unmounts anything still mounted below `dir` (a killed hub leaves its rooms'
 /// workspace volumes mounted).
 pub fn unmount_below(dir: &Path) {
+    for mount_point in mounts_below(dir) {
+        let _ = Command::new("umount").arg("-l").arg(mount_point).status();
+    }
+}
+
+/// Mount points in the test's (the host's) mount namespace at or below `dir`.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
+        return Vec::new();
     };
     let prefix = dir.to_string_lossy().to_string();
-    for line in info.lines() {
-        if let Some(mount_point) = line.split(' ').nth(4)
-            && mount_point.starts_with(&prefix)
-        {
-            let _ = Command::new("umount").arg("-l").arg(mount_point).status();
-        }
-    }
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
 }
 
 impl TestHub {
