@@ -8,9 +8,8 @@ use lodge_core::config::{Isolation, NetworkAccess, Profile, RoomsConfig};
 use lodge_core::time::now_ms;
 use lodge_protocol::{Op, OpResult};
 use lodge_room::client::{CallError, Event, RoomClient};
-use lodge_room::spawner::{self, Limits, LocalSpawner, RoomProcess, RoomSpec};
+use lodge_room::spawner::{self, Limits, RoomLife, RoomReader, RoomRequest, Spawner, StartedRoom};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,11 +32,11 @@ pub enum RoomError {
     ShuttingDown,
 }
 
-/// Where rooms come from: the data directory and the `lodge` executable to run as agent.
-#[derive(Clone, Debug)]
+/// Where rooms come from: the spawner that builds them and owns their files (the local
+/// sandbox in `lodge serve`).
+#[derive(Clone)]
 pub struct RoomsSetup {
-    pub data_dir: PathBuf,
-    pub agent_exe: PathBuf,
+    pub spawner: Arc<dyn Spawner>,
 }
 
 /// One running room.
@@ -91,11 +90,8 @@ struct Slot {
 
 pub struct Rooms {
     config: RoomsConfig,
-    /// Short tag of this hub's DATA_DIR, so two hubs on one machine keep apart their rooms.
-    instance: String,
     profiles: lodge_core::Config,
-    setup: RoomsSetup,
-    spawner: LocalSpawner,
+    spawner: Arc<dyn Spawner>,
     slots: Mutex<HashMap<i64, Arc<Slot>>>,
     /// Rooms running or starting, for `max_users_active`.
     running: Arc<Running>,
@@ -103,24 +99,15 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    /// Takes over the rooms' files: what rooms of a hub that died without stopping them left
+    /// behind is removed first.
     pub fn new(config: &lodge_core::Config, setup: RoomsSetup) -> Self {
-        let spawner = LocalSpawner::new();
-        if config.rooms.isolation == Isolation::Bubblewrap && !spawner.bubblewrap_available() {
-            tracing::error!(
-                "bubblewrap (bwrap) not found: rooms cannot start. Install it \
-                 (`apt-get install bubblewrap`, or start the hub with scripts/serve, which \
-                 installs it) or set rooms.isolation = \"none\" for development"
-            );
-        }
         ::metrics::gauge!("lodge_rooms_running").set(0.0);
-        let instance = spawner::leftovers::instance_for(&setup.data_dir);
-        sweep_leftovers(&setup.data_dir, &instance);
+        setup.spawner.sweep_leftovers();
         Self {
-            instance,
             config: config.rooms.clone(),
             profiles: config.clone(),
-            setup,
-            spawner,
+            spawner: setup.spawner,
             slots: Mutex::new(HashMap::new()),
             running: Arc::new(Running::default()),
             closing: CancellationToken::new(),
@@ -224,16 +211,11 @@ impl Rooms {
         self.running.get()
     }
 
-    fn spec(&self, caller: &Caller) -> RoomSpec {
+    fn request(&self, caller: &Caller) -> RoomRequest {
         let profile = self.profile(caller);
-        let name = caller.user.as_str();
-        RoomSpec {
-            user: name.to_owned(),
+        RoomRequest {
+            user: caller.user.as_str().to_owned(),
             user_id: caller.user_id,
-            instance: self.instance.clone(),
-            workspace: self.setup.data_dir.join("workspaces").join(name),
-            state_dir: self.setup.data_dir.join("rooms").join(name),
-            agent_exe: self.setup.agent_exe.clone(),
             isolation: match self.config.isolation {
                 Isolation::Bubblewrap => spawner::Isolation::Bubblewrap,
                 Isolation::None => spawner::Isolation::None,
@@ -269,30 +251,32 @@ impl Rooms {
 
     async fn start(&self, caller: &Caller) -> Result<Arc<Room>, RoomError> {
         let started = Instant::now();
-        let spec = self.spec(caller);
-        claim_workspace(&spec).map_err(RoomError::Start)?;
-        if spec.isolation == spawner::Isolation::None {
+        let request = self.request(caller);
+        if request.isolation == spawner::Isolation::None {
             tracing::warn!(user = %caller.user, "starting a room WITHOUT isolation (rooms.isolation = \"none\"): development only");
         }
-        let mut process = self
+        let StartedRoom {
+            address,
+            reader,
+            writer,
+            stderr,
+            warnings,
+            mut life,
+        } = self
             .spawner
-            .spawn(&spec)
+            .start(&request)
             .await
             .map_err(|e| RoomError::Start(e.to_string()))?;
-        for w in &process.warnings {
+        for w in &warnings {
             tracing::warn!(user = %caller.user, "room isolation degraded: {w}");
         }
-        forward_stderr(caller.user.as_str().to_owned(), process.take_stderr());
-        let (stdin, stdout) = match process.take_channel() {
-            Some(c) => c,
-            None => return Err(RoomError::Start("the room has no channel".into())),
-        };
-        let connected = RoomClient::connect(stdout, stdin, self.config.start_timeout).await;
+        forward_stderr(caller.user.as_str().to_owned(), stderr);
+        let connected = RoomClient::connect(reader, writer, self.config.start_timeout).await;
         let client = match connected {
             Ok((client, _hello)) => client,
             Err(e) => {
-                let status = process.try_exited();
-                process.stop(self.config.stop_grace).await;
+                let status = life.try_exited();
+                self.spawner.stop(life, self.config.stop_grace).await;
                 let why = match status {
                     Some(s) => format!("{e} (the room exited with {s}; see the hub log)"),
                     None => e.to_string(),
@@ -309,22 +293,23 @@ impl Rooms {
             stopped: tokio::sync::Notify::new(),
             done: std::sync::atomic::AtomicBool::new(false),
         });
-        tracing::info!(user = %caller.user, ms = started.elapsed().as_millis() as u64, "room started");
+        tracing::info!(user = %caller.user, %address, ms = started.elapsed().as_millis() as u64, "room started");
         ::metrics::counter!("lodge_room_starts_total").increment(1);
         ::metrics::histogram!("lodge_room_start_seconds").record(started.elapsed().as_secs_f64());
-        self.watch(caller.user.as_str().to_owned(), room.clone(), process);
+        self.watch(caller.user.as_str().to_owned(), room.clone(), life);
         Ok(room)
     }
 
     /// Owns the room's process until it exits or is told to stop; then fails pending callers
     /// with the reason and frees the slot.
-    fn watch(&self, user: String, room: Arc<Room>, mut process: RoomProcess) {
+    fn watch(&self, user: String, room: Arc<Room>, mut life: Box<dyn RoomLife>) {
         let grace = self.config.stop_grace;
         let running = self.running.clone();
+        let spawner = self.spawner.clone();
         tokio::spawn(async move {
             let reason = tokio::select! {
-                status = process.wait() => {
-                    let oom = process.oom_kills().unwrap_or(0) > 0;
+                status = life.wait() => {
+                    let oom = life.oom_kills().unwrap_or(0) > 0;
                     let why = match status {
                         Ok(s) if oom => format!("the room ran out of memory and was killed ({s}); it starts again on your next call"),
                         Ok(s) => format!("the room exited unexpectedly ({s}); it starts again on your next call"),
@@ -342,7 +327,7 @@ impl Rooms {
             room.client.shutdown();
             room.client.close(reason);
             // Also unmounts the room's quota volume.
-            process.stop(grace).await;
+            spawner.stop(life, grace).await;
             running.release();
             room.done.store(true, Ordering::Release);
             room.stopped.notify_waiters();
@@ -434,56 +419,6 @@ impl Running {
     }
 }
 
-/// Workspaces are named by user name, but a name can be reused after its user was removed
-/// without `--purge`. The room's state directory records the user id that owns the
-/// workspace; another id is refused, so a new user never inherits a removed user's files.
-/// Removes what rooms of a hub that died without stopping them left behind (mounts, loop
-/// devices, cgroups). Rooms still running are left alone.
-fn sweep_leftovers(data_dir: &std::path::Path, instance: &str) {
-    let found = spawner::leftovers::find(data_dir, instance);
-    if found.is_empty() {
-        return;
-    }
-    tracing::warn!(
-        mounts = found.mounts.len(),
-        loop_devices = found.loop_devices.len(),
-        cgroups = found.cgroups.len(),
-        "removing what rooms of a hub that stopped without stopping them left behind"
-    );
-    for why in spawner::leftovers::remove(&found) {
-        tracing::warn!("{why}");
-    }
-}
-
-fn claim_workspace(spec: &RoomSpec) -> Result<(), String> {
-    let marker = spec.state_dir.join("owner-id");
-    let mine = spec.user_id.to_string();
-    match std::fs::read_to_string(&marker) {
-        Ok(owner) if owner.trim() == mine => Ok(()),
-        Ok(owner) => Err(format!(
-            "the workspace of '{user}' belongs to a removed user (id {}) of the same name; an \
-             operator must delete or move {} and {} (or use 'lodge user remove {user} --purge' \
-             next time) before this user can have a room",
-            owner.trim(),
-            spec.workspace.display(),
-            spec.state_dir.display(),
-            user = spec.user,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let write = || -> std::io::Result<()> {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&spec.state_dir)?;
-                std::fs::write(&marker, &mine)
-            };
-            write().map_err(|e| format!("cannot write {}: {e}", marker.display()))
-        }
-        Err(e) => Err(format!("cannot read {}: {e}", marker.display())),
-    }
-}
-
 /// A profile's limits in the spawner's terms.
 pub fn limits(p: &Profile) -> Limits {
     Limits {
@@ -501,7 +436,7 @@ pub fn limits(p: &Profile) -> Limits {
 }
 
 /// Copies the agent's stderr into the hub log, one line at a time, tagged with the user.
-fn forward_stderr(user: String, stderr: Option<tokio::process::ChildStderr>) {
+fn forward_stderr(user: String, stderr: Option<RoomReader>) {
     let Some(stderr) = stderr else { return };
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::cgroup::{self, RoomCgroup};
 use super::local::SANDBOX_WORKSPACE;
-use super::{mountinfo, volume};
+use super::{RoomFiles, mountinfo, volume};
 
 /// Leftovers of dead rooms under one DATA_DIR and hub instance.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -31,16 +31,9 @@ impl Leftovers {
     }
 }
 
-/// The tag that tells apart the rooms of hubs with different DATA_DIRs on one machine (room
-/// cgroups are `lodge-<instance>-<user>`).
-pub fn instance_for(data_dir: &Path) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    hex::encode(&digest[..4])
-}
-
-/// Finds what dead rooms left. Reads /proc and /sys only.
-pub fn find(data_dir: &Path, instance: &str) -> Leftovers {
+/// Finds what dead rooms of the hub on `files`' DATA_DIR left. Reads /proc and /sys only.
+pub fn find(files: &RoomFiles) -> Leftovers {
+    let instance = files.instance();
     let in_rooms =
         mountinfo::devices_at_in_other_namespaces(Path::new(SANDBOX_WORKSPACE)).unwrap_or_default();
     let layout = cgroup::detect().ok();
@@ -52,7 +45,7 @@ pub fn find(data_dir: &Path, instance: &str) -> Leftovers {
         })
     };
     let own = mountinfo::read().unwrap_or_default();
-    let workspaces = canonical(&data_dir.join("workspaces"));
+    let workspaces = canonical(&files.workspaces());
     let mounts: Vec<PathBuf> = own
         .iter()
         .filter(|m| m.mount_point.parent() == Some(workspaces.as_path()))
@@ -64,14 +57,14 @@ pub fn find(data_dir: &Path, instance: &str) -> Leftovers {
         .map(|m| m.mount_point.clone())
         .collect();
     let mounted: HashSet<&str> = own.iter().map(|m| m.device.as_str()).collect();
-    let loop_devices = volume::loop_devices_below(&canonical(&data_dir.join("rooms")))
+    let loop_devices = volume::loop_devices_below(&canonical(&files.state_dirs()))
         .into_iter()
         .filter(|d| !mounted.contains(d.number.as_str()) && !in_rooms.contains(&d.number))
         .map(|d| d.device)
         .collect();
     let cgroups = match &layout {
         Some(layout) => layout
-            .rooms_of(instance)
+            .rooms_of(&instance)
             .into_iter()
             .filter(|room| RoomCgroup::for_user(layout, room).pids().is_empty())
             .collect(),

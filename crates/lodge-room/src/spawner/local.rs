@@ -16,8 +16,10 @@ use rustix::process::{Pid, Resource, Signal};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 use super::cgroup::{self, Layout, RoomCgroup};
-use super::volume;
-use super::{Isolation, Network, RoomSpec};
+use super::{FilesError, RoomFiles, leftovers, volume};
+use super::{
+    Isolation, Network, RoomAddress, RoomLife, RoomRequest, RoomSpec, Spawner, StartedRoom,
+};
 use crate::sys::spawner::{self as sys, Bridge, BridgeEntry, ChildSetup};
 
 /// What to do without bwrap. Users read it too (in "could not start the room"), and only the
@@ -126,10 +128,22 @@ pub enum SpawnError {
         error: io::Error,
         hint: &'static str,
     },
+    #[error("{0}")]
+    Files(#[from] FilesError),
+    #[error("{what} is not supported by the {spawner} spawner")]
+    Unsupported {
+        what: &'static str,
+        spawner: &'static str,
+    },
 }
 
-/// Starts rooms on this machine.
+/// Starts rooms on this machine, with their files under one DATA_DIR.
 pub struct LocalSpawner {
+    files: RoomFiles,
+    /// Tells apart the rooms of different hubs on one machine ([`RoomFiles::instance`]).
+    instance: String,
+    /// The `lodge` executable to run as the agent.
+    agent_exe: PathBuf,
     bwrap: Option<PathBuf>,
     root: bool,
     disable_userns: OnceLock<bool>,
@@ -138,17 +152,17 @@ pub struct LocalSpawner {
     agent_args: Option<Vec<OsString>>,
 }
 
-impl Default for LocalSpawner {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl LocalSpawner {
-    /// Finds bwrap (PATH, else /usr/bin/bwrap). Its absence only matters for
-    /// `Isolation::Bubblewrap`, where `spawn` returns `SpawnError::NoBubblewrap`.
-    pub fn new() -> Self {
+    /// A spawner for the rooms of the hub on `data_dir` (canonical, as the hub resolves it:
+    /// the hub instance tag is derived from it), running `agent_exe` as the agent. Finds bwrap
+    /// (PATH, else /usr/bin/bwrap); its absence only matters for `Isolation::Bubblewrap`,
+    /// where `spawn` returns `SpawnError::NoBubblewrap`.
+    pub fn new(data_dir: impl Into<PathBuf>, agent_exe: impl Into<PathBuf>) -> Self {
+        let files = RoomFiles::new(data_dir);
         LocalSpawner {
+            instance: files.instance(),
+            files,
+            agent_exe: agent_exe.into(),
             bwrap: find_bwrap(),
             root: rustix::process::geteuid().is_root(),
             disable_userns: OnceLock::new(),
@@ -160,6 +174,28 @@ impl LocalSpawner {
 
     pub fn bubblewrap_available(&self) -> bool {
         self.bwrap.is_some()
+    }
+
+    /// The room files of this spawner's DATA_DIR.
+    pub fn files(&self) -> &RoomFiles {
+        &self.files
+    }
+
+    /// A request placed on this machine: the hub instance, the user's directories, the agent.
+    pub fn spec(&self, request: &RoomRequest) -> RoomSpec {
+        RoomSpec {
+            user: request.user.clone(),
+            user_id: request.user_id,
+            instance: self.instance.clone(),
+            workspace: self.files.workspace(&request.user),
+            state_dir: self.files.state_dir(&request.user),
+            agent_exe: self.agent_exe.clone(),
+            isolation: request.isolation,
+            limits: request.limits.clone(),
+            uid_base: request.uid_base,
+            stop_grace: request.stop_grace,
+            read_only_paths: request.read_only_paths.clone(),
+        }
     }
 
     /// Replaces the arguments after the executable (normally `agent --workspace … --tmp …
@@ -587,6 +623,108 @@ impl Drop for RoomProcess {
             let _ = std::thread::Builder::new()
                 .name("lodge-room-cleanup".into())
                 .spawn(move || cg.remove_blocking());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RoomLife for RoomProcess {
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        RoomProcess::wait(self).await
+    }
+
+    fn try_exited(&mut self) -> Option<ExitStatus> {
+        RoomProcess::try_exited(self)
+    }
+
+    fn oom_kills(&self) -> Option<u64> {
+        RoomProcess::oom_kills(self)
+    }
+
+    async fn stop(self: Box<Self>, grace: Duration) {
+        RoomProcess::stop(*self, grace).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Spawner for LocalSpawner {
+    async fn start(&self, request: &RoomRequest) -> Result<StartedRoom, SpawnError> {
+        self.files.claim(&request.user, request.user_id)?;
+        let spec = self.spec(request);
+        let mut process = self.spawn(&spec).await?;
+        let (Some((stdin, stdout)), stderr) = (process.take_channel(), process.take_stderr())
+        else {
+            return Err(SpawnError::Spawn {
+                program: spec.agent_exe,
+                stage: "taking its stdio",
+                error: io::Error::other("the room has no channel"),
+                hint: "",
+            });
+        };
+        Ok(StartedRoom {
+            address: RoomAddress {
+                user: spec.user.clone(),
+                location: format!("local:{}", spec.room_id()),
+            },
+            reader: Box::new(stdout),
+            writer: Box::new(stdin),
+            stderr: stderr.map(|e| Box::new(e) as super::RoomReader),
+            warnings: std::mem::take(&mut process.warnings),
+            life: Box::new(process),
+        })
+    }
+
+    async fn stop(&self, room: Box<dyn RoomLife>, grace: Duration) {
+        room.stop(grace).await
+    }
+
+    /// The rooms of this hub whose cgroup has processes. Without cgroups (a hub that is not
+    /// root and has no delegated cgroup) there is nothing to find them by, and it lists none.
+    fn list(&self) -> Vec<RoomAddress> {
+        let Ok(layout) = cgroup::detect() else {
+            return Vec::new();
+        };
+        let prefix = format!("{}-", self.instance);
+        layout
+            .rooms_of(&self.instance)
+            .into_iter()
+            .filter(|room| !RoomCgroup::for_user(&layout, room).pids().is_empty())
+            .filter_map(|room| {
+                let user = room.strip_prefix(&prefix)?.to_owned();
+                Some(RoomAddress {
+                    user,
+                    location: format!("local:{room}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Unsupported: a local room's channel is the stdio of the process that started it, which
+    /// went with the hub that owned it. Such rooms are leftovers, removed at the next start.
+    async fn reattach(&self, _address: &RoomAddress) -> Result<StartedRoom, SpawnError> {
+        Err(SpawnError::Unsupported {
+            what: "reattaching to a running room (its channel went with the hub that started it)",
+            spawner: "local",
+        })
+    }
+
+    fn purge(&self, user: &str) -> Result<(), FilesError> {
+        self.files.purge(user)
+    }
+
+    fn sweep_leftovers(&self) {
+        let found = self.files.leftovers();
+        if found.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            mounts = found.mounts.len(),
+            loop_devices = found.loop_devices.len(),
+            cgroups = found.cgroups.len(),
+            "removing what rooms of a hub that stopped without stopping them left behind"
+        );
+        for why in leftovers::remove(&found) {
+            tracing::warn!("{why}");
         }
     }
 }

@@ -3,11 +3,12 @@
 
 use super::{Context, Create};
 use crate::cli::{Global, McpConfigArgs, TokenCmd, UserCmd};
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use lodge_core::UserName;
 use lodge_core::time::rfc3339;
 use lodge_hub::Auditor;
 use lodge_hub::accounts::{Accounts, TokenRequest};
+use lodge_room::spawner::RoomFiles;
 
 fn opt_time(ms: Option<i64>) -> String {
     ms.map(rfc3339).unwrap_or_else(|| "-".into())
@@ -73,7 +74,8 @@ pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
         UserCmd::Remove { name, purge } => {
             let u = acc.remove_user(&name).await?;
             if purge {
-                purge_user_files(&ctx.data_dir, u.name.as_str())?;
+                // The name is validated, so the user's files cannot lie outside DATA_DIR.
+                RoomFiles::new(&ctx.data_dir).purge(u.name.as_str())?;
             }
             eprintln!(
                 "removed user {}{}",
@@ -84,21 +86,6 @@ pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
         }
     })
     .await
-}
-
-/// Deletes a removed user's workspace (unmounting its quota volume first) and room state
-/// (the volume image). The name is validated, so these paths cannot leave DATA_DIR.
-fn purge_user_files(data_dir: &std::path::Path, name: &str) -> Result<()> {
-    let ws = data_dir.join("workspaces").join(name);
-    lodge_room::spawner::unmount(&ws)
-        .with_context(|| format!("cannot unmount the workspace volume {}", ws.display()))?;
-    for dir in [ws, data_dir.join("rooms").join(name)] {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot delete {}", dir.display()))?;
-        }
-    }
-    Ok(())
 }
 
 pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {

@@ -182,8 +182,7 @@ fn check_leftovers(data_dir: &Path) -> Check {
     let Ok(data_dir) = std::fs::canonicalize(data_dir) else {
         return Check::ok(NAME, "no DATA_DIR yet".into());
     };
-    let instance = lodge_room::spawner::leftovers::instance_for(&data_dir);
-    let found = lodge_room::spawner::leftovers::find(&data_dir, &instance);
+    let found = lodge_room::spawner::RoomFiles::new(&data_dir).leftovers();
     if found.is_empty() {
         return Check::ok(NAME, format!("none under {}", data_dir.display()));
     }

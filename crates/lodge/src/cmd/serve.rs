@@ -3,8 +3,11 @@
 use super::Context;
 use crate::cli::{Global, ServeArgs};
 use anyhow::{Context as _, Result, bail};
+use lodge_core::config::Isolation;
 use lodge_hub::Hub;
+use lodge_room::spawner::LocalSpawner;
 use std::io::Write;
+use std::sync::Arc;
 
 pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
     let ctx = Context::open(g, super::Create::Yes).await?;
@@ -32,11 +35,20 @@ pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
             dir = ctx.data_dir.display()
         );
     }
-    let setup = lodge_hub::rooms::RoomsSetup {
-        data_dir: std::fs::canonicalize(&ctx.data_dir)
+    let spawner = LocalSpawner::new(
+        std::fs::canonicalize(&ctx.data_dir)
             .with_context(|| format!("cannot resolve {}", ctx.data_dir.display()))?,
-        agent_exe: std::env::current_exe()
-            .context("cannot find the lodge executable to run as room agent")?,
+        std::env::current_exe().context("cannot find the lodge executable to run as room agent")?,
+    );
+    if config.rooms.isolation == Isolation::Bubblewrap && !spawner.bubblewrap_available() {
+        tracing::error!(
+            "bubblewrap (bwrap) not found: rooms cannot start. Install it \
+             (`apt-get install bubblewrap`, or start the hub with scripts/serve, which \
+             installs it) or set rooms.isolation = \"none\" for development"
+        );
+    }
+    let setup = lodge_hub::rooms::RoomsSetup {
+        spawner: Arc::new(spawner),
     };
     let vault = super::secrets::open_vault(&ctx).await?;
     let hub = Hub::start(config, ctx.store.clone(), setup, vault).await?;

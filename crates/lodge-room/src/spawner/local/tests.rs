@@ -1,6 +1,6 @@
 //! Spawner tests against the real kernel: bubblewrap, cgroups, loop mounts and uid switching.
-//! They need root (as in CI) and say so instead of skipping. The agent is not built yet, so the
-//! rooms run `/bin/sh -c SCRIPT` through the exact same sandbox builder.
+//! They need root (as in CI) and say so instead of skipping. The rooms run `/bin/sh -c SCRIPT`
+//! instead of the agent, through the exact same sandbox builder.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
@@ -14,6 +14,11 @@ use crate::spawner::mountinfo;
 
 const UID_BASE: u32 = 200_000;
 const MIB: u64 = 1 << 20;
+
+/// A spawner whose own DATA_DIR is never used: these tests spawn from a full [`RoomSpec`].
+fn spawner() -> LocalSpawner {
+    LocalSpawner::new("/nonexistent/lodge-data", "/bin/sh")
+}
 
 fn assert_root() {
     assert!(
@@ -75,7 +80,7 @@ impl Fixture {
     }
 
     async fn spawn(&self, script: &str) -> RoomProcess {
-        LocalSpawner::new()
+        spawner()
             .with_agent_args(["-c", script])
             .spawn(&self.spec)
             .await
@@ -404,11 +409,7 @@ async fn a_failed_start_leaves_no_volume_mounted() {
     let mut fx = Fixture::new("dqfail", 25);
     fx.spec.limits.disk_bytes = Some(16 * MIB);
     fx.spec.agent_exe = fx.data.join("no-such-lodge");
-    let e = LocalSpawner::new()
-        .spawn(&fx.spec)
-        .await
-        .err()
-        .expect("must fail");
+    let e = spawner().spawn(&fx.spec).await.err().expect("must fail");
     assert!(matches!(e, SpawnError::AgentExe { .. }), "{e}");
     let ws = fs::canonicalize(&fx.spec.workspace).expect("workspace");
     assert!(
@@ -552,7 +553,7 @@ test -e {data} && echo data=visible || echo data=hidden
     // A missing path is refused before anything starts, naming it and the setting.
     let missing = software.path().join("missing");
     fx.spec.read_only_paths = vec![missing.clone()];
-    let e = LocalSpawner::new()
+    let e = spawner()
         .with_agent_args(["-c", "true"])
         .spawn(&fx.spec)
         .await
@@ -566,7 +567,7 @@ test -e {data} && echo data=visible || echo data=hidden
     // Room users must be able to reach it.
     fs::set_permissions(software.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
     fx.spec.read_only_paths = vec![software.path().to_path_buf()];
-    let e = LocalSpawner::new()
+    let e = spawner()
         .with_agent_args(["-c", "true"])
         .spawn(&fx.spec)
         .await
@@ -650,7 +651,7 @@ async fn a_leftover_cgroup_is_killed_and_reused() {
 #[tokio::test]
 async fn errors_name_the_problem() {
     let fx = Fixture::new("err", 21);
-    let mut no_bwrap = LocalSpawner::new();
+    let mut no_bwrap = spawner();
     no_bwrap.bwrap = None;
     assert!(!no_bwrap.bubblewrap_available());
     let e = no_bwrap.spawn(&fx.spec).await.err().expect("must fail");
@@ -660,37 +661,25 @@ async fn errors_name_the_problem() {
 
     let mut spec = fx.spec.clone();
     spec.agent_exe = fx.data.join("no-such-lodge");
-    let e = LocalSpawner::new()
-        .spawn(&spec)
-        .await
-        .err()
-        .expect("must fail");
+    let e = spawner().spawn(&spec).await.err().expect("must fail");
     assert!(matches!(e, SpawnError::AgentExe { .. }), "{e}");
 
     let mut spec = fx.spec.clone();
     spec.user = "../etc".into();
-    let e = LocalSpawner::new()
-        .spawn(&spec)
-        .await
-        .err()
-        .expect("must fail");
+    let e = spawner().spawn(&spec).await.err().expect("must fail");
     assert!(matches!(e, SpawnError::InvalidUser { .. }), "{e}");
 
     let mut spec = fx.spec.clone();
     spec.uid_base = 0;
     spec.user_id = 5;
-    let e = LocalSpawner::new()
-        .spawn(&spec)
-        .await
-        .err()
-        .expect("must fail");
+    let e = spawner().spawn(&spec).await.err().expect("must fail");
     assert!(matches!(e, SpawnError::RoomUid { .. }), "{e}");
 }
 
 #[tokio::test]
 async fn empty_room_spawn_time() {
     let fx = Fixture::new("time", 22);
-    let spawner = LocalSpawner::new().with_agent_args(["-c", "true"]);
+    let spawner = spawner().with_agent_args(["-c", "true"]);
     let mut times = Vec::new();
     for _ in 0..5 {
         let t0 = Instant::now();
@@ -750,7 +739,7 @@ fn bwrap_arguments() {
         ],
         etc: vec!["ssl".into(), "python3.11".into()],
     };
-    let argv = LocalSpawner::new().agent_argv(
+    let argv = spawner().agent_argv(
         OsStr::new("/workspace"),
         OsStr::new("/tmp"),
         &spec.read_only_paths,
@@ -829,7 +818,7 @@ fn bwrap_arguments() {
     host_net.limits.network = Network::Host;
     host_net.limits.tmp_bytes = None;
     host_net.read_only_paths.clear();
-    let argv = LocalSpawner::new().agent_argv(
+    let argv = spawner().agent_argv(
         OsStr::new("/workspace"),
         OsStr::new("/tmp"),
         &host_net.read_only_paths,
@@ -922,7 +911,7 @@ fn rlimits_follow_the_profile() {
     spec.limits.pids = Some(20);
     spec.limits.disk_bytes = Some(16 * MIB);
     spec.limits.open_files = 4;
-    let spawner = LocalSpawner::new();
+    let spawner = spawner();
     let with_uid = spawner.rlimits(&spec, true);
     assert!(with_uid.contains(&(Resource::Core, 0)));
     assert!(with_uid.contains(&(Resource::Nofile, MIN_OPEN_FILES)));
