@@ -141,3 +141,53 @@ impl RoomFiles {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_lives_under_data_dir() {
+        let files = RoomFiles::new("/data");
+        assert_eq!(
+            files.workspace("alice"),
+            Path::new("/data/workspaces/alice")
+        );
+        assert_eq!(files.state_dir("alice"), Path::new("/data/rooms/alice"));
+        assert_eq!(files.instance(), RoomFiles::new("/data").instance());
+        assert_ne!(files.instance(), RoomFiles::new("/other").instance());
+        assert_eq!(files.instance().len(), 8);
+    }
+
+    #[test]
+    fn a_workspace_is_claimed_once_and_refused_to_another_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = RoomFiles::new(dir.path());
+        files.claim("ru", 7).expect("first claim");
+        files.claim("ru", 7).expect("same owner");
+        let e = files.claim("ru", 8).expect_err("another id");
+        let shown = e.to_string();
+        assert!(shown.contains("removed user (id 7)"), "{shown}");
+        assert!(shown.contains("--purge"), "{shown}");
+        assert!(
+            shown.contains(&files.workspace("ru").display().to_string()),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn purge_deletes_a_users_files_and_frees_the_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = RoomFiles::new(dir.path());
+        files.claim("ru", 7).expect("claim");
+        fs::create_dir_all(files.workspace("ru").join("sub")).expect("workspace");
+        fs::write(files.workspace("ru").join("sub/f"), "x").expect("file");
+        files.claim("bo", 9).expect("another user");
+        files.purge("ru").expect("purge");
+        assert!(!files.workspace("ru").exists());
+        assert!(!files.state_dir("ru").exists());
+        assert!(files.state_dir("bo").exists(), "another user's files stay");
+        files.claim("ru", 8).expect("the name is free again");
+        files.purge("nobody").expect("nothing to purge is fine");
+    }
+}

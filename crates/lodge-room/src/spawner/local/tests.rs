@@ -920,3 +920,32 @@ fn rlimits_follow_the_profile() {
     let shared_uid = spawner.rlimits(&spec, false);
     assert!(!shared_uid.iter().any(|(r, _)| *r == Resource::Nproc));
 }
+
+#[tokio::test]
+async fn the_spawner_places_requests_in_its_data_dir_and_cannot_reattach() {
+    let spawner = LocalSpawner::new("/data", "/usr/bin/lodge");
+    let request = RoomRequest {
+        user: "alice".into(),
+        user_id: 7,
+        isolation: Isolation::None,
+        limits: test_spec().limits,
+        uid_base: 100_000,
+        stop_grace: Duration::from_secs(1),
+        read_only_paths: Vec::new(),
+    };
+    let spec = spawner.spec(&request);
+    assert_eq!(spec.workspace, Path::new("/data/workspaces/alice"));
+    assert_eq!(spec.state_dir, Path::new("/data/rooms/alice"));
+    assert_eq!(spec.instance, RoomFiles::new("/data").instance());
+    assert_eq!(spec.agent_exe, Path::new("/usr/bin/lodge"));
+    let address = RoomAddress {
+        user: "alice".into(),
+        location: format!("local:{}", spec.room_id()),
+    };
+    let e = match spawner.reattach(&address).await {
+        Ok(_) => panic!("a local room was reattached"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, SpawnError::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("not supported"), "{e}");
+}

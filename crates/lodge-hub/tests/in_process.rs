@@ -1,0 +1,437 @@
+//! The hub's router against rooms run in this process (see `support`): the MCP endpoint,
+//! dispatch, the room table, upstream servers and each tool family's argument handling, in
+//! seconds and without root. The end-to-end tests in crates/lodge/tests cover the sandbox.
+
+mod support;
+
+use http::StatusCode;
+use lodge_room::spawner::Spawner;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use support::{TestHub, init_body};
+
+fn tool_names(list: &Value) -> Vec<String> {
+    list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {list}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn user_id(hub: &TestHub, name: &str) -> i64 {
+    hub.store
+        .user(&lodge_core::UserName::parse(name).expect("name"))
+        .await
+        .expect("store")
+        .expect("user")
+        .id
+}
+
+#[tokio::test]
+async fn the_endpoint_wants_a_token_and_opens_sessions() {
+    let hub = TestHub::start().await;
+    let (status, _, _) = hub.send("/mcp", None, None, &init_body("2025-11-25")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = hub
+        .send(
+            "/mcp",
+            Some("lodge_not_a_token"),
+            None,
+            &init_body("2025-11-25"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let token = hub.user("alice", None).await;
+    let (status, headers, v) = hub
+        .send("/mcp", Some(&token), None, &init_body("2025-11-25"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(headers.contains_key("mcp-session-id"), "{headers:?}");
+    assert_eq!(v["result"]["protocolVersion"], "2025-11-25", "{v}");
+    // Another user's endpoint is not alice's.
+    hub.user("bob", None).await;
+    let (status, _, v) = hub
+        .send(
+            "/user/bob/mcp",
+            Some(&token),
+            None,
+            &init_body("2025-11-25"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+}
+
+#[tokio::test]
+async fn tools_list_offers_every_family_without_starting_a_room() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    let names = tool_names(&a.rpc("tools/list", json!({})).await);
+    for want in [
+        "session_info",
+        "fs_read",
+        "fs_write",
+        "run_command",
+        "git_status",
+        "notebook_list",
+        "secret_put",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    a.ok("session_info", json!({})).await;
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn dispatch_answers_bad_json_rpc_precisely() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    for (body, status, code) in [
+        (json!({"id": 1, "method": "ping"}), 400, -32600),
+        (
+            json!({"jsonrpc": "2.0", "id": null, "method": "ping"}),
+            400,
+            -32600,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "method": 42}),
+            400,
+            -32600,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1, 2]}),
+            400,
+            -32602,
+        ),
+        (json!("just a string"), 400, -32600),
+        (
+            json!({"jsonrpc": "2.0", "id": 2, "method": "sudo/make_me_admin"}),
+            200,
+            -32601,
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                   "params": {"name": "rm_rf", "arguments": {}}}),
+            200,
+            -32602,
+        ),
+    ] {
+        let (s, _, v) = hub.send("/mcp", Some(&a.token), Some(&a.sid), &body).await;
+        assert_eq!(s.as_u16(), status, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+    }
+    let pong = a.rpc("ping", json!({})).await;
+    assert_eq!(pong["result"], json!({}), "{pong}");
+}
+
+#[tokio::test]
+async fn one_room_per_user_shared_by_sessions_and_reused() {
+    let hub = TestHub::start().await;
+    let a1 = hub.session("alice").await;
+    let a2 = hub.session("alice").await;
+    let b = hub.session("bob").await;
+    a1.ok(
+        "fs_write",
+        json!({"path": "notes.txt", "content": "from a1"}),
+    )
+    .await;
+    let read = a2.ok("fs_read", json!({"path": "notes.txt"})).await;
+    assert!(read.to_string().contains("from a1"), "{read}");
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 1);
+    let info = a2.ok("session_info", json!({})).await;
+    assert!(info.to_string().contains("up_for_s"), "{info}");
+
+    // Bob gets a room of his own, which does not see alice's files.
+    let e = b.err("fs_read", json!({"path": "notes.txt"})).await;
+    assert!(e.contains("does not exist"), "{e}");
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(hub.hub.rooms.running(), 2);
+    let mut users: Vec<String> = hub.spawner.list().into_iter().map(|a| a.user).collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn a_stopped_room_starts_again_with_its_files() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    a.ok("fs_write", json!({"path": "kept.txt", "content": "kept"}))
+        .await;
+    hub.hub.rooms.stop_user(user_id(&hub, "alice").await).await;
+    assert_eq!(hub.spawner.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(hub.hub.rooms.running(), 0);
+    assert!(hub.spawner.list().is_empty());
+
+    let read = a.ok("fs_read", json!({"path": "kept.txt"})).await;
+    assert!(read.to_string().contains("kept"), "{read}");
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn rooms_refuse_calls_once_the_hub_stops() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    a.ok("run_command", json!({"command": "true"})).await;
+    hub.hub.rooms.stop_all().await;
+    assert_eq!(hub.spawner.stops.load(Ordering::SeqCst), 1);
+    let e = a.err("run_command", json!({"command": "true"})).await;
+    assert!(e.contains("shutting down"), "{e}");
+}
+
+#[tokio::test]
+async fn max_users_active_is_enforced_with_a_clear_error() {
+    let hub = TestHub::with_config("[rooms]\nmax_users_active = 1\n").await;
+    let a = hub.session("alice").await;
+    let b = hub.session("bob").await;
+    a.ok("run_command", json!({"command": "true"})).await;
+    let e = b.err("run_command", json!({"command": "true"})).await;
+    assert!(e.contains("max_users_active"), "{e}");
+    b.ok("session_info", json!({})).await;
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_reused_name_never_inherits_a_removed_users_workspace() {
+    let hub = TestHub::start().await;
+    let old = hub.session("ru").await;
+    old.ok("fs_write", json!({"path": "private.txt", "content": "old"}))
+        .await;
+    let id = user_id(&hub, "ru").await;
+    let name = lodge_core::UserName::parse("ru").expect("name");
+    hub.store.remove_user(&name).await.expect("remove");
+    hub.hub.rooms.stop_user(id).await;
+
+    let new = hub.session("ru").await;
+    let e = new.err("fs_read", json!({"path": "private.txt"})).await;
+    assert!(e.contains("removed user"), "{e}");
+    assert!(!e.contains("old"), "{e}");
+
+    // Purging the files (`lodge user remove --purge`) lets the name have a room again.
+    hub.spawner.files().purge("ru").expect("purge");
+    let e = new.err("fs_read", json!({"path": "private.txt"})).await;
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[tokio::test]
+async fn file_tools_work_and_check_their_arguments() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    a.ok("fs_mkdir", json!({"path": "src"})).await;
+    a.ok(
+        "fs_write",
+        json!({"path": "src/main.py", "content": "x = 1\nx = 2\n"}),
+    )
+    .await;
+    let listed = a.ok("fs_list", json!({"path": "src"})).await;
+    assert!(listed.to_string().contains("main.py"), "{listed}");
+    let found = a
+        .ok("fs_search", json!({"glob": "**/*.py", "text": "x = 2"}))
+        .await;
+    assert_eq!(found["matches"][0]["line"], 2, "{found}");
+
+    let e = a.err("fs_write", json!({"path": "x"})).await;
+    assert!(
+        e.contains("invalid arguments for fs_write") && e.contains("content"),
+        "{e}"
+    );
+    let e = a.err("fs_read", json!({"path": "x", "mode": "raw"})).await;
+    assert!(e.contains("unknown field"), "{e}");
+    let e = a.err("fs_read", json!({"path": 7})).await;
+    assert!(e.contains("path"), "{e}");
+    let e = a
+        .err(
+            "fs_edit",
+            json!({"path": "nope.txt", "old_text": "a", "new_text": "b"}),
+        )
+        .await;
+    assert!(e.contains("nope.txt"), "{e}");
+    let e = a.err("fs_read", json!({"path": "../outside"})).await;
+    assert!(e.contains(".."), "{e}");
+}
+
+#[tokio::test]
+async fn run_command_reports_exit_and_output_and_checks_its_arguments() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    let r = a
+        .ok(
+            "run_command",
+            json!({"command": "echo out; echo err >&2; echo \"$GREETING\"; exit 3",
+                   "env": {"GREETING": "hello"}}),
+        )
+        .await;
+    assert_eq!(r["exit_code"], 3, "{r}");
+    assert_eq!(r["stdout"], "out\nhello\n", "{r}");
+    assert_eq!(r["stderr"], "err\n", "{r}");
+
+    let e = a
+        .err("run_command", json!({"command": "true", "cwd": "../.."}))
+        .await;
+    assert!(e.contains(".."), "{e}");
+    let e = a
+        .err("run_command", json!({"command": "true", "timeout_s": -1}))
+        .await;
+    assert!(e.contains("timeout_s"), "{e}");
+    let e = a.err("run_command", json!({})).await;
+    assert!(
+        e.contains("invalid arguments for run_command") && e.contains("command"),
+        "{e}"
+    );
+    let e = a
+        .err(
+            "run_command",
+            json!({"command": "true", "secrets": ["missing"]}),
+        )
+        .await;
+    assert!(e.contains("missing"), "{e}");
+}
+
+#[tokio::test]
+async fn git_tools_check_their_arguments() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    let e = a.err("git_clone", json!({})).await;
+    assert!(
+        e.contains("invalid arguments for git_clone") && e.contains("url"),
+        "{e}"
+    );
+    let e = a
+        .err(
+            "git_configure",
+            json!({"name": "A", "email": "a@x", "shell": "sh"}),
+        )
+        .await;
+    assert!(e.contains("unknown field"), "{e}");
+    let e = a
+        .err("git_log", json!({"path": ".", "limit": "many"}))
+        .await;
+    assert!(e.contains("limit"), "{e}");
+    a.ok("fs_mkdir", json!({"path": "plain"})).await;
+    let e = a.err("git_status", json!({"path": "plain"})).await;
+    assert!(e.contains("not a git repository"), "{e}");
+}
+
+#[tokio::test]
+async fn notebook_tools_check_their_arguments() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    let listed = a.ok("notebook_list", json!({})).await;
+    assert!(listed.to_string().contains("[]"), "{listed}");
+    let e = a.err("notebook_read", json!({"path": "x.txt"})).await;
+    assert!(e.contains(".ipynb"), "{e}");
+    let e = a.err("notebook_create", json!({})).await;
+    assert!(
+        e.contains("invalid arguments for notebook_create") && e.contains("path"),
+        "{e}"
+    );
+    let e = a
+        .err(
+            "cell_insert",
+            json!({"path": "n.ipynb", "source": "1", "cell_type": "video"}),
+        )
+        .await;
+    assert!(e.contains("cell_type"), "{e}");
+}
+
+#[tokio::test]
+async fn secret_tools_store_per_user_and_check_their_arguments() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    let b = hub.session("bob").await;
+    a.ok(
+        "secret_put",
+        json!({"name": "github", "fields": {"token": "alice-token-value"}}),
+    )
+    .await;
+    let list = a.ok("secret_list", json!({})).await;
+    assert_eq!(list["secrets"][0]["name"], "github", "{list}");
+    assert!(!list.to_string().contains("alice-token-value"), "{list}");
+    let got = a
+        .ok("secret_get", json!({"name": "github", "field": "token"}))
+        .await;
+    assert_eq!(got["value"], "alice-token-value");
+    let e = b.err("secret_get", json!({"name": "github"})).await;
+    assert!(e.contains("github"), "{e}");
+
+    // A bad argument is named, its value never quoted.
+    let e = a
+        .err(
+            "secret_put",
+            json!({"name": "x", "fields": {"token": 12345678}}),
+        )
+        .await;
+    assert!(e.contains("fields.token"), "{e}");
+    assert!(!e.contains("12345678"), "{e}");
+    let e = a
+        .err("secret_put", json!({"name": "../x", "fields": {}}))
+        .await;
+    assert!(!e.is_empty());
+    // No room was needed for any of it.
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn session_info_refuses_unknown_arguments() {
+    let hub = TestHub::start().await;
+    let a = hub.session("alice").await;
+    let e = a.err("session_info", json!({"user": "bob"})).await;
+    assert!(e.contains("unknown field"), "{e}");
+    assert!(!e.contains("bob"), "{e}");
+}
+
+/// The project's probe server (tests/peers/probe_server.py, standard library only) as an
+/// upstream server in in-process rooms.
+fn probe_config(extra: &str) -> String {
+    let probe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/peers/probe_server.py"
+    );
+    format!("[servers.probe]\ncommand = [\"/usr/bin/python3\", \"{probe}\"]\n{extra}\n")
+}
+
+#[tokio::test]
+async fn upstream_tools_are_listed_and_called_in_the_room() {
+    let hub = TestHub::with_config(&probe_config("tools = { deny = [\"crash\"] }")).await;
+    let a = hub.session("alice").await;
+    let names = tool_names(&a.rpc("tools/list", json!({})).await);
+    assert!(names.iter().any(|n| n == "probe__echo"), "{names:?}");
+    assert!(names.iter().any(|n| n == "session_info"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "probe__crash"),
+        "denied tool listed: {names:?}"
+    );
+
+    let r = a
+        .call("probe__echo", json!({"text": "through the hub"}))
+        .await;
+    assert!(!r.is_error, "{}", r.text);
+    assert_eq!(r.text, "through the hub");
+    let r = a
+        .call("probe__fail", json!({"message": "on purpose"}))
+        .await;
+    assert!(r.is_error && r.text.contains("on purpose"), "{r:?}");
+    let v = a
+        .rpc(
+            "tools/call",
+            json!({"name": "probe__crash", "arguments": {}}),
+        )
+        .await;
+    assert!(
+        v.get("error").is_some() || v["result"]["isError"] == true,
+        "{v}"
+    );
+    // The server ran in alice's one room.
+    assert_eq!(hub.spawner.starts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_server_that_dies_fails_clearly_and_is_replaced() {
+    let hub = TestHub::with_config(&probe_config("")).await;
+    let a = hub.session("alice").await;
+    let r = a.call("probe__crash", json!({})).await;
+    assert!(r.is_error, "{r:?}");
+    let r = a.call("probe__echo", json!({"text": "again"})).await;
+    assert!(!r.is_error, "{}", r.text);
+    assert_eq!(r.text, "again");
+}
