@@ -1,7 +1,8 @@
 //! Room lifecycle: one room per user, started on the first call that needs it, shared by all
 //! of that user's sessions (and stateless requests), culled when idle, replaced when it dies,
 //! and stopped with the hub. This module owns which rooms run; it never looks inside one —
-//! file and command work is sent over the room's channel.
+//! file and command work is sent over the room's channel — and never touches a room's files
+//! (the spawner owns them).
 
 use crate::caller::Caller;
 use lodge_core::config::{Isolation, NetworkAccess, Profile, RoomsConfig};

@@ -16,6 +16,7 @@ use lodge_room::spawner::{
 };
 use lodge_store::{SqliteStore, Store};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -35,6 +36,8 @@ pub struct InProcessSpawner {
     pub starts: AtomicUsize,
     pub stops: AtomicUsize,
     live: Arc<Mutex<Vec<RoomAddress>>>,
+    /// Each user's latest agent task, so a test can make a room die.
+    agents: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl InProcessSpawner {
@@ -44,6 +47,19 @@ impl InProcessSpawner {
             starts: AtomicUsize::new(0),
             stops: AtomicUsize::new(0),
             live: Arc::default(),
+            agents: Mutex::default(),
+        }
+    }
+
+    /// Ends `user`'s agent at once, as a crash would.
+    pub fn kill(&self, user: &str) {
+        if let Some(agent) = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+        {
+            agent.abort();
         }
     }
 
@@ -76,6 +92,10 @@ impl Spawner for InProcessSpawner {
             let (reader, writer) = tokio::io::split(agent_end);
             lodge_agent::serve(reader, writer, &cfg).await
         });
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request.user.clone(), task.abort_handle());
         let (reader, writer) = tokio::io::split(hub_end);
         let address = RoomAddress {
             user: request.user.clone(),
@@ -245,7 +265,7 @@ impl TestHub {
             })
             .await
             .expect("token");
-        secret.to_string()
+        secret
     }
 
     /// A user with a token and an open MCP session.
@@ -276,16 +296,6 @@ impl TestHub {
         body: &Value,
     ) -> (StatusCode, http::HeaderMap, Value) {
         post(&self.hub, path, token, sid, body).await
-    }
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        // Rooms hold the DATA_DIR's workspaces; ask them to end before the tempdir goes.
-        let rooms = self.hub.rooms.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { rooms.stop_all().await });
-        }
     }
 }
 
