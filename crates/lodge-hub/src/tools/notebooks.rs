@@ -1,32 +1,29 @@
-//! Notebook and kernel tools (SPEC §5): Jupyter notebooks in the caller's workspace and kernels
-//! in the caller's room. This module turns arguments into room requests (with the profile's
+//! Notebook and kernel tools (see docs/notebooks.md): Jupyter notebooks in the caller's workspace
+//! and kernels in the caller's room. This module turns arguments into room requests (with the profile's
 //! timeout and output cap and the operator's kernel settings) and results into MCP content; the
 //! room does the work. It never logs code or outputs.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use lodge_core::config::KernelsConfig;
 use lodge_kernel::notebook::{CellRef, CellType};
 use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings, Run, RunStatus};
 use lodge_kernel::output::{Part, to_parts};
 use lodge_room::protocol::{Op, OpResult};
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use rmcp::model::{CallToolResult, ContentBlock};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    CallContext, Notice, NoticeSink, Progress, ToolError, ToolSet, define, parse_args,
-    profile_timeout, room_result, structured_with_text,
-};
+use super::{Registry, ToolError, profile_timeout, room_result, structured_with_text};
 use crate::caller::Caller;
+use crate::context::{Notice, NoticeSink, Progress, RequestContext};
 use crate::rooms::Rooms;
 
 /// A cell: its index (negative counts from the end) or its id (`notebook_read` shows both).
 #[derive(Deserialize, JsonSchema)]
 #[serde(untagged)]
-enum CellArg {
+pub enum CellArg {
     Index(i64),
     Id(String),
 }
@@ -42,7 +39,7 @@ impl From<CellArg> for CellRef {
 
 #[derive(Deserialize, JsonSchema, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
-enum CellKind {
+pub enum CellKind {
     Code,
     Markdown,
     Raw,
@@ -61,7 +58,7 @@ impl From<CellKind> for CellType {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// List the notebooks (`*.ipynb`) in your workspace.
-struct ListArgs {
+pub struct ListArgs {
     /// Directory to search, relative to the workspace (default: all of it).
     path: Option<String>,
     /// At most this many (default 1000).
@@ -71,7 +68,7 @@ struct ListArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Create an empty notebook.
-struct CreateArgs {
+pub struct CreateArgs {
     /// Workspace-relative path ending in `.ipynb`.
     path: String,
     /// Kernelspec name (kernel_list shows them; default: the hub's default).
@@ -84,7 +81,7 @@ struct CreateArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Read a notebook as text: cells with their index, id, execution count and outputs.
-struct ReadArgs {
+pub struct ReadArgs {
     path: String,
     /// Shorten long sources and outputs (default: only for notebooks of more than 30 cells).
     compact: Option<bool>,
@@ -97,7 +94,7 @@ struct ReadArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run every code cell of a notebook in order in its kernel, saving the outputs.
-struct ExecuteAllArgs {
+pub struct ExecuteAllArgs {
     path: String,
     /// Seconds each cell may run before the kernel is interrupted (default and maximum from
     /// your profile).
@@ -111,7 +108,7 @@ struct ExecuteAllArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Read one cell: its source and outputs (images as image content).
-struct CellReadArgs {
+pub struct CellReadArgs {
     path: String,
     cell: CellArg,
 }
@@ -119,7 +116,7 @@ struct CellReadArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Insert a cell, and optionally run it.
-struct InsertArgs {
+pub struct InsertArgs {
     path: String,
     source: String,
     /// code (default), markdown or raw.
@@ -137,7 +134,7 @@ struct InsertArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Replace a cell's source (a code cell's outputs are cleared), and optionally run it.
-struct EditArgs {
+pub struct EditArgs {
     path: String,
     cell: CellArg,
     source: String,
@@ -151,7 +148,7 @@ struct EditArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Move a cell so that it ends up at index `to`.
-struct MoveArgs {
+pub struct MoveArgs {
     path: String,
     cell: CellArg,
     to: u64,
@@ -161,7 +158,7 @@ struct MoveArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Delete a cell.
-struct DeleteArgs {
+pub struct DeleteArgs {
     path: String,
     cell: CellArg,
     revision: Option<String>,
@@ -170,7 +167,7 @@ struct DeleteArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run a code cell in the notebook's kernel; its outputs and execution count are saved.
-struct CellExecuteArgs {
+pub struct CellExecuteArgs {
     path: String,
     cell: CellArg,
     timeout_s: Option<f64>,
@@ -180,7 +177,7 @@ struct CellExecuteArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run code in a kernel without a notebook file (or in a notebook's kernel, to inspect it).
-struct CodeArgs {
+pub struct CodeArgs {
     code: String,
     /// A notebook path (that notebook's kernel) or a scratch kernel name (default "scratch").
     kernel: Option<String>,
@@ -192,12 +189,12 @@ struct CodeArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// List running kernels and the kernelspecs available in your room.
-struct NoArgs {}
+pub struct NoArgs {}
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// A kernel: a notebook path or a scratch kernel name (kernel_list shows them).
-struct KernelArgs {
+pub struct KernelArgs {
     kernel: String,
 }
 
@@ -210,16 +207,37 @@ struct Execute<'a> {
     progress: Option<&'a NoticeSink>,
 }
 
-pub struct NotebookTools {
+/// What every notebook tool uses: the rooms kernels run in and the operator's kernel settings.
+pub struct Notebooks {
     rooms: Arc<Rooms>,
     settings: KernelSettings,
     /// Rooms with kernels are kept this long after a notebook call (kernels outlive calls).
     hold: std::time::Duration,
-    tools: Vec<Tool>,
 }
 
-impl NotebookTools {
-    pub fn new(rooms: Arc<Rooms>, config: &KernelsConfig) -> Self {
+/// Adds the notebook, cell and kernel tools, in the order `tools/list` shows them.
+pub fn register(registry: Registry, rooms: &Arc<Rooms>, config: &KernelsConfig) -> Registry {
+    let nb = Arc::new(Notebooks::new(rooms.clone(), config));
+    registry
+        .tool(NotebookList { nb: nb.clone() })
+        .tool(NotebookCreate { nb: nb.clone() })
+        .tool(NotebookRead { nb: nb.clone() })
+        .tool(NotebookExecute { nb: nb.clone() })
+        .tool(CellRead { nb: nb.clone() })
+        .tool(CellInsert { nb: nb.clone() })
+        .tool(CellEdit { nb: nb.clone() })
+        .tool(CellMove { nb: nb.clone() })
+        .tool(CellDelete { nb: nb.clone() })
+        .tool(CellExecute { nb: nb.clone() })
+        .tool(CodeExecute { nb: nb.clone() })
+        .tool(KernelList { nb: nb.clone() })
+        .tool(KernelInterrupt { nb: nb.clone() })
+        .tool(KernelRestart { nb: nb.clone() })
+        .tool(KernelShutdown { nb })
+}
+
+impl Notebooks {
+    fn new(rooms: Arc<Rooms>, config: &KernelsConfig) -> Self {
         let settings = KernelSettings {
             paths: config
                 .paths
@@ -237,64 +255,10 @@ impl NotebookTools {
             start_timeout_ms: config.start_timeout.as_millis() as u64,
             max_kernels: u64::from(config.max_per_user),
         };
-        let tools = vec![
-            define::<ListArgs>(
-                "notebook_list",
-                "List the notebooks (*.ipynb) in your workspace.",
-            ),
-            define::<CreateArgs>(
-                "notebook_create",
-                "Create an empty notebook (nbformat 4) for a kernelspec.",
-            ),
-            define::<ReadArgs>(
-                "notebook_read",
-                "Read a notebook as text: each cell with its index, id, execution count and outputs, and the notebook's revision (pass it to editing tools to refuse edits made meanwhile outside Lodge).",
-            ),
-            define::<ExecuteAllArgs>(
-                "notebook_execute",
-                "Run all code cells of a notebook in order in its kernel, saving outputs and execution counts to the file.",
-            ),
-            define::<CellReadArgs>(
-                "cell_read",
-                "Read one cell: source and outputs (images as image content).",
-            ),
-            define::<InsertArgs>(
-                "cell_insert",
-                "Insert a code, markdown or raw cell into a notebook; execute=true runs a new code cell at once.",
-            ),
-            define::<EditArgs>(
-                "cell_edit",
-                "Replace a cell's source (clearing a code cell's outputs); execute=true runs it.",
-            ),
-            define::<MoveArgs>("cell_move", "Move a cell to another index."),
-            define::<DeleteArgs>("cell_delete", "Delete a cell."),
-            define::<CellExecuteArgs>(
-                "cell_execute",
-                "Run a code cell in the notebook's kernel (started on first use, kept between calls): stream output, results, images and errors come back as content and are saved in the file.",
-            ),
-            define::<CodeArgs>(
-                "code_execute",
-                "Run code in a kernel without touching a notebook file: a scratch kernel, or a notebook's kernel to inspect its state.",
-            ),
-            define::<NoArgs>(
-                "kernel_list",
-                "List your running kernels (state, execution count, memory) and the kernelspecs your room offers.",
-            ),
-            define::<KernelArgs>(
-                "kernel_interrupt",
-                "Interrupt what a kernel is running; its variables are kept.",
-            ),
-            define::<KernelArgs>(
-                "kernel_restart",
-                "Restart a kernel (its variables are lost); also brings back a dead kernel.",
-            ),
-            define::<KernelArgs>("kernel_shutdown", "Stop a kernel and free its memory."),
-        ];
         Self {
             rooms,
             hold: config.idle_timeout,
             settings,
-            tools,
         }
     }
 
@@ -342,144 +306,16 @@ impl NotebookTools {
         Ok((timeout.as_millis().max(1) as u64, profile.output_cap))
     }
 
-    async fn dispatch(
+    /// Runs `request`, with progress if the caller asked for it, as the tool result.
+    async fn answer(
         &self,
-        name: &str,
-        args: JsonObject,
-        caller: &Caller,
-        progress: Option<&NoticeSink>,
+        cx: &RequestContext,
+        request: JupyterOp,
     ) -> Result<CallToolResult, ToolError> {
-        let request = match name {
-            "notebook_list" => {
-                let a: ListArgs = parse_args(name, args)?;
-                JupyterOp::NotebookList {
-                    path: a.path.unwrap_or_else(|| ".".into()),
-                    limit: a.limit.unwrap_or(1000),
-                }
-            }
-            "notebook_create" => {
-                let a: CreateArgs = parse_args(name, args)?;
-                JupyterOp::NotebookCreate {
-                    path: a.path,
-                    kernel: a.kernel,
-                    overwrite: a.overwrite,
-                }
-            }
-            "notebook_read" => {
-                let a: ReadArgs = parse_args(name, args)?;
-                JupyterOp::NotebookRead {
-                    path: a.path,
-                    compact: a.compact,
-                    start: a.start,
-                    end: a.end,
-                }
-            }
-            "notebook_execute" => {
-                let a: ExecuteAllArgs = parse_args(name, args)?;
-                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
-                JupyterOp::NotebookExecute {
-                    path: a.path,
-                    timeout_ms,
-                    output_cap,
-                    stop_on_error: a.stop_on_error.unwrap_or(true),
-                    revision: a.revision,
-                }
-            }
-            "cell_read" => {
-                let a: CellReadArgs = parse_args(name, args)?;
-                JupyterOp::CellRead {
-                    path: a.path,
-                    cell: a.cell.into(),
-                }
-            }
-            "cell_insert" => {
-                let a: InsertArgs = parse_args(name, args)?;
-                let cell_type = a.cell_type.map_or(CellType::Code, CellType::from);
-                let request = JupyterOp::CellInsert {
-                    path: a.path,
-                    index: a.index,
-                    cell_type,
-                    source: a.source,
-                    revision: a.revision,
-                };
-                let run = Execute {
-                    execute: a.execute,
-                    timeout_s: a.timeout_s,
-                    progress,
-                };
-                return self.change_then_run(name, caller, request, run).await;
-            }
-            "cell_edit" => {
-                let a: EditArgs = parse_args(name, args)?;
-                let request = JupyterOp::CellEdit {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    source: a.source,
-                    cell_type: a.cell_type.map(CellType::from),
-                    revision: a.revision,
-                };
-                let run = Execute {
-                    execute: a.execute,
-                    timeout_s: a.timeout_s,
-                    progress,
-                };
-                return self.change_then_run(name, caller, request, run).await;
-            }
-            "cell_move" => {
-                let a: MoveArgs = parse_args(name, args)?;
-                JupyterOp::CellMove {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    to: a.to,
-                    revision: a.revision,
-                }
-            }
-            "cell_delete" => {
-                let a: DeleteArgs = parse_args(name, args)?;
-                JupyterOp::CellDelete {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    revision: a.revision,
-                }
-            }
-            "cell_execute" => {
-                let a: CellExecuteArgs = parse_args(name, args)?;
-                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
-                JupyterOp::CellExecute {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    timeout_ms,
-                    output_cap,
-                    revision: a.revision,
-                }
-            }
-            "code_execute" => {
-                let a: CodeArgs = parse_args(name, args)?;
-                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
-                JupyterOp::CodeExecute {
-                    code: a.code,
-                    kernel: a.kernel,
-                    kernel_name: a.kernel_name,
-                    timeout_ms,
-                    output_cap,
-                }
-            }
-            "kernel_list" => {
-                let _: NoArgs = parse_args(name, args)?;
-                JupyterOp::KernelList
-            }
-            "kernel_interrupt" | "kernel_restart" | "kernel_shutdown" => {
-                let a: KernelArgs = parse_args(name, args)?;
-                match name {
-                    "kernel_interrupt" => JupyterOp::KernelInterrupt { kernel: a.kernel },
-                    "kernel_restart" => JupyterOp::KernelRestart { kernel: a.kernel },
-                    _ => JupyterOp::KernelShutdown { kernel: a.kernel },
-                }
-            }
-            other => return Err(ToolError::Failed(format!("unknown notebook tool {other}"))),
-        };
+        let progress = cx.progress.as_ref();
         Ok(present(
-            self.ask_with_progress(caller, request, progress).await?,
+            self.ask_with_progress(&cx.caller, request, progress)
+                .await?,
         ))
     }
 
@@ -527,6 +363,225 @@ impl NotebookTools {
         Ok(result)
     }
 }
+
+tool!(
+    NotebookList { nb: Arc<Notebooks> },
+    "notebook_list",
+    "List the notebooks (*.ipynb) in your workspace.",
+    |this, a, cx: ListArgs| {
+        let request = JupyterOp::NotebookList {
+            path: a.path.unwrap_or_else(|| ".".into()),
+            limit: a.limit.unwrap_or(1000),
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    NotebookCreate { nb: Arc<Notebooks> },
+    "notebook_create",
+    "Create an empty notebook (nbformat 4) for a kernelspec.",
+    |this, a, cx: CreateArgs| {
+        let request = JupyterOp::NotebookCreate {
+            path: a.path,
+            kernel: a.kernel,
+            overwrite: a.overwrite,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    NotebookRead { nb: Arc<Notebooks> },
+    "notebook_read",
+    "Read a notebook as text: each cell with its index, id, execution count and outputs, and the notebook's revision (pass it to editing tools to refuse edits made meanwhile outside Lodge).",
+    |this, a, cx: ReadArgs| {
+        let request = JupyterOp::NotebookRead {
+            path: a.path,
+            compact: a.compact,
+            start: a.start,
+            end: a.end,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    NotebookExecute { nb: Arc<Notebooks> },
+    "notebook_execute",
+    "Run all code cells of a notebook in order in its kernel, saving outputs and execution counts to the file.",
+    |this, a, cx: ExecuteAllArgs| {
+        let (timeout_ms, output_cap) = this.nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        let request = JupyterOp::NotebookExecute {
+            path: a.path,
+            timeout_ms,
+            output_cap,
+            stop_on_error: a.stop_on_error.unwrap_or(true),
+            revision: a.revision,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    CellRead { nb: Arc<Notebooks> },
+    "cell_read",
+    "Read one cell: source and outputs (images as image content).",
+    |this, a, cx: CellReadArgs| {
+        let request = JupyterOp::CellRead {
+            path: a.path,
+            cell: a.cell.into(),
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    CellInsert { nb: Arc<Notebooks> },
+    "cell_insert",
+    "Insert a code, markdown or raw cell into a notebook; execute=true runs a new code cell at once.",
+    |this, a, cx: InsertArgs| {
+        let cell_type = a.cell_type.map_or(CellType::Code, CellType::from);
+        let request = JupyterOp::CellInsert {
+            path: a.path,
+            index: a.index,
+            cell_type,
+            source: a.source,
+            revision: a.revision,
+        };
+        let run = Execute {
+            execute: a.execute,
+            timeout_s: a.timeout_s,
+            progress: cx.progress.as_ref(),
+        };
+        this.nb
+            .change_then_run(Self::NAME, &cx.caller, request, run)
+            .await
+    }
+);
+
+tool!(
+    CellEdit { nb: Arc<Notebooks> },
+    "cell_edit",
+    "Replace a cell's source (clearing a code cell's outputs); execute=true runs it.",
+    |this, a, cx: EditArgs| {
+        let request = JupyterOp::CellEdit {
+            path: a.path,
+            cell: a.cell.into(),
+            source: a.source,
+            cell_type: a.cell_type.map(CellType::from),
+            revision: a.revision,
+        };
+        let run = Execute {
+            execute: a.execute,
+            timeout_s: a.timeout_s,
+            progress: cx.progress.as_ref(),
+        };
+        this.nb
+            .change_then_run(Self::NAME, &cx.caller, request, run)
+            .await
+    }
+);
+
+tool!(
+    CellMove { nb: Arc<Notebooks> },
+    "cell_move",
+    "Move a cell to another index.",
+    |this, a, cx: MoveArgs| {
+        let request = JupyterOp::CellMove {
+            path: a.path,
+            cell: a.cell.into(),
+            to: a.to,
+            revision: a.revision,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    CellDelete { nb: Arc<Notebooks> },
+    "cell_delete",
+    "Delete a cell.",
+    |this, a, cx: DeleteArgs| {
+        let request = JupyterOp::CellDelete {
+            path: a.path,
+            cell: a.cell.into(),
+            revision: a.revision,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    CellExecute { nb: Arc<Notebooks> },
+    "cell_execute",
+    "Run a code cell in the notebook's kernel (started on first use, kept between calls): stream output, results, images and errors come back as content and are saved in the file.",
+    |this, a, cx: CellExecuteArgs| {
+        let (timeout_ms, output_cap) = this.nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        let request = JupyterOp::CellExecute {
+            path: a.path,
+            cell: a.cell.into(),
+            timeout_ms,
+            output_cap,
+            revision: a.revision,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    CodeExecute { nb: Arc<Notebooks> },
+    "code_execute",
+    "Run code in a kernel without touching a notebook file: a scratch kernel, or a notebook's kernel to inspect its state.",
+    |this, a, cx: CodeArgs| {
+        let (timeout_ms, output_cap) = this.nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        let request = JupyterOp::CodeExecute {
+            code: a.code,
+            kernel: a.kernel,
+            kernel_name: a.kernel_name,
+            timeout_ms,
+            output_cap,
+        };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    KernelList { nb: Arc<Notebooks> },
+    "kernel_list",
+    "List your running kernels (state, execution count, memory) and the kernelspecs your room offers.",
+    |this, NoArgs {}, cx: NoArgs| this.nb.answer(cx, JupyterOp::KernelList).await
+);
+
+tool!(
+    KernelInterrupt { nb: Arc<Notebooks> },
+    "kernel_interrupt",
+    "Interrupt what a kernel is running; its variables are kept.",
+    |this, a, cx: KernelArgs| {
+        let request = JupyterOp::KernelInterrupt { kernel: a.kernel };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    KernelRestart { nb: Arc<Notebooks> },
+    "kernel_restart",
+    "Restart a kernel (its variables are lost); also brings back a dead kernel.",
+    |this, a, cx: KernelArgs| {
+        let request = JupyterOp::KernelRestart { kernel: a.kernel };
+        this.nb.answer(cx, request).await
+    }
+);
+
+tool!(
+    KernelShutdown { nb: Arc<Notebooks> },
+    "kernel_shutdown",
+    "Stop a kernel and free its memory.",
+    |this, a, cx: KernelArgs| {
+        let request = JupyterOp::KernelShutdown { kernel: a.kernel };
+        this.nb.answer(cx, request).await
+    }
+);
 
 /// Requests that run code (and so may take long).
 fn runs_code(request: &JupyterOp) -> bool {
@@ -682,21 +737,4 @@ fn parts(outputs: &[lodge_kernel::Output]) -> Vec<ContentBlock> {
             Part::Image { mime, data } => ContentBlock::image(data, mime),
         })
         .collect()
-}
-
-#[async_trait]
-impl ToolSet for NotebookTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
-
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        self.dispatch(name, args, cx.caller, cx.progress.as_ref())
-            .await
-    }
 }
