@@ -148,159 +148,124 @@ pub fn register(registry: Registry, rooms: &Arc<Rooms>) -> Registry {
         .tool(FsSearch { rooms: rooms() })
 }
 
-tool!(
-    FsList { rooms: Arc<Rooms> },
+/// Defines a file tool: its name, description, and the room operation its arguments stand for.
+macro_rules! file_tool {
+    ($tool:ident, $name:literal, $description:literal, |$a:ident: $args:ty| $op:expr) => {
+        tool!(
+            $tool { rooms: Arc<Rooms> },
+            $name,
+            $description,
+            |this, $a, cx: $args| run(&this.rooms, cx, $op).await
+        );
+    };
+}
+
+file_tool!(
+    FsList,
     "fs_list",
     "List files in your private workspace.",
-    |this, a, cx: ListArgs| {
-        run(
-            &this.rooms,
-            cx,
-            Op::FsList {
-                path: a.path,
-                recursive: a.recursive,
-                limit: a.limit,
-            },
-        )
-        .await
+    |a: ListArgs| Op::FsList {
+        path: a.path,
+        recursive: a.recursive,
+        limit: a.limit,
     }
 );
 
-tool!(
-    FsRead { rooms: Arc<Rooms> },
+file_tool!(
+    FsRead,
     "fs_read",
     "Read a file from your workspace; large files come in pages (see next_offset).",
-    |this, a, cx: ReadArgs| {
+    |a: ReadArgs| {
         if a.limit == 0 || a.limit > READ_MAX {
             return Err(ToolError::invalid(
                 Self::NAME,
                 format!("limit must be between 1 and {READ_MAX} bytes"),
             ));
         }
-        run(
-            &this.rooms,
-            cx,
-            Op::FsRead {
-                path: a.path,
-                offset: a.offset,
-                limit: a.limit,
-            },
-        )
-        .await
+        Op::FsRead {
+            path: a.path,
+            offset: a.offset,
+            limit: a.limit,
+        }
     }
 );
 
-tool!(
-    FsWrite { rooms: Arc<Rooms> },
+file_tool!(
+    FsWrite,
     "fs_write",
     "Create or overwrite a file in your workspace.",
-    |this, a, cx: WriteArgs| {
-        run(
-            &this.rooms,
-            cx,
-            Op::FsWrite {
-                path: a.path,
-                content: a.content,
-                create_dirs: a.create_dirs,
-            },
-        )
-        .await
+    |a: WriteArgs| Op::FsWrite {
+        path: a.path,
+        content: a.content,
+        create_dirs: a.create_dirs,
     }
 );
 
-tool!(
-    FsEdit { rooms: Arc<Rooms> },
+file_tool!(
+    FsEdit,
     "fs_edit",
     "Replace an exact piece of text in a workspace file.",
-    |this, a, cx: EditArgs| {
+    |a: EditArgs| {
         if a.old_text.is_empty() {
             return Err(ToolError::invalid(Self::NAME, "old_text must not be empty"));
         }
-        run(
-            &this.rooms,
-            cx,
-            Op::FsEdit {
-                path: a.path,
-                old: a.old_text,
-                new: a.new_text,
-                replace_all: a.replace_all,
-            },
-        )
-        .await
+        Op::FsEdit {
+            path: a.path,
+            old: a.old_text,
+            new: a.new_text,
+            replace_all: a.replace_all,
+        }
     }
 );
 
-tool!(
-    FsDelete { rooms: Arc<Rooms> },
+file_tool!(
+    FsDelete,
     "fs_delete",
     "Delete a file or directory in your workspace.",
-    |this, a, cx: DeleteArgs| {
-        run(
-            &this.rooms,
-            cx,
-            Op::FsDelete {
-                path: a.path,
-                recursive: a.recursive,
-            },
-        )
-        .await
+    |a: DeleteArgs| Op::FsDelete {
+        path: a.path,
+        recursive: a.recursive,
     }
 );
 
-tool!(
-    FsMove { rooms: Arc<Rooms> },
+file_tool!(
+    FsMove,
     "fs_move",
     "Move or rename within your workspace.",
-    |this, a, cx: MoveArgs| {
-        run(
-            &this.rooms,
-            cx,
-            Op::FsMove {
-                from: a.from,
-                to: a.to,
-                overwrite: a.overwrite,
-            },
-        )
-        .await
+    |a: MoveArgs| Op::FsMove {
+        from: a.from,
+        to: a.to,
+        overwrite: a.overwrite,
     }
 );
 
-tool!(
-    FsMkdir { rooms: Arc<Rooms> },
+file_tool!(
+    FsMkdir,
     "fs_mkdir",
     "Create a directory in your workspace.",
-    |this, a, cx: MkdirArgs| {
-        run(
-            &this.rooms,
-            cx,
-            Op::FsMkdir {
-                path: a.path,
-                parents: a.parents,
-            },
-        )
-        .await
+    |a: MkdirArgs| Op::FsMkdir {
+        path: a.path,
+        parents: a.parents,
     }
 );
 
-tool!(
-    FsSearch { rooms: Arc<Rooms> },
+file_tool!(
+    FsSearch,
     "fs_search",
     "Search your workspace by glob (file names) and/or literal text (lines).",
-    |this, a, cx: SearchArgs| {
+    |a: SearchArgs| {
         if a.glob.is_none() && a.text.is_none() {
-            return Err(ToolError::invalid(Self::NAME, "give a glob, a text, or both"));
+            return Err(ToolError::invalid(
+                Self::NAME,
+                "give a glob, a text, or both",
+            ));
         }
-        run(
-            &this.rooms,
-            cx,
-            Op::FsSearch {
-                path: a.path,
-                glob: a.glob,
-                text: a.text,
-                limit: a.limit,
-            },
-        )
-        .await
+        Op::FsSearch {
+            path: a.path,
+            glob: a.glob,
+            text: a.text,
+            limit: a.limit,
+        }
     }
 );
 

@@ -200,12 +200,6 @@ pub struct KernelArgs {
 
 /// How often a caller that asked for progress hears that its code still runs.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Whether and how `cell_insert`/`cell_edit` run the cell they changed.
-struct Execute<'a> {
-    execute: bool,
-    timeout_s: Option<f64>,
-    progress: Option<&'a NoticeSink>,
-}
 
 /// What every notebook tool uses: the rooms kernels run in and the operator's kernel settings.
 pub struct Notebooks {
@@ -320,16 +314,18 @@ impl Notebooks {
     }
 
     /// A cell change, then (with `execute`) a run of the cell it concerned, at the revision the
-    /// change produced.
+    /// change produced, for at most `timeout_s`.
     async fn change_then_run(
         &self,
         tool: &str,
-        caller: &Caller,
+        cx: &RequestContext,
         request: JupyterOp,
-        run: Execute<'_>,
+        execute: bool,
+        timeout_s: Option<f64>,
     ) -> Result<CallToolResult, ToolError> {
-        let limits = if run.execute {
-            Some(self.limits(tool, caller, run.timeout_s)?)
+        let caller = &cx.caller;
+        let limits = if execute {
+            Some(self.limits(tool, caller, timeout_s)?)
         } else {
             None
         };
@@ -354,7 +350,7 @@ impl Notebooks {
             revision: Some(revision.clone()),
         };
         let mut result = present(
-            self.ask_with_progress(caller, execute, run.progress)
+            self.ask_with_progress(caller, execute, cx.progress.as_ref())
                 .await?,
         );
         result
@@ -364,75 +360,84 @@ impl Notebooks {
     }
 }
 
-tool!(
-    NotebookList { nb: Arc<Notebooks> },
+/// Defines a notebook tool whose arguments become one request to the room: its name,
+/// description, and the request built from the shared [`Notebooks`] and the arguments.
+macro_rules! notebook_tool {
+    (
+        $tool:ident,
+        $name:literal,
+        $description:literal,
+        |$nb:pat_param, $args:pat_param, $cx:ident: $args_ty:ty| $request:expr
+    ) => {
+        tool!(
+            $tool { nb: Arc<Notebooks> },
+            $name,
+            $description,
+            |this, $args, $cx: $args_ty| {
+                let $nb = &this.nb;
+                let request = $request;
+                this.nb.answer($cx, request).await
+            }
+        );
+    };
+}
+
+notebook_tool!(
+    NotebookList,
     "notebook_list",
     "List the notebooks (*.ipynb) in your workspace.",
-    |this, a, cx: ListArgs| {
-        let request = JupyterOp::NotebookList {
-            path: a.path.unwrap_or_else(|| ".".into()),
-            limit: a.limit.unwrap_or(1000),
-        };
-        this.nb.answer(cx, request).await
+    |_, a, cx: ListArgs| JupyterOp::NotebookList {
+        path: a.path.unwrap_or_else(|| ".".into()),
+        limit: a.limit.unwrap_or(1000),
     }
 );
 
-tool!(
-    NotebookCreate { nb: Arc<Notebooks> },
+notebook_tool!(
+    NotebookCreate,
     "notebook_create",
     "Create an empty notebook (nbformat 4) for a kernelspec.",
-    |this, a, cx: CreateArgs| {
-        let request = JupyterOp::NotebookCreate {
-            path: a.path,
-            kernel: a.kernel,
-            overwrite: a.overwrite,
-        };
-        this.nb.answer(cx, request).await
+    |_, a, cx: CreateArgs| JupyterOp::NotebookCreate {
+        path: a.path,
+        kernel: a.kernel,
+        overwrite: a.overwrite,
     }
 );
 
-tool!(
-    NotebookRead { nb: Arc<Notebooks> },
+notebook_tool!(
+    NotebookRead,
     "notebook_read",
     "Read a notebook as text: each cell with its index, id, execution count and outputs, and the notebook's revision (pass it to editing tools to refuse edits made meanwhile outside Lodge).",
-    |this, a, cx: ReadArgs| {
-        let request = JupyterOp::NotebookRead {
-            path: a.path,
-            compact: a.compact,
-            start: a.start,
-            end: a.end,
-        };
-        this.nb.answer(cx, request).await
+    |_, a, cx: ReadArgs| JupyterOp::NotebookRead {
+        path: a.path,
+        compact: a.compact,
+        start: a.start,
+        end: a.end,
     }
 );
 
-tool!(
-    NotebookExecute { nb: Arc<Notebooks> },
+notebook_tool!(
+    NotebookExecute,
     "notebook_execute",
     "Run all code cells of a notebook in order in its kernel, saving outputs and execution counts to the file.",
-    |this, a, cx: ExecuteAllArgs| {
-        let (timeout_ms, output_cap) = this.nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
-        let request = JupyterOp::NotebookExecute {
+    |nb, a, cx: ExecuteAllArgs| {
+        let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        JupyterOp::NotebookExecute {
             path: a.path,
             timeout_ms,
             output_cap,
             stop_on_error: a.stop_on_error.unwrap_or(true),
             revision: a.revision,
-        };
-        this.nb.answer(cx, request).await
+        }
     }
 );
 
-tool!(
-    CellRead { nb: Arc<Notebooks> },
+notebook_tool!(
+    CellRead,
     "cell_read",
     "Read one cell: source and outputs (images as image content).",
-    |this, a, cx: CellReadArgs| {
-        let request = JupyterOp::CellRead {
-            path: a.path,
-            cell: a.cell.into(),
-        };
-        this.nb.answer(cx, request).await
+    |_, a, cx: CellReadArgs| JupyterOp::CellRead {
+        path: a.path,
+        cell: a.cell.into(),
     }
 );
 
@@ -441,21 +446,15 @@ tool!(
     "cell_insert",
     "Insert a code, markdown or raw cell into a notebook; execute=true runs a new code cell at once.",
     |this, a, cx: InsertArgs| {
-        let cell_type = a.cell_type.map_or(CellType::Code, CellType::from);
         let request = JupyterOp::CellInsert {
             path: a.path,
             index: a.index,
-            cell_type,
+            cell_type: a.cell_type.map_or(CellType::Code, CellType::from),
             source: a.source,
             revision: a.revision,
         };
-        let run = Execute {
-            execute: a.execute,
-            timeout_s: a.timeout_s,
-            progress: cx.progress.as_ref(),
-        };
-        this.nb
-            .change_then_run(Self::NAME, &cx.caller, request, run)
+        let nb = &this.nb;
+        nb.change_then_run(Self::NAME, cx, request, a.execute, a.timeout_s)
             .await
     }
 );
@@ -472,115 +471,93 @@ tool!(
             cell_type: a.cell_type.map(CellType::from),
             revision: a.revision,
         };
-        let run = Execute {
-            execute: a.execute,
-            timeout_s: a.timeout_s,
-            progress: cx.progress.as_ref(),
-        };
-        this.nb
-            .change_then_run(Self::NAME, &cx.caller, request, run)
+        let nb = &this.nb;
+        nb.change_then_run(Self::NAME, cx, request, a.execute, a.timeout_s)
             .await
     }
 );
 
-tool!(
-    CellMove { nb: Arc<Notebooks> },
+notebook_tool!(
+    CellMove,
     "cell_move",
     "Move a cell to another index.",
-    |this, a, cx: MoveArgs| {
-        let request = JupyterOp::CellMove {
-            path: a.path,
-            cell: a.cell.into(),
-            to: a.to,
-            revision: a.revision,
-        };
-        this.nb.answer(cx, request).await
+    |_, a, cx: MoveArgs| JupyterOp::CellMove {
+        path: a.path,
+        cell: a.cell.into(),
+        to: a.to,
+        revision: a.revision,
     }
 );
 
-tool!(
-    CellDelete { nb: Arc<Notebooks> },
+notebook_tool!(
+    CellDelete,
     "cell_delete",
     "Delete a cell.",
-    |this, a, cx: DeleteArgs| {
-        let request = JupyterOp::CellDelete {
-            path: a.path,
-            cell: a.cell.into(),
-            revision: a.revision,
-        };
-        this.nb.answer(cx, request).await
+    |_, a, cx: DeleteArgs| JupyterOp::CellDelete {
+        path: a.path,
+        cell: a.cell.into(),
+        revision: a.revision,
     }
 );
 
-tool!(
-    CellExecute { nb: Arc<Notebooks> },
+notebook_tool!(
+    CellExecute,
     "cell_execute",
     "Run a code cell in the notebook's kernel (started on first use, kept between calls): stream output, results, images and errors come back as content and are saved in the file.",
-    |this, a, cx: CellExecuteArgs| {
-        let (timeout_ms, output_cap) = this.nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
-        let request = JupyterOp::CellExecute {
+    |nb, a, cx: CellExecuteArgs| {
+        let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        JupyterOp::CellExecute {
             path: a.path,
             cell: a.cell.into(),
             timeout_ms,
             output_cap,
             revision: a.revision,
-        };
-        this.nb.answer(cx, request).await
+        }
     }
 );
 
-tool!(
-    CodeExecute { nb: Arc<Notebooks> },
+notebook_tool!(
+    CodeExecute,
     "code_execute",
     "Run code in a kernel without touching a notebook file: a scratch kernel, or a notebook's kernel to inspect its state.",
-    |this, a, cx: CodeArgs| {
-        let (timeout_ms, output_cap) = this.nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
-        let request = JupyterOp::CodeExecute {
+    |nb, a, cx: CodeArgs| {
+        let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        JupyterOp::CodeExecute {
             code: a.code,
             kernel: a.kernel,
             kernel_name: a.kernel_name,
             timeout_ms,
             output_cap,
-        };
-        this.nb.answer(cx, request).await
+        }
     }
 );
 
-tool!(
-    KernelList { nb: Arc<Notebooks> },
+notebook_tool!(
+    KernelList,
     "kernel_list",
     "List your running kernels (state, execution count, memory) and the kernelspecs your room offers.",
-    |this, NoArgs {}, cx: NoArgs| this.nb.answer(cx, JupyterOp::KernelList).await
+    |_, NoArgs {}, cx: NoArgs| JupyterOp::KernelList
 );
 
-tool!(
-    KernelInterrupt { nb: Arc<Notebooks> },
+notebook_tool!(
+    KernelInterrupt,
     "kernel_interrupt",
     "Interrupt what a kernel is running; its variables are kept.",
-    |this, a, cx: KernelArgs| {
-        let request = JupyterOp::KernelInterrupt { kernel: a.kernel };
-        this.nb.answer(cx, request).await
-    }
+    |_, a, cx: KernelArgs| JupyterOp::KernelInterrupt { kernel: a.kernel }
 );
 
-tool!(
-    KernelRestart { nb: Arc<Notebooks> },
+notebook_tool!(
+    KernelRestart,
     "kernel_restart",
     "Restart a kernel (its variables are lost); also brings back a dead kernel.",
-    |this, a, cx: KernelArgs| {
-        let request = JupyterOp::KernelRestart { kernel: a.kernel };
-        this.nb.answer(cx, request).await
-    }
+    |_, a, cx: KernelArgs| JupyterOp::KernelRestart { kernel: a.kernel }
 );
 
-tool!(
-    KernelShutdown { nb: Arc<Notebooks> },
+notebook_tool!(
+    KernelShutdown,
     "kernel_shutdown",
     "Stop a kernel and free its memory.",
-    |this, a, cx: KernelArgs| {
-        let request = JupyterOp::KernelShutdown { kernel: a.kernel };
-        this.nb.answer(cx, request).await
-    }
+    |_, a, cx: KernelArgs| JupyterOp::KernelShutdown { kernel: a.kernel }
 );
 
 /// Requests that run code (and so may take long).

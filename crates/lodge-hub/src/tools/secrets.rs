@@ -113,29 +113,22 @@ impl Tool for SecretPut {
     }
 }
 
-pub struct SecretGet {
-    vault: Arc<Vault>,
-}
-
-#[async_trait]
-impl Tool for SecretGet {
-    const NAME: &'static str = "secret_get";
-    const DESCRIPTION: &'static str = "Read one of your secrets (values are shown).";
-    type Args = GetArgs;
-
-    async fn call(&self, a: GetArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
-        let user = cx.caller.user_id;
+tool!(
+    SecretGet { vault: Arc<Vault> },
+    "secret_get",
+    "Read one of your secrets (values are shown).",
+    |this, a, cx: GetArgs| {
+        let (vault, user) = (&this.vault, cx.caller.user_id);
         let reply = match a.field {
             Some(field) => {
-                let v = self
-                    .vault
+                let v = vault
                     .get_field(user, &a.name, &field)
                     .await
                     .map_err(vault_error)?;
                 json!({ "name": a.name, "field": field, "value": v.as_str() })
             }
             None => {
-                let fields = self.vault.get(user, &a.name).await.map_err(vault_error)?;
+                let fields = vault.get(user, &a.name).await.map_err(vault_error)?;
                 let shown: serde_json::Map<String, Value> = fields
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
@@ -145,48 +138,33 @@ impl Tool for SecretGet {
         };
         Ok(CallToolResult::structured(reply))
     }
-}
+);
 
-pub struct SecretList {
-    vault: Arc<Vault>,
-}
-
-#[async_trait]
-impl Tool for SecretList {
-    const NAME: &'static str = "secret_list";
-    const DESCRIPTION: &'static str = "List your secrets: names and field names, never values.";
-    type Args = ListArgs;
-
-    async fn call(&self, _: ListArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
-        let list = self
-            .vault
-            .list(cx.caller.user_id)
-            .await
-            .map_err(vault_error)?;
+tool!(
+    SecretList { vault: Arc<Vault> },
+    "secret_list",
+    "List your secrets: names and field names, never values.",
+    |this, ListArgs {}, cx: ListArgs| {
+        let user = cx.caller.user_id;
+        let list = this.vault.list(user).await.map_err(vault_error)?;
         Ok(CallToolResult::structured(json!({ "secrets": list })))
     }
-}
+);
 
-pub struct SecretDelete {
-    vault: Arc<Vault>,
-}
-
-#[async_trait]
-impl Tool for SecretDelete {
-    const NAME: &'static str = "secret_delete";
-    const DESCRIPTION: &'static str = "Delete one of your secrets or one field.";
-    type Args = DeleteArgs;
-
-    async fn call(&self, a: DeleteArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
-        self.vault
-            .delete(cx.caller.user_id, &a.name, a.field.as_deref())
+tool!(
+    SecretDelete { vault: Arc<Vault> },
+    "secret_delete",
+    "Delete one of your secrets or one field.",
+    |this, a, cx: DeleteArgs| {
+        let user = cx.caller.user_id;
+        this.vault
+            .delete(user, &a.name, a.field.as_deref())
             .await
             .map_err(vault_error)?;
-        Ok(CallToolResult::structured(
-            json!({ "deleted": a.name, "field": a.field }),
-        ))
+        let reply = json!({ "deleted": a.name, "field": a.field });
+        Ok(CallToolResult::structured(reply))
     }
-}
+);
 
 /// A vault error as the caller sees it (messages never carry values).
 pub(crate) fn vault_error(e: VaultError) -> ToolError {
