@@ -5,7 +5,7 @@
 use super::{Registry, ToolError, room_result};
 use crate::context::RequestContext;
 use crate::rooms::Rooms;
-use lodge_room::protocol::{Op, OpResult};
+use lodge_protocol::{Op, OpResult};
 use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;

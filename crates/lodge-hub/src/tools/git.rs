@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use lodge_room::protocol::{Op, OpResult};
+use lodge_protocol::{Op, OpResult};
 use lodge_vault::Vault;
 use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
