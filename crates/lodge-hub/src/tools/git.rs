@@ -1,8 +1,6 @@
-//! Git tools: real `git` run in the caller's room, on repositories in the workspace,
-//! with the caller's own identity and token. The token comes from one of the user's secrets
-//! and reaches only the one git process that needs it, through its environment and a credential
-//! helper that reads it from there: never argv, never a file, never `.git/config`. This module
-//! builds the commands and explains git's failures; the room runs them.
+//! Git tools: real `git` in the caller's room, with the caller's identity and a token from one
+//! of their secrets that reaches only the git process needing it (its environment, read by a
+//! credential helper; never argv, a file or `.git/config`). The room runs git, never the hub.
 
 use std::sync::Arc;
 

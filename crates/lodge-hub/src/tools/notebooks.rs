@@ -1,7 +1,6 @@
-//! Notebook and kernel tools (see docs/notebooks.md): Jupyter notebooks in the caller's workspace
-//! and kernels in the caller's room. This module turns arguments into room requests (with the profile's
-//! timeout and output cap and the operator's kernel settings) and results into MCP content; the
-//! room does the work. It never logs code or outputs.
+//! Notebook and kernel tools (see docs/notebooks.md): arguments become room requests (with the
+//! profile's limits and the operator's kernel settings) and results MCP content; the room does
+//! the work. This module never logs code or outputs.
 
 use std::sync::Arc;
 

@@ -1,7 +1,6 @@
-//! The secret tools (`secret_put`, `secret_get`, `secret_list`, `secret_delete`; see
-//! docs/security.md): the caller's own secrets only (the user comes from the credentials, never from arguments).
-//! Values pass through here on their way to and from the vault; they are never logged, and the
-//! audit digest of these calls leaves them out (see [`audit_view`]).
+//! The secret tools (`secret_*`, see docs/security.md): the caller's own secrets only, the user
+//! coming from the credentials. Values pass through here to and from the vault; they are never
+//! logged, and `secret_put`'s audit view leaves them out of the digest.
 
 use super::{Registry, Tool, ToolError};
 use crate::context::RequestContext;
