@@ -411,6 +411,7 @@ pub enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Match {
     pub path: String,
+    /// 1-based line number for text matches; `None` for glob-only matches.
     pub line: Option<u64>,
     pub text: Option<String>,
 }
