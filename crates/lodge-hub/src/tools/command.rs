@@ -9,7 +9,7 @@ use super::{
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 use async_trait::async_trait;
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{Env, Op, OpResult, RunCommand};
 use lodge_room::client::Event;
 use lodge_vault::Vault;
 use rmcp::model::{CallToolResult, JsonObject, Tool};
@@ -106,9 +106,9 @@ impl CommandTools {
         if a.command.trim().is_empty() {
             return Err(bad("command must not be empty".into()));
         }
-        let mut env = a.env;
+        let mut env: Env = a.env.into_iter().map(|(k, v)| (k, v.into())).collect();
         for (var, value) in secrets {
-            if env.insert(var.clone(), value.to_string()).is_some() {
+            if env.insert(var.clone(), value.to_string().into()).is_some() {
                 return Err(bad(format!(
                     "{var} is set both in env and by a secret; drop one of them"
                 )));
@@ -116,13 +116,13 @@ impl CommandTools {
         }
         let profile = self.rooms.profile(caller);
         let timeout = super::profile_timeout("run_command", profile, a.timeout_s)?;
-        Ok(Op::RunCommand {
+        Ok(Op::RunCommand(RunCommand {
             command: a.command,
             cwd: a.cwd,
             timeout_ms: timeout.as_millis().max(1) as u64,
             env,
             output_cap: profile.output_cap,
-        })
+        }))
     }
 }
 

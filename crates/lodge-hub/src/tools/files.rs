@@ -5,7 +5,9 @@
 use super::{CallContext, ToolError, ToolSet, define, parse_args, room_result};
 use crate::rooms::Rooms;
 use async_trait::async_trait;
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{
+    FsDelete, FsEdit, FsList, FsMkdir, FsMove, FsRead, FsSearch, FsWrite, Op, OpResult,
+};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -168,11 +170,11 @@ impl FileTools {
         Ok(match name {
             "fs_list" => {
                 let a: ListArgs = parse_args(name, args)?;
-                Op::FsList {
+                Op::FsList(FsList {
                     path: a.path,
                     recursive: a.recursive,
                     limit: a.limit,
-                }
+                })
             }
             "fs_read" => {
                 let a: ReadArgs = parse_args(name, args)?;
@@ -182,65 +184,65 @@ impl FileTools {
                         format!("limit must be between 1 and {READ_MAX} bytes"),
                     ));
                 }
-                Op::FsRead {
+                Op::FsRead(FsRead {
                     path: a.path,
                     offset: a.offset,
                     limit: a.limit,
-                }
+                })
             }
             "fs_write" => {
                 let a: WriteArgs = parse_args(name, args)?;
-                Op::FsWrite {
+                Op::FsWrite(FsWrite {
                     path: a.path,
-                    content: a.content,
+                    content: a.content.into(),
                     create_dirs: a.create_dirs,
-                }
+                })
             }
             "fs_edit" => {
                 let a: EditArgs = parse_args(name, args)?;
                 if a.old_text.is_empty() {
                     return Err(ToolError::invalid(name, "old_text must not be empty"));
                 }
-                Op::FsEdit {
+                Op::FsEdit(FsEdit {
                     path: a.path,
-                    old: a.old_text,
-                    new: a.new_text,
+                    old: a.old_text.into(),
+                    new: a.new_text.into(),
                     replace_all: a.replace_all,
-                }
+                })
             }
             "fs_delete" => {
                 let a: DeleteArgs = parse_args(name, args)?;
-                Op::FsDelete {
+                Op::FsDelete(FsDelete {
                     path: a.path,
                     recursive: a.recursive,
-                }
+                })
             }
             "fs_move" => {
                 let a: MoveArgs = parse_args(name, args)?;
-                Op::FsMove {
+                Op::FsMove(FsMove {
                     from: a.from,
                     to: a.to,
                     overwrite: a.overwrite,
-                }
+                })
             }
             "fs_mkdir" => {
                 let a: MkdirArgs = parse_args(name, args)?;
-                Op::FsMkdir {
+                Op::FsMkdir(FsMkdir {
                     path: a.path,
                     parents: a.parents,
-                }
+                })
             }
             "fs_search" => {
                 let a: SearchArgs = parse_args(name, args)?;
                 if a.glob.is_none() && a.text.is_none() {
                     return Err(ToolError::invalid(name, "give a glob, a text, or both"));
                 }
-                Op::FsSearch {
+                Op::FsSearch(FsSearch {
                     path: a.path,
                     glob: a.glob,
                     text: a.text,
                     limit: a.limit,
-                }
+                })
             }
             other => return Err(ToolError::Failed(format!("unknown tool {other}"))),
         })

@@ -10,7 +10,7 @@ use lodge_core::config::KernelsConfig;
 use lodge_kernel::notebook::{CellRef, CellType};
 use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings, Run, RunStatus};
 use lodge_kernel::output::{Part, to_parts};
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{Jupyter, Op, OpResult};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -317,7 +317,7 @@ impl NotebookTools {
             room_network: self.rooms.has_network(caller),
             ..self.settings.clone()
         };
-        let op = Op::Jupyter { settings, request };
+        let op = Op::Jupyter(Jupyter { settings, request });
         let answer = self.rooms.call_held(caller, op, None, self.hold).await;
         if let Some(ticker) = ticker {
             ticker.abort();
@@ -399,7 +399,7 @@ impl NotebookTools {
                     path: a.path,
                     index: a.index,
                     cell_type,
-                    source: a.source,
+                    source: a.source.into(),
                     revision: a.revision,
                 };
                 let run = Execute {
@@ -414,7 +414,7 @@ impl NotebookTools {
                 let request = JupyterOp::CellEdit {
                     path: a.path,
                     cell: a.cell.into(),
-                    source: a.source,
+                    source: a.source.into(),
                     cell_type: a.cell_type.map(CellType::from),
                     revision: a.revision,
                 };
@@ -457,7 +457,7 @@ impl NotebookTools {
                 let a: CodeArgs = parse_args(name, args)?;
                 let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
                 JupyterOp::CodeExecute {
-                    code: a.code,
+                    code: a.code.into(),
                     kernel: a.kernel,
                     kernel_name: a.kernel_name,
                     timeout_ms,
