@@ -22,8 +22,8 @@ use super::upstream;
 use super::{AgentConfig, AgentError, fs};
 use crate::workspace::Workspace;
 use lodge_protocol::{
-    AgentCodec, AgentMessage, ErrorKind, Hello, HubMessage, Jupyter as JupyterRequest, Op,
-    OpError, OpResult, ProtocolError, check_hello,
+    AgentCodec, AgentMessage, ErrorKind, Hello, HubMessage, Jupyter as JupyterRequest, Op, OpError,
+    OpResult, ProtocolError, check_hello,
 };
 
 /// Messages waiting for the writer; senders wait (responses) or drop (progress) when full.

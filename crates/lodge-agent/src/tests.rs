@@ -719,7 +719,11 @@ async fn exec_passes_argv_verbatim_without_a_shell() {
 
     // The environment is the clean base plus the request's own, as for run_command.
     let op = Op::Exec(lodge_protocol::Exec {
-        argv: vec!["/bin/sh".into(), "-c".into(), "echo \"$TOKEN|$HOME\"".into()],
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo \"$TOKEN|$HOME\"".into(),
+        ],
         cwd: None,
         env: BTreeMap::from([("TOKEN".into(), "t o k".into())]),
         timeout_ms: 10_000,
@@ -756,7 +760,10 @@ async fn exec_times_out_and_is_killed() {
     let r = ran(hub.call(exec(&["sleep", "30"], 300)).await);
     assert!(r.timed_out);
     assert_eq!(r.exit_code, None);
-    assert!(r.signal.is_some(), "killed, so it has no exit code but a signal");
+    assert!(
+        r.signal.is_some(),
+        "killed, so it has no exit code but a signal"
+    );
     assert!(started.elapsed() < Duration::from_millis(1800));
     hub.shutdown().await.unwrap();
 }

@@ -184,11 +184,7 @@ type Prepared = (OsString, Vec<OsString>, Vec<(String, OsString)>);
 
 /// Checks the request and expands `{workspace}`: (program, arguments, extra environment).
 /// Messages name the server and variables, never env values.
-fn prepare(
-    request: &Upstream,
-    workspace: &OsStr,
-    server: &str,
-) -> Result<Prepared, OpError> {
+fn prepare(request: &Upstream, workspace: &OsStr, server: &str) -> Result<Prepared, OpError> {
     let invalid = |message: String| OpError::new(ErrorKind::InvalidArgument, message);
     let (program, args) = split_argv(&request.argv, &format!("the command of server {server}"))?;
     validate_env(&request.env).map_err(|e| invalid(format!("server {server}: {}", e.message)))?;

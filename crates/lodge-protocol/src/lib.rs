@@ -742,7 +742,12 @@ mod tests {
                 output_cap: 0,
             }),
             Op::Exec(Exec {
-                argv: vec!["git".into(), "commit".into(), "-m".into(), "it's; $(done)".into()],
+                argv: vec![
+                    "git".into(),
+                    "commit".into(),
+                    "-m".into(),
+                    "it's; $(done)".into(),
+                ],
                 cwd: Some("repo".into()),
                 env: BTreeMap::from([("GIT_TERMINAL_PROMPT".into(), "0".into())]),
                 timeout_ms: 60_000,
@@ -1197,7 +1202,10 @@ mod tests {
             replace_all: false,
         });
         let shown = format!("{edit:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("tr0ub4dor"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tr0ub4dor"),
+            "{shown}"
+        );
         let exec = Op::Exec(Exec {
             argv: vec!["git".into(), "push".into()],
             cwd: None,
@@ -1207,7 +1215,10 @@ mod tests {
         });
         let shown = format!("{exec:?}");
         assert!(!shown.contains("ghp_s3cr3t"), "{shown}");
-        assert!(shown.contains("LODGE_GIT_TOKEN") && shown.contains("push"), "{shown}");
+        assert!(
+            shown.contains("LODGE_GIT_TOKEN") && shown.contains("push"),
+            "{shown}"
+        );
 
         let upstream = Op::Upstream(Upstream {
             server: "github".into(),
