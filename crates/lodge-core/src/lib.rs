@@ -1,6 +1,6 @@
-//! Lodge's shared vocabulary: user names, scopes, API tokens, durations and the hub's
-//! configuration. Everything here is pure (no I/O beyond reading the config file) so that the
-//! store, the hub and the CLI agree on one definition of each rule.
+//! Lodge's shared vocabulary: user names, scopes, API tokens, durations, redacted secret values
+//! and the hub's configuration. Everything here is pure (no I/O beyond reading the config file)
+//! so that the store, the hub and the CLI agree on one definition of each rule.
 
 pub mod config;
 pub mod duration;
