@@ -18,7 +18,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{CommandContext, DRAIN_GRACE, split_argv, validate_env};
+use super::command::{self, CommandContext, DRAIN_GRACE, split_argv, validate_env};
 use super::reaper::Exit;
 use super::tree::{self, Target};
 use crate::workspace::{sanitize, utf8_cut};
@@ -213,17 +213,15 @@ fn expand(text: &str, workspace: &OsStr) -> OsString {
 
 fn spawn_error(server: &str, program: &OsStr, error: &io::Error) -> OpError {
     let program = sanitize(&program.to_string_lossy());
-    let (kind, hint) = match error.kind() {
-        io::ErrorKind::NotFound => (
-            ErrorKind::NotFound,
+    let hint = match error.kind() {
+        io::ErrorKind::NotFound => {
             "; install it in the room's system directories or in one of [rooms] read_only_paths \
-             (programs without a '/' are looked up in PATH)",
-        ),
-        io::ErrorKind::PermissionDenied => (ErrorKind::PermissionDenied, ""),
-        _ => (ErrorKind::Io, ""),
+             (programs without a '/' are looked up in PATH)"
+        }
+        _ => "",
     };
     OpError::new(
-        kind,
+        command::spawn_error(&program, error).kind,
         format!("cannot start server {server} ({program}): {error}{hint}"),
     )
 }
