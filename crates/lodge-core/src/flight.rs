@@ -3,6 +3,7 @@
 //! turn. It owns only the table and the per-key locks; what a value is, when it is still good
 //! and how it stops are the caller's, passed in as closures.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -56,7 +57,11 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
     }
 
     /// The value for `key` if there is one and nobody is starting or stopping it right now.
-    pub fn peek(&self, key: &K) -> Option<V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         // try_lock under the table's lock: no clone of the slot, so none outlives the look.
         let slots = self.table();
         let value = slots.get(key)?.try_lock().ok()?.clone();
@@ -73,14 +78,20 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
 
     /// Stops the value for `key`, if any, under its lock (so no new start overlaps the stop),
     /// and forgets the key. Waits for a start in progress. Returns whether there was a value.
-    pub async fn remove<Fut>(&self, key: &K, stop: impl FnOnce(V) -> Fut) -> bool
+    pub async fn remove<Q, Fut>(&self, key: &Q, stop: impl FnOnce(V) -> Fut) -> bool
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
         Fut: Future<Output = ()>,
     {
-        let Some(slot) = self.table().get(key).cloned() else {
+        let Some((key, slot)) = self
+            .table()
+            .get_key_value(key)
+            .map(|(k, s)| (k.clone(), s.clone()))
+        else {
             return false;
         };
-        let mut held = Held::lock(self, key.clone(), slot).await;
+        let mut held = Held::lock(self, key, slot).await;
         match held.take() {
             Some(value) => {
                 stop(value).await;
