@@ -297,23 +297,35 @@ mod tests {
         assert_eq!(flights.peek(&1), Some(11));
     }
 
+    /// A task starting `key` (replacing its value, if any) with `value`, once the returned
+    /// sender fires or is dropped; returns when the start is under way.
+    async fn start_held(
+        flights: &Arc<Flights<u8, u8>>,
+        key: u8,
+        value: u8,
+    ) -> (
+        tokio::task::JoinHandle<Result<u8, ()>>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release_tx, release) = tokio::sync::oneshot::channel::<()>();
+        let f = flights.clone();
+        let task = tokio::spawn(async move {
+            let start = |_| async move {
+                let _ = started_tx.send(());
+                let _ = release.await;
+                Ok(value)
+            };
+            f.get_or_start(key, |_| false, start).await
+        });
+        started.await.unwrap();
+        (task, release_tx)
+    }
+
     #[tokio::test]
     async fn a_dropped_starter_does_not_leave_the_key_stuck() {
         let flights = Arc::new(Flights::<u8, u8>::new());
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let f = flights.clone();
-        let stuck = tokio::spawn(async move {
-            f.get_or_start(
-                1,
-                |_| true,
-                |_| async move {
-                    let _ = started_tx.send(());
-                    std::future::pending::<Result<u8, ()>>().await
-                },
-            )
-            .await
-        });
-        started.await.unwrap();
+        let (stuck, _never) = start_held(&flights, 1, 1).await;
         // A second caller queues behind the start in progress.
         let f = flights.clone();
         let waiter = tokio::spawn(async move {
@@ -385,22 +397,7 @@ mod tests {
                 .await;
         }
         // Key 3 is busy being replaced while the cull runs.
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let (release_tx, release) = tokio::sync::oneshot::channel::<()>();
-        let f = flights.clone();
-        let busy = tokio::spawn(async move {
-            f.get_or_start(
-                3,
-                |_| false,
-                |_| async move {
-                    let _ = started_tx.send(());
-                    let _ = release.await;
-                    Ok::<_, ()>(30)
-                },
-            )
-            .await
-        });
-        started.await.unwrap();
+        let (busy, release_tx) = start_held(&flights, 3, 30).await;
         let mut stopped = Vec::new();
         let n = flights
             .cull(
