@@ -64,8 +64,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
     {
         // try_lock under the table's lock: no clone of the slot, so none outlives the look.
         let slots = self.table();
-        let value = slots.get(key)?.try_lock().ok()?.clone();
-        value
+        slots.get(key)?.try_lock().ok()?.clone()
     }
 
     /// Every value nobody is starting or stopping right now.

@@ -164,10 +164,10 @@ impl<T, X> Drop for Waiter<T, X> {
 mod tests {
     use super::*;
 
-    fn recorder() -> (
-        Arc<Pending<Result<u32, String>, &'static str>>,
-        Arc<Mutex<Vec<u64>>>,
-    ) {
+    type Table = Pending<Result<u32, String>, &'static str>;
+
+    /// A table whose cancellations are recorded.
+    fn recorder() -> (Arc<Table>, Arc<Mutex<Vec<u64>>>) {
         let cancelled = Arc::new(Mutex::new(Vec::new()));
         let c = cancelled.clone();
         (
