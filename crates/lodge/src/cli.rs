@@ -59,7 +59,7 @@ pub enum Command {
     /// Show audit records: auth failures, tool calls and admin actions.
     Audit(AuditArgs),
     /// Benchmark a hub over loopback HTTP and print p50/p99 figures.
-    Bench(crate::bench::BenchArgs),
+    Bench(lodge_bench::BenchArgs),
     /// Report what isolation this machine supports for rooms, and how to fix what is missing.
     Doctor(DoctorArgs),
     /// Store, read, list and delete users' secrets; rotate the master key.

@@ -21,7 +21,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// The interpreter of the probe, on the host and in rooms (which see the host's /usr).
 const PYTHON: &str = "/usr/bin/python3";
-const PROBE_SOURCE: &str = include_str!("../../../../tests/peers/probe_server.py");
+const PROBE_SOURCE: &str = include_str!("../../../tests/peers/probe_server.py");
 const PROBE_FILE: &str = "probe_server.py";
 const SERVER: &str = "probe";
 const TOOL: &str = "probe__echo";
