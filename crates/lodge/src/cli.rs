@@ -1,4 +1,5 @@
-//! The command-line surface (SPEC §1–3, §8). Help texts here are the user's reference.
+//! The command-line surface, documented for operators in docs/configuration.md ("Global flags",
+//! "Commands"). Help texts here are the user's reference.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;

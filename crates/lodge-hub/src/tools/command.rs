@@ -1,4 +1,4 @@
-//! `run_command` (SPEC §5): one shell command in the caller's room, with the profile's timeout
+//! `run_command`: one shell command in the caller's room, with the profile's timeout
 //! and output cap, and progress notifications while it runs. The command runs in the room;
 //! this module only validates, applies the profile's bounds and relays progress.
 

@@ -1,4 +1,4 @@
-//! The workspace file tools (`fs_*`, SPEC §5). Each validates its arguments and sends one
+//! The workspace file tools (`fs_*`). Each validates its arguments and sends one
 //! operation to the caller's room; path confinement is enforced in the room (kernel-checked
 //! `openat2` beneath `/workspace`), never here, so this module must not touch the filesystem.
 

@@ -1,4 +1,4 @@
-//! Git tools (SPEC §5): real `git` run in the caller's room, on repositories in the workspace,
+//! Git tools (docs/configuration.md, "Git"): real `git` run in the caller's room, on repositories in the workspace,
 //! with the caller's own identity and token. The token comes from one of the user's secrets
 //! and reaches only the one git process that needs it, through its environment and a credential
 //! helper that reads it from there: never argv, never a file, never `.git/config`. This module

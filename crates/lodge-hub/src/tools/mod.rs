@@ -1,6 +1,6 @@
 //! The tool registry: every MCP tool a user sees comes from a [`ToolSet`]. Built-in sets
-//! (sessions now; files, commands, kernels, git later) and per-user upstream servers all plug in
-//! here, so the MCP endpoint never needs to know which tools exist.
+//! (session info, files, commands, notebooks and kernels, git, secrets) and per-user upstream
+//! servers all plug in here, so the MCP endpoint never needs to know which tools exist.
 //!
 //! A set answers for the tools it owns; the registry only routes. Tool sets must validate their
 //! input and report bad input as a [`ToolError`], never panic.

@@ -1,4 +1,4 @@
-//! Notebook and kernel tools (SPEC §5): Jupyter notebooks in the caller's workspace and kernels
+//! Notebook and kernel tools (docs/notebooks.md): Jupyter notebooks in the caller's workspace and kernels
 //! in the caller's room. This module turns arguments into room requests (with the profile's
 //! timeout and output cap and the operator's kernel settings) and results into MCP content; the
 //! room does the work. It never logs code or outputs.

@@ -1,4 +1,4 @@
-//! The secret tools (`secret_put`, `secret_get`, `secret_list`, `secret_delete`, SPEC §5, §7):
+//! The secret tools (`secret_put`, `secret_get`, `secret_list`, `secret_delete`):
 //! the caller's own secrets only (the user comes from the credentials, never from arguments).
 //! Values pass through here on their way to and from the vault; they are never logged, and the
 //! audit digest of these calls leaves them out (see [`audit_view`]).
