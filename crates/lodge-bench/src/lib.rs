@@ -1291,6 +1291,19 @@ pub(crate) enum Section<F> {
     Measured(F),
 }
 
+impl<F> Section<F> {
+    /// The figures to print; None once the line `NAME: skipped: WHY` is printed instead.
+    fn measured_or_print_skipped(&self, name: &str) -> Option<&F> {
+        match self {
+            Self::Skipped { skipped } => {
+                println!("{name}: skipped: {skipped}");
+                None
+            }
+            Self::Measured(f) => Some(f),
+        }
+    }
+}
+
 /// Via the hub minus direct, per statistic, and via the hub over direct.
 #[derive(Serialize)]
 struct Overhead {

@@ -363,12 +363,8 @@ pub(super) fn target(section: Option<&Section>) -> Option<Target> {
 }
 
 pub(super) fn print(section: &Section) {
-    let f = match section {
-        Section::Skipped { skipped } => {
-            println!("upstream server: skipped: {skipped}");
-            return;
-        }
-        Section::Measured(f) => f,
+    let Some(f) = section.measured_or_print_skipped("upstream server") else {
+        return;
     };
     println!(
         "upstream server {}, {} sequential calls per warm row",
