@@ -6,8 +6,8 @@
 use crate::caller::Caller;
 use lodge_core::config::{Isolation, NetworkAccess, Profile, RoomsConfig};
 use lodge_core::time::now_ms;
+use lodge_protocol::{Op, OpResult};
 use lodge_room::client::{CallError, Event, RoomClient};
-use lodge_room::protocol::{Op, OpResult};
 use lodge_room::spawner::{self, Limits, LocalSpawner, RoomProcess, RoomSpec};
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -4,11 +4,11 @@
 //! feeds. It knows nothing of users or policy and never logs payloads; when the channel dies
 //! every caller gets [`CallError::Closed`] at once instead of waiting.
 
-use crate::protocol::{
+use futures::{SinkExt, StreamExt};
+use lodge_protocol::{
     AgentMessage, ErrorKind, Hello, HubCodec, HubMessage, MAX_MESSAGE_DEPTH, Op, OpError, OpResult,
     ProtocolError, Stream, check_hello, exceeds_depth,
 };
-use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -465,7 +465,7 @@ impl std::fmt::Debug for RelayInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AgentCodec, ErrorKind};
+    use lodge_protocol::{AgentCodec, ErrorKind};
 
     /// What the fake agent reads from the hub.
     type AgentIn = FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, AgentCodec>;
@@ -617,7 +617,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_request_or_input_fails_alone() {
         let (client, mut a_in, _a_out) = fake_agent().await;
-        let huge = "x".repeat(crate::protocol::MAX_FRAME_LEN);
+        let huge = "x".repeat(lodge_protocol::MAX_FRAME_LEN);
         let write = Op::FsWrite {
             path: "f".into(),
             content: huge.clone(),

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     cmd::init_logging(&cli.global);
     // The agent confines itself before any thread exists, so it builds its own runtime.
     if let cli::Command::Agent(a) = cli.command {
-        return lodge_room::agent::main(lodge_room::agent::AgentConfig {
+        return lodge_agent::main(lodge_agent::AgentConfig {
             workspace: a.workspace,
             tmp: a.tmp,
             confine: !a.no_confine,

@@ -9,8 +9,8 @@ use super::{
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 use async_trait::async_trait;
+use lodge_protocol::{Op, OpResult};
 use lodge_room::client::Event;
-use lodge_room::protocol::{Op, OpResult};
 use lodge_vault::Vault;
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use schemars::JsonSchema;

@@ -5,7 +5,7 @@
 use super::{CallContext, ToolError, ToolSet, define, parse_args, room_result};
 use crate::rooms::Rooms;
 use async_trait::async_trait;
-use lodge_room::protocol::{Op, OpResult};
+use lodge_protocol::{Op, OpResult};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lodge_room::protocol::{Op, OpResult};
+use lodge_protocol::{Op, OpResult};
 use lodge_vault::Vault;
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use schemars::JsonSchema;

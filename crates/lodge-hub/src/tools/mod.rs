@@ -61,8 +61,8 @@ pub type NoticeSink = tokio::sync::mpsc::UnboundedSender<Notice>;
 /// A room's answer as a tool result: operation errors keep the room's message (it names the
 /// path and the fix); a dead or unavailable room says so.
 pub(crate) fn room_result(
-    r: Result<lodge_room::protocol::OpResult, crate::rooms::RoomError>,
-) -> Result<lodge_room::protocol::OpResult, ToolError> {
+    r: Result<lodge_protocol::OpResult, crate::rooms::RoomError>,
+) -> Result<lodge_protocol::OpResult, ToolError> {
     use crate::rooms::RoomError;
     use lodge_room::client::CallError;
     r.map_err(|e| match e {

@@ -10,7 +10,7 @@ use lodge_core::config::KernelsConfig;
 use lodge_kernel::notebook::{CellRef, CellType};
 use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings, Run, RunStatus};
 use lodge_kernel::output::{Part, to_parts};
-use lodge_room::protocol::{Op, OpResult};
+use lodge_protocol::{Op, OpResult};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;

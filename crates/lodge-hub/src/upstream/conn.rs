@@ -3,8 +3,8 @@
 //! and the server's own requests are answered. It knows nothing of users, tool names or config.
 
 use crate::tools::{Notice, NoticeSink, Progress};
+use lodge_protocol::{OpResult, Stream};
 use lodge_room::client::{CallError, Event, Relay, RelayInput};
-use lodge_room::protocol::{OpResult, Stream};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,7 +15,7 @@ use catalog::{Catalog, Interner};
 use conn::{Conn, ConnError};
 use lodge_core::servers::{EnvValue, UpstreamConfig};
 use lodge_core::time::now_ms;
-use lodge_room::protocol::Op;
+use lodge_protocol::Op;
 use lodge_vault::{Vault, VaultError};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};

@@ -1,14 +1,13 @@
 //! Every `unsafe` block and raw `libc` call of lodge-room lives here (the crate root denies
 //! `unsafe_code` everywhere else), each with a `// SAFETY:` comment on why it is sound.
 //! Only thin wrappers: no policy, and code that runs between fork and exec must not allocate,
-//! lock or log (raw syscalls only). `agent` serves `lodge agent`, `spawner` the local spawner.
+//! lock or log (raw syscalls only). `spawner` holds the local spawner's fork-to-exec setup.
 
 use std::ffi::CStr;
 
 use rustix::io::Errno;
 use rustix::thread::UnshareFlags;
 
-pub(crate) mod agent;
 pub(crate) mod spawner;
 
 /// The errno of the last failed libc call. Reads thread-local `errno` only: no allocation, so it

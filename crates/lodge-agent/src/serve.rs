@@ -20,11 +20,11 @@ use super::jupyter::Jupyter;
 use super::reaper::Reaper;
 use super::upstream::{self, UpstreamRequest};
 use super::{AgentConfig, AgentError, fs};
-use crate::protocol::{
+use crate::workspace::Workspace;
+use lodge_protocol::{
     AgentCodec, AgentMessage, ErrorKind, Hello, HubMessage, Op, OpError, OpResult, ProtocolError,
     check_hello,
 };
-use crate::workspace::Workspace;
 
 /// Messages waiting for the writer; senders wait (responses) or drop (progress) when full.
 const OUTBOX: usize = 1024;

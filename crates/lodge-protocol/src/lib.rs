@@ -603,10 +603,10 @@ mod result_repr {
 /// How deeply a relayed JSON message (`Input`, `Message`) may nest. serde_json refuses to
 /// decode more than 128 levels and the frame adds its own around the message, so a deeper
 /// message would break the whole channel instead of failing alone.
-pub(crate) const MAX_MESSAGE_DEPTH: usize = 100;
+pub const MAX_MESSAGE_DEPTH: usize = 100;
 
 /// Whether `value` nests arrays and objects more than [`MAX_MESSAGE_DEPTH`] levels deep.
-pub(crate) fn exceeds_depth(value: &serde_json::Value) -> bool {
+pub fn exceeds_depth(value: &serde_json::Value) -> bool {
     fn deeper(value: &serde_json::Value, left: usize) -> bool {
         match value {
             serde_json::Value::Array(items) => {

@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use super::command::{CommandContext, DRAIN_GRACE, validate_env};
 use super::reaper::Exit;
 use super::tree::{self, Target};
-use crate::protocol::{
+use crate::workspace::{sanitize, utf8_cut};
+use lodge_protocol::{
     AgentMessage, ErrorKind, MAX_FRAME_LEN, MAX_UPSTREAM_MESSAGE, OpError, OpResult, Stream,
     exceeds_depth,
 };
-use crate::workspace::{sanitize, utf8_cut};
 
 /// Replaced by the workspace path in every argument and env value.
 const WORKSPACE_VAR: &str = "{workspace}";

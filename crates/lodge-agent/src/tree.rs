@@ -222,7 +222,7 @@ mod tests {
         let spawning = std::thread::spawn(move || {
             let mut cmd = std::process::Command::new("/bin/sleep");
             cmd.arg("5");
-            crate::sys::agent::probe::slow_exec(&mut cmd, 400);
+            crate::sys::probe::slow_exec(&mut cmd, 400);
             spawner.spawn(&mut cmd).unwrap().0
         });
         // The child now sits between fork and exec with a copy of `read`.

@@ -1,7 +1,9 @@
 //! `lodge agent`: the process inside a room. It confines itself, then serves the room protocol
-//! on stdin/stdout: workspace file operations, commands and upstream MCP servers, for one user
-//! only. It decides no policy (the hub does) and never logs payloads: file contents, command
-//! output, relayed messages, env values.
+//! on stdin/stdout: workspace file operations, commands, notebooks and upstream MCP servers, for
+//! one user only. It decides no policy (the hub does) and never logs payloads: file contents,
+//! command output, relayed messages, env values. Nothing but the protocol crosses to the hub.
+
+#![deny(unsafe_code)]
 
 mod command;
 mod confine;
@@ -13,6 +15,10 @@ mod serve;
 mod tests;
 mod tree;
 mod upstream;
+pub mod workspace;
+// The only place allowed `unsafe` (and raw libc calls): see its module head.
+#[allow(unsafe_code)]
+mod sys;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -25,8 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use command::MAX_OUTPUT_CAP;
 pub use serve::serve;
 
-use crate::protocol::ProtocolError;
 use crate::workspace::WsError;
+use lodge_protocol::ProtocolError;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
-//! The agent's side: the fork-to-exec setup of each command it runs, and (in tests) the raw
-//! syscalls that prove its seccomp filter works. No policy, and nothing between fork and exec
-//! may allocate, lock or log.
+//! Every `unsafe` block and raw `libc` call of the agent (the crate root denies `unsafe_code`
+//! elsewhere), each with a `// SAFETY:` note: the fork-to-exec setup of each command it runs,
+//! and (in tests) the raw syscalls that prove its seccomp filter works. No policy, and nothing
+//! between fork and exec may allocate, lock or log.
 
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
@@ -47,19 +48,39 @@ pub(crate) fn set_command_child_setup(cmd: &mut Command, cwd: OwnedFd) {
 #[cfg(test)]
 pub(crate) mod probe {
     use rustix::io::Errno;
-    use rustix::thread::UnshareFlags;
 
-    use crate::sys::{check_ret, mount, unshare};
+    /// A raw syscall's return value (negative on failure, with `errno` set) as a `Result`.
+    fn check_ret(ret: i64) -> Result<i64, Errno> {
+        if ret < 0 {
+            Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+        } else {
+            Ok(ret)
+        }
+    }
 
     /// `unshare(CLONE_NEWUSER)`.
     pub fn unshare_user() -> Result<(), Errno> {
-        unshare(UnshareFlags::NEWUSER)
+        // SAFETY: CLONE_NEWUSER changes only this process's namespaces (and in a multithreaded
+        // test process the kernel refuses it with EINVAL); no memory or fd is invalidated.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+        check_ret(i64::from(ret)).map(|_| ())
     }
 
     /// `mount(NULL, target, "tmpfs", 0, NULL)`. Without seccomp this fails on a missing target
     /// with ENOENT; with the agent's filter it fails with EPERM before the kernel looks.
     pub fn mount_tmpfs(target: &std::ffi::CStr) -> Result<(), Errno> {
-        mount(None, target, Some(c"tmpfs"), 0, None)
+        // SAFETY: every pointer is NULL or a NUL-terminated string borrowed for the whole
+        // call; mount(2) only reads them during the call.
+        let ret = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        check_ret(i64::from(ret)).map(|_| ())
     }
 
     /// Makes `cmd`'s child sleep `ms` between fork and exec, holding copies of all the

@@ -295,7 +295,7 @@ fn socket_families() -> Result<SeccompFilter, seccompiler::BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::agent::probe;
+    use crate::sys::probe;
     use rustix::io::Errno;
     use std::io::ErrorKind as IoKind;
     use std::process::Command;
@@ -304,7 +304,7 @@ mod tests {
     const CHILD_ENV: &str = "LODGE_TEST_CONFINE_DIR";
     /// Printed by the child when every check ran, so the parent knows the filter matched.
     const PASSED: &str = "CONFINE-CHECKS-PASSED";
-    const TEST_NAME: &str = "agent::confine::tests::confinement_holds_in_a_child_process";
+    const TEST_NAME: &str = "confine::tests::confinement_holds_in_a_child_process";
 
     #[test]
     fn filters_compile_for_this_arch() {

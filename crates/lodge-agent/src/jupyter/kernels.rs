@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::command::CommandContext;
 use super::super::tree::{self, Target};
-use crate::protocol::{ErrorKind, OpError};
+use lodge_protocol::{ErrorKind, OpError};
 
 /// How long a kernel gets to stop running after an interrupt before it is declared stuck.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);

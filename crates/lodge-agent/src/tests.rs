@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
 use super::{AgentConfig, AgentError, serve};
-use crate::protocol::{
+use lodge_protocol::{
     AgentMessage, ErrorKind, Hello, HubCodec, HubMessage, Op, OpError, OpResult, PROTOCOL_VERSION,
     ProtocolError,
 };
@@ -316,7 +316,7 @@ async fn file_operations_round_trip() {
                 .iter()
                 .find(|e| e.path == "other/b.txt")
                 .expect("moved file listed");
-            assert_eq!(b.kind, crate::protocol::EntryKind::File);
+            assert_eq!(b.kind, lodge_protocol::EntryKind::File);
             assert_eq!(b.size, 11);
         }
         other => panic!("{other:?}"),
@@ -775,7 +775,7 @@ async fn a_malformed_frame_stops_the_agent_with_an_error() {
 
 /// Set in the re-executed test binary: run `agent::main` on this directory.
 const MAIN_ENV: &str = "LODGE_TEST_AGENT_MAIN_DIR";
-const MAIN_TEST: &str = "agent::tests::main_serves_stdio_confined_and_reaps_orphans";
+const MAIN_TEST: &str = "tests::main_serves_stdio_confined_and_reaps_orphans";
 
 /// The production entry end to end, in a child process: confinement, child subreaper (orphans
 /// are reaped by the agent itself, not left as zombies), stdio pipes, exit code.
@@ -951,7 +951,7 @@ impl Hub {
                 }
                 AgentMessage::Output {
                     id,
-                    stream: crate::protocol::Stream::Stderr,
+                    stream: lodge_protocol::Stream::Stderr,
                     data,
                 } if id == want => relayed.stderr.push(data),
                 AgentMessage::Response { id, result } if id == want => return (relayed, result),
@@ -1223,18 +1223,18 @@ async fn cancel_kills_an_upstream_server_and_its_children() {
 }
 
 /// A `RoomClient` connected to a real agent over an in-memory pipe.
-async fn client() -> (crate::client::RoomClient, tempfile::TempDir) {
+async fn client() -> (lodge_room::client::RoomClient, tempfile::TempDir) {
     let (hub_end, _agent, dir) = spawn_agent();
     let (reader, writer) = tokio::io::split(hub_end);
-    let (client, _) = crate::client::RoomClient::connect(reader, writer, STEP)
+    let (client, _) = lodge_room::client::RoomClient::connect(reader, writer, STEP)
         .await
         .unwrap();
     (client, dir)
 }
 
 async fn event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::client::Event>,
-) -> crate::client::Event {
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<lodge_room::client::Event>,
+) -> lodge_room::client::Event {
     tokio::time::timeout(STEP, events.recv())
         .await
         .expect("no event")
@@ -1243,8 +1243,8 @@ async fn event(
 
 #[tokio::test]
 async fn a_relay_carries_messages_and_stderr_and_reports_the_exit() {
-    use crate::client::Event;
-    use crate::protocol::Stream;
+    use lodge_protocol::Stream;
+    use lodge_room::client::Event;
 
     let (client, _dir) = client().await;
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
@@ -1289,7 +1289,7 @@ async fn dropping_a_relay_kills_its_server() {
     let mut relay = client.open(upstream("dropped", script, &[]), tx).unwrap();
     assert_eq!(
         event(&mut events).await,
-        crate::client::Event::Message(serde_json::json!({"ready": true}))
+        lodge_room::client::Event::Message(serde_json::json!({"ready": true}))
     );
     // finished() is cancel-safe: give up waiting a few times, then drop the relay.
     for _ in 0..3 {

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::reaper::{Exit, Reaper};
 use super::tree::{self, Target};
-use crate::protocol::{AgentMessage, ErrorKind, OpError, OpResult};
 use crate::workspace::{sanitize, utf8_cut};
+use lodge_protocol::{AgentMessage, ErrorKind, OpError, OpResult};
 
 /// The shell every command runs in.
 const SHELL: &str = "/bin/sh";
@@ -183,7 +183,7 @@ impl CommandContext {
             .env("LANG", "C.UTF-8")
             .env("TMPDIR", &self.tmp)
             .envs(self.identity.iter().map(|(k, v)| (k, v)));
-        crate::sys::agent::set_command_child_setup(&mut cmd, cwd);
+        crate::sys::set_command_child_setup(&mut cmd, cwd);
         cmd
     }
 

@@ -2,8 +2,8 @@
 //! back onto the protocol. Path checks live in the workspace; this module only translates and
 //! never echoes file contents into errors or logs.
 
-use crate::protocol::{Entry, EntryKind, ErrorKind, Match, Op, OpError, OpResult};
 use crate::workspace::{self, Workspace, WsError};
+use lodge_protocol::{Entry, EntryKind, ErrorKind, Match, Op, OpError, OpResult};
 
 impl From<WsError> for OpError {
     fn from(error: WsError) -> Self {

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::kernels::{Kernel, Kernels, Launch};
 use super::command::CommandContext;
-use crate::protocol::{ErrorKind, OpError};
 use crate::workspace::{MAX_READ, Workspace};
+use lodge_protocol::{ErrorKind, OpError};
 
 /// Largest notebook file read (the whole file is parsed in memory).
 const MAX_NOTEBOOK: u64 = 64 * 1024 * 1024;
