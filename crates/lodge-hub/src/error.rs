@@ -1,5 +1,6 @@
-//! The REST/HTTP error type: every failure becomes `{"error":{"code","message"}}` with the
-//! right status. MCP protocol errors are JSON-RPC errors instead (see `mcp::jsonrpc`).
+//! The HTTP error type of every route: a failure becomes `{"error":{"code","message"}}` with the
+//! right status and headers; on the MCP endpoint the body is a JSON-RPC error instead (built
+//! by `mcp::jsonrpc`, or here for failures before the protocol, such as a bad token).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,8 +21,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// The method has no handler; `allow` lists those that do (the `Allow` header).
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        allow: &'static str,
+    },
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -32,6 +37,15 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A JSON-RPC error message (`body`, built by `mcp::jsonrpc`) answered with `status`.
+    #[error("JSON-RPC error answered with HTTP {status}")]
+    JsonRpc {
+        status: StatusCode,
+        body: serde_json::Value,
+    },
+    /// The inner failure on an MCP endpoint: its status and headers, a JSON-RPC body.
+    #[error(transparent)]
+    Mcp(Box<ApiError>),
 }
 
 impl ApiError {
@@ -42,12 +56,14 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::JsonRpc { status, .. } => *status,
+            ApiError::Mcp(inner) => inner.status(),
         }
     }
 
@@ -58,12 +74,14 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::JsonRpc { .. } => "jsonrpc",
+            ApiError::Mcp(inner) => inner.code(),
         }
     }
 }
@@ -78,7 +96,14 @@ impl From<lodge_store::StoreError> for ApiError {
 impl ApiError {
     /// The same failure for an MCP endpoint: status and headers kept, the body a JSON-RPC error
     /// so that MCP clients show the message to their users.
-    pub fn into_jsonrpc_response(self) -> Response {
+    pub fn mcp(self) -> Self {
+        match self {
+            ApiError::JsonRpc { .. } | ApiError::Mcp(_) => self,
+            other => ApiError::Mcp(Box::new(other)),
+        }
+    }
+
+    fn into_jsonrpc_response(self) -> Response {
         let body = serde_json::json!({
             "jsonrpc": "2.0",
             "id": null,
@@ -108,6 +133,9 @@ impl ApiError {
                     h.insert(header::RETRY_AFTER, v);
                 }
             }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
             _ => {}
         }
         resp
@@ -116,7 +144,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
-        self.respond(body)
+        match self {
+            ApiError::Mcp(inner) => inner.into_jsonrpc_response(),
+            ApiError::JsonRpc { status, body } => (status, axum::Json(body)).into_response(),
+            other => {
+                let body = serde_json::json!({"error": {"code": other.code(), "message": other.to_string()}});
+                other.respond(body)
+            }
+        }
     }
 }

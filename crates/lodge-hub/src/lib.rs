@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod caller;
+pub mod context;
 pub mod edge;
 pub mod error;
 mod guard;
@@ -39,6 +40,30 @@ fn request_rate(p: &lodge_core::config::Profile) -> Rate {
         per_second: p.requests_per_second,
         burst: f64::from(p.request_burst),
     }
+}
+
+/// Every tool, in the order `tools/list` shows them: session info, files, commands,
+/// notebooks, git, secrets, then the upstream servers' tools.
+fn tools(
+    config: &Config,
+    sessions: &Arc<sessions::Sessions>,
+    rooms: &Arc<rooms::Rooms>,
+    vault: &Arc<lodge_vault::Vault>,
+    upstreams: &Arc<upstream::Upstreams>,
+) -> tools::Registry {
+    let registry = tools::Registry::default().tool(tools::SessionInfo {
+        sessions: sessions.clone(),
+        limits: config.sessions.clone(),
+        rooms: rooms.clone(),
+        upstreams: upstreams.clone(),
+    });
+    let registry = tools::files::register(registry, rooms).tool(tools::RunCommand {
+        rooms: rooms.clone(),
+        vault: vault.clone(),
+    });
+    let registry = tools::notebooks::register(registry, rooms, &config.kernels);
+    let registry = tools::git::register(registry, rooms, vault);
+    tools::secrets::register(registry, vault).dynamic(tools::UpstreamTools::new(upstreams.clone()))
 }
 
 /// Everything a request handler may need, shared behind one `Arc`.
@@ -81,19 +106,7 @@ impl Hub {
             rooms.clone(),
             vault.clone(),
         ));
-        let tools = tools::Registry::default()
-            .with(tools::SessionInfoTools::new(
-                sessions.clone(),
-                config.sessions.clone(),
-                rooms.clone(),
-                upstreams.clone(),
-            ))
-            .with(tools::FileTools::new(rooms.clone()))
-            .with(tools::CommandTools::new(rooms.clone(), vault.clone()))
-            .with(tools::NotebookTools::new(rooms.clone(), &config.kernels))
-            .with(tools::GitTools::new(rooms.clone(), vault.clone()))
-            .with(tools::SecretTools::new(vault.clone()))
-            .with(tools::UpstreamTools::new(upstreams.clone()));
+        let tools = tools(&config, &sessions, &rooms, &vault, &upstreams);
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
         Ok(Arc::new(Self {
             config,

@@ -1,11 +1,10 @@
 //! Method dispatch: one JSON-RPC request in, one MCP result (or error) out.
 
-use super::RequestCx;
 use super::jsonrpc::{internal, invalid_params, method_not_found};
 use super::version;
 use crate::Hub;
 use crate::audit::ToolCallRecord;
-use crate::tools::CallContext;
+use crate::context::RequestContext;
 use rmcp::model::{
     CallToolRequestParams, DiscoverResult, ErrorData, GetPromptRequestParams, Implementation,
     ListToolsResult, ProtocolVersion, ReadResourceRequestParams, ServerCapabilities, ServerResult,
@@ -35,7 +34,7 @@ pub const INSTRUCTIONS: &str = "Lodge gives you a private room on a shared hub. 
 /// Answers one request. `initialize` is handled by the endpoint because it creates a session.
 pub async fn request(
     hub: &Hub,
-    cx: &RequestCx<'_>,
+    cx: &RequestContext,
     method: &str,
     params: Option<Value>,
 ) -> Result<ServerResult, ErrorData> {
@@ -43,33 +42,33 @@ pub async fn request(
         "ping" => ServerResult::empty(()),
         "server/discover" => ServerResult::DiscoverResult(discover(hub)),
         "tools/list" => ServerResult::ListToolsResult(ListToolsResult::with_all_items(
-            hub.tools.list(cx.caller).await,
+            hub.tools.list(&cx.caller).await,
         )),
         "tools/call" => ServerResult::CallToolResult(call_tool(hub, cx, params).await?),
         "prompts/list" => ServerResult::ListPromptsResult(upstream_list(
-            hub.upstreams.prompts(cx.caller).await,
+            hub.upstreams.prompts(&cx.caller).await,
             "prompts",
         )?),
         "resources/list" => ServerResult::ListResourcesResult(upstream_list(
-            hub.upstreams.resources(cx.caller).await,
+            hub.upstreams.resources(&cx.caller).await,
             "resources",
         )?),
         "resources/templates/list" => ServerResult::ListResourceTemplatesResult(upstream_list(
-            hub.upstreams.resource_templates(cx.caller).await,
+            hub.upstreams.resource_templates(&cx.caller).await,
             "resourceTemplates",
         )?),
         "prompts/get" => {
             let p: GetPromptRequestParams = parse_params(method, params)?;
             let result = hub
                 .upstreams
-                .get_prompt(cx.caller, &p.name, p.arguments.map(Value::Object))
+                .get_prompt(&cx.caller, &p.name, p.arguments.map(Value::Object))
                 .await;
             ServerResult::GetPromptResult(upstream_result(result)?)
         }
         "resources/read" => {
             let p: ReadResourceRequestParams = parse_params(method, params)?;
             ServerResult::ReadResourceResult(upstream_result(
-                hub.upstreams.read_resource(cx.caller, &p.uri).await,
+                hub.upstreams.read_resource(&cx.caller, &p.uri).await,
             )?)
         }
         _ => return Err(method_not_found(method)),
@@ -127,7 +126,7 @@ fn discover(hub: &Hub) -> DiscoverResult {
 
 async fn call_tool(
     hub: &Hub,
-    cx: &RequestCx<'_>,
+    cx: &RequestContext,
     params: Option<Value>,
 ) -> Result<rmcp::model::CallToolResult, ErrorData> {
     let p: CallToolRequestParams = parse_params("tools/call", params)?;
@@ -141,8 +140,8 @@ async fn call_tool(
     }
     // Only names the caller really has go further: everything below records the name (metric
     // labels, the audit trail), so a made-up one must not get there.
-    let set = match hub.tools.find(cx.caller, name).await {
-        Ok(Some(set)) => set,
+    let route = match hub.tools.find(&cx.caller, name).await {
+        Ok(Some(route)) => route,
         Ok(None) => {
             let shown: String = name.chars().take(100).collect();
             return Err(invalid_params(format!(
@@ -152,15 +151,9 @@ async fn call_tool(
         Err(refused) => return refused.into_result(),
     };
     let args = p.arguments.unwrap_or_default();
-    let digest = crate::audit::digest(&set.audit_view(name, &args));
-    let tcx = CallContext {
-        caller: cx.caller,
-        session_id: cx.session_id,
-        protocol: cx.protocol,
-        progress: cx.progress.clone(),
-    };
+    let digest = crate::audit::digest(&route.audit_view(&args));
     let started = Instant::now();
-    let result = match set.call(name, args, &tcx).await {
+    let result = match route.call(name, args, cx).await {
         Ok(r) => Ok(r),
         Err(e) => e.into_result(),
     };
@@ -180,7 +173,7 @@ async fn call_tool(
         .record(elapsed.as_secs_f64());
     hub.audit.tool_call(ToolCallRecord {
         user: cx.caller.user.as_str(),
-        session: cx.session_id,
+        session: cx.session_id(),
         tool: name,
         digest,
         outcome,

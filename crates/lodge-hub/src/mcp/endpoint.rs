@@ -1,10 +1,12 @@
 //! The HTTP side of the MCP endpoint: authentication, sessions, protocol-version rules, and
-//! turning dispatch results into HTTP responses.
+//! turning dispatch results into HTTP responses. Its failures are [`ApiError`]s (JSON-RPC
+//! bodies, the status each case has); what a method does is dispatch's business.
 
 use super::jsonrpc::{self, Incoming};
-use super::{RequestCx, dispatch, version};
+use super::{dispatch, version};
 use crate::Hub;
 use crate::caller::{self, Caller};
+use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::http_util::{ClientAddr, authorization};
 use crate::sessions::SessionError;
@@ -15,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{ErrorCode, ErrorData, InitializeResult, ProtocolVersion};
 use serde_json::Value;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -30,7 +33,7 @@ pub async fn post_own(
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, ApiError> {
     post(hub, None, ip, headers, body).await
 }
 
@@ -40,7 +43,7 @@ pub async fn post_user(
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, ApiError> {
     post(hub, Some(name), ip, headers, body).await
 }
 
@@ -50,17 +53,13 @@ pub async fn get(
     path: Option<Path<String>>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authenticate(&hub, path.map(|p| p.0), ip, &headers).await {
-        return e.into_jsonrpc_response();
+) -> Result<Infallible, ApiError> {
+    authenticate(&hub, path.map(|p| p.0), ip, &headers).await?;
+    Err(ApiError::MethodNotAllowed {
+        message: "this endpoint has no GET stream: POST JSON-RPC messages".into(),
+        allow: "POST, DELETE",
     }
-    let mut r = ApiError::MethodNotAllowed(
-        "this endpoint has no GET stream: POST JSON-RPC messages".into(),
-    )
-    .into_jsonrpc_response();
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
-    r
+    .mcp())
 }
 
 /// Ends a legacy session. Only its owner can; anyone else gets the same 404 as for no session.
@@ -69,29 +68,33 @@ pub async fn delete(
     path: Option<Path<String>>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-) -> Response {
-    let caller = match authenticate(&hub, path.map(|p| p.0), ip, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_jsonrpc_response(),
-    };
-    let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-        return ApiError::BadRequest("DELETE needs an Mcp-Session-Id header".into())
-            .into_jsonrpc_response();
-    };
-    match hub.sessions.end(sid, Some(caller.user_id)).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e @ SessionError::NotFound) => session_error(Value::Null, e),
-        Err(e) => ApiError::Internal(e.to_string()).into_jsonrpc_response(),
-    }
+) -> Result<StatusCode, ApiError> {
+    let caller = authenticate(&hub, path.map(|p| p.0), ip, &headers).await?;
+    let sid = header_str(&headers, SESSION_HEADER).ok_or_else(|| {
+        ApiError::BadRequest("DELETE needs an Mcp-Session-Id header".into()).mcp()
+    })?;
+    hub.sessions
+        .end(sid, Some(caller.user_id))
+        .await
+        .map_err(|e| match e {
+            SessionError::NotFound => session_error(Value::Null, e),
+            e => ApiError::Internal(e.to_string()).mcp(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
+/// The caller of an MCP request; its failures (401, 403, 429) answered the MCP way.
 async fn authenticate(
     hub: &Hub,
     target: Option<String>,
     ip: Option<std::net::IpAddr>,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
-    let principal = hub.auth.authenticate(authorization(headers), ip).await?;
+    let principal = hub
+        .auth
+        .authenticate(authorization(headers), ip)
+        .await
+        .map_err(ApiError::mcp)?;
     caller::resolve(
         &principal,
         target.as_deref(),
@@ -99,6 +102,7 @@ async fn authenticate(
         hub.config.auth.admin_access,
     )
     .await
+    .map_err(ApiError::mcp)
 }
 
 async fn post(
@@ -107,172 +111,133 @@ async fn post(
     ip: Option<std::net::IpAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let caller = match authenticate(&hub, target, ip, &headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_jsonrpc_response(),
-    };
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&hub, target, ip, &headers).await?;
     if let Err(e) = hub.spend_request(&caller) {
         // A loop that ignores Retry-After would make its refusals a flood of their own (they
         // are cheap, but tens of thousands a second still take the hub's CPU): each is held
         // first, so one connection gets at most one a second (connections are capped).
         tokio::time::sleep(THROTTLE_HOLD).await;
-        return e.into_jsonrpc_response();
+        return Err(e.mcp());
     }
     if let Some(e) = duplicate_header(&headers) {
-        return rpc_error(StatusCode::BAD_REQUEST, Value::Null, &e);
+        return Err(rpc_error(StatusCode::BAD_REQUEST, Value::Null, &e));
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::TooLarge(format!(
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!(
                 "request body over {} bytes (server.max_body_bytes)",
                 hub.config.server.max_body_bytes
             ))
-            .into_jsonrpc_response();
+        } else {
+            ApiError::BadRequest(format!("cannot read body: {rej}"))
         }
-        Err(rej) => {
-            return ApiError::BadRequest(format!("cannot read body: {rej}"))
-                .into_jsonrpc_response();
-        }
-    };
+        .mcp()
+    })?;
     if !is_json(&headers) {
-        return ApiError::UnsupportedMediaType(
+        return Err(ApiError::UnsupportedMediaType(
             "MCP messages must be sent with Content-Type: application/json".into(),
         )
-        .into_jsonrpc_response();
+        .mcp());
     }
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                &jsonrpc::parse_error(format!("invalid JSON: {e}")),
-            );
-        }
-    };
-    let msg = match jsonrpc::classify(value) {
-        Ok(m) => m,
-        Err((id, e)) => return rpc_error(StatusCode::BAD_REQUEST, id, &e),
-    };
-    let session_id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        let e = jsonrpc::parse_error(format!("invalid JSON: {e}"));
+        rpc_error(StatusCode::BAD_REQUEST, Value::Null, &e)
+    })?;
+    let msg =
+        jsonrpc::classify(value).map_err(|(id, e)| rpc_error(StatusCode::BAD_REQUEST, id, &e))?;
+    let session_id = header_str(&headers, SESSION_HEADER);
     match msg {
-        Incoming::Response => StatusCode::ACCEPTED.into_response(),
+        Incoming::Response => Ok(StatusCode::ACCEPTED.into_response()),
         Incoming::Notification { method, params } => {
-            if let Some(sid) = session_id
-                && let Err(e) = hub.sessions.touch(sid, caller.user_id).await
-            {
-                return session_error(Value::Null, e);
+            if let Some(sid) = session_id {
+                hub.sessions
+                    .touch(sid, caller.user_id)
+                    .await
+                    .map_err(|e| session_error(Value::Null, e))?;
             }
             if method == "notifications/cancelled"
                 && let Some(id) = params.as_ref().and_then(|p| p.get("requestId"))
             {
                 hub.inflight.cancel(caller.user_id, session_id, id);
             }
-            StatusCode::ACCEPTED.into_response()
+            Ok(StatusCode::ACCEPTED.into_response())
         }
         Incoming::Request { id, method, params } if method == "initialize" => {
             initialize(&hub, &caller, id, params).await
         }
         Incoming::Request { id, method, params } => {
-            request(&hub, &caller, &headers, session_id, id, &method, params).await
+            request(&hub, caller, &headers, session_id, id, method, params).await
         }
     }
 }
 
 async fn request(
     hub: &Arc<Hub>,
-    caller: &Caller,
+    caller: Caller,
     headers: &HeaderMap,
     session_id: Option<&str>,
     id: Value,
-    method: &str,
+    method: String,
     params: Option<Value>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let protocol = match session_id {
-        Some(sid) => match hub.sessions.touch(sid, caller.user_id).await {
-            Ok(s) => {
-                if let Some(v) = header_str(headers, VERSION_HEADER)
-                    && v != s.protocol
-                {
-                    let e = if version::is_supported(v) {
-                        jsonrpc::header_mismatch(format!(
-                            "MCP-Protocol-Version {v} differs from this session's {}",
-                            s.protocol
-                        ))
-                    } else {
-                        jsonrpc::unsupported_version(v)
-                    };
-                    return rpc_error(StatusCode::BAD_REQUEST, id, &e);
-                }
-                s.protocol
+        Some(sid) => {
+            let s = hub
+                .sessions
+                .touch(sid, caller.user_id)
+                .await
+                .map_err(|e| session_error(id.clone(), e))?;
+            if let Some(v) = header_str(headers, VERSION_HEADER)
+                && v != s.protocol
+            {
+                let e = if version::is_supported(v) {
+                    jsonrpc::header_mismatch(format!(
+                        "MCP-Protocol-Version {v} differs from this session's {}",
+                        s.protocol
+                    ))
+                } else {
+                    jsonrpc::unsupported_version(v)
+                };
+                return Err(rpc_error(StatusCode::BAD_REQUEST, id, &e));
             }
-            Err(e) => return session_error(id, e),
-        },
-        None => match stateless_version(headers, method, params.as_ref()) {
-            Ok(v) => v,
-            Err(e) => return rpc_error(StatusCode::BAD_REQUEST, id, &e),
-        },
+            s.protocol
+        }
+        None => stateless_version(headers, &method, params.as_ref())
+            .map_err(|e| rpc_error(StatusCode::BAD_REQUEST, id.clone(), &e))?,
     };
-    if let Some(token) = progress_token(method, params.as_ref())
-        && accepts_event_stream(headers)
-    {
-        let work = OwnedRequest {
-            hub: hub.clone(),
-            caller: caller.clone(),
-            session_id: session_id.map(str::to_owned),
-            protocol,
-            id,
-            method: method.to_owned(),
-            params,
-        };
-        return super::stream::respond(work, token);
-    }
-    let cx = RequestCx {
+    let mut cx = RequestContext {
         caller,
-        session_id,
+        session_id: session_id.map(str::to_owned),
         protocol,
         progress: None,
     };
-    let (status, body) = answer(hub, &cx, id, method, params).await;
-    json_response(status, &body, None)
-}
-
-/// A request whose answer streams: everything it needs, owned, so it can run in its own task.
-pub(super) struct OwnedRequest {
-    pub hub: Arc<Hub>,
-    pub caller: Caller,
-    pub session_id: Option<String>,
-    pub protocol: &'static str,
-    pub id: Value,
-    pub method: String,
-    pub params: Option<Value>,
-}
-
-impl OwnedRequest {
-    /// Runs the request, sending progress to `progress`; returns the HTTP status and body.
-    pub async fn run(self, progress: crate::tools::NoticeSink) -> (StatusCode, Value) {
-        let cx = RequestCx {
-            caller: &self.caller,
-            session_id: self.session_id.as_deref(),
-            protocol: self.protocol,
-            progress: Some(progress),
-        };
-        answer(&self.hub, &cx, self.id, &self.method, self.params).await
+    if let Some(token) = progress_token(&method, params.as_ref())
+        && accepts_event_stream(headers)
+    {
+        let hub = hub.clone();
+        return Ok(super::stream::respond(token, move |progress| async move {
+            cx.progress = Some(progress);
+            let (_status, body) = answer(&hub, &cx, id, &method, params).await;
+            body
+        }));
     }
+    let (status, body) = answer(hub, &cx, id, &method, params).await;
+    Ok(json_response(status, &body, None))
 }
 
 /// Dispatches one request and shapes its JSON-RPC reply (status, body).
 async fn answer(
     hub: &Hub,
-    cx: &RequestCx<'_>,
+    cx: &RequestContext,
     id: Value,
     method: &str,
     params: Option<Value>,
 ) -> (StatusCode, Value) {
     // The client may cancel the request (`notifications/cancelled`): its work is dropped.
-    let running = hub.inflight.register(cx.caller.user_id, cx.session_id, &id);
+    let running = hub
+        .inflight
+        .register(cx.caller.user_id, cx.session_id(), &id);
     let outcome = tokio::select! {
         outcome = dispatch::request(hub, cx, method, params) => outcome,
         () = running.token.cancelled() => Err(jsonrpc::cancelled()),
@@ -368,14 +333,16 @@ fn stateless_version(
     Ok(version::MODERN)
 }
 
-async fn initialize(hub: &Hub, caller: &Caller, id: Value, params: Option<Value>) -> Response {
+async fn initialize(
+    hub: &Hub,
+    caller: &Caller,
+    id: Value,
+    params: Option<Value>,
+) -> Result<Response, ApiError> {
     let params = params.unwrap_or(Value::Null);
     let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
-        return rpc_error(
-            StatusCode::OK,
-            id,
-            &jsonrpc::invalid_params("initialize: protocolVersion (string) is required"),
-        );
+        let e = jsonrpc::invalid_params("initialize: protocolVersion (string) is required");
+        return Err(rpc_error(StatusCode::OK, id, &e));
     };
     let protocol = version::negotiate_legacy(requested);
     let info = params.get("clientInfo");
@@ -385,48 +352,48 @@ async fn initialize(hub: &Hub, caller: &Caller, id: Value, params: Option<Value>
             .unwrap_or("?")
     };
     let client = format!("{} {}", field("name"), field("version"));
-    let sid = match hub.sessions.create(caller.user_id, protocol, &client).await {
-        Ok(sid) => sid,
-        Err(e @ SessionError::TooMany(_)) => {
-            let err = ErrorData::new(ErrorCode(-32000), e.to_string(), None);
-            return rpc_error(StatusCode::TOO_MANY_REQUESTS, id, &err);
-        }
-        Err(e) => {
-            return rpc_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                id,
-                &jsonrpc::internal(e.to_string()),
-            );
-        }
-    };
+    let sid = hub
+        .sessions
+        .create(caller.user_id, protocol, &client)
+        .await
+        .map_err(|e| match e {
+            SessionError::TooMany(_) => {
+                let err = ErrorData::new(ErrorCode(-32000), e.to_string(), None);
+                rpc_error(StatusCode::TOO_MANY_REQUESTS, id.clone(), &err)
+            }
+            e => internal(id.clone(), e.to_string()),
+        })?;
     let mut result = InitializeResult::default();
     result.protocol_version = serde_json::from_value::<ProtocolVersion>(Value::from(protocol))
         .unwrap_or(ProtocolVersion::V_2025_11_25);
     result.capabilities = dispatch::capabilities(hub);
     result.server_info = dispatch::server_info();
     result.instructions = Some(dispatch::INSTRUCTIONS.to_owned());
-    match serde_json::to_value(&result) {
-        Ok(v) => json_response(StatusCode::OK, &jsonrpc::result_body(id, v), Some(&sid)),
-        Err(e) => rpc_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            id,
-            &jsonrpc::internal(e.to_string()),
-        ),
-    }
+    let v = serde_json::to_value(&result).map_err(|e| internal(id.clone(), e.to_string()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &jsonrpc::result_body(id, v),
+        Some(&sid),
+    ))
 }
 
-fn session_error(id: Value, e: SessionError) -> Response {
+/// A session that is not there (404), or the store failing (500).
+fn session_error(id: Value, e: SessionError) -> ApiError {
     match e {
         SessionError::NotFound => {
             let err = ErrorData::new(ErrorCode(-32001), e.to_string(), None);
             rpc_error(StatusCode::NOT_FOUND, id, &err)
         }
-        other => rpc_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            id,
-            &jsonrpc::internal(other.to_string()),
-        ),
+        other => internal(id, other.to_string()),
     }
+}
+
+fn internal(id: Value, message: String) -> ApiError {
+    rpc_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        id,
+        &jsonrpc::internal(message),
+    )
 }
 
 /// The MCP headers a request may carry once, as the spec spells them: with two, which one
@@ -459,8 +426,12 @@ fn is_json(h: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn rpc_error(status: StatusCode, id: Value, e: &ErrorData) -> Response {
-    json_response(status, &jsonrpc::error_body(id, e), None)
+/// A JSON-RPC error answered with `status`.
+fn rpc_error(status: StatusCode, id: Value, e: &ErrorData) -> ApiError {
+    ApiError::JsonRpc {
+        status,
+        body: jsonrpc::error_body(id, e),
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response {

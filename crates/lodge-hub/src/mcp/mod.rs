@@ -13,12 +13,3 @@ mod stream;
 pub mod version;
 
 pub use endpoint::{delete, get, post_own, post_user};
-
-/// Per-request protocol context shared by dispatch and tools.
-pub struct RequestCx<'a> {
-    pub caller: &'a crate::caller::Caller,
-    pub session_id: Option<&'a str>,
-    pub protocol: &'static str,
-    /// Set when the reply streams (SSE) and the client asked for progress.
-    pub progress: Option<crate::tools::NoticeSink>,
-}

@@ -3,27 +3,32 @@
 //! then its JSON-RPC response, then the stream ends. If the client goes away the work is
 //! dropped, which cancels it in the room. Only requests that asked for progress stream.
 
-use super::endpoint::OwnedRequest;
-use crate::tools::{Notice, Progress};
+use crate::context::{Notice, NoticeSink, Progress};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::convert::Infallible;
+use std::future::Future;
 use tokio::sync::mpsc;
 
-/// Starts `work` in its own task and answers with an event stream of its progress and result.
-pub(super) fn respond(work: OwnedRequest, token: Value) -> Response {
+/// Starts `work` in its own task and answers with an event stream of the notices it sends
+/// (progress as `token`'s) and then the JSON-RPC message it ends with.
+pub(super) fn respond<W, F>(token: Value, work: W) -> Response
+where
+    W: FnOnce(NoticeSink) -> F + Send + 'static,
+    F: Future<Output = Value> + Send,
+{
     let (out, events) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<Notice>();
-        let run = work.run(progress_tx);
+        let run = work(progress_tx);
         tokio::pin!(run);
         let message = |notice| match notice {
             Notice::Progress(p) => notification(&token, p),
             Notice::Notification(n) => n,
         };
-        let (_status, body) = loop {
+        let body = loop {
             tokio::select! {
                 biased;
                 Some(notice) = progress_rx.recv() => {

@@ -3,16 +3,15 @@
 //! this module only validates, applies the profile's bounds and relays progress.
 
 use super::secrets::vault_error;
-use super::{
-    CallContext, Progress, ToolError, ToolSet, define, files::reply, parse_args, room_result,
-};
+use super::{Tool, ToolError, files::reply, room_result};
 use crate::caller::Caller;
+use crate::context::{Notice, NoticeSink, Progress, RequestContext};
 use crate::rooms::Rooms;
 use async_trait::async_trait;
 use lodge_protocol::{Op, OpResult};
 use lodge_room::client::Event;
 use lodge_vault::Vault;
-use rmcp::model::{CallToolResult, JsonObject, Tool};
+use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -23,7 +22,7 @@ use zeroize::Zeroizing;
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run a shell command in your room.
-struct RunArgs {
+pub struct RunArgs {
     /// The command line, run by `/bin/sh -c` with your workspace as the working directory.
     command: String,
     /// Working directory relative to the workspace root.
@@ -41,10 +40,9 @@ struct RunArgs {
     secrets: Vec<String>,
 }
 
-pub struct CommandTools {
-    rooms: Arc<Rooms>,
-    vault: Arc<Vault>,
-    tools: Vec<Tool>,
+pub struct RunCommand {
+    pub rooms: Arc<Rooms>,
+    pub vault: Arc<Vault>,
 }
 
 /// Secret values given to one command: env name and value, zeroized when dropped.
@@ -54,21 +52,7 @@ type Injected = Vec<(String, Zeroizing<String>)>;
 /// without hiding anything worth hiding.
 const MIN_MASKED_LEN: usize = 4;
 
-impl CommandTools {
-    pub fn new(rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
-        let tools = vec![define::<RunArgs>(
-            "run_command",
-            "Run a shell command in your private room (no network unless your profile allows it). \
-             Returns exit_code, stdout, stderr (each capped, with truncation flags), timed_out \
-             and duration_ms.",
-        )];
-        Self {
-            rooms,
-            vault,
-            tools,
-        }
-    }
-
+impl RunCommand {
     /// Reads the secrets a call asks for, as environment variables for its one command.
     async fn secret_env(&self, caller: &Caller, wanted: &[String]) -> Result<Injected, ToolError> {
         let mut out = Injected::new();
@@ -102,7 +86,7 @@ impl CommandTools {
     }
 
     fn op(&self, caller: &Caller, a: RunArgs, secrets: &Injected) -> Result<Op, ToolError> {
-        let bad = |reason: String| ToolError::invalid("run_command", reason);
+        let bad = |reason: String| ToolError::invalid(Self::NAME, reason);
         if a.command.trim().is_empty() {
             return Err(bad("command must not be empty".into()));
         }
@@ -115,7 +99,7 @@ impl CommandTools {
             }
         }
         let profile = self.rooms.profile(caller);
-        let timeout = super::profile_timeout("run_command", profile, a.timeout_s)?;
+        let timeout = super::profile_timeout(Self::NAME, profile, a.timeout_s)?;
         Ok(Op::RunCommand {
             command: a.command,
             cwd: a.cwd,
@@ -141,7 +125,7 @@ pub(super) fn mask(output: &mut String, value: &str) {
 }
 
 /// Relays the room's progress events to the MCP caller's progress sink, if it asked for one.
-fn relay(sink: Option<super::NoticeSink>) -> Option<mpsc::UnboundedSender<Event>> {
+fn relay(sink: Option<NoticeSink>) -> Option<mpsc::UnboundedSender<Event>> {
     let sink = sink?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
@@ -157,7 +141,7 @@ fn relay(sink: Option<super::NoticeSink>) -> Option<mpsc::UnboundedSender<Event>
                     total,
                     message: Some(message),
                 };
-                if sink.send(super::Notice::Progress(update)).is_err() {
+                if sink.send(Notice::Progress(update)).is_err() {
                     break;
                 }
             }
@@ -167,22 +151,18 @@ fn relay(sink: Option<super::NoticeSink>) -> Option<mpsc::UnboundedSender<Event>
 }
 
 #[async_trait]
-impl ToolSet for CommandTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
+impl Tool for RunCommand {
+    const NAME: &'static str = "run_command";
+    const DESCRIPTION: &'static str = "Run a shell command in your private room (no network \
+        unless your profile allows it). Returns exit_code, stdout, stderr (each capped, with \
+        truncation flags), timed_out and duration_ms.";
+    type Args = RunArgs;
 
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        let args: RunArgs = parse_args(name, args)?;
-        let secrets = self.secret_env(cx.caller, &args.secrets).await?;
-        let op = self.op(cx.caller, args, &secrets)?;
+    async fn call(&self, args: RunArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
+        let secrets = self.secret_env(&cx.caller, &args.secrets).await?;
+        let op = self.op(&cx.caller, args, &secrets)?;
         let events = relay(cx.progress.clone());
-        let mut result = room_result(self.rooms.call(cx.caller, op, events).await)?;
+        let mut result = room_result(self.rooms.call(&cx.caller, op, events).await)?;
         if let OpResult::Command { stdout, stderr, .. } = &mut result {
             for (_, value) in &secrets {
                 mask(stdout, value);

@@ -1,12 +1,12 @@
-//! The workspace file tools (`fs_*`). Each validates its arguments and sends one
-//! operation to the caller's room; path confinement is enforced in the room (kernel-checked
+//! The workspace file tools (`fs_*`). Each validates its arguments and sends one operation to
+//! the caller's room; path confinement is enforced in the room (kernel-checked
 //! `openat2` beneath `/workspace`), never here, so this module must not touch the filesystem.
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args, room_result};
+use super::{Registry, ToolError, room_result};
+use crate::context::RequestContext;
 use crate::rooms::Rooms;
-use async_trait::async_trait;
 use lodge_protocol::{Op, OpResult};
-use rmcp::model::{CallToolResult, JsonObject, Tool};
+use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,7 +35,7 @@ fn read_page() -> u64 {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// List a directory of your workspace.
-struct ListArgs {
+pub struct ListArgs {
     /// Directory relative to the workspace root (default: the root).
     #[serde(default = "dot")]
     path: String,
@@ -50,7 +50,7 @@ struct ListArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Read a text file, a page at a time.
-struct ReadArgs {
+pub struct ReadArgs {
     /// File relative to the workspace root.
     path: String,
     /// Byte offset to start at (use `next_offset` from the previous page).
@@ -64,7 +64,7 @@ struct ReadArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Create or replace a file.
-struct WriteArgs {
+pub struct WriteArgs {
     path: String,
     /// The whole new content (UTF-8 text).
     content: String,
@@ -76,7 +76,7 @@ struct WriteArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Replace exact text in a file.
-struct EditArgs {
+pub struct EditArgs {
     path: String,
     /// The exact text to find, including whitespace; it must occur once unless `replace_all`.
     old_text: String,
@@ -90,7 +90,7 @@ struct EditArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Delete a file, symlink or directory.
-struct DeleteArgs {
+pub struct DeleteArgs {
     path: String,
     /// Delete a non-empty directory with everything in it.
     #[serde(default)]
@@ -100,7 +100,7 @@ struct DeleteArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Move or rename a file or directory within the workspace.
-struct MoveArgs {
+pub struct MoveArgs {
     from: String,
     to: String,
     /// Replace `to` if it exists.
@@ -111,7 +111,7 @@ struct MoveArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Create a directory.
-struct MkdirArgs {
+pub struct MkdirArgs {
     path: String,
     /// Create missing parents too (default true); an existing directory is then fine.
     #[serde(default = "yes")]
@@ -121,7 +121,7 @@ struct MkdirArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Find files by glob and/or lines by text.
-struct SearchArgs {
+pub struct SearchArgs {
     /// Directory to search below (default: the whole workspace).
     #[serde(default = "dot")]
     path: String,
@@ -134,117 +134,145 @@ struct SearchArgs {
     limit: u64,
 }
 
-pub struct FileTools {
-    rooms: Arc<Rooms>,
-    tools: Vec<Tool>,
+/// Adds the file tools, in the order `tools/list` shows them.
+pub fn register(registry: Registry, rooms: &Arc<Rooms>) -> Registry {
+    let rooms = || rooms.clone();
+    registry
+        .tool(FsList { rooms: rooms() })
+        .tool(FsRead { rooms: rooms() })
+        .tool(FsWrite { rooms: rooms() })
+        .tool(FsEdit { rooms: rooms() })
+        .tool(FsDelete { rooms: rooms() })
+        .tool(FsMove { rooms: rooms() })
+        .tool(FsMkdir { rooms: rooms() })
+        .tool(FsSearch { rooms: rooms() })
 }
 
-impl FileTools {
-    pub fn new(rooms: Arc<Rooms>) -> Self {
-        let tools = vec![
-            define::<ListArgs>("fs_list", "List files in your private workspace."),
-            define::<ReadArgs>(
-                "fs_read",
-                "Read a file from your workspace; large files come in pages (see next_offset).",
-            ),
-            define::<WriteArgs>("fs_write", "Create or overwrite a file in your workspace."),
-            define::<EditArgs>(
-                "fs_edit",
-                "Replace an exact piece of text in a workspace file.",
-            ),
-            define::<DeleteArgs>("fs_delete", "Delete a file or directory in your workspace."),
-            define::<MoveArgs>("fs_move", "Move or rename within your workspace."),
-            define::<MkdirArgs>("fs_mkdir", "Create a directory in your workspace."),
-            define::<SearchArgs>(
-                "fs_search",
-                "Search your workspace by glob (file names) and/or literal text (lines).",
-            ),
-        ];
-        Self { rooms, tools }
-    }
+/// Defines a file tool: its name, description, and the room operation its arguments stand for.
+macro_rules! file_tool {
+    ($tool:ident, $name:literal, $description:literal, |$a:ident: $args:ty| $op:expr) => {
+        tool!(
+            $tool { rooms: Arc<Rooms> },
+            $name,
+            $description,
+            |this, $a, cx: $args| run(&this.rooms, cx, $op).await
+        );
+    };
+}
 
-    /// Turns a tool call into the room operation it stands for.
-    fn op(name: &str, args: JsonObject) -> Result<Op, ToolError> {
-        Ok(match name {
-            "fs_list" => {
-                let a: ListArgs = parse_args(name, args)?;
-                Op::FsList {
-                    path: a.path,
-                    recursive: a.recursive,
-                    limit: a.limit,
-                }
-            }
-            "fs_read" => {
-                let a: ReadArgs = parse_args(name, args)?;
-                if a.limit == 0 || a.limit > READ_MAX {
-                    return Err(ToolError::invalid(
-                        name,
-                        format!("limit must be between 1 and {READ_MAX} bytes"),
-                    ));
-                }
-                Op::FsRead {
-                    path: a.path,
-                    offset: a.offset,
-                    limit: a.limit,
-                }
-            }
-            "fs_write" => {
-                let a: WriteArgs = parse_args(name, args)?;
-                Op::FsWrite {
-                    path: a.path,
-                    content: a.content,
-                    create_dirs: a.create_dirs,
-                }
-            }
-            "fs_edit" => {
-                let a: EditArgs = parse_args(name, args)?;
-                if a.old_text.is_empty() {
-                    return Err(ToolError::invalid(name, "old_text must not be empty"));
-                }
-                Op::FsEdit {
-                    path: a.path,
-                    old: a.old_text,
-                    new: a.new_text,
-                    replace_all: a.replace_all,
-                }
-            }
-            "fs_delete" => {
-                let a: DeleteArgs = parse_args(name, args)?;
-                Op::FsDelete {
-                    path: a.path,
-                    recursive: a.recursive,
-                }
-            }
-            "fs_move" => {
-                let a: MoveArgs = parse_args(name, args)?;
-                Op::FsMove {
-                    from: a.from,
-                    to: a.to,
-                    overwrite: a.overwrite,
-                }
-            }
-            "fs_mkdir" => {
-                let a: MkdirArgs = parse_args(name, args)?;
-                Op::FsMkdir {
-                    path: a.path,
-                    parents: a.parents,
-                }
-            }
-            "fs_search" => {
-                let a: SearchArgs = parse_args(name, args)?;
-                if a.glob.is_none() && a.text.is_none() {
-                    return Err(ToolError::invalid(name, "give a glob, a text, or both"));
-                }
-                Op::FsSearch {
-                    path: a.path,
-                    glob: a.glob,
-                    text: a.text,
-                    limit: a.limit,
-                }
-            }
-            other => return Err(ToolError::Failed(format!("unknown tool {other}"))),
-        })
+file_tool!(
+    FsList,
+    "fs_list",
+    "List files in your private workspace.",
+    |a: ListArgs| Op::FsList {
+        path: a.path,
+        recursive: a.recursive,
+        limit: a.limit,
     }
+);
+
+file_tool!(
+    FsRead,
+    "fs_read",
+    "Read a file from your workspace; large files come in pages (see next_offset).",
+    |a: ReadArgs| {
+        if a.limit == 0 || a.limit > READ_MAX {
+            return Err(ToolError::invalid(
+                Self::NAME,
+                format!("limit must be between 1 and {READ_MAX} bytes"),
+            ));
+        }
+        Op::FsRead {
+            path: a.path,
+            offset: a.offset,
+            limit: a.limit,
+        }
+    }
+);
+
+file_tool!(
+    FsWrite,
+    "fs_write",
+    "Create or overwrite a file in your workspace.",
+    |a: WriteArgs| Op::FsWrite {
+        path: a.path,
+        content: a.content,
+        create_dirs: a.create_dirs,
+    }
+);
+
+file_tool!(
+    FsEdit,
+    "fs_edit",
+    "Replace an exact piece of text in a workspace file.",
+    |a: EditArgs| {
+        if a.old_text.is_empty() {
+            return Err(ToolError::invalid(Self::NAME, "old_text must not be empty"));
+        }
+        Op::FsEdit {
+            path: a.path,
+            old: a.old_text,
+            new: a.new_text,
+            replace_all: a.replace_all,
+        }
+    }
+);
+
+file_tool!(
+    FsDelete,
+    "fs_delete",
+    "Delete a file or directory in your workspace.",
+    |a: DeleteArgs| Op::FsDelete {
+        path: a.path,
+        recursive: a.recursive,
+    }
+);
+
+file_tool!(
+    FsMove,
+    "fs_move",
+    "Move or rename within your workspace.",
+    |a: MoveArgs| Op::FsMove {
+        from: a.from,
+        to: a.to,
+        overwrite: a.overwrite,
+    }
+);
+
+file_tool!(
+    FsMkdir,
+    "fs_mkdir",
+    "Create a directory in your workspace.",
+    |a: MkdirArgs| Op::FsMkdir {
+        path: a.path,
+        parents: a.parents,
+    }
+);
+
+file_tool!(
+    FsSearch,
+    "fs_search",
+    "Search your workspace by glob (file names) and/or literal text (lines).",
+    |a: SearchArgs| {
+        if a.glob.is_none() && a.text.is_none() {
+            return Err(ToolError::invalid(
+                Self::NAME,
+                "give a glob, a text, or both",
+            ));
+        }
+        Op::FsSearch {
+            path: a.path,
+            glob: a.glob,
+            text: a.text,
+            limit: a.limit,
+        }
+    }
+);
+
+/// Sends one operation to the caller's room; its result is the reply.
+async fn run(rooms: &Rooms, cx: &RequestContext, op: Op) -> Result<CallToolResult, ToolError> {
+    let result = room_result(rooms.call(&cx.caller, op, None).await)?;
+    Ok(CallToolResult::structured(reply(&result)))
 }
 
 /// The tool reply for an operation's result: the result's own fields (`Done` becomes
@@ -258,22 +286,4 @@ pub(super) fn reply(result: &OpResult) -> Value {
         }
     }
     v
-}
-
-#[async_trait]
-impl ToolSet for FileTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
-
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        let op = Self::op(name, args)?;
-        let result = room_result(self.rooms.call(cx.caller, op, None).await)?;
-        Ok(CallToolResult::structured(reply(&result)))
-    }
 }

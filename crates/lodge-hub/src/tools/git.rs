@@ -1,15 +1,12 @@
-//! Git tools (docs/configuration.md, "Git"): real `git` run in the caller's room, on repositories in the workspace,
-//! with the caller's own identity and token. The token comes from one of the user's secrets
-//! and reaches only the one git process that needs it, through its environment and a credential
-//! helper that reads it from there: never argv, never a file, never `.git/config`. This module
-//! builds the commands and explains git's failures; the room runs them.
+//! Git tools: real `git` in the caller's room, with the caller's identity and a token from one
+//! of their secrets that reaches only the git process needing it (its environment, read by a
+//! credential helper; never argv, a file or `.git/config`). The room runs git, never the hub.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use lodge_protocol::{Op, OpResult};
 use lodge_vault::Vault;
-use rmcp::model::{CallToolResult, JsonObject, Tool};
+use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -17,10 +14,7 @@ use zeroize::Zeroizing;
 
 use super::command::mask;
 use super::secrets::vault_error;
-use super::{
-    CallContext, ToolError, ToolSet, define, parse_args, profile_timeout, room_result,
-    structured_with_text,
-};
+use super::{Registry, Tool, ToolError, profile_timeout, room_result, structured_with_text};
 use crate::caller::Caller;
 use crate::rooms::Rooms;
 
@@ -34,7 +28,7 @@ const CREDENTIAL_HELPER: &str = r#"!f() { test "$1" = get && printf 'username=%s
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Set your git identity, and which of your secrets holds your token for HTTPS remotes.
-struct ConfigureArgs {
+pub struct ConfigureArgs {
     /// Author name for your commits.
     name: String,
     /// Author email for your commits.
@@ -47,7 +41,7 @@ struct ConfigureArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Clone a repository into your workspace.
-struct CloneArgs {
+pub struct CloneArgs {
     /// The remote URL (https://…); put tokens in a secret (git_configure), never in the URL.
     url: String,
     /// Directory to clone into, relative to the workspace (default: from the URL).
@@ -60,7 +54,7 @@ struct CloneArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// A repository in your workspace.
-struct RepoArgs {
+pub struct RepoArgs {
     /// The repository's directory, relative to the workspace.
     path: String,
 }
@@ -68,7 +62,7 @@ struct RepoArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Show changes: the working tree against the index, or (staged) the index against HEAD.
-struct DiffArgs {
+pub struct DiffArgs {
     path: String,
     #[serde(default)]
     staged: bool,
@@ -80,7 +74,7 @@ struct DiffArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Show recent commits.
-struct LogArgs {
+pub struct LogArgs {
     path: String,
     /// At most this many (default 20).
     limit: Option<u32>,
@@ -89,7 +83,7 @@ struct LogArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Commit changes.
-struct CommitArgs {
+pub struct CommitArgs {
     path: String,
     message: String,
     /// Files to stage first (relative to the repository); default: every change.
@@ -100,7 +94,7 @@ struct CommitArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Push or pull a branch.
-struct RemoteArgs {
+pub struct RemoteArgs {
     path: String,
     /// Default "origin".
     remote: Option<String>,
@@ -108,10 +102,10 @@ struct RemoteArgs {
     branch: Option<String>,
 }
 
-pub struct GitTools {
+/// What every git tool uses: the rooms git runs in and the vault holding the token.
+pub struct Git {
     rooms: Arc<Rooms>,
     vault: Arc<Vault>,
-    tools: Vec<Tool>,
 }
 
 /// The credentials of one git process: a user name and the token, zeroized when dropped.
@@ -130,43 +124,7 @@ struct Ran {
     timed_out: bool,
 }
 
-impl GitTools {
-    pub fn new(rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
-        let tools = vec![
-            define::<ConfigureArgs>(
-                "git_configure",
-                "Set your git identity (name, email) and the secret holding your token for HTTPS remotes. The token stays in your vault; git gets it only for the one command that needs it.",
-            ),
-            define::<CloneArgs>(
-                "git_clone",
-                "Clone a repository into your workspace, with your token for HTTPS remotes.",
-            ),
-            define::<RepoArgs>(
-                "git_status",
-                "Show the branch and changed files of a repository in your workspace.",
-            ),
-            define::<DiffArgs>(
-                "git_diff",
-                "Show the changes of a repository (working tree, or staged).",
-            ),
-            define::<LogArgs>("git_log", "Show recent commits of a repository."),
-            define::<CommitArgs>(
-                "git_commit",
-                "Stage changes (all, or the files given) and commit them with your identity.",
-            ),
-            define::<RemoteArgs>("git_push", "Push a branch to its remote with your token."),
-            define::<RemoteArgs>(
-                "git_pull",
-                "Pull (fetch and merge) a branch from its remote with your token.",
-            ),
-        ];
-        Self {
-            rooms,
-            vault,
-            tools,
-        }
-    }
-
+impl Git {
     /// Runs `git ARGS` in the room, in `cwd` (workspace-relative), with `creds` for remotes.
     async fn git(
         &self,
@@ -270,7 +228,7 @@ impl GitTools {
         for (what, value) in [("name", &a.name), ("email", &a.email)] {
             if value.trim().is_empty() || value.contains('\n') {
                 return Err(ToolError::invalid(
-                    "git_configure",
+                    GitConfigure::NAME,
                     format!("{what} must be one non-empty line"),
                 ));
             }
@@ -345,122 +303,174 @@ impl GitTools {
         Err(ToolError::Failed(explain(&ran, cwd, creds)))
     }
 
-    async fn dispatch(
+    /// Runs git in the repository at `path` with the credentials it names (push, pull).
+    async fn with_remote(
         &self,
-        name: &str,
-        args: JsonObject,
         caller: &Caller,
+        path: &str,
+        argv: &[&str],
     ) -> Result<CallToolResult, ToolError> {
-        match name {
-            "git_configure" => self.configure(caller, parse_args(name, args)?).await,
-            "git_clone" => {
-                let a: CloneArgs = parse_args(name, args)?;
-                check_url(&a.url)?;
-                let depth = a.depth.map(|d| d.to_string());
-                let mut argv = vec!["clone"];
-                if let Some(b) = &a.branch {
-                    argv.extend(["--branch", b]);
-                }
-                if let Some(d) = &depth {
-                    argv.extend(["--depth", d]);
-                }
-                argv.extend(["--", &a.url]);
-                if let Some(p) = &a.path {
-                    argv.push(p);
-                }
-                let creds = self.credentials(caller, None).await?;
-                let ran = self.checked(caller, None, &argv, creds.as_ref()).await?;
-                Ok(structured_with_text(
-                    json!({"url": a.url, "path": a.path}),
-                    format!("cloned {}\n{}", a.url, ran.stderr.trim()),
-                ))
-            }
-            "git_status" => {
-                let a: RepoArgs = parse_args(name, args)?;
-                let ran = self
-                    .checked(
-                        caller,
-                        Some(&a.path),
-                        &["status", "--branch", "--porcelain=v1"],
-                        None,
-                    )
-                    .await?;
-                Ok(output(ran))
-            }
-            "git_diff" => {
-                let a: DiffArgs = parse_args(name, args)?;
-                let mut argv = vec!["diff"];
-                if a.staged {
-                    argv.push("--cached");
-                }
-                argv.push("--");
-                argv.extend(a.files.iter().map(String::as_str));
-                let ran = self.checked(caller, Some(&a.path), &argv, None).await?;
-                Ok(output(ran))
-            }
-            "git_log" => {
-                let a: LogArgs = parse_args(name, args)?;
-                let limit = a.limit.unwrap_or(20).clamp(1, 1000).to_string();
-                let argv = [
-                    "log",
-                    "-n",
-                    &limit,
-                    "--date=iso",
-                    "--pretty=format:%h %ad %an <%ae>%n    %s",
-                ];
-                let ran = self.checked(caller, Some(&a.path), &argv, None).await?;
-                Ok(output(ran))
-            }
-            "git_commit" => {
-                let a: CommitArgs = parse_args(name, args)?;
-                if a.message.trim().is_empty() {
-                    return Err(ToolError::invalid(name, "message must not be empty"));
-                }
-                let head = self
-                    .git(caller, Some(&a.path), &["symbolic-ref", "-q", "HEAD"], None)
-                    .await?;
-                if head.exit_code == Some(1) {
-                    return Err(ToolError::Failed(format!(
-                        "{} is on a detached HEAD (no branch), so a commit would be lost; create a branch first: run_command {{\"command\": \"git switch -c NAME\", \"cwd\": \"{}\"}}",
-                        a.path, a.path
-                    )));
-                }
-                let mut add = vec!["add"];
-                if a.files.is_empty() {
-                    add.push("-A");
-                } else {
-                    add.push("--");
-                    add.extend(a.files.iter().map(String::as_str));
-                }
-                self.checked(caller, Some(&a.path), &add, None).await?;
-                let ran = self
-                    .checked(caller, Some(&a.path), &["commit", "-m", &a.message], None)
-                    .await?;
-                Ok(output(ran))
-            }
-            "git_push" | "git_pull" => {
-                let a: RemoteArgs = parse_args(name, args)?;
-                let remote = a.remote.as_deref().unwrap_or("origin");
-                let creds = self.credentials(caller, Some(&a.path)).await?;
-                let mut argv = if name == "git_push" {
-                    vec!["push", "--porcelain", remote]
-                } else {
-                    vec!["pull", "--no-rebase", "--no-edit", remote]
-                };
-                match (&a.branch, name) {
-                    (Some(b), _) => argv.push(b),
-                    (None, "git_push") => argv.push("HEAD"),
-                    (None, _) => {}
-                }
-                let ran = self
-                    .checked(caller, Some(&a.path), &argv, creds.as_ref())
-                    .await?;
-                Ok(output(ran))
-            }
-            other => Err(ToolError::Failed(format!("unknown git tool {other}"))),
-        }
+        let creds = self.credentials(caller, Some(path)).await?;
+        let ran = self
+            .checked(caller, Some(path), argv, creds.as_ref())
+            .await?;
+        Ok(output(ran))
     }
 }
+
+/// Adds the git tools, in the order `tools/list` shows them.
+pub fn register(registry: Registry, rooms: &Arc<Rooms>, vault: &Arc<Vault>) -> Registry {
+    let git = Arc::new(Git {
+        rooms: rooms.clone(),
+        vault: vault.clone(),
+    });
+    registry
+        .tool(GitConfigure { git: git.clone() })
+        .tool(GitClone { git: git.clone() })
+        .tool(GitStatus { git: git.clone() })
+        .tool(GitDiff { git: git.clone() })
+        .tool(GitLog { git: git.clone() })
+        .tool(GitCommit { git: git.clone() })
+        .tool(GitPush { git: git.clone() })
+        .tool(GitPull { git })
+}
+
+tool!(
+    GitConfigure { git: Arc<Git> },
+    "git_configure",
+    "Set your git identity (name, email) and the secret holding your token for HTTPS remotes. The token stays in your vault; git gets it only for the one command that needs it.",
+    |this, a, cx: ConfigureArgs| this.git.configure(&cx.caller, a).await
+);
+
+tool!(
+    GitClone { git: Arc<Git> },
+    "git_clone",
+    "Clone a repository into your workspace, with your token for HTTPS remotes.",
+    |this, a, cx: CloneArgs| {
+        let (git, caller) = (&this.git, &cx.caller);
+        check_url(&a.url)?;
+        let depth = a.depth.map(|d| d.to_string());
+        let mut argv = vec!["clone"];
+        if let Some(b) = &a.branch {
+            argv.extend(["--branch", b]);
+        }
+        if let Some(d) = &depth {
+            argv.extend(["--depth", d]);
+        }
+        argv.extend(["--", &a.url]);
+        if let Some(p) = &a.path {
+            argv.push(p);
+        }
+        let creds = git.credentials(caller, None).await?;
+        let ran = git.checked(caller, None, &argv, creds.as_ref()).await?;
+        Ok(structured_with_text(
+            json!({"url": a.url, "path": a.path}),
+            format!("cloned {}\n{}", a.url, ran.stderr.trim()),
+        ))
+    }
+);
+
+tool!(
+    GitStatus { git: Arc<Git> },
+    "git_status",
+    "Show the branch and changed files of a repository in your workspace.",
+    |this, a, cx: RepoArgs| {
+        let argv = ["status", "--branch", "--porcelain=v1"];
+        let ran = this.git.checked(&cx.caller, Some(&a.path), &argv, None).await?;
+        Ok(output(ran))
+    }
+);
+
+tool!(
+    GitDiff { git: Arc<Git> },
+    "git_diff",
+    "Show the changes of a repository (working tree, or staged).",
+    |this, a, cx: DiffArgs| {
+        let mut argv = vec!["diff"];
+        if a.staged {
+            argv.push("--cached");
+        }
+        argv.push("--");
+        argv.extend(a.files.iter().map(String::as_str));
+        let ran = this.git.checked(&cx.caller, Some(&a.path), &argv, None).await?;
+        Ok(output(ran))
+    }
+);
+
+tool!(
+    GitLog { git: Arc<Git> },
+    "git_log",
+    "Show recent commits of a repository.",
+    |this, a, cx: LogArgs| {
+        let limit = a.limit.unwrap_or(20).clamp(1, 1000).to_string();
+        let argv = [
+            "log",
+            "-n",
+            &limit,
+            "--date=iso",
+            "--pretty=format:%h %ad %an <%ae>%n    %s",
+        ];
+        let ran = this.git.checked(&cx.caller, Some(&a.path), &argv, None).await?;
+        Ok(output(ran))
+    }
+);
+
+tool!(
+    GitCommit { git: Arc<Git> },
+    "git_commit",
+    "Stage changes (all, or the files given) and commit them with your identity.",
+    |this, a, cx: CommitArgs| {
+        let (git, caller) = (&this.git, &cx.caller);
+        if a.message.trim().is_empty() {
+            return Err(ToolError::invalid(Self::NAME, "message must not be empty"));
+        }
+        let head = git
+            .git(caller, Some(&a.path), &["symbolic-ref", "-q", "HEAD"], None)
+            .await?;
+        if head.exit_code == Some(1) {
+            return Err(ToolError::Failed(format!(
+                "{} is on a detached HEAD (no branch), so a commit would be lost; create a branch first: run_command {{\"command\": \"git switch -c NAME\", \"cwd\": \"{}\"}}",
+                a.path, a.path
+            )));
+        }
+        let mut add = vec!["add"];
+        if a.files.is_empty() {
+            add.push("-A");
+        } else {
+            add.push("--");
+            add.extend(a.files.iter().map(String::as_str));
+        }
+        git.checked(caller, Some(&a.path), &add, None).await?;
+        let ran = git
+            .checked(caller, Some(&a.path), &["commit", "-m", &a.message], None)
+            .await?;
+        Ok(output(ran))
+    }
+);
+
+tool!(
+    GitPush { git: Arc<Git> },
+    "git_push",
+    "Push a branch to its remote with your token.",
+    |this, a, cx: RemoteArgs| {
+        let remote = a.remote.as_deref().unwrap_or("origin");
+        let branch = a.branch.as_deref().unwrap_or("HEAD");
+        let argv = ["push", "--porcelain", remote, branch];
+        this.git.with_remote(&cx.caller, &a.path, &argv).await
+    }
+);
+
+tool!(
+    GitPull { git: Arc<Git> },
+    "git_pull",
+    "Pull (fetch and merge) a branch from its remote with your token.",
+    |this, a, cx: RemoteArgs| {
+        let remote = a.remote.as_deref().unwrap_or("origin");
+        let mut argv = vec!["pull", "--no-rebase", "--no-edit", remote];
+        argv.extend(a.branch.as_deref());
+        this.git.with_remote(&cx.caller, &a.path, &argv).await
+    }
+);
 
 /// A URL git may fetch: no credentials inside it (they would land in `.git/config`), and no
 /// transport that runs commands.
@@ -581,22 +591,6 @@ fn output(ran: Ran) -> CallToolResult {
         json!({"exit_code": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr}),
         text,
     )
-}
-
-#[async_trait]
-impl ToolSet for GitTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
-
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        self.dispatch(name, args, cx.caller).await
-    }
 }
 
 #[cfg(test)]

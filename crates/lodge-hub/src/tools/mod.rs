@@ -1,62 +1,57 @@
-//! The tool registry: every MCP tool a user sees comes from a [`ToolSet`]. Built-in sets
-//! (session info, files, commands, notebooks and kernels, git, secrets) and per-user upstream
-//! servers all plug in here, so the MCP endpoint never needs to know which tools exist.
-//!
-//! A set answers for the tools it owns; the registry only routes. Tool sets must validate their
-//! input and report bad input as a [`ToolError`], never panic.
+//! The MCP tools. Each built-in tool is one type implementing [`Tool`] (in its family's module:
+//! files, commands, notebooks, git, secrets, session info); upstream servers' tools come in as
+//! one [`DynamicTools`] set. What they share lives here: errors, argument parsing, limits.
+
+/// Defines a built-in tool: its type (with the fields it holds), name, description, and the
+/// body of its [`Tool::call`] over `this` (the tool), its parsed arguments and the request
+/// context. For tools with no other behaviour; others implement [`Tool`] by hand.
+macro_rules! tool {
+    (
+        $(#[$meta:meta])*
+        $tool:ident { $($field:ident: $ty:ty),* $(,)? },
+        $name:literal,
+        $description:expr,
+        |$this:ident, $args:pat_param, $cx:ident: $args_ty:ty| $body:expr
+    ) => {
+        $(#[$meta])*
+        pub struct $tool {
+            $($field: $ty),*
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::tools::Tool for $tool {
+            const NAME: &'static str = $name;
+            const DESCRIPTION: &'static str = $description;
+            type Args = $args_ty;
+
+            async fn call(
+                &self,
+                $args: $args_ty,
+                $cx: &$crate::context::RequestContext,
+            ) -> Result<rmcp::model::CallToolResult, $crate::tools::ToolError> {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
 
 mod command;
-mod files;
-mod git;
-mod notebooks;
-mod secrets;
+pub mod files;
+pub mod git;
+pub mod notebooks;
+mod registry;
+pub mod secrets;
 mod session_info;
 mod upstream;
 
-pub use command::CommandTools;
-pub use files::FileTools;
-pub use git::GitTools;
-pub use notebooks::NotebookTools;
-pub use secrets::SecretTools;
-pub use session_info::SessionInfoTools;
+pub use command::RunCommand;
+pub use registry::{Definition, DynamicTools, Registry, Route, Tool};
+pub use session_info::SessionInfo;
 pub use upstream::UpstreamTools;
 
-use crate::caller::Caller;
-use async_trait::async_trait;
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
-use schemars::JsonSchema;
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
 use serde::de::DeserializeOwned;
-use std::borrow::Cow;
-use std::sync::Arc;
-
-/// What a tool call knows about its caller and transport.
-pub struct CallContext<'a> {
-    pub caller: &'a Caller,
-    pub session_id: Option<&'a str>,
-    pub protocol: &'static str,
-    /// Where progress and other notices go when the client asked for progress (a
-    /// `progressToken`) and accepts a streamed reply.
-    pub progress: Option<NoticeSink>,
-}
-
-/// One progress update of a running tool call (`notifications/progress`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    pub progress: f64,
-    pub total: Option<f64>,
-    pub message: Option<String>,
-}
-
-/// Something the client hears while its call runs (on the call's streamed reply).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Notice {
-    Progress(Progress),
-    /// A JSON-RPC notification passed on whole (an upstream server's log message or list
-    /// change).
-    Notification(serde_json::Value),
-}
-
-pub type NoticeSink = tokio::sync::mpsc::UnboundedSender<Notice>;
 
 /// A room's answer as a tool result: operation errors keep the room's message (it names the
 /// path and the fix); a dead or unavailable room says so.
@@ -96,80 +91,6 @@ impl ToolError {
             reason: reason.into(),
         }
     }
-}
-
-#[async_trait]
-pub trait ToolSet: Send + Sync + 'static {
-    /// Every tool this set can answer for.
-    fn definitions(&self) -> &[Tool];
-    /// The tools this set offers to `caller` (all of them unless a set overrides this).
-    async fn tools(&self, _caller: &Caller) -> Vec<Tool> {
-        self.definitions().to_vec()
-    }
-    /// Does this set answer `caller`'s call of `name`? `Ok(false)`: not one of this set's
-    /// names; `Err`: one of its names, refused before it reaches a tool (the tool is not
-    /// offered to the caller, or whether it is cannot be told now). Derived from the
-    /// definitions by default, so the names a set lists and the names it answers for cannot
-    /// drift apart. Only names that pass are recorded (metrics, audit), so this is what keeps
-    /// caller-chosen names out of them.
-    async fn offers(&self, _caller: &Caller, name: &str) -> Result<bool, ToolError> {
-        Ok(self.definitions().iter().any(|t| t.name == name))
-    }
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError>;
-    /// The arguments as the audit digest may see them. Sets whose arguments carry secret
-    /// values override this to leave them out.
-    fn audit_view<'a>(&self, _name: &str, args: &'a JsonObject) -> Cow<'a, JsonObject> {
-        Cow::Borrowed(args)
-    }
-}
-
-#[derive(Default, Clone)]
-pub struct Registry {
-    sets: Vec<Arc<dyn ToolSet>>,
-}
-
-impl Registry {
-    pub fn with(mut self, set: impl ToolSet) -> Self {
-        self.sets.push(Arc::new(set));
-        self
-    }
-
-    pub async fn list(&self, caller: &Caller) -> Vec<Tool> {
-        let mut all = Vec::new();
-        for set in &self.sets {
-            all.extend(set.tools(caller).await);
-        }
-        all
-    }
-
-    /// The set that answers `caller`'s call of `name` (see [`ToolSet::offers`]).
-    pub async fn find(
-        &self,
-        caller: &Caller,
-        name: &str,
-    ) -> Result<Option<&Arc<dyn ToolSet>>, ToolError> {
-        for set in &self.sets {
-            if set.offers(caller, name).await? {
-                return Ok(Some(set));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// A tool definition whose input schema is derived from the argument type, so the schema and
-/// the validation can never disagree.
-pub fn define<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
-    Tool::new(
-        name,
-        description,
-        rmcp::handler::server::common::schema_for_type::<T>(),
-    )
 }
 
 /// A result with `value` as structured content and `text` as its one text block (instead of

@@ -1,32 +1,28 @@
-//! Notebook and kernel tools (docs/notebooks.md): Jupyter notebooks in the caller's workspace and kernels
-//! in the caller's room. This module turns arguments into room requests (with the profile's
-//! timeout and output cap and the operator's kernel settings) and results into MCP content; the
-//! room does the work. It never logs code or outputs.
+//! Notebook and kernel tools (see docs/notebooks.md): arguments become room requests (with the
+//! profile's limits and the operator's kernel settings) and results MCP content; the room does
+//! the work. This module never logs code or outputs.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use lodge_core::config::KernelsConfig;
 use lodge_kernel::notebook::{CellRef, CellType};
 use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings, Run, RunStatus};
 use lodge_kernel::output::{Part, to_parts};
 use lodge_protocol::{Op, OpResult};
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use rmcp::model::{CallToolResult, ContentBlock};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    CallContext, Notice, NoticeSink, Progress, ToolError, ToolSet, define, parse_args,
-    profile_timeout, room_result, structured_with_text,
-};
+use super::{Registry, ToolError, profile_timeout, room_result, structured_with_text};
 use crate::caller::Caller;
+use crate::context::{Notice, NoticeSink, Progress, RequestContext};
 use crate::rooms::Rooms;
 
 /// A cell: its index (negative counts from the end) or its id (`notebook_read` shows both).
 #[derive(Deserialize, JsonSchema)]
 #[serde(untagged)]
-enum CellArg {
+pub enum CellArg {
     Index(i64),
     Id(String),
 }
@@ -42,7 +38,7 @@ impl From<CellArg> for CellRef {
 
 #[derive(Deserialize, JsonSchema, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
-enum CellKind {
+pub enum CellKind {
     Code,
     Markdown,
     Raw,
@@ -61,7 +57,7 @@ impl From<CellKind> for CellType {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// List the notebooks (`*.ipynb`) in your workspace.
-struct ListArgs {
+pub struct ListArgs {
     /// Directory to search, relative to the workspace (default: all of it).
     path: Option<String>,
     /// At most this many (default 1000).
@@ -71,7 +67,7 @@ struct ListArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Create an empty notebook.
-struct CreateArgs {
+pub struct CreateArgs {
     /// Workspace-relative path ending in `.ipynb`.
     path: String,
     /// Kernelspec name (kernel_list shows them; default: the hub's default).
@@ -84,7 +80,7 @@ struct CreateArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Read a notebook as text: cells with their index, id, execution count and outputs.
-struct ReadArgs {
+pub struct ReadArgs {
     path: String,
     /// Shorten long sources and outputs (default: only for notebooks of more than 30 cells).
     compact: Option<bool>,
@@ -97,7 +93,7 @@ struct ReadArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run every code cell of a notebook in order in its kernel, saving the outputs.
-struct ExecuteAllArgs {
+pub struct ExecuteAllArgs {
     path: String,
     /// Seconds each cell may run before the kernel is interrupted (default and maximum from
     /// your profile).
@@ -111,7 +107,7 @@ struct ExecuteAllArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Read one cell: its source and outputs (images as image content).
-struct CellReadArgs {
+pub struct CellReadArgs {
     path: String,
     cell: CellArg,
 }
@@ -119,7 +115,7 @@ struct CellReadArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Insert a cell, and optionally run it.
-struct InsertArgs {
+pub struct InsertArgs {
     path: String,
     source: String,
     /// code (default), markdown or raw.
@@ -137,7 +133,7 @@ struct InsertArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Replace a cell's source (a code cell's outputs are cleared), and optionally run it.
-struct EditArgs {
+pub struct EditArgs {
     path: String,
     cell: CellArg,
     source: String,
@@ -151,7 +147,7 @@ struct EditArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Move a cell so that it ends up at index `to`.
-struct MoveArgs {
+pub struct MoveArgs {
     path: String,
     cell: CellArg,
     to: u64,
@@ -161,7 +157,7 @@ struct MoveArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Delete a cell.
-struct DeleteArgs {
+pub struct DeleteArgs {
     path: String,
     cell: CellArg,
     revision: Option<String>,
@@ -170,7 +166,7 @@ struct DeleteArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run a code cell in the notebook's kernel; its outputs and execution count are saved.
-struct CellExecuteArgs {
+pub struct CellExecuteArgs {
     path: String,
     cell: CellArg,
     timeout_s: Option<f64>,
@@ -180,7 +176,7 @@ struct CellExecuteArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Run code in a kernel without a notebook file (or in a notebook's kernel, to inspect it).
-struct CodeArgs {
+pub struct CodeArgs {
     code: String,
     /// A notebook path (that notebook's kernel) or a scratch kernel name (default "scratch").
     kernel: Option<String>,
@@ -192,34 +188,49 @@ struct CodeArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// List running kernels and the kernelspecs available in your room.
-struct NoArgs {}
+pub struct NoArgs {}
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// A kernel: a notebook path or a scratch kernel name (kernel_list shows them).
-struct KernelArgs {
+pub struct KernelArgs {
     kernel: String,
 }
 
 /// How often a caller that asked for progress hears that its code still runs.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Whether and how `cell_insert`/`cell_edit` run the cell they changed.
-struct Execute<'a> {
-    execute: bool,
-    timeout_s: Option<f64>,
-    progress: Option<&'a NoticeSink>,
-}
 
-pub struct NotebookTools {
+/// What every notebook tool uses: the rooms kernels run in and the operator's kernel settings.
+pub struct Notebooks {
     rooms: Arc<Rooms>,
     settings: KernelSettings,
     /// Rooms with kernels are kept this long after a notebook call (kernels outlive calls).
     hold: std::time::Duration,
-    tools: Vec<Tool>,
 }
 
-impl NotebookTools {
-    pub fn new(rooms: Arc<Rooms>, config: &KernelsConfig) -> Self {
+/// Adds the notebook, cell and kernel tools, in the order `tools/list` shows them.
+pub fn register(registry: Registry, rooms: &Arc<Rooms>, config: &KernelsConfig) -> Registry {
+    let nb = Arc::new(Notebooks::new(rooms.clone(), config));
+    registry
+        .tool(NotebookList { nb: nb.clone() })
+        .tool(NotebookCreate { nb: nb.clone() })
+        .tool(NotebookRead { nb: nb.clone() })
+        .tool(NotebookExecute { nb: nb.clone() })
+        .tool(CellRead { nb: nb.clone() })
+        .tool(CellInsert { nb: nb.clone() })
+        .tool(CellEdit { nb: nb.clone() })
+        .tool(CellMove { nb: nb.clone() })
+        .tool(CellDelete { nb: nb.clone() })
+        .tool(CellExecute { nb: nb.clone() })
+        .tool(CodeExecute { nb: nb.clone() })
+        .tool(KernelList { nb: nb.clone() })
+        .tool(KernelInterrupt { nb: nb.clone() })
+        .tool(KernelRestart { nb: nb.clone() })
+        .tool(KernelShutdown { nb })
+}
+
+impl Notebooks {
+    fn new(rooms: Arc<Rooms>, config: &KernelsConfig) -> Self {
         let settings = KernelSettings {
             paths: config
                 .paths
@@ -237,64 +248,10 @@ impl NotebookTools {
             start_timeout_ms: config.start_timeout.as_millis() as u64,
             max_kernels: u64::from(config.max_per_user),
         };
-        let tools = vec![
-            define::<ListArgs>(
-                "notebook_list",
-                "List the notebooks (*.ipynb) in your workspace.",
-            ),
-            define::<CreateArgs>(
-                "notebook_create",
-                "Create an empty notebook (nbformat 4) for a kernelspec.",
-            ),
-            define::<ReadArgs>(
-                "notebook_read",
-                "Read a notebook as text: each cell with its index, id, execution count and outputs, and the notebook's revision (pass it to editing tools to refuse edits made meanwhile outside Lodge).",
-            ),
-            define::<ExecuteAllArgs>(
-                "notebook_execute",
-                "Run all code cells of a notebook in order in its kernel, saving outputs and execution counts to the file.",
-            ),
-            define::<CellReadArgs>(
-                "cell_read",
-                "Read one cell: source and outputs (images as image content).",
-            ),
-            define::<InsertArgs>(
-                "cell_insert",
-                "Insert a code, markdown or raw cell into a notebook; execute=true runs a new code cell at once.",
-            ),
-            define::<EditArgs>(
-                "cell_edit",
-                "Replace a cell's source (clearing a code cell's outputs); execute=true runs it.",
-            ),
-            define::<MoveArgs>("cell_move", "Move a cell to another index."),
-            define::<DeleteArgs>("cell_delete", "Delete a cell."),
-            define::<CellExecuteArgs>(
-                "cell_execute",
-                "Run a code cell in the notebook's kernel (started on first use, kept between calls): stream output, results, images and errors come back as content and are saved in the file.",
-            ),
-            define::<CodeArgs>(
-                "code_execute",
-                "Run code in a kernel without touching a notebook file: a scratch kernel, or a notebook's kernel to inspect its state.",
-            ),
-            define::<NoArgs>(
-                "kernel_list",
-                "List your running kernels (state, execution count, memory) and the kernelspecs your room offers.",
-            ),
-            define::<KernelArgs>(
-                "kernel_interrupt",
-                "Interrupt what a kernel is running; its variables are kept.",
-            ),
-            define::<KernelArgs>(
-                "kernel_restart",
-                "Restart a kernel (its variables are lost); also brings back a dead kernel.",
-            ),
-            define::<KernelArgs>("kernel_shutdown", "Stop a kernel and free its memory."),
-        ];
         Self {
             rooms,
             hold: config.idle_timeout,
             settings,
-            tools,
         }
     }
 
@@ -342,158 +299,32 @@ impl NotebookTools {
         Ok((timeout.as_millis().max(1) as u64, profile.output_cap))
     }
 
-    async fn dispatch(
+    /// Runs `request`, with progress if the caller asked for it, as the tool result.
+    async fn answer(
         &self,
-        name: &str,
-        args: JsonObject,
-        caller: &Caller,
-        progress: Option<&NoticeSink>,
+        cx: &RequestContext,
+        request: JupyterOp,
     ) -> Result<CallToolResult, ToolError> {
-        let request = match name {
-            "notebook_list" => {
-                let a: ListArgs = parse_args(name, args)?;
-                JupyterOp::NotebookList {
-                    path: a.path.unwrap_or_else(|| ".".into()),
-                    limit: a.limit.unwrap_or(1000),
-                }
-            }
-            "notebook_create" => {
-                let a: CreateArgs = parse_args(name, args)?;
-                JupyterOp::NotebookCreate {
-                    path: a.path,
-                    kernel: a.kernel,
-                    overwrite: a.overwrite,
-                }
-            }
-            "notebook_read" => {
-                let a: ReadArgs = parse_args(name, args)?;
-                JupyterOp::NotebookRead {
-                    path: a.path,
-                    compact: a.compact,
-                    start: a.start,
-                    end: a.end,
-                }
-            }
-            "notebook_execute" => {
-                let a: ExecuteAllArgs = parse_args(name, args)?;
-                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
-                JupyterOp::NotebookExecute {
-                    path: a.path,
-                    timeout_ms,
-                    output_cap,
-                    stop_on_error: a.stop_on_error.unwrap_or(true),
-                    revision: a.revision,
-                }
-            }
-            "cell_read" => {
-                let a: CellReadArgs = parse_args(name, args)?;
-                JupyterOp::CellRead {
-                    path: a.path,
-                    cell: a.cell.into(),
-                }
-            }
-            "cell_insert" => {
-                let a: InsertArgs = parse_args(name, args)?;
-                let cell_type = a.cell_type.map_or(CellType::Code, CellType::from);
-                let request = JupyterOp::CellInsert {
-                    path: a.path,
-                    index: a.index,
-                    cell_type,
-                    source: a.source,
-                    revision: a.revision,
-                };
-                let run = Execute {
-                    execute: a.execute,
-                    timeout_s: a.timeout_s,
-                    progress,
-                };
-                return self.change_then_run(name, caller, request, run).await;
-            }
-            "cell_edit" => {
-                let a: EditArgs = parse_args(name, args)?;
-                let request = JupyterOp::CellEdit {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    source: a.source,
-                    cell_type: a.cell_type.map(CellType::from),
-                    revision: a.revision,
-                };
-                let run = Execute {
-                    execute: a.execute,
-                    timeout_s: a.timeout_s,
-                    progress,
-                };
-                return self.change_then_run(name, caller, request, run).await;
-            }
-            "cell_move" => {
-                let a: MoveArgs = parse_args(name, args)?;
-                JupyterOp::CellMove {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    to: a.to,
-                    revision: a.revision,
-                }
-            }
-            "cell_delete" => {
-                let a: DeleteArgs = parse_args(name, args)?;
-                JupyterOp::CellDelete {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    revision: a.revision,
-                }
-            }
-            "cell_execute" => {
-                let a: CellExecuteArgs = parse_args(name, args)?;
-                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
-                JupyterOp::CellExecute {
-                    path: a.path,
-                    cell: a.cell.into(),
-                    timeout_ms,
-                    output_cap,
-                    revision: a.revision,
-                }
-            }
-            "code_execute" => {
-                let a: CodeArgs = parse_args(name, args)?;
-                let (timeout_ms, output_cap) = self.limits(name, caller, a.timeout_s)?;
-                JupyterOp::CodeExecute {
-                    code: a.code,
-                    kernel: a.kernel,
-                    kernel_name: a.kernel_name,
-                    timeout_ms,
-                    output_cap,
-                }
-            }
-            "kernel_list" => {
-                let _: NoArgs = parse_args(name, args)?;
-                JupyterOp::KernelList
-            }
-            "kernel_interrupt" | "kernel_restart" | "kernel_shutdown" => {
-                let a: KernelArgs = parse_args(name, args)?;
-                match name {
-                    "kernel_interrupt" => JupyterOp::KernelInterrupt { kernel: a.kernel },
-                    "kernel_restart" => JupyterOp::KernelRestart { kernel: a.kernel },
-                    _ => JupyterOp::KernelShutdown { kernel: a.kernel },
-                }
-            }
-            other => return Err(ToolError::Failed(format!("unknown notebook tool {other}"))),
-        };
+        let progress = cx.progress.as_ref();
         Ok(present(
-            self.ask_with_progress(caller, request, progress).await?,
+            self.ask_with_progress(&cx.caller, request, progress)
+                .await?,
         ))
     }
 
     /// A cell change, then (with `execute`) a run of the cell it concerned, at the revision the
-    /// change produced.
+    /// change produced, for at most `timeout_s`.
     async fn change_then_run(
         &self,
         tool: &str,
-        caller: &Caller,
+        cx: &RequestContext,
         request: JupyterOp,
-        run: Execute<'_>,
+        execute: bool,
+        timeout_s: Option<f64>,
     ) -> Result<CallToolResult, ToolError> {
-        let limits = if run.execute {
-            Some(self.limits(tool, caller, run.timeout_s)?)
+        let caller = &cx.caller;
+        let limits = if execute {
+            Some(self.limits(tool, caller, timeout_s)?)
         } else {
             None
         };
@@ -518,7 +349,7 @@ impl NotebookTools {
             revision: Some(revision.clone()),
         };
         let mut result = present(
-            self.ask_with_progress(caller, execute, run.progress)
+            self.ask_with_progress(caller, execute, cx.progress.as_ref())
                 .await?,
         );
         result
@@ -527,6 +358,206 @@ impl NotebookTools {
         Ok(result)
     }
 }
+
+/// Defines a notebook tool whose arguments become one request to the room: its name,
+/// description, and the request built from the shared [`Notebooks`] and the arguments.
+macro_rules! notebook_tool {
+    (
+        $tool:ident,
+        $name:literal,
+        $description:literal,
+        |$nb:pat_param, $args:pat_param, $cx:ident: $args_ty:ty| $request:expr
+    ) => {
+        tool!(
+            $tool { nb: Arc<Notebooks> },
+            $name,
+            $description,
+            |this, $args, $cx: $args_ty| {
+                let $nb = &this.nb;
+                let request = $request;
+                this.nb.answer($cx, request).await
+            }
+        );
+    };
+}
+
+notebook_tool!(
+    NotebookList,
+    "notebook_list",
+    "List the notebooks (*.ipynb) in your workspace.",
+    |_, a, cx: ListArgs| JupyterOp::NotebookList {
+        path: a.path.unwrap_or_else(|| ".".into()),
+        limit: a.limit.unwrap_or(1000),
+    }
+);
+
+notebook_tool!(
+    NotebookCreate,
+    "notebook_create",
+    "Create an empty notebook (nbformat 4) for a kernelspec.",
+    |_, a, cx: CreateArgs| JupyterOp::NotebookCreate {
+        path: a.path,
+        kernel: a.kernel,
+        overwrite: a.overwrite,
+    }
+);
+
+notebook_tool!(
+    NotebookRead,
+    "notebook_read",
+    "Read a notebook as text: each cell with its index, id, execution count and outputs, and the notebook's revision (pass it to editing tools to refuse edits made meanwhile outside Lodge).",
+    |_, a, cx: ReadArgs| JupyterOp::NotebookRead {
+        path: a.path,
+        compact: a.compact,
+        start: a.start,
+        end: a.end,
+    }
+);
+
+notebook_tool!(
+    NotebookExecute,
+    "notebook_execute",
+    "Run all code cells of a notebook in order in its kernel, saving outputs and execution counts to the file.",
+    |nb, a, cx: ExecuteAllArgs| {
+        let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        JupyterOp::NotebookExecute {
+            path: a.path,
+            timeout_ms,
+            output_cap,
+            stop_on_error: a.stop_on_error.unwrap_or(true),
+            revision: a.revision,
+        }
+    }
+);
+
+notebook_tool!(
+    CellRead,
+    "cell_read",
+    "Read one cell: source and outputs (images as image content).",
+    |_, a, cx: CellReadArgs| JupyterOp::CellRead {
+        path: a.path,
+        cell: a.cell.into(),
+    }
+);
+
+tool!(
+    CellInsert { nb: Arc<Notebooks> },
+    "cell_insert",
+    "Insert a code, markdown or raw cell into a notebook; execute=true runs a new code cell at once.",
+    |this, a, cx: InsertArgs| {
+        let request = JupyterOp::CellInsert {
+            path: a.path,
+            index: a.index,
+            cell_type: a.cell_type.map_or(CellType::Code, CellType::from),
+            source: a.source,
+            revision: a.revision,
+        };
+        let nb = &this.nb;
+        nb.change_then_run(Self::NAME, cx, request, a.execute, a.timeout_s)
+            .await
+    }
+);
+
+tool!(
+    CellEdit { nb: Arc<Notebooks> },
+    "cell_edit",
+    "Replace a cell's source (clearing a code cell's outputs); execute=true runs it.",
+    |this, a, cx: EditArgs| {
+        let request = JupyterOp::CellEdit {
+            path: a.path,
+            cell: a.cell.into(),
+            source: a.source,
+            cell_type: a.cell_type.map(CellType::from),
+            revision: a.revision,
+        };
+        let nb = &this.nb;
+        nb.change_then_run(Self::NAME, cx, request, a.execute, a.timeout_s)
+            .await
+    }
+);
+
+notebook_tool!(
+    CellMove,
+    "cell_move",
+    "Move a cell to another index.",
+    |_, a, cx: MoveArgs| JupyterOp::CellMove {
+        path: a.path,
+        cell: a.cell.into(),
+        to: a.to,
+        revision: a.revision,
+    }
+);
+
+notebook_tool!(
+    CellDelete,
+    "cell_delete",
+    "Delete a cell.",
+    |_, a, cx: DeleteArgs| JupyterOp::CellDelete {
+        path: a.path,
+        cell: a.cell.into(),
+        revision: a.revision,
+    }
+);
+
+notebook_tool!(
+    CellExecute,
+    "cell_execute",
+    "Run a code cell in the notebook's kernel (started on first use, kept between calls): stream output, results, images and errors come back as content and are saved in the file.",
+    |nb, a, cx: CellExecuteArgs| {
+        let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        JupyterOp::CellExecute {
+            path: a.path,
+            cell: a.cell.into(),
+            timeout_ms,
+            output_cap,
+            revision: a.revision,
+        }
+    }
+);
+
+notebook_tool!(
+    CodeExecute,
+    "code_execute",
+    "Run code in a kernel without touching a notebook file: a scratch kernel, or a notebook's kernel to inspect its state.",
+    |nb, a, cx: CodeArgs| {
+        let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
+        JupyterOp::CodeExecute {
+            code: a.code,
+            kernel: a.kernel,
+            kernel_name: a.kernel_name,
+            timeout_ms,
+            output_cap,
+        }
+    }
+);
+
+notebook_tool!(
+    KernelList,
+    "kernel_list",
+    "List your running kernels (state, execution count, memory) and the kernelspecs your room offers.",
+    |_, NoArgs {}, cx: NoArgs| JupyterOp::KernelList
+);
+
+notebook_tool!(
+    KernelInterrupt,
+    "kernel_interrupt",
+    "Interrupt what a kernel is running; its variables are kept.",
+    |_, a, cx: KernelArgs| JupyterOp::KernelInterrupt { kernel: a.kernel }
+);
+
+notebook_tool!(
+    KernelRestart,
+    "kernel_restart",
+    "Restart a kernel (its variables are lost); also brings back a dead kernel.",
+    |_, a, cx: KernelArgs| JupyterOp::KernelRestart { kernel: a.kernel }
+);
+
+notebook_tool!(
+    KernelShutdown,
+    "kernel_shutdown",
+    "Stop a kernel and free its memory.",
+    |_, a, cx: KernelArgs| JupyterOp::KernelShutdown { kernel: a.kernel }
+);
 
 /// Requests that run code (and so may take long).
 fn runs_code(request: &JupyterOp) -> bool {
@@ -682,21 +713,4 @@ fn parts(outputs: &[lodge_kernel::Output]) -> Vec<ContentBlock> {
             Part::Image { mime, data } => ContentBlock::image(data, mime),
         })
         .collect()
-}
-
-#[async_trait]
-impl ToolSet for NotebookTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
-
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        self.dispatch(name, args, cx.caller, cx.progress.as_ref())
-            .await
-    }
 }

@@ -1,12 +1,12 @@
-//! The secret tools (`secret_put`, `secret_get`, `secret_list`, `secret_delete`):
-//! the caller's own secrets only (the user comes from the credentials, never from arguments).
-//! Values pass through here on their way to and from the vault; they are never logged, and the
-//! audit digest of these calls leaves them out (see [`audit_view`]).
+//! The secret tools (`secret_*`, see docs/security.md): the caller's own secrets only, the user
+//! coming from the credentials. Values pass through here to and from the vault; they are never
+//! logged, and `secret_put`'s audit view leaves them out of the digest.
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args};
+use super::{Registry, Tool, ToolError};
+use crate::context::RequestContext;
 use async_trait::async_trait;
 use lodge_vault::{Fields, Vault, VaultError};
-use rmcp::model::{CallToolResult, JsonObject, Tool};
+use rmcp::model::{CallToolResult, JsonObject};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Store a secret's fields (merged into the secret if it exists).
-struct PutArgs {
+pub struct PutArgs {
     /// Secret name, e.g. `github` (letters, digits, `_`, `-`).
     name: String,
     /// Field names and values, e.g. `{"token": "...", "user": "..."}`.
@@ -28,7 +28,7 @@ struct PutArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Read a secret (all fields, or one).
-struct GetArgs {
+pub struct GetArgs {
     name: String,
     field: Option<String>,
 }
@@ -36,123 +36,70 @@ struct GetArgs {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// List your secrets: names and field names, no values.
-struct ListArgs {}
+pub struct ListArgs {}
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Delete a secret, or one of its fields.
-struct DeleteArgs {
+pub struct DeleteArgs {
     name: String,
     field: Option<String>,
 }
 
-pub struct SecretTools {
+/// Adds the secret tools, in the order `tools/list` shows them.
+pub fn register(registry: Registry, vault: &Arc<Vault>) -> Registry {
+    registry
+        .tool(SecretPut {
+            vault: vault.clone(),
+        })
+        .tool(SecretGet {
+            vault: vault.clone(),
+        })
+        .tool(SecretList {
+            vault: vault.clone(),
+        })
+        .tool(SecretDelete {
+            vault: vault.clone(),
+        })
+}
+
+pub struct SecretPut {
     vault: Arc<Vault>,
-    tools: Vec<Tool>,
-}
-
-impl SecretTools {
-    pub fn new(vault: Arc<Vault>) -> Self {
-        let tools = vec![
-            define::<PutArgs>(
-                "secret_put",
-                "Store a secret (API key, token, password) encrypted in your private vault. \
-                 Use run_command's `secrets` to hand it to a command without showing it.",
-            ),
-            define::<GetArgs>("secret_get", "Read one of your secrets (values are shown)."),
-            define::<ListArgs>(
-                "secret_list",
-                "List your secrets: names and field names, never values.",
-            ),
-            define::<DeleteArgs>("secret_delete", "Delete one of your secrets or one field."),
-        ];
-        Self { vault, tools }
-    }
-}
-
-/// A vault error as the caller sees it (messages never carry values).
-pub(crate) fn vault_error(e: VaultError) -> ToolError {
-    ToolError::Failed(e.to_string())
 }
 
 #[async_trait]
-impl ToolSet for SecretTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
+impl Tool for SecretPut {
+    const NAME: &'static str = "secret_put";
+    const DESCRIPTION: &'static str = "Store a secret (API key, token, password) encrypted in \
+        your private vault. Use run_command's `secrets` to hand it to a command without showing it.";
+    type Args = PutArgs;
 
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        let user = cx.caller.user_id;
-        let reply = match name {
-            "secret_put" => {
-                let a: PutArgs = parse_args(name, args)?;
-                if a.fields.is_empty() {
-                    return Err(ToolError::invalid(
-                        name,
-                        "fields must hold at least one field",
-                    ));
-                }
-                let names: Vec<String> = a.fields.keys().cloned().collect();
-                let fields: Fields = a
-                    .fields
-                    .into_iter()
-                    .map(|(k, v)| (k, Zeroizing::new(v)))
-                    .collect();
-                self.vault
-                    .put(user, &a.name, fields)
-                    .await
-                    .map_err(vault_error)?;
-                json!({ "name": a.name, "fields_written": names })
-            }
-            "secret_get" => {
-                let a: GetArgs = parse_args(name, args)?;
-                match a.field {
-                    Some(field) => {
-                        let v = self
-                            .vault
-                            .get_field(user, &a.name, &field)
-                            .await
-                            .map_err(vault_error)?;
-                        json!({ "name": a.name, "field": field, "value": v.as_str() })
-                    }
-                    None => {
-                        let fields = self.vault.get(user, &a.name).await.map_err(vault_error)?;
-                        let shown: serde_json::Map<String, Value> = fields
-                            .iter()
-                            .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
-                            .collect();
-                        json!({ "name": a.name, "fields": shown })
-                    }
-                }
-            }
-            "secret_list" => {
-                let ListArgs {} = parse_args(name, args)?;
-                let list = self.vault.list(user).await.map_err(vault_error)?;
-                json!({ "secrets": list })
-            }
-            "secret_delete" => {
-                let a: DeleteArgs = parse_args(name, args)?;
-                self.vault
-                    .delete(user, &a.name, a.field.as_deref())
-                    .await
-                    .map_err(vault_error)?;
-                json!({ "deleted": a.name, "field": a.field })
-            }
-            other => return Err(ToolError::Failed(format!("unknown tool {other}"))),
-        };
-        Ok(CallToolResult::structured(reply))
+    async fn call(&self, a: PutArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
+        if a.fields.is_empty() {
+            return Err(ToolError::invalid(
+                Self::NAME,
+                "fields must hold at least one field",
+            ));
+        }
+        let names: Vec<String> = a.fields.keys().cloned().collect();
+        let fields: Fields = a
+            .fields
+            .into_iter()
+            .map(|(k, v)| (k, Zeroizing::new(v)))
+            .collect();
+        self.vault
+            .put(cx.caller.user_id, &a.name, fields)
+            .await
+            .map_err(vault_error)?;
+        Ok(CallToolResult::structured(
+            json!({ "name": a.name, "fields_written": names }),
+        ))
     }
 
     /// Secret values replaced by a placeholder, so the (unsalted) digest can never be used
     /// to confirm a guessed value.
-    fn audit_view<'a>(&self, name: &str, args: &'a JsonObject) -> Cow<'a, JsonObject> {
-        let Some(Value::Object(fields)) = args.get("fields").filter(|_| name == "secret_put")
-        else {
+    fn audit_view<'a>(&self, args: &'a JsonObject) -> Cow<'a, JsonObject> {
+        let Some(Value::Object(fields)) = args.get("fields") else {
             return Cow::Borrowed(args);
         };
         let mut view = args.clone();
@@ -163,4 +110,62 @@ impl ToolSet for SecretTools {
         view.insert("fields".into(), Value::Object(hidden));
         Cow::Owned(view)
     }
+}
+
+tool!(
+    SecretGet { vault: Arc<Vault> },
+    "secret_get",
+    "Read one of your secrets (values are shown).",
+    |this, a, cx: GetArgs| {
+        let (vault, user) = (&this.vault, cx.caller.user_id);
+        let reply = match a.field {
+            Some(field) => {
+                let v = vault
+                    .get_field(user, &a.name, &field)
+                    .await
+                    .map_err(vault_error)?;
+                json!({ "name": a.name, "field": field, "value": v.as_str() })
+            }
+            None => {
+                let fields = vault.get(user, &a.name).await.map_err(vault_error)?;
+                let shown: serde_json::Map<String, Value> = fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
+                    .collect();
+                json!({ "name": a.name, "fields": shown })
+            }
+        };
+        Ok(CallToolResult::structured(reply))
+    }
+);
+
+tool!(
+    SecretList { vault: Arc<Vault> },
+    "secret_list",
+    "List your secrets: names and field names, never values.",
+    |this, ListArgs {}, cx: ListArgs| {
+        let user = cx.caller.user_id;
+        let list = this.vault.list(user).await.map_err(vault_error)?;
+        Ok(CallToolResult::structured(json!({ "secrets": list })))
+    }
+);
+
+tool!(
+    SecretDelete { vault: Arc<Vault> },
+    "secret_delete",
+    "Delete one of your secrets or one field.",
+    |this, a, cx: DeleteArgs| {
+        let user = cx.caller.user_id;
+        this.vault
+            .delete(user, &a.name, a.field.as_deref())
+            .await
+            .map_err(vault_error)?;
+        let reply = json!({ "deleted": a.name, "field": a.field });
+        Ok(CallToolResult::structured(reply))
+    }
+);
+
+/// A vault error as the caller sees it (messages never carry values).
+pub(crate) fn vault_error(e: VaultError) -> ToolError {
+    ToolError::Failed(e.to_string())
 }

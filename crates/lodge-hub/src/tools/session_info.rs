@@ -1,7 +1,8 @@
 //! `session_info`: who the caller is, which session and profile they use, their limits and
 //! their own live sessions. It reads only the caller's own records.
 
-use super::{CallContext, ToolError, ToolSet, define, parse_args};
+use super::{Tool, ToolError};
+use crate::context::RequestContext;
 use crate::rooms::Rooms;
 use crate::sessions::Sessions;
 use crate::upstream::Upstreams;
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use lodge_core::config::SessionsConfig;
 use lodge_core::size;
 use lodge_core::time::rfc3339;
-use rmcp::model::{CallToolResult, JsonObject, Tool};
+use rmcp::model::CallToolResult;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -22,49 +23,22 @@ const SHOWN_SESSIONS: usize = 20;
 /// session_info takes no arguments.
 pub struct NoArgs {}
 
-pub struct SessionInfoTools {
-    sessions: Arc<Sessions>,
-    limits: SessionsConfig,
-    rooms: Arc<Rooms>,
-    upstreams: Arc<Upstreams>,
-    tools: Vec<Tool>,
-}
-
-impl SessionInfoTools {
-    pub fn new(
-        sessions: Arc<Sessions>,
-        limits: SessionsConfig,
-        rooms: Arc<Rooms>,
-        upstreams: Arc<Upstreams>,
-    ) -> Self {
-        let tools = vec![define::<NoArgs>(
-            "session_info",
-            "Who you are on this Lodge hub: user, current session, profile, limits, your live \
-             sessions and the upstream servers you can use (and the secrets they need).",
-        )];
-        Self {
-            sessions,
-            limits,
-            rooms,
-            upstreams,
-            tools,
-        }
-    }
+pub struct SessionInfo {
+    pub sessions: Arc<Sessions>,
+    pub limits: SessionsConfig,
+    pub rooms: Arc<Rooms>,
+    pub upstreams: Arc<Upstreams>,
 }
 
 #[async_trait]
-impl ToolSet for SessionInfoTools {
-    fn definitions(&self) -> &[Tool] {
-        &self.tools
-    }
+impl Tool for SessionInfo {
+    const NAME: &'static str = "session_info";
+    const DESCRIPTION: &'static str = "Who you are on this Lodge hub: user, current session, \
+        profile, limits, your live sessions and the upstream servers you can use (and the \
+        secrets they need).";
+    type Args = NoArgs;
 
-    async fn call(
-        &self,
-        name: &str,
-        args: JsonObject,
-        cx: &CallContext<'_>,
-    ) -> Result<CallToolResult, ToolError> {
-        let NoArgs {} = parse_args(name, args)?;
+    async fn call(&self, _: NoArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
         // The newest few sessions only, from the user's sessions kept in last-use order: neither
         // the reply nor the work grows with the user's session count.
         let (total, newest) = self.sessions.newest(cx.caller.user_id, SHOWN_SESSIONS);
@@ -79,13 +53,13 @@ impl ToolSet for SessionInfoTools {
                 })
             })
             .collect();
-        let p = self.rooms.profile(cx.caller);
+        let p = self.rooms.profile(&cx.caller);
         let limit = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), size::format);
         let info = json!({
             "user": cx.caller.user,
             "admin": cx.caller.admin,
             "acting_via": cx.caller.actor,
-            "session_id": cx.session_id,
+            "session_id": cx.session_id(),
             "protocol_version": cx.protocol,
             "profile": cx.caller.profile,
             "limits": {
@@ -104,7 +78,7 @@ impl ToolSet for SessionInfoTools {
             },
             "usage": { "sessions": total },
             "room": self.rooms.status(cx.caller.user_id),
-            "servers": self.upstreams.status(cx.caller),
+            "servers": self.upstreams.status(&cx.caller),
             "sessions": shown,
         });
         Ok(CallToolResult::structured(info))

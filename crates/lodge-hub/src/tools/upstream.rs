@@ -1,12 +1,13 @@
-//! The tools of configured upstream MCP servers, `{server}__{tool}`, as one tool set. Which
+//! The tools of configured upstream MCP servers, `{server}__{tool}`, as one dynamic set. Which
 //! tools exist depends on the caller and on the servers, so this set has no fixed definitions;
 //! the instances themselves are [`crate::upstream::Upstreams`]' business.
 
-use super::{CallContext, ToolError, ToolSet};
+use super::{Definition, DynamicTools, ToolError};
 use crate::caller::Caller;
+use crate::context::RequestContext;
 use crate::upstream::{UpstreamError, Upstreams, catalog};
 use async_trait::async_trait;
-use rmcp::model::{CallToolResult, JsonObject, Tool};
+use rmcp::model::{CallToolResult, JsonObject};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -21,17 +22,13 @@ impl UpstreamTools {
 }
 
 #[async_trait]
-impl ToolSet for UpstreamTools {
-    fn definitions(&self) -> &[Tool] {
-        &[]
-    }
-
-    async fn tools(&self, caller: &Caller) -> Vec<Tool> {
+impl DynamicTools for UpstreamTools {
+    async fn tools(&self, caller: &Caller) -> Vec<Definition> {
         self.upstreams
             .tools(caller)
             .await
             .into_iter()
-            .filter_map(|t| match serde_json::from_value::<Tool>(t) {
+            .filter_map(|t| match serde_json::from_value::<Definition>(t) {
                 Ok(tool) => Some(tool),
                 Err(e) => {
                     tracing::warn!(error = %e, "an upstream tool definition is malformed; left out");
@@ -56,11 +53,11 @@ impl ToolSet for UpstreamTools {
         &self,
         name: &str,
         args: JsonObject,
-        cx: &CallContext<'_>,
+        cx: &RequestContext,
     ) -> Result<CallToolResult, ToolError> {
         let result = self
             .upstreams
-            .call_tool(cx.caller, name, Value::Object(args), cx.progress.clone())
+            .call_tool(&cx.caller, name, Value::Object(args), cx.progress.clone())
             .await
             .map_err(tool_error)?;
         serde_json::from_value(result).map_err(|e| {

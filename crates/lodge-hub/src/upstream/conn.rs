@@ -2,7 +2,7 @@
 //! ids and their answers are matched back, notifications are routed to the calls they concern,
 //! and the server's own requests are answered. It knows nothing of users, tool names or config.
 
-use crate::tools::{Notice, NoticeSink, Progress};
+use crate::context::{Notice, NoticeSink, Progress};
 use lodge_protocol::{OpResult, Stream};
 use lodge_room::client::{CallError, Event, Relay, RelayInput};
 use serde_json::{Value, json};

@@ -9,8 +9,8 @@ pub mod catalog;
 mod conn;
 
 use crate::caller::Caller;
+use crate::context::NoticeSink;
 use crate::rooms::{RoomError, Rooms};
-use crate::tools::NoticeSink;
 use catalog::{Catalog, Interner};
 use conn::{Conn, ConnError};
 use lodge_core::servers::{EnvValue, UpstreamConfig};
