@@ -1,9 +1,9 @@
-//! `run_command`: runs `/bin/sh -c COMMAND` in the workspace with a clean environment, captures
-//! capped output, reports progress, and on timeout, cancel or exit kills the command's whole
-//! process tree. It also builds the clean child (environment, session, cwd) that upstream
-//! servers start from. It never logs the command's environment values or output.
+//! `exec` and `run_command`: runs a program with its argv (`run_command` is `/bin/sh -c COMMAND`
+//! over the same path) in the workspace with a clean environment, captures capped output,
+//! reports progress, and on timeout, cancel or exit kills the command's whole process tree. It
+//! also builds the clean child (environment, session, cwd) that upstream servers start from.
+//! It never logs the command's environment values or output.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::reaper::{Exit, Reaper};
 use super::tree::{self, Target};
 use crate::workspace::{sanitize, utf8_cut};
-use lodge_protocol::{AgentMessage, ErrorKind, OpError, OpResult};
+use lodge_protocol::{AgentMessage, Env, ErrorKind, Exec, OpError, OpResult, RunCommand};
 
-/// The shell every command runs in.
+/// The shell `run_command` runs in.
 const SHELL: &str = "/bin/sh";
 /// The fixed `PATH` of a command (before the request's own env).
 const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -52,15 +52,6 @@ pub(crate) struct CommandContext {
     reaper: Reaper,
     /// `USER` and `LOGNAME` from the agent's own environment, if set.
     identity: Vec<(String, String)>,
-}
-
-/// One `run_command` request, as received.
-pub(crate) struct CommandRequest {
-    pub command: String,
-    pub cwd: Option<String>,
-    pub timeout_ms: u64,
-    pub env: BTreeMap<String, String>,
-    pub output_cap: u64,
 }
 
 /// How the wait for the root process ended.
@@ -97,17 +88,45 @@ impl CommandContext {
         })
     }
 
-    /// Runs one command to completion (or timeout, or cancellation).
-    pub(crate) async fn run(
+    /// Runs one shell command line: an [`Exec`] of `/bin/sh -c COMMAND`.
+    pub(crate) async fn run_command(
         &self,
         id: u64,
-        request: CommandRequest,
+        request: RunCommand,
         progress: &mpsc::Sender<AgentMessage>,
         cancel: &CancellationToken,
     ) -> Result<OpResult, OpError> {
-        validate(&request)?;
+        if request.command.contains('\0') {
+            return Err(invalid_argument("the command contains a NUL byte"));
+        }
+        let RunCommand {
+            command,
+            cwd,
+            timeout_ms,
+            env,
+            output_cap,
+        } = request;
+        let exec = Exec {
+            argv: vec![SHELL.to_owned(), "-c".to_owned(), command],
+            cwd,
+            env,
+            timeout_ms,
+            output_cap,
+        };
+        self.exec(id, exec, progress, cancel).await
+    }
+
+    /// Runs one program to completion (or timeout, or cancellation).
+    pub(crate) async fn exec(
+        &self,
+        id: u64,
+        request: Exec,
+        progress: &mpsc::Sender<AgentMessage>,
+        cancel: &CancellationToken,
+    ) -> Result<OpResult, OpError> {
+        let (program, args) = validate(&request)?;
         let cwd = open_cwd(&self.root, request.cwd.as_deref())?;
-        let mut cmd = self.build(&request, cwd);
+        let mut cmd = self.build(program, args, &request.env, cwd);
         let cap = usize::try_from(request.output_cap.min(MAX_OUTPUT_CAP)).unwrap_or(usize::MAX);
         let timeout = Duration::from_millis(request.timeout_ms).min(MAX_TIMEOUT);
 
@@ -115,7 +134,7 @@ impl CommandContext {
         let (mut child, exited) = self
             .reaper
             .spawn(&mut cmd)
-            .map_err(|e| OpError::new(ErrorKind::Io, format!("cannot start {SHELL}: {e}")))?;
+            .map_err(|e| spawn_error(program, &e))?;
         drop(cmd); // closes our copy of the cwd fd
         let output = Output::start(&mut child, cap);
         let watch = Watch {
@@ -158,12 +177,12 @@ impl CommandContext {
             .and_then(Result::ok)
     }
 
-    /// The `Command`: shell, clean environment, /dev/null stdin, piped output, new session.
-    fn build(&self, request: &CommandRequest, cwd: OwnedFd) -> Command {
-        let mut cmd = self.child(SHELL, cwd);
-        cmd.arg("-c")
-            .arg(&request.command)
-            .envs(&request.env)
+    /// The `Command`: program and arguments, clean environment, /dev/null stdin, piped output,
+    /// new session.
+    fn build(&self, program: &str, args: &[String], env: &Env, cwd: OwnedFd) -> Command {
+        let mut cmd = self.child(program, cwd);
+        cmd.args(args)
+            .envs(exposed(env))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -324,21 +343,62 @@ fn invalid_argument(message: impl Into<String>) -> OpError {
     OpError::new(ErrorKind::InvalidArgument, message)
 }
 
-/// Checks the request before anything runs. Messages name variables, never their values.
-fn validate(request: &CommandRequest) -> Result<(), OpError> {
-    if request.command.contains('\0') {
-        return Err(invalid_argument("the command contains a NUL byte"));
-    }
+/// Checks the request before anything runs and splits its argv into program and arguments.
+/// Messages name variables, never their values.
+fn validate(request: &Exec) -> Result<(&str, &[String]), OpError> {
+    let argv = split_argv(&request.argv, "the command")?;
     if request.timeout_ms == 0 {
         return Err(invalid_argument("timeout_ms must be above 0"));
     }
-    validate_env(&request.env)
+    validate_env(&request.env)?;
+    Ok(argv)
+}
+
+/// `argv` (of `what`, for messages) as program and arguments; refused when it names no program
+/// or an argument has a NUL byte (which no `execve` can pass).
+pub(crate) fn split_argv<'a>(
+    argv: &'a [String],
+    what: &str,
+) -> Result<(&'a str, &'a [String]), OpError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(invalid_argument(format!(
+            "{what} is empty: it needs at least the program to run"
+        )));
+    };
+    if argv.iter().any(|arg| arg.contains('\0')) {
+        return Err(invalid_argument(format!(
+            "an argument of {what} contains a NUL byte"
+        )));
+    }
+    Ok((program, args))
+}
+
+/// The error for a program that could not be started, naming it (never its arguments, which
+/// may be long or private) with `hint` added when it was not found.
+pub(crate) fn spawn_error(program: &str, error: &std::io::Error) -> OpError {
+    let kind = match error.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Io,
+    };
+    OpError::new(
+        kind,
+        format!("cannot start {:?}: {error}", sanitize(program)),
+    )
+}
+
+/// An environment's values as the child gets them: the one place they leave their [`Secret`]s.
+///
+/// [`Secret`]: lodge_core::Secret
+pub(crate) fn exposed(env: &Env) -> impl Iterator<Item = (&String, &String)> {
+    env.iter().map(|(name, value)| (name, value.expose()))
 }
 
 /// Checks the names (and NUL-freedom of the values) of a child's extra environment. Messages
 /// name variables, never their values.
-pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), OpError> {
+pub(crate) fn validate_env(env: &Env) -> Result<(), OpError> {
     for (name, value) in env {
+        let value = value.expose();
         if !valid_env_name(name) {
             return Err(invalid_argument(format!(
                 "invalid environment variable name {:?}: names must match ^[A-Za-z_][A-Za-z0-9_]*$",

@@ -2,8 +2,11 @@
 //! back onto the protocol. Path checks live in the workspace; this module only translates and
 //! never echoes file contents into errors or logs.
 
-use crate::workspace::{self, Workspace, WsError};
-use lodge_protocol::{Entry, EntryKind, ErrorKind, Match, Op, OpError, OpResult};
+use crate::workspace::{Workspace, WsError};
+use lodge_protocol::{
+    Entry, ErrorKind, FsDelete, FsEdit, FsList, FsMkdir, FsMove, FsRead, FsSearch, FsWrite, Op,
+    OpError, OpResult,
+};
 
 impl From<WsError> for OpError {
     fn from(error: WsError) -> Self {
@@ -23,15 +26,6 @@ impl From<WsError> for OpError {
     }
 }
 
-fn entry_kind(kind: workspace::EntryKind) -> EntryKind {
-    match kind {
-        workspace::EntryKind::File => EntryKind::File,
-        workspace::EntryKind::Dir => EntryKind::Dir,
-        workspace::EntryKind::Symlink => EntryKind::Symlink,
-        workspace::EntryKind::Other => EntryKind::Other,
-    }
-}
-
 /// A `limit` from the wire as a count (the workspace clamps it to its own bounds).
 fn count(limit: u64) -> usize {
     usize::try_from(limit).unwrap_or(usize::MAX)
@@ -41,71 +35,36 @@ fn count(limit: u64) -> usize {
 /// a file operation.
 pub(crate) fn run(ws: &Workspace, op: Op) -> Option<Result<OpResult, OpError>> {
     let result = match op {
-        Op::FsList {
-            path,
-            recursive,
-            limit,
-        } => list(ws, &path, recursive, limit),
-        Op::FsRead {
-            path,
-            offset,
-            limit,
-        } => ws.read(&path, offset, limit).map(|page| OpResult::Read {
-            content: page.content,
-            offset: page.offset,
-            next_offset: page.next_offset,
-            total_size: page.total_size,
-            eof: page.eof,
-            lossy: page.lossy,
-        }),
-        Op::FsWrite {
-            path,
-            content,
-            create_dirs,
-        } => ws
-            .write(&path, content.as_bytes(), create_dirs)
-            .map(|()| OpResult::Written {
-                bytes: content.len() as u64,
-            }),
-        Op::FsEdit {
-            path,
-            old,
-            new,
-            replace_all,
-        } => ws
-            .edit(&path, &old, &new, replace_all)
-            .map(|n| OpResult::Edited {
-                replacements: u32::try_from(n).unwrap_or(u32::MAX),
-            }),
-        Op::FsDelete { path, recursive } => ws.delete(&path, recursive).map(|()| OpResult::Done),
-        Op::FsMove {
+        Op::FsList(request) => list(ws, request),
+        Op::FsRead(request) => read(ws, request),
+        Op::FsWrite(request) => write(ws, request),
+        Op::FsEdit(request) => edit(ws, request),
+        Op::FsDelete(FsDelete { path, recursive }) => {
+            ws.delete(&path, recursive).map(|()| OpResult::Done)
+        }
+        Op::FsMove(FsMove {
             from,
             to,
             overwrite,
-        } => ws.rename(&from, &to, overwrite).map(|()| OpResult::Done),
-        Op::FsMkdir { path, parents } => ws.mkdir(&path, parents).map(|()| OpResult::Done),
-        Op::FsSearch {
-            path,
-            glob,
-            text,
-            limit,
-        } => search(ws, &path, glob.as_deref(), text.as_deref(), limit),
-        Op::Ping | Op::RunCommand { .. } | Op::Upstream { .. } | Op::Jupyter { .. } => {
+        }) => ws.rename(&from, &to, overwrite).map(|()| OpResult::Done),
+        Op::FsMkdir(FsMkdir { path, parents }) => ws.mkdir(&path, parents).map(|()| OpResult::Done),
+        Op::FsSearch(request) => search(ws, request),
+        Op::Ping | Op::RunCommand(_) | Op::Exec(_) | Op::Upstream(_) | Op::Jupyter(_) => {
             return None;
         }
     };
     Some(result.map_err(OpError::from))
 }
 
-fn list(ws: &Workspace, path: &str, recursive: bool, limit: u64) -> Result<OpResult, WsError> {
-    let listing = ws.list(path, recursive, count(limit))?;
+fn list(ws: &Workspace, request: FsList) -> Result<OpResult, WsError> {
+    let listing = ws.list(&request.path, request.recursive, count(request.limit))?;
     Ok(OpResult::Entries {
         entries: listing
             .entries
             .into_iter()
             .map(|e| Entry {
                 path: e.path,
-                kind: entry_kind(e.kind),
+                kind: e.kind,
                 size: e.size.unwrap_or(0),
             })
             .collect(),
@@ -113,24 +72,44 @@ fn list(ws: &Workspace, path: &str, recursive: bool, limit: u64) -> Result<OpRes
     })
 }
 
-fn search(
-    ws: &Workspace,
-    path: &str,
-    glob: Option<&str>,
-    text: Option<&str>,
-    limit: u64,
-) -> Result<OpResult, WsError> {
-    let found = ws.search(path, glob, text, count(limit))?;
+fn read(ws: &Workspace, request: FsRead) -> Result<OpResult, WsError> {
+    let page = ws.read(&request.path, request.offset, request.limit)?;
+    Ok(OpResult::Read {
+        content: page.content,
+        offset: page.offset,
+        next_offset: page.next_offset,
+        total_size: page.total_size,
+        eof: page.eof,
+        lossy: page.lossy,
+    })
+}
+
+fn write(ws: &Workspace, request: FsWrite) -> Result<OpResult, WsError> {
+    let content = request.content.expose();
+    ws.write(&request.path, content.as_bytes(), request.create_dirs)?;
+    Ok(OpResult::Written {
+        bytes: content.len() as u64,
+    })
+}
+
+fn edit(ws: &Workspace, request: FsEdit) -> Result<OpResult, WsError> {
+    let (old, new) = (request.old.expose(), request.new.expose());
+    let n = ws.edit(&request.path, old, new, request.replace_all)?;
+    Ok(OpResult::Edited {
+        replacements: u32::try_from(n).unwrap_or(u32::MAX),
+    })
+}
+
+fn search(ws: &Workspace, request: FsSearch) -> Result<OpResult, WsError> {
+    let FsSearch {
+        path,
+        glob,
+        text,
+        limit,
+    } = request;
+    let found = ws.search(&path, glob.as_deref(), text.as_deref(), count(limit))?;
     Ok(OpResult::Matches {
-        matches: found
-            .matches
-            .into_iter()
-            .map(|m| Match {
-                path: m.path,
-                line: m.line,
-                text: m.text,
-            })
-            .collect(),
+        matches: found.matches,
         truncated: found.truncated,
     })
 }

@@ -15,15 +15,15 @@ use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::command::{CommandContext, CommandRequest};
+use super::command::CommandContext;
 use super::jupyter::Jupyter;
 use super::reaper::Reaper;
-use super::upstream::{self, UpstreamRequest};
+use super::upstream;
 use super::{AgentConfig, AgentError, fs};
 use crate::workspace::Workspace;
 use lodge_protocol::{
-    AgentCodec, AgentMessage, ErrorKind, Hello, HubMessage, Op, OpError, OpResult, ProtocolError,
-    check_hello,
+    AgentCodec, AgentMessage, ErrorKind, Hello, HubMessage, Jupyter as JupyterRequest, Op, OpError,
+    OpResult, ProtocolError, check_hello,
 };
 
 /// Messages waiting for the writer; senders wait (responses) or drop (progress) when full.
@@ -171,7 +171,7 @@ fn start(
 ) {
     let token = CancellationToken::new();
     let (input, inbox) = match op {
-        Op::Upstream { .. } => {
+        Op::Upstream(_) => {
             let (input, inbox) = mpsc::unbounded_channel();
             (Some(input), Some(inbox))
         }
@@ -218,29 +218,14 @@ async fn handle(
 ) -> Result<OpResult, OpError> {
     match op {
         Op::Ping => Ok(OpResult::Pong),
-        Op::RunCommand {
-            command,
-            cwd,
-            timeout_ms,
-            env,
-            output_cap,
-        } => {
-            let request = CommandRequest {
-                command,
-                cwd,
-                timeout_ms,
-                env,
-                output_cap,
-            };
-            ctx.commands.run(id, request, tx, token).await
-        }
-        Op::Upstream { server, argv, env } => {
+        Op::RunCommand(request) => ctx.commands.run_command(id, request, tx, token).await,
+        Op::Exec(request) => ctx.commands.exec(id, request, tx, token).await,
+        Op::Upstream(request) => {
             // `start` made the queue; without one the server would just never get input.
             let inbox = inbox.unwrap_or_else(|| mpsc::unbounded_channel().1);
-            let request = UpstreamRequest { server, argv, env };
             upstream::run(&ctx.commands, id, request, inbox, tx, token).await
         }
-        Op::Jupyter { settings, request } => ctx
+        Op::Jupyter(JupyterRequest { settings, request }) => ctx
             .jupyter
             .handle(&ctx.commands, settings, request, token)
             .await

@@ -119,13 +119,13 @@ impl Hub {
 }
 
 fn cmd(command: &str, timeout_ms: u64) -> Op {
-    Op::RunCommand {
+    Op::RunCommand(lodge_protocol::RunCommand {
         command: command.into(),
         cwd: None,
         timeout_ms,
         env: BTreeMap::new(),
         output_cap: 64 * 1024,
-    }
+    })
 }
 
 struct Ran {
@@ -242,21 +242,21 @@ async fn a_request_before_the_hello_is_refused() {
 #[tokio::test]
 async fn file_operations_round_trip() {
     let mut hub = start().await;
-    let write = Op::FsWrite {
+    let write = Op::FsWrite(lodge_protocol::FsWrite {
         path: "dir/a.txt".into(),
         content: "hello world\n".into(),
         create_dirs: true,
-    };
+    });
     assert_eq!(hub.call(write).await, Ok(OpResult::Written { bytes: 12 }));
     assert_eq!(
         std::fs::read_to_string(hub.ws().join("dir/a.txt")).unwrap(),
         "hello world\n"
     );
-    let read = Op::FsRead {
+    let read = Op::FsRead(lodge_protocol::FsRead {
         path: "dir/a.txt".into(),
         offset: 6,
         limit: 100,
-    };
+    });
     assert_eq!(
         hub.call(read).await,
         Ok(OpResult::Read {
@@ -268,22 +268,22 @@ async fn file_operations_round_trip() {
             lossy: false,
         })
     );
-    let edit = Op::FsEdit {
+    let edit = Op::FsEdit(lodge_protocol::FsEdit {
         path: "dir/a.txt".into(),
         old: "world".into(),
         new: "room".into(),
         replace_all: false,
-    };
+    });
     assert_eq!(
         hub.call(edit).await,
         Ok(OpResult::Edited { replacements: 1 })
     );
-    let search = Op::FsSearch {
+    let search = Op::FsSearch(lodge_protocol::FsSearch {
         path: "".into(),
         glob: None,
         text: Some("room".into()),
         limit: 10,
-    };
+    });
     match hub.call(search).await {
         Ok(OpResult::Matches { matches, truncated }) => {
             assert!(!truncated);
@@ -293,22 +293,22 @@ async fn file_operations_round_trip() {
         }
         other => panic!("{other:?}"),
     }
-    let mkdir = Op::FsMkdir {
+    let mkdir = Op::FsMkdir(lodge_protocol::FsMkdir {
         path: "other".into(),
         parents: false,
-    };
+    });
     assert_eq!(hub.call(mkdir).await, Ok(OpResult::Done));
-    let mv = Op::FsMove {
+    let mv = Op::FsMove(lodge_protocol::FsMove {
         from: "dir/a.txt".into(),
         to: "other/b.txt".into(),
         overwrite: false,
-    };
+    });
     assert_eq!(hub.call(mv).await, Ok(OpResult::Done));
-    let list = Op::FsList {
+    let list = Op::FsList(lodge_protocol::FsList {
         path: "".into(),
         recursive: true,
         limit: 100,
-    };
+    });
     match hub.call(list).await {
         Ok(OpResult::Entries { entries, truncated }) => {
             assert!(!truncated);
@@ -321,10 +321,10 @@ async fn file_operations_round_trip() {
         }
         other => panic!("{other:?}"),
     }
-    let delete = Op::FsDelete {
+    let delete = Op::FsDelete(lodge_protocol::FsDelete {
         path: "other".into(),
         recursive: true,
-    };
+    });
     assert_eq!(hub.call(delete).await, Ok(OpResult::Done));
     assert!(!hub.ws().join("other").exists());
     hub.shutdown().await.unwrap();
@@ -334,26 +334,26 @@ async fn file_operations_round_trip() {
 async fn a_bad_path_is_an_error_and_the_channel_survives() {
     let mut hub = start().await;
     for path in ["../escape", "/etc/passwd", "a/../../b"] {
-        let read = Op::FsRead {
+        let read = Op::FsRead(lodge_protocol::FsRead {
             path: path.into(),
             offset: 0,
             limit: 10,
-        };
+        });
         let (kind, _) = err_kind(hub.call(read).await);
         assert_eq!(kind, ErrorKind::InvalidPath, "{path}");
     }
     std::os::unix::fs::symlink("/etc", hub.ws().join("out")).unwrap();
-    let read = Op::FsRead {
+    let read = Op::FsRead(lodge_protocol::FsRead {
         path: "out/passwd".into(),
         offset: 0,
         limit: 10,
-    };
+    });
     assert_eq!(err_kind(hub.call(read).await).0, ErrorKind::InvalidPath);
-    let missing = Op::FsRead {
+    let missing = Op::FsRead(lodge_protocol::FsRead {
         path: "missing".into(),
         offset: 0,
         limit: 10,
-    };
+    });
     assert_eq!(err_kind(hub.call(missing).await).0, ErrorKind::NotFound);
     assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
     hub.shutdown().await.unwrap();
@@ -365,11 +365,11 @@ async fn concurrent_requests_are_answered_by_id() {
     hub.send(10, cmd("sleep 1; echo slow", 10_000)).await;
     hub.send(
         11,
-        Op::FsWrite {
+        Op::FsWrite(lodge_protocol::FsWrite {
             path: "f".into(),
             content: "x".into(),
             create_dirs: false,
-        },
+        }),
     )
     .await;
     hub.send(12, Op::Ping).await;
@@ -462,13 +462,13 @@ async fn commands_lead_their_own_session_and_are_first_for_the_oom_killer() {
 #[tokio::test]
 async fn output_over_the_cap_is_truncated_but_drained() {
     let mut hub = start().await;
-    let op = Op::RunCommand {
+    let op = Op::RunCommand(lodge_protocol::RunCommand {
         command: "yes | head -c 10000000; echo done >&2".into(),
         cwd: None,
         timeout_ms: 20_000,
         env: BTreeMap::new(),
         output_cap: 1000,
-    };
+    });
     let started = Instant::now();
     let r = ran(hub.call(op).await);
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -497,13 +497,13 @@ async fn cwd_must_stay_inside_the_workspace() {
         "root-link",
         "root-link/etc",
     ] {
-        let op = Op::RunCommand {
+        let op = Op::RunCommand(lodge_protocol::RunCommand {
             command: "pwd".into(),
             cwd: Some(cwd.into()),
             timeout_ms: 10_000,
             env: BTreeMap::new(),
             output_cap: 1000,
-        };
+        });
         let (kind, message) = err_kind(hub.call(op).await);
         assert_eq!(kind, ErrorKind::InvalidPath, "{cwd}: {message}");
     }
@@ -514,23 +514,23 @@ async fn cwd_must_stay_inside_the_workspace() {
         (Some("sub-link/"), ws.join("sub")),
         (Some("."), ws.clone()),
     ] {
-        let op = Op::RunCommand {
+        let op = Op::RunCommand(lodge_protocol::RunCommand {
             command: "pwd -P".into(),
             cwd: cwd.map(String::from),
             timeout_ms: 10_000,
             env: BTreeMap::new(),
             output_cap: 1000,
-        };
+        });
         let r = ran(hub.call(op).await);
         assert_eq!(r.stdout.trim_end(), want.to_str().unwrap(), "{cwd:?}");
     }
-    let op = Op::RunCommand {
+    let op = Op::RunCommand(lodge_protocol::RunCommand {
         command: "pwd".into(),
         cwd: Some("missing".into()),
         timeout_ms: 10_000,
         env: BTreeMap::new(),
         output_cap: 1000,
-    };
+    });
     assert_eq!(err_kind(hub.call(op).await).0, ErrorKind::NotFound);
     hub.shutdown().await.unwrap();
 }
@@ -538,13 +538,13 @@ async fn cwd_must_stay_inside_the_workspace() {
 #[tokio::test]
 async fn environment_is_clean_and_names_are_checked() {
     let mut hub = start().await;
-    let op = Op::RunCommand {
+    let op = Op::RunCommand(lodge_protocol::RunCommand {
         command: "echo $FOO; env | cut -d= -f1 | sort | tr '\\n' ' '".into(),
         cwd: None,
         timeout_ms: 10_000,
         env: BTreeMap::from([("FOO".into(), "bar baz".into())]),
         output_cap: 10_000,
-    };
+    });
     let r = ran(hub.call(op).await);
     let mut lines = r.stdout.lines();
     assert_eq!(lines.next(), Some("bar baz"));
@@ -571,13 +571,13 @@ async fn environment_is_clean_and_names_are_checked() {
     );
     assert_eq!(r.stdout, want);
 
-    let op = Op::RunCommand {
+    let op = Op::RunCommand(lodge_protocol::RunCommand {
         command: "true".into(),
         cwd: None,
         timeout_ms: 10_000,
         env: BTreeMap::from([("BAD-NAME".into(), "sekrit-value".into())]),
         output_cap: 1000,
-    };
+    });
     let (kind, message) = err_kind(hub.call(op).await);
     assert_eq!(kind, ErrorKind::InvalidArgument);
     assert!(message.contains("BAD-NAME"), "{message}");
@@ -684,6 +684,87 @@ async fn long_commands_report_progress() {
     assert_eq!(message, "running for 1s, 0 bytes of output");
     assert_eq!(*p, Some(1.0));
     assert_eq!(*total, Some(10.0));
+    hub.shutdown().await.unwrap();
+}
+
+fn exec(argv: &[&str], timeout_ms: u64) -> Op {
+    Op::Exec(lodge_protocol::Exec {
+        argv: argv.iter().map(|arg| arg.to_string()).collect(),
+        cwd: None,
+        env: BTreeMap::new(),
+        timeout_ms,
+        output_cap: 64 * 1024,
+    })
+}
+
+#[tokio::test]
+async fn exec_passes_argv_verbatim_without_a_shell() {
+    let mut hub = start().await;
+    let tricky = [
+        "two words",
+        "it's \"quoted\"",
+        "a; touch pwned",
+        "$HOME `id` $(id)",
+        "*",
+        "",
+        "back\\slash\nnewline",
+    ];
+    let mut argv = vec!["printf", "[%s]\n"];
+    argv.extend(tricky);
+    let r = ran(hub.call(exec(&argv, 10_000)).await);
+    let want: String = tricky.iter().map(|arg| format!("[{arg}]\n")).collect();
+    assert_eq!(r.stdout, want);
+    assert_eq!(r.exit_code, Some(0));
+    assert!(!hub.ws().join("pwned").exists(), "a shell ran the argument");
+
+    // The environment is the clean base plus the request's own, as for run_command.
+    let op = Op::Exec(lodge_protocol::Exec {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo \"$TOKEN|$HOME\"".into(),
+        ],
+        cwd: None,
+        env: BTreeMap::from([("TOKEN".into(), "t o k".into())]),
+        timeout_ms: 10_000,
+        output_cap: 1000,
+    });
+    let r = ran(hub.call(op).await);
+    assert_eq!(r.stdout, format!("t o k|{}\n", hub.ws().display()));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_names_a_missing_program_and_refuses_an_empty_argv() {
+    let mut hub = start().await;
+    let (kind, message) = err_kind(hub.call(exec(&["no-such-program-x", "arg"], 10_000)).await);
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert!(message.contains("no-such-program-x"), "{message}");
+    let (kind, message) = err_kind(hub.call(exec(&["/no/such/dir/prog"], 10_000)).await);
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert!(message.contains("/no/such/dir/prog"), "{message}");
+
+    let (kind, message) = err_kind(hub.call(exec(&[], 10_000)).await);
+    assert_eq!(kind, ErrorKind::InvalidArgument);
+    assert!(message.contains("empty"), "{message}");
+    let (kind, _) = err_kind(hub.call(exec(&["echo", "a\0b"], 10_000)).await);
+    assert_eq!(kind, ErrorKind::InvalidArgument);
+    assert_eq!(hub.call(Op::Ping).await, Ok(OpResult::Pong));
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_times_out_and_is_killed() {
+    let mut hub = start().await;
+    let started = Instant::now();
+    let r = ran(hub.call(exec(&["sleep", "30"], 300)).await);
+    assert!(r.timed_out);
+    assert_eq!(r.exit_code, None);
+    assert!(
+        r.signal.is_some(),
+        "killed, so it has no exit code but a signal"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1800));
     hub.shutdown().await.unwrap();
 }
 
@@ -916,14 +997,14 @@ async fn drive_main(
 const ECHO: &str = r#"while IFS= read -r l; do printf '%s\n' "$l"; done"#;
 
 fn upstream(server: &str, script: &str, env: &[(&str, &str)]) -> Op {
-    Op::Upstream {
+    Op::Upstream(lodge_protocol::Upstream {
         server: server.into(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: env
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect(),
-    }
+    })
 }
 
 /// What an upstream request sent until its answer.
@@ -1020,7 +1101,7 @@ async fn upstream_gets_the_workspace_its_env_and_a_clean_session() {
     let script = r#"cd "$1" && printf '{"cwd":"%s","pwd0":"%s","v":"%s","home":"%s","pid":%s,"sid":%s,"oom":%s,"names":"%s"}\n' \
         "$PWD" "$OLDPWD" "$X" "$HOME" $$ "$(cut -d' ' -f6 /proc/$$/stat)" \
         "$(cat /proc/self/oom_score_adj)" "$(env | cut -d= -f1 | sort | tr '\n' ' ')""#;
-    let op = Op::Upstream {
+    let op = Op::Upstream(lodge_protocol::Upstream {
         server: "probe".into(),
         // A program without '/' is looked up in the room's PATH.
         argv: vec![
@@ -1031,7 +1112,7 @@ async fn upstream_gets_the_workspace_its_env_and_a_clean_session() {
             "{workspace}/sub".into(),
         ],
         env: BTreeMap::from([("X".into(), "at {workspace}/x".into())]),
-    };
+    });
     hub.send(2, op).await;
     let (relayed, result) = hub.relayed(2).await;
     assert_eq!(
@@ -1072,11 +1153,11 @@ async fn upstream_gets_the_workspace_its_env_and_a_clean_session() {
 #[tokio::test]
 async fn upstream_requests_are_checked_before_anything_runs() {
     let mut hub = start().await;
-    let empty = Op::Upstream {
+    let empty = Op::Upstream(lodge_protocol::Upstream {
         server: "nothing".into(),
         argv: Vec::new(),
         env: BTreeMap::new(),
-    };
+    });
     let (kind, message) = err_kind(hub.call(empty).await);
     assert_eq!(kind, ErrorKind::InvalidArgument);
     assert!(message.contains("server nothing"), "{message}");
@@ -1090,11 +1171,11 @@ async fn upstream_requests_are_checked_before_anything_runs() {
     );
     assert!(!message.contains("sekrit"), "value leaked: {message}");
 
-    let missing = Op::Upstream {
+    let missing = Op::Upstream(lodge_protocol::Upstream {
         server: "ghost".into(),
         argv: vec!["no-such-mcp-server-binary".into()],
         env: BTreeMap::new(),
-    };
+    });
     let (kind, message) = err_kind(hub.call(missing).await);
     assert_eq!(kind, ErrorKind::NotFound);
     assert!(
@@ -1321,13 +1402,13 @@ async fn dropping_a_relay_kills_its_server() {
 // Jupyter requests (no real kernel here: the notebook tests of the lodge crate run ipykernel)
 
 fn jupyter(request: lodge_kernel::ops::JupyterOp) -> Op {
-    Op::Jupyter {
+    Op::Jupyter(lodge_protocol::Jupyter {
         settings: lodge_kernel::ops::KernelSettings {
             default: "fake".into(),
             ..Default::default()
         },
         request,
-    }
+    })
 }
 
 fn jupyter_result(result: Result<OpResult, OpError>) -> lodge_kernel::ops::JupyterResult {

@@ -5,7 +5,6 @@
 //! no policy (which servers a user gets is the hub's business) and never logs messages, env
 //! values or stderr text.
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -19,13 +18,13 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{CommandContext, DRAIN_GRACE, validate_env};
+use super::command::{self, CommandContext, DRAIN_GRACE, split_argv, validate_env};
 use super::reaper::Exit;
 use super::tree::{self, Target};
 use crate::workspace::{sanitize, utf8_cut};
 use lodge_protocol::{
     AgentMessage, ErrorKind, MAX_FRAME_LEN, MAX_UPSTREAM_MESSAGE, OpError, OpResult, Stream,
-    exceeds_depth,
+    Upstream, exceeds_depth,
 };
 
 /// Replaced by the workspace path in every argument and env value.
@@ -42,13 +41,6 @@ const FRAME_ENVELOPE: usize = 64;
 /// most ~4.5x, e.g. `1e15` -> `1000000000000000.0`); longer ones are measured.
 const ALWAYS_FITS: usize = MAX_FRAME_LEN / 8;
 
-/// One `upstream` request, as received.
-pub(crate) struct UpstreamRequest {
-    pub server: String,
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-}
-
 /// How the wait for the server ended.
 enum Ending {
     Exited(Exit),
@@ -62,7 +54,7 @@ enum Ending {
 pub(crate) async fn run(
     ctx: &CommandContext,
     id: u64,
-    request: UpstreamRequest,
+    request: Upstream,
     input: mpsc::UnboundedReceiver<Value>,
     tx: &mpsc::Sender<AgentMessage>,
     cancel: &CancellationToken,
@@ -192,27 +184,14 @@ type Prepared = (OsString, Vec<OsString>, Vec<(String, OsString)>);
 
 /// Checks the request and expands `{workspace}`: (program, arguments, extra environment).
 /// Messages name the server and variables, never env values.
-fn prepare(
-    request: &UpstreamRequest,
-    workspace: &OsStr,
-    server: &str,
-) -> Result<Prepared, OpError> {
+fn prepare(request: &Upstream, workspace: &OsStr, server: &str) -> Result<Prepared, OpError> {
     let invalid = |message: String| OpError::new(ErrorKind::InvalidArgument, message);
-    let Some((program, args)) = request.argv.split_first() else {
-        return Err(invalid(format!(
-            "server {server} has an empty command: it needs at least the program to run"
-        )));
-    };
-    if request.argv.iter().any(|arg| arg.contains('\0')) {
-        return Err(invalid(format!(
-            "server {server}: an argument of its command contains a NUL byte"
-        )));
-    }
+    let (program, args) = split_argv(&request.argv, &format!("the command of server {server}"))?;
     validate_env(&request.env).map_err(|e| invalid(format!("server {server}: {}", e.message)))?;
     let env = request
         .env
         .iter()
-        .map(|(name, value)| (name.clone(), expand(value, workspace)))
+        .map(|(name, value)| (name.clone(), expand(value.expose(), workspace)))
         .collect();
     Ok((
         expand(program, workspace),
@@ -234,17 +213,15 @@ fn expand(text: &str, workspace: &OsStr) -> OsString {
 
 fn spawn_error(server: &str, program: &OsStr, error: &io::Error) -> OpError {
     let program = sanitize(&program.to_string_lossy());
-    let (kind, hint) = match error.kind() {
-        io::ErrorKind::NotFound => (
-            ErrorKind::NotFound,
+    let hint = match error.kind() {
+        io::ErrorKind::NotFound => {
             "; install it in the room's system directories or in one of [rooms] read_only_paths \
-             (programs without a '/' are looked up in PATH)",
-        ),
-        io::ErrorKind::PermissionDenied => (ErrorKind::PermissionDenied, ""),
-        _ => (ErrorKind::Io, ""),
+             (programs without a '/' are looked up in PATH)"
+        }
+        _ => "",
     };
     OpError::new(
-        kind,
+        command::spawn_error(&program, error).kind,
         format!("cannot start server {server} ({program}): {error}{hint}"),
     )
 }

@@ -89,14 +89,9 @@ pub enum WsError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
+// What a path is and a search hit are the protocol's own types: the agent answers with them
+// as they are.
+pub use lodge_protocol::{EntryKind, Match};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
@@ -127,16 +122,8 @@ pub struct ReadPage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SearchMatch {
-    pub path: String,
-    /// 1-based line number for text matches; `None` for glob-only matches.
-    pub line: Option<u64>,
-    pub text: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SearchResult {
-    pub matches: Vec<SearchMatch>,
+    pub matches: Vec<Match>,
     pub truncated: bool,
     /// Files not searched for text: too large, binary, or hard-linked.
     pub skipped: u64,
@@ -866,7 +853,7 @@ impl Workspace {
                     truncated = true;
                     return Ok(Flow::Stop);
                 }
-                matches.push(SearchMatch {
+                matches.push(Match {
                     path: full,
                     line: None,
                     text: None,
@@ -891,7 +878,7 @@ impl Workspace {
                     .chars()
                     .take(MAX_LINE_TEXT)
                     .collect();
-                matches.push(SearchMatch {
+                matches.push(Match {
                     path: full.clone(),
                     line: Some(i as u64 + 1),
                     text: Some(s),
@@ -1618,12 +1605,12 @@ mod tests {
         assert_eq!(
             t.matches,
             vec![
-                SearchMatch {
+                Match {
                     path: "a.txt".into(),
                     line: Some(2),
                     text: Some("needle one".into())
                 },
-                SearchMatch {
+                Match {
                     path: "d/b.txt".into(),
                     line: Some(3),
                     text: Some("needle two".into())

@@ -1,12 +1,13 @@
-//! Lodge's shared vocabulary: user names, scopes, API tokens, durations and the hub's
-//! configuration. Everything here is pure (no I/O beyond reading the config file) so that the
-//! store, the hub and the CLI agree on one definition of each rule.
+//! Lodge's shared vocabulary: user names, scopes, API tokens, durations, redacted secret values
+//! and the hub's configuration. Everything here is pure (no I/O beyond reading the config file)
+//! so that the store, the hub and the CLI agree on one definition of each rule.
 
 pub mod config;
 pub mod duration;
 pub mod name;
 pub mod net;
 pub mod scope;
+pub mod secret;
 pub mod servers;
 pub mod size;
 pub mod text;
@@ -16,4 +17,5 @@ pub mod token;
 pub use config::{Config, ConfigError};
 pub use name::{NameError, UserName};
 pub use scope::{Scope, ScopeError, ScopeKind, Scopes};
+pub use secret::Secret;
 pub use token::{NewToken, TokenHash};

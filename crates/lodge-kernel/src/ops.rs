@@ -2,12 +2,14 @@
 //! inside the room protocol's `jupyter` op. Notebook paths are workspace-relative and checked by
 //! the agent's workspace; nothing here touches files or processes.
 
+use lodge_core::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::notebook::{CellRef, CellType};
 use crate::output::Output;
 
-/// One Jupyter request. `revision`, where present, is the revision a client last read: the
+/// One Jupyter request; code and cell sources are [`Secret`]s, as they may hold credentials.
+/// `revision`, where present, is the revision a client last read: the
 /// request fails with a conflict if the file changed since (someone edited it outside Lodge).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -51,14 +53,14 @@ pub enum JupyterOp {
         path: String,
         index: Option<u64>,
         cell_type: CellType,
-        source: String,
+        source: Secret<String>,
         revision: Option<String>,
     },
     /// Replaces a cell's source (and type, if given). A code cell's outputs are cleared.
     CellEdit {
         path: String,
         cell: CellRef,
-        source: String,
+        source: Secret<String>,
         cell_type: Option<CellType>,
         revision: Option<String>,
     },
@@ -85,7 +87,7 @@ pub enum JupyterOp {
     /// Scratch code in kernel `kernel` (a notebook path for that notebook's kernel, or a
     /// scratch name; `"scratch"` when `None`), started from spec `kernel_name` when needed.
     CodeExecute {
-        code: String,
+        code: Secret<String>,
         kernel: Option<String>,
         kernel_name: Option<String>,
         timeout_ms: u64,

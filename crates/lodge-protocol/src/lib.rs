@@ -18,6 +18,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
+use lodge_core::secret::{REDACTED, Secret};
 use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,8 @@ pub enum HubMessage {
 }
 
 /// Hand-written so that `{:?}` of a hub message never shows an upstream server's input (tool
-/// arguments may carry secrets); ops redact themselves.
+/// arguments may carry secrets, and a JSON value cannot be a zeroizing [`Secret`]); ops redact
+/// their secrets themselves.
 impl fmt::Debug for HubMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -133,7 +135,7 @@ impl fmt::Debug for HubMessage {
             HubMessage::Input { id, .. } => f
                 .debug_struct("Input")
                 .field("id", id)
-                .field("message", &Redacted)
+                .field("message", &format_args!("{REDACTED}"))
                 .finish(),
         }
     }
@@ -191,224 +193,148 @@ pub enum LogLevel {
     Trace,
 }
 
-/// An operation the agent performs in the room. Paths are relative to the workspace and are
-/// not validated here.
-///
-/// `Debug` is written by hand (see below): it never prints env values or file contents.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// An operation the agent performs in the room: one named request struct per operation, so a
+/// handler can take its request whole. Paths are relative to the workspace and are not
+/// validated here. Secret values (env values, file contents, notebook code) are [`Secret`]s,
+/// so the derived `Debug` never prints them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     Ping,
-    FsList {
-        path: String,
-        recursive: bool,
-        limit: u64,
-    },
-    FsRead {
-        path: String,
-        offset: u64,
-        limit: u64,
-    },
-    FsWrite {
-        path: String,
-        content: String,
-        create_dirs: bool,
-    },
-    FsEdit {
-        path: String,
-        old: String,
-        new: String,
-        replace_all: bool,
-    },
-    FsDelete {
-        path: String,
-        recursive: bool,
-    },
-    FsMove {
-        from: String,
-        to: String,
-        overwrite: bool,
-    },
-    FsMkdir {
-        path: String,
-        parents: bool,
-    },
-    FsSearch {
-        path: String,
-        glob: Option<String>,
-        text: Option<String>,
-        limit: u64,
-    },
-    RunCommand {
-        command: String,
-        cwd: Option<String>,
-        timeout_ms: u64,
-        /// Extra environment for this one child process. Secrets reach a room only this way,
-        /// so the values are secret: never print or log them.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        env: BTreeMap<String, String>,
-        output_cap: u64,
-    },
-    /// Runs an upstream MCP server until it exits or the request is cancelled; its stdout lines
-    /// come back as `Message`s, its stderr as `Output { stream: Stderr }` (one line each,
-    /// without the newline), and `Input`s go to its stdin.
-    Upstream {
-        /// The server's name, for messages only.
-        server: String,
-        /// Program and arguments; `{workspace}` expands to the workspace path.
-        argv: Vec<String>,
-        /// Extra environment (`{workspace}` expands in values). Secret like `RunCommand.env`.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        env: BTreeMap<String, String>,
-    },
-    /// A notebook or kernel request (see `lodge_kernel::ops`), with the operator's kernel
-    /// settings.
-    Jupyter {
-        settings: KernelSettings,
-        request: JupyterOp,
-    },
+    FsList(FsList),
+    FsRead(FsRead),
+    FsWrite(FsWrite),
+    FsEdit(FsEdit),
+    FsDelete(FsDelete),
+    FsMove(FsMove),
+    FsMkdir(FsMkdir),
+    FsSearch(FsSearch),
+    RunCommand(RunCommand),
+    Exec(Exec),
+    Upstream(Upstream),
+    Jupyter(Jupyter),
 }
 
-/// Hand-written so that `{:?}` of an op (which ends up in logs and panic messages) never shows a
-/// secret: `RunCommand.env` and `Upstream.env` carry the user's secrets as values, so only the
-/// names are printed;
-/// file contents (`FsWrite.content`, `FsEdit.old`/`new`) may hold secrets too and are shown as
-/// their length.
-impl fmt::Debug for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Op::Ping => f.write_str("Ping"),
-            Op::FsList {
-                path,
-                recursive,
-                limit,
-            } => f
-                .debug_struct("FsList")
-                .field("path", path)
-                .field("recursive", recursive)
-                .field("limit", limit)
-                .finish(),
-            Op::FsRead {
-                path,
-                offset,
-                limit,
-            } => f
-                .debug_struct("FsRead")
-                .field("path", path)
-                .field("offset", offset)
-                .field("limit", limit)
-                .finish(),
-            Op::FsWrite {
-                path,
-                content,
-                create_dirs,
-            } => f
-                .debug_struct("FsWrite")
-                .field("path", path)
-                .field("content", &Omitted(content.len()))
-                .field("create_dirs", create_dirs)
-                .finish(),
-            Op::FsEdit {
-                path,
-                old,
-                new,
-                replace_all,
-            } => f
-                .debug_struct("FsEdit")
-                .field("path", path)
-                .field("old", &Omitted(old.len()))
-                .field("new", &Omitted(new.len()))
-                .field("replace_all", replace_all)
-                .finish(),
-            Op::FsDelete { path, recursive } => f
-                .debug_struct("FsDelete")
-                .field("path", path)
-                .field("recursive", recursive)
-                .finish(),
-            Op::FsMove {
-                from,
-                to,
-                overwrite,
-            } => f
-                .debug_struct("FsMove")
-                .field("from", from)
-                .field("to", to)
-                .field("overwrite", overwrite)
-                .finish(),
-            Op::FsMkdir { path, parents } => f
-                .debug_struct("FsMkdir")
-                .field("path", path)
-                .field("parents", parents)
-                .finish(),
-            Op::FsSearch {
-                path,
-                glob,
-                text,
-                limit,
-            } => f
-                .debug_struct("FsSearch")
-                .field("path", path)
-                .field("glob", glob)
-                .field("text", text)
-                .field("limit", limit)
-                .finish(),
-            Op::RunCommand {
-                command,
-                cwd,
-                timeout_ms,
-                env,
-                output_cap,
-            } => f
-                .debug_struct("RunCommand")
-                .field("command", command)
-                .field("cwd", cwd)
-                .field("timeout_ms", timeout_ms)
-                .field("env", &EnvNames(env))
-                .field("output_cap", output_cap)
-                .finish(),
-            Op::Upstream { server, argv, env } => f
-                .debug_struct("Upstream")
-                .field("server", server)
-                .field("argv", argv)
-                .field("env", &EnvNames(env))
-                .finish(),
-            // Code and cell sources may hold secrets: only the request's name.
-            Op::Jupyter { request, .. } => f
-                .debug_struct("Jupyter")
-                .field("request", &request.name())
-                .finish(),
-        }
-    }
+/// The extra environment of one child process. Secrets reach a room only this way, so the
+/// values are secret: never print or log them.
+pub type Env = BTreeMap<String, Secret<String>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsList {
+    pub path: String,
+    pub recursive: bool,
+    pub limit: u64,
 }
 
-/// Debug stand-in for content that must not be printed: shows only its length.
-struct Omitted(usize);
-
-impl fmt::Debug for Omitted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<{} bytes>", self.0)
-    }
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRead {
+    pub path: String,
+    pub offset: u64,
+    pub limit: u64,
 }
 
-/// Debug stand-in for an environment: names with their values redacted.
-struct EnvNames<'a>(&'a BTreeMap<String, String>);
-
-impl fmt::Debug for EnvNames<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|name| (name, Redacted)))
-            .finish()
-    }
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsWrite {
+    pub path: String,
+    /// May hold secrets (a `.env` file).
+    pub content: Secret<String>,
+    pub create_dirs: bool,
 }
 
-/// Debug stand-in for a value that must not be printed at all.
-struct Redacted;
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsEdit {
+    pub path: String,
+    pub old: Secret<String>,
+    pub new: Secret<String>,
+    pub replace_all: bool,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsDelete {
+    pub path: String,
+    pub recursive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsMove {
+    pub from: String,
+    pub to: String,
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsMkdir {
+    pub path: String,
+    pub parents: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsSearch {
+    pub path: String,
+    pub glob: Option<String>,
+    pub text: Option<String>,
+    pub limit: u64,
+}
+
+/// `/bin/sh -c command`: an [`Exec`] of the shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCommand {
+    pub command: String,
+    pub cwd: Option<String>,
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: Env,
+    pub output_cap: u64,
+}
+
+/// Runs `argv[0]` (looked up in `PATH` unless it has a `/`) with `argv[1..]` as its arguments,
+/// verbatim: no shell parses them. Answered with [`OpResult::Command`], like `RunCommand`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: Env,
+    pub timeout_ms: u64,
+    pub output_cap: u64,
+}
+
+/// Runs an upstream MCP server until it exits or the request is cancelled; its stdout lines
+/// come back as `Message`s, its stderr as `Output { stream: Stderr }` (one line each, without
+/// the newline), and `Input`s go to its stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The server's name, for messages only.
+    pub server: String,
+    /// Program and arguments; `{workspace}` expands to the workspace path.
+    pub argv: Vec<String>,
+    /// `{workspace}` expands in values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: Env,
+}
+
+/// A notebook or kernel request (see `lodge_kernel::ops`), with the operator's kernel settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Jupyter {
+    pub settings: KernelSettings,
+    pub request: JupyterOp,
+}
+
+/// `From<FsRead> for Op` and so on, so a request can be sent as `op.into()`.
+macro_rules! op_from {
+    ($($variant:ident),* $(,)?) => {
+        $(impl From<$variant> for Op {
+            fn from(request: $variant) -> Op {
+                Op::$variant(request)
+            }
+        })*
+    };
+}
+
+op_from!(
+    FsList, FsRead, FsWrite, FsEdit, FsDelete, FsMove, FsMkdir, FsSearch, RunCommand, Exec,
+    Upstream, Jupyter,
+);
 
 /// The successful result of an [`Op`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -443,7 +369,7 @@ pub enum OpResult {
         matches: Vec<Match>,
         truncated: bool,
     },
-    /// For `RunCommand`. Output beyond `output_cap` is dropped and flagged as truncated.
+    /// For `RunCommand` and `Exec`. Output beyond `output_cap` is dropped and flagged as truncated.
     Command {
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -485,6 +411,7 @@ pub enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Match {
     pub path: String,
+    /// 1-based line number for text matches; `None` for glob-only matches.
     pub line: Option<u64>,
     pub text: Option<String>,
 }
@@ -760,70 +687,82 @@ mod tests {
     fn all_ops() -> Vec<Op> {
         vec![
             Op::Ping,
-            Op::FsList {
+            Op::FsList(FsList {
                 path: "src".into(),
                 recursive: true,
                 limit: 100,
-            },
-            Op::FsRead {
+            }),
+            Op::FsRead(FsRead {
                 path: "a.txt".into(),
                 offset: 10,
                 limit: 4096,
-            },
-            Op::FsWrite {
+            }),
+            Op::FsWrite(FsWrite {
                 path: "dir/b.txt".into(),
                 content: "héllo\nworld\u{0}".into(),
                 create_dirs: true,
-            },
-            Op::FsEdit {
+            }),
+            Op::FsEdit(FsEdit {
                 path: "b.txt".into(),
                 old: "world".into(),
                 new: "there".into(),
                 replace_all: false,
-            },
-            Op::FsDelete {
+            }),
+            Op::FsDelete(FsDelete {
                 path: "old".into(),
                 recursive: true,
-            },
-            Op::FsMove {
+            }),
+            Op::FsMove(FsMove {
                 from: "a".into(),
                 to: "b".into(),
                 overwrite: false,
-            },
-            Op::FsMkdir {
+            }),
+            Op::FsMkdir(FsMkdir {
                 path: "x/y".into(),
                 parents: true,
-            },
-            Op::FsSearch {
+            }),
+            Op::FsSearch(FsSearch {
                 path: ".".into(),
                 glob: Some("*.rs".into()),
                 text: None,
                 limit: 50,
-            },
-            Op::RunCommand {
+            }),
+            Op::RunCommand(RunCommand {
                 command: "echo $GREETING".into(),
                 cwd: Some("sub".into()),
                 timeout_ms: 30_000,
                 env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                 output_cap: 65_536,
-            },
-            Op::RunCommand {
+            }),
+            Op::RunCommand(RunCommand {
                 command: "true".into(),
                 cwd: None,
                 timeout_ms: 1,
                 env: BTreeMap::new(),
                 output_cap: 0,
-            },
-            Op::Upstream {
+            }),
+            Op::Exec(Exec {
+                argv: vec![
+                    "git".into(),
+                    "commit".into(),
+                    "-m".into(),
+                    "it's; $(done)".into(),
+                ],
+                cwd: Some("repo".into()),
+                env: BTreeMap::from([("GIT_TERMINAL_PROMPT".into(), "0".into())]),
+                timeout_ms: 60_000,
+                output_cap: 1024,
+            }),
+            Op::Upstream(Upstream {
                 server: "github".into(),
                 argv: vec!["npx".into(), "-y".into(), "{workspace}/server.js".into()],
                 env: BTreeMap::from([("GITHUB_TOKEN".into(), "ghp_x".into())]),
-            },
-            Op::Upstream {
+            }),
+            Op::Upstream(Upstream {
                 server: "fs".into(),
                 argv: vec!["/usr/bin/mcp-fs".into()],
                 env: BTreeMap::new(),
-            },
+            }),
         ]
     }
 
@@ -1119,11 +1058,11 @@ mod tests {
         let before = buf.clone();
         let big = HubMessage::Request {
             id: 1,
-            op: Op::FsWrite {
+            op: Op::FsWrite(FsWrite {
                 path: "f".into(),
-                content: "x".repeat(1000),
+                content: "x".repeat(1000).into(),
                 create_dirs: false,
-            },
+            }),
         };
         match codec.encode(big, &mut buf) {
             Err(ProtocolError::FrameTooLarge { len, max }) => {
@@ -1228,7 +1167,7 @@ mod tests {
 
     #[test]
     fn debug_of_an_op_never_shows_secret_values() {
-        let op = Op::RunCommand {
+        let op = Op::RunCommand(RunCommand {
             command: "deploy".into(),
             cwd: None,
             timeout_ms: 1000,
@@ -1237,7 +1176,7 @@ mod tests {
                 ("OTHER".into(), "hunter2".into()),
             ]),
             output_cap: 10,
-        };
+        });
         for shown in [format!("{op:?}"), format!("{op:#?}")] {
             assert!(!shown.contains("tok-s3cr3t-value"), "{shown}");
             assert!(!shown.contains("hunter2"), "{shown}");
@@ -1248,27 +1187,51 @@ mod tests {
         let request = HubMessage::Request { id: 1, op };
         assert!(!format!("{request:?}").contains("hunter2"));
 
-        let write = Op::FsWrite {
+        let write = Op::FsWrite(FsWrite {
             path: ".env".into(),
             content: "PASSWORD=hunter2".into(),
             create_dirs: false,
-        };
+        });
         let shown = format!("{write:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("<16 bytes>"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let edit = Op::FsEdit(FsEdit {
+            path: ".env".into(),
+            old: "PASSWORD=hunter2".into(),
+            new: "PASSWORD=tr0ub4dor".into(),
+            replace_all: false,
+        });
+        let shown = format!("{edit:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tr0ub4dor"),
+            "{shown}"
+        );
+        let exec = Op::Exec(Exec {
+            argv: vec!["git".into(), "push".into()],
+            cwd: None,
+            env: BTreeMap::from([("LODGE_GIT_TOKEN".into(), "ghp_s3cr3t".into())]),
+            timeout_ms: 1,
+            output_cap: 1,
+        });
+        let shown = format!("{exec:?}");
+        assert!(!shown.contains("ghp_s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("LODGE_GIT_TOKEN") && shown.contains("push"),
+            "{shown}"
+        );
 
-        let upstream = Op::Upstream {
+        let upstream = Op::Upstream(Upstream {
             server: "github".into(),
             argv: vec!["github-mcp".into(), "stdio".into()],
             env: BTreeMap::from([("GITHUB_TOKEN".into(), "ghp_s3cr3t".into())]),
-        };
+        });
         for shown in [format!("{upstream:?}"), format!("{upstream:#?}")] {
             assert!(!shown.contains("ghp_s3cr3t"), "{shown}");
             assert!(shown.contains("GITHUB_TOKEN"), "{shown}");
             assert!(shown.contains("github-mcp"), "{shown}");
             assert!(shown.contains("\"github\""), "{shown}");
         }
-        let jupyter = Op::Jupyter {
+        let jupyter = Op::Jupyter(Jupyter {
             settings: lodge_kernel::ops::KernelSettings::default(),
             request: lodge_kernel::ops::JupyterOp::CodeExecute {
                 code: "token = 'hunter2'".into(),
@@ -1277,10 +1240,10 @@ mod tests {
                 timeout_ms: 1,
                 output_cap: 1,
             },
-        };
+        });
         let shown = format!("{jupyter:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("code_execute"), "{shown}");
+        assert!(shown.contains("CodeExecute"), "{shown}");
         let input = HubMessage::Input {
             id: 4,
             message: json!({"params":{"arguments":{"password":"hunter2"}}}),
@@ -1319,11 +1282,11 @@ mod tests {
             (
                 serde_json::to_value(HubMessage::Request {
                     id: 7,
-                    op: Op::FsRead {
+                    op: Op::FsRead(FsRead {
                         path: "a.txt".into(),
                         offset: 0,
                         limit: 100,
-                    },
+                    }),
                 })
                 .expect("json"),
                 json!({"type":"request","id":7,"op":{"op":"fs_read","path":"a.txt","offset":0,"limit":100}}),
@@ -1331,13 +1294,13 @@ mod tests {
             (
                 serde_json::to_value(HubMessage::Request {
                     id: 8,
-                    op: Op::RunCommand {
+                    op: Op::RunCommand(RunCommand {
                         command: "ls".into(),
                         cwd: None,
                         timeout_ms: 5,
                         env: BTreeMap::from([("K".into(), "v".into())]),
                         output_cap: 9,
-                    },
+                    }),
                 })
                 .expect("json"),
                 json!({"type":"request","id":8,"op":{"op":"run_command","command":"ls","cwd":null,
@@ -1350,11 +1313,11 @@ mod tests {
             (
                 serde_json::to_value(HubMessage::Request {
                     id: 9,
-                    op: Op::Upstream {
+                    op: Op::Upstream(Upstream {
                         server: "gh".into(),
                         argv: vec!["gh-mcp".into(), "{workspace}".into()],
                         env: BTreeMap::from([("T".into(), "v".into())]),
-                    },
+                    }),
                 })
                 .expect("json"),
                 json!({"type":"request","id":9,"op":{"op":"upstream","server":"gh",
@@ -1433,15 +1396,80 @@ mod tests {
             assert_eq!(got, want);
         }
 
+        // Ops as exact bytes: field order and spelling are the wire format, secrets included.
+        let ops = [
+            (
+                Op::FsWrite(FsWrite {
+                    path: "a".into(),
+                    content: "k=v".into(),
+                    create_dirs: true,
+                }),
+                r#"{"op":"fs_write","path":"a","content":"k=v","create_dirs":true}"#,
+            ),
+            (
+                Op::FsEdit(FsEdit {
+                    path: "a".into(),
+                    old: "x".into(),
+                    new: "y".into(),
+                    replace_all: false,
+                }),
+                r#"{"op":"fs_edit","path":"a","old":"x","new":"y","replace_all":false}"#,
+            ),
+            (
+                Op::RunCommand(RunCommand {
+                    command: "ls".into(),
+                    cwd: Some("d".into()),
+                    timeout_ms: 5,
+                    env: BTreeMap::from([("K".into(), "v".into())]),
+                    output_cap: 9,
+                }),
+                r#"{"op":"run_command","command":"ls","cwd":"d","timeout_ms":5,"env":{"K":"v"},"output_cap":9}"#,
+            ),
+            (
+                Op::Exec(Exec {
+                    argv: vec!["git".into(), "a b;'c'".into()],
+                    cwd: None,
+                    env: BTreeMap::from([("T".into(), "v".into())]),
+                    timeout_ms: 5,
+                    output_cap: 9,
+                }),
+                r#"{"op":"exec","argv":["git","a b;'c'"],"cwd":null,"env":{"T":"v"},"timeout_ms":5,"output_cap":9}"#,
+            ),
+            (Op::Ping, r#"{"op":"ping"}"#),
+            (
+                Op::Jupyter(Jupyter {
+                    settings: KernelSettings::default(),
+                    request: JupyterOp::CodeExecute {
+                        code: "1+1".into(),
+                        kernel: None,
+                        kernel_name: None,
+                        timeout_ms: 1,
+                        output_cap: 2,
+                    },
+                }),
+                concat!(
+                    r#"{"op":"jupyter","settings":{"paths":[],"default":"python3","#,
+                    r#""idle_timeout_ms":1800000,"start_timeout_ms":60000,"max_kernels":4,"#,
+                    r#""system_paths":["/usr/local/share/jupyter","/usr/share/jupyter"],"#,
+                    r#""room_network":false},"request":{"op":"code_execute","code":"1+1","#,
+                    r#""kernel":null,"kernel_name":null,"timeout_ms":1,"output_cap":2}}"#
+                ),
+            ),
+        ];
+        for (op, want) in ops {
+            assert_eq!(serde_json::to_string(&op).expect("json"), want);
+            assert_eq!(serde_json::from_str::<Op>(want).expect("decode"), op);
+        }
+
         // A run_command without env decodes with an empty env.
         let op: Op = serde_json::from_value(json!({"op":"run_command","command":"true",
             "cwd":null,"timeout_ms":1,"output_cap":1}))
         .expect("decode");
-        assert!(matches!(op, Op::RunCommand { env, .. } if env.is_empty()));
+        assert!(matches!(op, Op::RunCommand(RunCommand { env, .. }) if env.is_empty()));
         // So does an upstream without env; an empty env is left out of the frame.
         let op: Op = serde_json::from_value(json!({"op":"upstream","server":"s","argv":["x"]}))
             .expect("decode");
-        assert!(matches!(&op, Op::Upstream { env, .. } if env.is_empty()));
+        assert!(matches!(&op, Op::Upstream(Upstream { env, .. }) if env.is_empty()));
         assert_eq!(
             serde_json::to_value(&op).expect("json"),
             json!({"op":"upstream","server":"s","argv":["x"]})

@@ -465,7 +465,7 @@ impl std::fmt::Debug for RelayInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lodge_protocol::{AgentCodec, ErrorKind};
+    use lodge_protocol::{AgentCodec, ErrorKind, FsWrite, Upstream};
 
     /// What the fake agent reads from the hub.
     type AgentIn = FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, AgentCodec>;
@@ -618,11 +618,11 @@ mod tests {
     async fn an_oversized_request_or_input_fails_alone() {
         let (client, mut a_in, _a_out) = fake_agent().await;
         let huge = "x".repeat(lodge_protocol::MAX_FRAME_LEN);
-        let write = Op::FsWrite {
+        let write = Op::FsWrite(FsWrite {
             path: "f".into(),
-            content: huge.clone(),
+            content: huge.clone().into(),
             create_dirs: false,
-        };
+        });
         let r = client.call(write, None).await;
         assert!(
             matches!(&r, Err(CallError::Op(e)) if e.kind == ErrorKind::TooLarge),
@@ -631,11 +631,11 @@ mod tests {
         assert!(!client.is_closed());
 
         let (tx, _events) = mpsc::unbounded_channel();
-        let op = Op::Upstream {
+        let op = Op::Upstream(Upstream {
             server: "s".into(),
             argv: vec!["s".into()],
             env: Default::default(),
-        };
+        });
         let mut relay = client.open(op, tx).unwrap();
         let id = next_request(&mut a_in).await;
         relay
@@ -653,11 +653,11 @@ mod tests {
         // Too deep to decode in the room: refused before it is sent.
         let deep = (0..200).fold(serde_json::json!(1), |v, _| serde_json::json!([v]));
         let (tx, _events) = mpsc::unbounded_channel();
-        let op = Op::Upstream {
+        let op = Op::Upstream(Upstream {
             server: "s".into(),
             argv: vec!["s".into()],
             env: Default::default(),
-        };
+        });
         let relay = client.open(op, tx).unwrap();
         let e = relay.input().send(deep).unwrap_err();
         assert!(
@@ -671,11 +671,11 @@ mod tests {
     async fn a_relay_routes_messages_and_sends_inputs_behind_its_request() {
         let (client, mut a_in, mut a_out) = fake_agent().await;
         let (tx, mut events) = mpsc::unbounded_channel();
-        let op = Op::Upstream {
+        let op = Op::Upstream(Upstream {
             server: "s".into(),
             argv: vec!["s".into()],
             env: Default::default(),
-        };
+        });
         let relay = client.open(op, tx).unwrap();
         let input = relay.input();
         input.send(serde_json::json!({"n": 1})).unwrap();

@@ -114,7 +114,7 @@ impl Jupyter {
             } => {
                 let at = at.map(|i| usize::try_from(i).unwrap_or(usize::MAX));
                 self.change(&path, revision.as_deref(), |nb| {
-                    let (i, id) = nb.insert(at, cell_type, &source)?;
+                    let (i, id) = nb.insert(at, cell_type, source.expose())?;
                     Ok((Some(i), Some(id)))
                 })
                 .await
@@ -128,7 +128,7 @@ impl Jupyter {
             } => {
                 self.change(&path, revision.as_deref(), |nb| {
                     let i = nb.resolve(&cell)?;
-                    nb.edit(i, &source, cell_type)?;
+                    nb.edit(i, source.expose(), cell_type)?;
                     Ok((Some(i), nb.cell_id(i).map(str::to_string)))
                 })
                 .await
@@ -193,7 +193,7 @@ impl Jupyter {
                 let kernel = self.kernel(&exec, &id, kernel_name.as_deref()).await?;
                 let limits = RunLimits::new(timeout_ms, output_cap);
                 let run = kernel
-                    .run(&code, limits.timeout, limits.output_cap, cancel)
+                    .run(code.expose(), limits.timeout, limits.output_cap, cancel)
                     .await;
                 Ok(JupyterResult::Executed {
                     kernel: id,

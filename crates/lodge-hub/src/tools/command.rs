@@ -8,7 +8,7 @@ use crate::caller::Caller;
 use crate::context::{Notice, NoticeSink, Progress, RequestContext};
 use crate::rooms::Rooms;
 use async_trait::async_trait;
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{self as proto, Env, Op, OpResult};
 use lodge_room::client::Event;
 use lodge_vault::Vault;
 use rmcp::model::CallToolResult;
@@ -90,9 +90,9 @@ impl RunCommand {
         if a.command.trim().is_empty() {
             return Err(bad("command must not be empty".into()));
         }
-        let mut env = a.env;
+        let mut env: Env = a.env.into_iter().map(|(k, v)| (k, v.into())).collect();
         for (var, value) in secrets {
-            if env.insert(var.clone(), value.to_string()).is_some() {
+            if env.insert(var.clone(), value.to_string().into()).is_some() {
                 return Err(bad(format!(
                     "{var} is set both in env and by a secret; drop one of them"
                 )));
@@ -100,13 +100,13 @@ impl RunCommand {
         }
         let profile = self.rooms.profile(caller);
         let timeout = super::profile_timeout(Self::NAME, profile, a.timeout_s)?;
-        Ok(Op::RunCommand {
+        Ok(Op::RunCommand(proto::RunCommand {
             command: a.command,
             cwd: a.cwd,
             timeout_ms: timeout.as_millis().max(1) as u64,
             env,
             output_cap: profile.output_cap,
-        })
+        }))
     }
 }
 

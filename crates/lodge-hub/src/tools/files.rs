@@ -5,7 +5,7 @@
 use super::{Registry, ToolError, room_result};
 use crate::context::RequestContext;
 use crate::rooms::Rooms;
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{self as proto, Op, OpResult};
 use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -164,11 +164,11 @@ file_tool!(
     FsList,
     "fs_list",
     "List files in your private workspace.",
-    |a: ListArgs| Op::FsList {
+    |a: ListArgs| Op::FsList(proto::FsList {
         path: a.path,
         recursive: a.recursive,
         limit: a.limit,
-    }
+    })
 );
 
 file_tool!(
@@ -182,11 +182,11 @@ file_tool!(
                 format!("limit must be between 1 and {READ_MAX} bytes"),
             ));
         }
-        Op::FsRead {
+        Op::FsRead(proto::FsRead {
             path: a.path,
             offset: a.offset,
             limit: a.limit,
-        }
+        })
     }
 );
 
@@ -194,11 +194,11 @@ file_tool!(
     FsWrite,
     "fs_write",
     "Create or overwrite a file in your workspace.",
-    |a: WriteArgs| Op::FsWrite {
+    |a: WriteArgs| Op::FsWrite(proto::FsWrite {
         path: a.path,
-        content: a.content,
+        content: a.content.into(),
         create_dirs: a.create_dirs,
-    }
+    })
 );
 
 file_tool!(
@@ -209,12 +209,12 @@ file_tool!(
         if a.old_text.is_empty() {
             return Err(ToolError::invalid(Self::NAME, "old_text must not be empty"));
         }
-        Op::FsEdit {
+        Op::FsEdit(proto::FsEdit {
             path: a.path,
-            old: a.old_text,
-            new: a.new_text,
+            old: a.old_text.into(),
+            new: a.new_text.into(),
             replace_all: a.replace_all,
-        }
+        })
     }
 );
 
@@ -222,31 +222,31 @@ file_tool!(
     FsDelete,
     "fs_delete",
     "Delete a file or directory in your workspace.",
-    |a: DeleteArgs| Op::FsDelete {
+    |a: DeleteArgs| Op::FsDelete(proto::FsDelete {
         path: a.path,
         recursive: a.recursive,
-    }
+    })
 );
 
 file_tool!(
     FsMove,
     "fs_move",
     "Move or rename within your workspace.",
-    |a: MoveArgs| Op::FsMove {
+    |a: MoveArgs| Op::FsMove(proto::FsMove {
         from: a.from,
         to: a.to,
         overwrite: a.overwrite,
-    }
+    })
 );
 
 file_tool!(
     FsMkdir,
     "fs_mkdir",
     "Create a directory in your workspace.",
-    |a: MkdirArgs| Op::FsMkdir {
+    |a: MkdirArgs| Op::FsMkdir(proto::FsMkdir {
         path: a.path,
         parents: a.parents,
-    }
+    })
 );
 
 file_tool!(
@@ -260,12 +260,12 @@ file_tool!(
                 "give a glob, a text, or both",
             ));
         }
-        Op::FsSearch {
+        Op::FsSearch(proto::FsSearch {
             path: a.path,
             glob: a.glob,
             text: a.text,
             limit: a.limit,
-        }
+        })
     }
 );
 

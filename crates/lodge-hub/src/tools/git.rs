@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{Env, Exec, Op, OpResult};
 use lodge_vault::Vault;
 use rmcp::model::CallToolResult;
 use schemars::JsonSchema;
@@ -126,6 +126,7 @@ struct Ran {
 
 impl Git {
     /// Runs `git ARGS` in the room, in `cwd` (workspace-relative), with `creds` for remotes.
+    /// The arguments go to git as they are: no shell sees them.
     async fn git(
         &self,
         caller: &Caller,
@@ -135,31 +136,24 @@ impl Git {
     ) -> Result<Ran, ToolError> {
         let profile = self.rooms.profile(caller);
         let timeout = profile_timeout("git", profile, None)?;
-        let mut command = String::from("git");
-        let mut env = std::collections::BTreeMap::new();
-        env.insert("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned());
+        let mut argv = vec!["git".to_owned()];
+        let mut env = Env::new();
+        env.insert("GIT_TERMINAL_PROMPT".to_owned(), "0".into());
         if let Some(c) = creds {
             // `credential.helper=` first clears any helper configured elsewhere.
-            for arg in ["-c", "credential.helper=", "-c"] {
-                command.push(' ');
-                command.push_str(&quote(arg));
-            }
-            command.push(' ');
-            command.push_str(&quote(&format!("credential.helper={CREDENTIAL_HELPER}")));
-            env.insert("LODGE_GIT_USER".to_owned(), c.user.to_string());
-            env.insert("LODGE_GIT_TOKEN".to_owned(), c.token.to_string());
+            argv.extend(["-c", "credential.helper=", "-c"].map(str::to_owned));
+            argv.push(format!("credential.helper={CREDENTIAL_HELPER}"));
+            env.insert("LODGE_GIT_USER".to_owned(), c.user.as_str().into());
+            env.insert("LODGE_GIT_TOKEN".to_owned(), c.token.as_str().into());
         }
-        for arg in args {
-            command.push(' ');
-            command.push_str(&quote(arg));
-        }
-        let op = Op::RunCommand {
-            command,
+        argv.extend(args.iter().map(|arg| (*arg).to_owned()));
+        let op = Op::Exec(Exec {
+            argv,
             cwd: cwd.map(str::to_owned),
-            timeout_ms: timeout.as_millis().max(1) as u64,
             env,
+            timeout_ms: timeout.as_millis().max(1) as u64,
             output_cap: profile.output_cap,
-        };
+        });
         let result = room_result(self.rooms.call(caller, op, None).await)?;
         let OpResult::Command {
             exit_code,
@@ -576,11 +570,6 @@ fn explain(ran: &Ran, cwd: Option<&str>, creds: Option<&Credentials>) -> String 
     }
 }
 
-/// `s` as one word for `/bin/sh`.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 fn output(ran: Ran) -> CallToolResult {
     let text = if ran.stdout.trim().is_empty() {
         ran.stderr.trim().to_owned()
@@ -596,18 +585,6 @@ fn output(ran: Ran) -> CallToolResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_survives_the_shell() {
-        for s in ["plain", "it's", "a b", "$HOME `x` \"y\"", "'", ""] {
-            let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(format!("printf %s {}", quote(s)))
-                .output()
-                .unwrap();
-            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
-        }
-    }
 
     #[test]
     fn urls_with_credentials_or_command_transports_are_refused() {

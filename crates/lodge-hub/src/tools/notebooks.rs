@@ -8,7 +8,7 @@ use lodge_core::config::KernelsConfig;
 use lodge_kernel::notebook::{CellRef, CellType};
 use lodge_kernel::ops::{JupyterOp, JupyterResult, KernelSettings, Run, RunStatus};
 use lodge_kernel::output::{Part, to_parts};
-use lodge_protocol::{Op, OpResult};
+use lodge_protocol::{self as proto, Op, OpResult};
 use rmcp::model::{CallToolResult, ContentBlock};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -274,7 +274,7 @@ impl Notebooks {
             room_network: self.rooms.has_network(caller),
             ..self.settings.clone()
         };
-        let op = Op::Jupyter { settings, request };
+        let op = Op::Jupyter(proto::Jupyter { settings, request });
         let answer = self.rooms.call_held(caller, op, None, self.hold).await;
         if let Some(ticker) = ticker {
             ticker.abort();
@@ -449,7 +449,7 @@ tool!(
             path: a.path,
             index: a.index,
             cell_type: a.cell_type.map_or(CellType::Code, CellType::from),
-            source: a.source,
+            source: a.source.into(),
             revision: a.revision,
         };
         let nb = &this.nb;
@@ -466,7 +466,7 @@ tool!(
         let request = JupyterOp::CellEdit {
             path: a.path,
             cell: a.cell.into(),
-            source: a.source,
+            source: a.source.into(),
             cell_type: a.cell_type.map(CellType::from),
             revision: a.revision,
         };
@@ -522,7 +522,7 @@ notebook_tool!(
     |nb, a, cx: CodeArgs| {
         let (timeout_ms, output_cap) = nb.limits(Self::NAME, &cx.caller, a.timeout_s)?;
         JupyterOp::CodeExecute {
-            code: a.code,
+            code: a.code.into(),
             kernel: a.kernel,
             kernel_name: a.kernel_name,
             timeout_ms,

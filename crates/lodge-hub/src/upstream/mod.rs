@@ -15,7 +15,7 @@ use catalog::{Catalog, Interner};
 use conn::{Conn, ConnError};
 use lodge_core::servers::{EnvValue, UpstreamConfig};
 use lodge_core::time::now_ms;
-use lodge_protocol::Op;
+use lodge_protocol::{Op, Upstream};
 use lodge_vault::{Vault, VaultError};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -392,11 +392,11 @@ impl Upstreams {
         let started = Instant::now();
         let room = self.rooms.room_for(caller).await?;
         let (events, receiver) = mpsc::unbounded_channel();
-        let op = Op::Upstream {
+        let op = Op::Upstream(Upstream {
             server: name.to_owned(),
             argv: server.command.clone(),
-            env,
-        };
+            env: env.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        });
         let relay = room.client.open(op, events).map_err(RoomError::from)?;
         let conn = Conn::start(format!("{name} of {}", caller.user), relay, receiver);
         let fail = |error: ConnError| {
