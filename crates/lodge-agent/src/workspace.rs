@@ -1,4 +1,4 @@
-//! Workspace file operations for the agent (the `fs_*` tools of SPEC §5), confined to one
+//! Workspace file operations for the agent (behind the hub's `fs_*` tools), confined to one
 //! directory. Every path is resolved by the kernel beneath a held root fd (`openat2` with
 //! `RESOLVE_BENEATH`); nothing here may open, write, delete or reveal anything outside that root.
 //!

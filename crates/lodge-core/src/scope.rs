@@ -17,14 +17,14 @@ pub enum ScopeKind {
     ReadSessions,
     AdminSessions,
     ReadMetrics,
-    /// Reserved (SPEC §2): parses and may be held, but no route accepts it yet.
+    /// Reserved (docs/security.md, "Scopes"): parses and may be held, but no route accepts it yet.
     ReadRooms,
-    /// Reserved (SPEC §2): parses and may be held, but no route accepts it yet.
+    /// Reserved (docs/security.md, "Scopes"): parses and may be held, but no route accepts it yet.
     AdminRooms,
     /// Act in another user's room through `/user/{name}/mcp` (JupyterHub's `access:servers`);
     /// effective only while `auth.admin_access` is true.
     AccessRooms,
-    /// Reserved (SPEC §2): parses and may be held, but no route accepts it yet.
+    /// Reserved (docs/security.md, "Scopes"): parses and may be held, but no route accepts it yet.
     ReadAudit,
 }
 

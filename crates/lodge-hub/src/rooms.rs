@@ -6,11 +6,11 @@
 
 use crate::caller::Caller;
 use lodge_core::config::{Isolation, NetworkAccess, Profile, RoomsConfig};
+use lodge_core::flight::Flights;
 use lodge_core::time::now_ms;
 use lodge_protocol::{Op, OpResult};
 use lodge_room::client::{CallError, Event, RoomClient};
 use lodge_room::spawner::{self, Limits, RoomLife, RoomReader, RoomRequest, Spawner, StartedRoom};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -82,18 +82,12 @@ pub struct RoomStatus {
     pub calls_in_flight: usize,
 }
 
-/// A user's place in the room table: the async lock makes concurrent first calls start one
-/// room, not several.
-#[derive(Default)]
-struct Slot {
-    room: tokio::sync::Mutex<Option<Arc<Room>>>,
-}
-
 pub struct Rooms {
     config: RoomsConfig,
     profiles: lodge_core::Config,
     spawner: Arc<dyn Spawner>,
-    slots: Mutex<HashMap<i64, Arc<Slot>>>,
+    /// Rooms by user id: concurrent first calls of a user start one room, not several.
+    slots: Flights<i64, Arc<Room>>,
     /// Rooms running or starting, for `max_users_active`.
     running: Arc<Running>,
     closing: CancellationToken,
@@ -109,7 +103,7 @@ impl Rooms {
             config: config.rooms.clone(),
             profiles: config.clone(),
             spawner: setup.spawner,
-            slots: Mutex::new(HashMap::new()),
+            slots: Flights::new(),
             running: Arc::new(Running::default()),
             closing: CancellationToken::new(),
         }
@@ -152,37 +146,22 @@ impl Rooms {
         if self.closing.is_cancelled() {
             return Err(RoomError::ShuttingDown);
         }
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(caller.user_id)
-            .or_default()
-            .clone();
-        let mut current = slot.room.lock().await;
-        if let Some(room) = current.as_ref() {
-            if !room.client.is_closed() {
-                return Ok(room.clone());
-            }
+        let alive = |room: &Arc<Room>| !room.client.is_closed();
+        let start = |dead: Option<Arc<Room>>| async move {
             // It died; its watcher releases the slot count. Start a fresh one.
-            let dead = current.take();
             if let Some(dead) = dead {
                 dead.stop_and_wait().await;
             }
-        }
-        if !self.running.reserve(self.config.max_users_active as usize) {
-            return Err(RoomError::Full(self.config.max_users_active));
-        }
-        match self.start(caller).await {
-            Ok(room) => {
-                *current = Some(room.clone());
-                Ok(room)
+            if !self.running.reserve(self.config.max_users_active as usize) {
+                return Err(RoomError::Full(self.config.max_users_active));
             }
-            Err(e) => {
+            let started = self.start(caller).await;
+            if started.is_err() {
                 self.running.release();
-                Err(e)
             }
-        }
+            started
+        };
+        self.slots.get_or_start(caller.user_id, alive, start).await
     }
 
     /// The caller's profile (`default` when theirs is no longer configured).
@@ -193,14 +172,10 @@ impl Rooms {
     /// Whether the user's room runs, and since when (for `session_info`); `None` when it does
     /// not, or is just starting or stopping.
     pub fn status(&self, user_id: i64) -> Option<RoomStatus> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&user_id)
-            .cloned()?;
-        let current = slot.room.try_lock().ok()?;
-        let room = current.as_ref().filter(|r| !r.client.is_closed())?;
+        let room = self.slots.peek(&user_id)?;
+        if room.client.is_closed() {
+            return None;
+        }
         Some(RoomStatus {
             up_for_s: room.started.elapsed().as_secs(),
             calls_in_flight: room.client.in_flight(),
@@ -340,56 +315,31 @@ impl Rooms {
     pub async fn cull(&self) -> usize {
         let now = now_ms();
         let idle_ms = self.config.idle_timeout.as_millis() as i64;
-        let mut culled = 0;
-        for slot in self.all_slots() {
-            // A slot busy starting or restarting its room is not idle.
-            let Ok(mut current) = slot.room.try_lock() else {
-                continue;
-            };
-            let idle = current.as_ref().is_some_and(|r| {
-                r.client.in_flight() == 0 && r.idle_for_ms(now) >= idle_ms && !r.held(now)
-            });
-            if idle && let Some(room) = current.take() {
-                room.stop_and_wait().await;
-                culled += 1;
-            }
-        }
-        culled
+        // A slot busy starting or restarting its room is not idle (cull skips it); the stop
+        // runs under the slot's lock, so a new call waits for the place it frees.
+        let idle = |_: &i64, r: &Arc<Room>| {
+            r.client.in_flight() == 0 && r.idle_for_ms(now) >= idle_ms && !r.held(now)
+        };
+        self.slots
+            .cull(idle, |room| async move { room.stop_and_wait().await })
+            .await
     }
 
     /// Stops one user's room if it runs (the user was removed).
     pub async fn stop_user(&self, user_id: i64) {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&user_id);
-        if let Some(slot) = slot
-            && let Some(room) = slot.room.lock().await.take()
-        {
-            room.stop_and_wait().await;
-        }
+        self.slots
+            .remove(&user_id, |room| async move { room.stop_and_wait().await })
+            .await;
     }
 
     /// Stops every room (hub shutdown). New calls are refused from now on.
     pub async fn stop_all(&self) {
         self.closing.cancel();
-        let mut stops = Vec::new();
-        for slot in self.all_slots() {
-            if let Some(room) = slot.room.lock().await.take() {
-                stops.push(async move { room.stop_and_wait().await });
-            }
-        }
+        let rooms = self.slots.take_all().await;
+        let stops = rooms
+            .into_iter()
+            .map(|room| async move { room.stop_and_wait().await });
         futures::future::join_all(stops).await;
-    }
-
-    fn all_slots(&self) -> Vec<Arc<Slot>> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
     }
 }
 

@@ -5,16 +5,15 @@
 //! every caller gets [`CallError::Closed`] at once instead of waiting.
 
 use futures::{SinkExt, StreamExt};
+use lodge_core::mux::{Pending, Waiter};
 use lodge_protocol::{
     AgentMessage, ErrorKind, Hello, HubCodec, HubMessage, MAX_MESSAGE_DEPTH, Op, OpError, OpResult,
     ProtocolError, Stream, check_hello, exceeds_depth,
 };
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -44,17 +43,12 @@ pub enum CallError {
     Closed { reason: String },
 }
 
-type Reply = oneshot::Sender<Result<OpResult, CallError>>;
-
-struct Pending {
-    reply: Reply,
-    events: Option<mpsc::UnboundedSender<Event>>,
-}
+/// Requests waiting for the agent's answer, each with where its events go.
+type Requests = Pending<Result<OpResult, CallError>, Option<mpsc::UnboundedSender<Event>>>;
 
 struct Inner {
     outbox: mpsc::UnboundedSender<HubMessage>,
-    pending: Mutex<HashMap<u64, Pending>>,
-    next_id: AtomicU64,
+    pending: Arc<Requests>,
     closed: CancellationToken,
     reason: Mutex<Option<String>>,
 }
@@ -67,35 +61,16 @@ impl Inner {
             slot.get_or_insert(reason).clone()
         };
         self.closed.cancel();
-        let waiting: Vec<Pending> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.drain().map(|(_, p)| p).collect()
-        };
-        for p in waiting {
-            let _ = p.reply.send(Err(CallError::Closed {
+        self.pending.close(|| {
+            Err(CallError::Closed {
                 reason: reason.clone(),
-            }));
-        }
+            })
+        });
     }
 
     /// Fails the waiting caller of request `id` with `error` (if it still waits).
     fn fail(&self, id: u64, error: OpError) {
-        let waiting = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        if let Some(p) = waiting {
-            let _ = p.reply.send(Err(CallError::Op(error)));
-        }
-    }
-
-    /// Whether request `id` still waits for its answer.
-    fn is_pending(&self, id: u64) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id)
+        self.pending.complete(id, Err(CallError::Op(error)));
     }
 
     fn closed_error(&self) -> CallError {
@@ -151,10 +126,13 @@ impl RoomClient {
             .map_err(|_| closed(format!("the agent did not greet within {timeout:?}")))??;
 
         let (outbox, mut queue) = mpsc::unbounded_channel::<HubMessage>();
+        let cancels = outbox.clone();
         let inner = Arc::new(Inner {
             outbox,
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            // A caller that gave up cancels its request in the room.
+            pending: Pending::new(move |id| {
+                let _ = cancels.send(HubMessage::Cancel { id });
+            }),
             closed: CancellationToken::new(),
             reason: Mutex::new(None),
         });
@@ -224,7 +202,7 @@ impl RoomClient {
         let request = self.request(op, Some(events))?;
         let input = RelayInput {
             inner: self.inner.clone(),
-            id: request.id,
+            id: request.id(),
         };
         Ok(Relay { request, input })
     }
@@ -239,19 +217,14 @@ impl RoomClient {
         if self.inner.closed.is_cancelled() {
             return Err(self.inner.closed_error());
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Pending { reply, events });
         // From here on, dropping the handle (also on the error below) forgets the request.
+        let Some(waiter) = self.inner.pending.register(events) else {
+            return Err(self.inner.closed_error());
+        };
+        let id = waiter.id();
         let request = Request {
             inner: self.inner.clone(),
-            id,
-            answer,
-            result: None,
+            waiter,
         };
         if self
             .inner
@@ -271,11 +244,7 @@ impl RoomClient {
 
     /// Requests sent and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inner.pending.len()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -300,12 +269,10 @@ impl RoomClient {
 
 /// Delivers one agent message to the caller waiting for it.
 fn route(inner: &Inner, msg: AgentMessage) {
-    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+    let pending = &inner.pending;
     match msg {
         AgentMessage::Response { id, result } => {
-            if let Some(p) = pending.remove(&id) {
-                let _ = p.reply.send(result.map_err(CallError::Op));
-            }
+            pending.complete(id, result.map_err(CallError::Op));
         }
         AgentMessage::Progress {
             id,
@@ -313,7 +280,7 @@ fn route(inner: &Inner, msg: AgentMessage) {
             progress,
             total,
         } => send_event(
-            &pending,
+            pending,
             id,
             Event::Progress {
                 message,
@@ -322,9 +289,9 @@ fn route(inner: &Inner, msg: AgentMessage) {
             },
         ),
         AgentMessage::Output { id, stream, data } => {
-            send_event(&pending, id, Event::Output { stream, data })
+            send_event(pending, id, Event::Output { stream, data })
         }
-        AgentMessage::Message { id, message } => send_event(&pending, id, Event::Message(message)),
+        AgentMessage::Message { id, message } => send_event(pending, id, Event::Message(message)),
         AgentMessage::Log { level, message } => {
             tracing::debug!(?level, agent_message = %message, "room agent");
         }
@@ -332,8 +299,8 @@ fn route(inner: &Inner, msg: AgentMessage) {
     }
 }
 
-fn send_event(pending: &HashMap<u64, Pending>, id: u64, event: Event) {
-    if let Some(tx) = pending.get(&id).and_then(|p| p.events.as_ref()) {
+fn send_event(pending: &Requests, id: u64, event: Event) {
+    if let Some(tx) = pending.with(id, Option::clone).flatten() {
         let _ = tx.send(event);
     }
 }
@@ -352,42 +319,23 @@ fn too_large(len: usize, max: usize) -> OpError {
     )
 }
 
-/// One sent request until its answer; sends `Cancel` when dropped before the answer arrived.
+/// One sent request until its answer; its waiter sends `Cancel` when dropped before the
+/// answer arrived.
 struct Request {
     inner: Arc<Inner>,
-    id: u64,
-    answer: oneshot::Receiver<Result<OpResult, CallError>>,
-    /// The answer once received (the receiver must not be polled again after that).
-    result: Option<Result<OpResult, CallError>>,
+    waiter: Waiter<Result<OpResult, CallError>, Option<mpsc::UnboundedSender<Event>>>,
 }
 
 impl Request {
+    fn id(&self) -> u64 {
+        self.waiter.id()
+    }
+
     /// The answer; cancel-safe, and repeatable once it arrived.
     async fn finished(&mut self) -> Result<OpResult, CallError> {
-        if let Some(result) = &self.result {
-            return result.clone();
-        }
-        let result = (&mut self.answer)
-            .await
-            .unwrap_or_else(|_| Err(self.inner.closed_error()));
-        self.result = Some(result.clone());
-        result
-    }
-}
-
-impl Drop for Request {
-    fn drop(&mut self) {
-        if self.result.is_some() {
-            return;
-        }
-        let removed = self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-        if removed.is_some() {
-            let _ = self.inner.outbox.send(HubMessage::Cancel { id: self.id });
+        match self.waiter.answer().await {
+            Some(result) => result,
+            None => Err(self.inner.closed_error()),
         }
     }
 }
@@ -414,8 +362,8 @@ impl Relay {
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
-            .field("id", &self.request.id)
-            .field("finished", &self.request.result.is_some())
+            .field("id", &self.request.id())
+            .field("finished", &self.request.waiter.is_answered())
             .finish()
     }
 }
@@ -441,7 +389,7 @@ impl RelayInput {
                 format!("the message nests more than {MAX_MESSAGE_DEPTH} levels deep"),
             )));
         }
-        if !self.inner.is_pending(self.id) {
+        if !self.inner.pending.contains(self.id) {
             return Err(CallError::Closed {
                 reason: "the upstream server's request has finished".into(),
             });

@@ -5,7 +5,7 @@
 //! reallocation leaves a copy behind.
 
 use crate::VaultError;
-use crate::key::MasterKey;
+use crate::key::{MasterKey, random_key};
 use chacha20poly1305::aead::{AeadInOut, Generate, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::fmt;
@@ -32,12 +32,6 @@ impl DataKey {
     pub(crate) fn generate() -> Result<Self, VaultError> {
         Ok(Self(random_key()?))
     }
-}
-
-pub(crate) fn random_key() -> Result<Zeroizing<[u8; 32]>, VaultError> {
-    let mut key = Zeroizing::new([0u8; 32]);
-    *key = <[u8; 32]>::try_generate().map_err(|e| VaultError::Random(e.to_string()))?;
-    Ok(key)
 }
 
 fn cipher(key: &[u8; 32]) -> XChaCha20Poly1305 {

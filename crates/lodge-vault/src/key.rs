@@ -1,5 +1,6 @@
 //! The master key: its encoding, where it comes from, and the files that hold it in DATA_DIR
-//! (`master.key`, `master.key.new` during a rotation, `master.key.lock`).
+//! (`master.key`, `master.key.new` during a rotation, `master.key.lock`); and the generation of
+//! random 32-byte keys, master or data, which `crypto` uses (this module never uses `crypto`).
 //!
 //! Key files are written whole or not at all (a `.tmp` sibling, fsync, rename, fsync of the
 //! directory) with mode 0600, and refused when group or others can access them. Nothing here
@@ -8,6 +9,7 @@
 use crate::VaultError;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use chacha20poly1305::aead::Generate;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -60,7 +62,7 @@ impl fmt::Debug for MasterKey {
 impl MasterKey {
     /// A new random key from the operating system's generator.
     pub(crate) fn generate() -> Result<Self, VaultError> {
-        Ok(Self(crate::crypto::random_key()?))
+        Ok(Self(random_key()?))
     }
 
     /// Parses a key as stored in `master.key` or `LODGE_MASTER_KEY`: 32 bytes as standard base64
@@ -108,6 +110,13 @@ impl MasterKey {
         // Not secret-dependent timing that matters: both keys are the process's own.
         self.0[..] == other.0[..]
     }
+}
+
+/// 32 bytes from the operating system's generator: a new master key, or a user's data key.
+pub(crate) fn random_key() -> Result<Zeroizing<[u8; 32]>, VaultError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    *key = <[u8; 32]>::try_generate().map_err(|e| VaultError::Random(e.to_string()))?;
+    Ok(key)
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> VaultError {

@@ -1,4 +1,5 @@
-//! The command-line surface (SPEC §1–3, §8). Help texts here are the user's reference.
+//! The command-line surface, documented for operators in docs/configuration.md ("Global flags",
+//! "Commands"). Help texts here are the user's reference.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -59,7 +60,7 @@ pub enum Command {
     /// Show audit records: auth failures, tool calls and admin actions.
     Audit(AuditArgs),
     /// Benchmark a hub over loopback HTTP and print p50/p99 figures.
-    Bench(crate::bench::BenchArgs),
+    Bench(lodge_bench::BenchArgs),
     /// Report what isolation this machine supports for rooms, and how to fix what is missing.
     Doctor(DoctorArgs),
     /// Store, read, list and delete users' secrets; rotate the master key.

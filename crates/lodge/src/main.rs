@@ -1,7 +1,6 @@
 //! The `lodge` binary: parses the command line and runs one command. Each command lives in its
 //! own module under `cmd/`; this file only wires global options, logging and exit codes.
 
-mod bench;
 mod cli;
 mod cmd;
 

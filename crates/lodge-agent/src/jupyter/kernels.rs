@@ -3,13 +3,14 @@
 //! one execution at a time each, interrupted at a timeout, culled when idle, killed with their
 //! whole process tree. It never logs code or outputs.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use lodge_core::flight::Flights;
 use lodge_kernel::client::{self, Control, KernelClient, ReplyStatus};
 use lodge_kernel::ops::{KernelInfo, KernelSettings, Run, RunStatus};
 use lodge_kernel::output::Collector;
@@ -445,29 +446,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The room's kernels by id, each started at most once at a time.
 #[derive(Default)]
 pub(crate) struct Kernels {
-    slots: Mutex<HashMap<String, Slot>>,
+    flights: Flights<String, Arc<Kernel>>,
 }
 
-pub(crate) type Slot = Arc<tokio::sync::Mutex<Option<Arc<Kernel>>>>;
-
 impl Kernels {
-    pub(crate) fn slot(&self, id: &str) -> Slot {
-        lock(&self.slots).entry(id.to_string()).or_default().clone()
+    /// The kernel `id`: the current one if `reuse` keeps it (called under the id's lock, so a
+    /// use it marks is seen by the culler), else a fresh one from `start`, given the one it
+    /// replaces. A failed start leaves no kernel.
+    pub(crate) async fn get_or_start<Fut>(
+        &self,
+        id: &str,
+        reuse: impl FnOnce(&Arc<Kernel>) -> bool,
+        start: impl FnOnce(Option<Arc<Kernel>>) -> Fut,
+    ) -> Result<Arc<Kernel>, OpError>
+    where
+        Fut: Future<Output = Result<Arc<Kernel>, OpError>>,
+    {
+        self.flights
+            .get_or_start(id.to_string(), reuse, start)
+            .await
     }
 
     /// The kernel with this id, if one was started (it may be dead).
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Kernel>> {
-        let slot = lock(&self.slots).get(id)?.clone();
-        slot.try_lock().ok()?.clone()
+        self.flights.peek(id)
     }
 
     /// Every started kernel.
     pub(crate) fn all(&self) -> Vec<Arc<Kernel>> {
-        let slots: Vec<Slot> = lock(&self.slots).values().cloned().collect();
-        slots
-            .iter()
-            .filter_map(|s| s.try_lock().ok()?.clone())
-            .collect()
+        self.flights.values()
     }
 
     /// Live kernels (for the per-room limit).
@@ -475,52 +482,27 @@ impl Kernels {
         self.all().iter().filter(|k| k.dead().is_none()).count()
     }
 
-    /// Drops the empty slot `id` unless a caller holds a clone of it (it is waiting to start a
-    /// kernel there; removing the slot would leave that kernel outside the registry).
-    pub(crate) fn forget(&self, id: &str, slot: &Slot) {
-        let mut slots = lock(&self.slots);
-        // Clones are made under this lock (in `slot`), so the count cannot grow meanwhile:
-        // one for the map and one for the caller's `slot`.
-        if slots
-            .get(id)
-            .is_some_and(|s| Arc::ptr_eq(s, slot) && Arc::strong_count(s) == 2)
-        {
-            slots.remove(id);
-        }
+    /// Stops kernel `id` and forgets it; false if there is none.
+    pub(crate) async fn shutdown(&self, id: &str) -> bool {
+        self.flights
+            .remove(id, |kernel| async move { kernel.stop().await })
+            .await
     }
 
-    /// Stops kernels idle longer than `idle`, and forgets dead ones idle as long. A slot
-    /// someone holds is skipped: its kernel is being started or handed to a call, which
-    /// touches it under that lock, so a kernel is never culled between pick and run.
+    /// Stops kernels idle longer than `idle`, and forgets dead ones idle as long. A kernel
+    /// being started or handed to a call is skipped: the call touches it under that lock, so
+    /// a kernel is never culled between pick and run.
     pub(crate) async fn cull(&self, idle: Duration) -> usize {
-        let slots: Vec<(String, Slot)> = lock(&self.slots)
-            .iter()
-            .map(|(id, slot)| (id.clone(), slot.clone()))
-            .collect();
-        let mut stopped = 0;
-        for (id, slot) in slots {
-            let Ok(mut held) = slot.try_lock() else {
-                continue;
-            };
-            let Some(kernel) = held.clone() else {
-                continue;
-            };
-            if kernel.is_busy() || kernel.idle_for() < idle {
-                continue;
-            }
-            kernel.stop().await;
-            *held = None;
-            drop(held);
-            self.forget(&id, &slot);
-            stopped += 1;
-        }
-        stopped
+        let idle =
+            |_: &String, kernel: &Arc<Kernel>| !kernel.is_busy() && kernel.idle_for() >= idle;
+        self.flights
+            .cull(idle, |kernel| async move { kernel.stop().await })
+            .await
     }
 
     pub(crate) async fn stop_all(&self) {
-        for kernel in self.all() {
+        for kernel in self.flights.take_all().await {
             kernel.kill().await;
         }
-        lock(&self.slots).clear();
     }
 }

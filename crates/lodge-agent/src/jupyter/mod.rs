@@ -218,13 +218,8 @@ impl Jupyter {
             }
             JupyterOp::KernelRestart { kernel } => self.restart(ctx, &kernel).await,
             JupyterOp::KernelShutdown { kernel } => {
-                let k = self.existing(&kernel)?;
-                let slot = self.kernels.slot(&kernel);
-                let mut held = slot.lock().await;
-                k.stop().await;
-                *held = None;
-                drop(held);
-                self.kernels.forget(&kernel, &slot);
+                self.existing(&kernel)?;
+                self.kernels.shutdown(&kernel).await;
                 Ok(done(format!("kernel {kernel:?} was shut down")))
             }
         }
@@ -500,24 +495,28 @@ impl Jupyter {
         } else {
             check_scratch_name(id)?;
         }
-        let slot = self.kernels.slot(id);
-        let mut held = slot.lock().await;
-        if let Some(kernel) = held.as_ref() {
-            if let Some(reason) = kernel.dead() {
-                return Err(dead_kernel(id, &reason));
+        let mut dead = None;
+        let reuse = |kernel: &Arc<Kernel>| {
+            match kernel.dead() {
+                Some(reason) => dead = Some(reason),
+                // Under the slot's lock, so the culler sees this use before it judges idleness.
+                None => kernel.touch(),
             }
-            // Under the slot's lock, so the culler sees this use before it judges idleness.
-            kernel.touch();
-            return Ok(kernel.clone());
-        }
-        let wanted = match (wanted, is_notebook) {
-            (Some(name), _) => Some(name.to_string()),
-            (None, true) => self.load(id).await?.0.kernel_name(),
-            (None, false) => None,
+            true
         };
-        let kernel = self.start(exec.ctx, id, wanted.as_deref()).await?;
-        *held = Some(kernel.clone());
-        Ok(kernel)
+        let start = |_| async move {
+            let wanted = match (wanted, is_notebook) {
+                (Some(name), _) => Some(name.to_string()),
+                (None, true) => self.load(id).await?.0.kernel_name(),
+                (None, false) => None,
+            };
+            self.start(exec.ctx, id, wanted.as_deref()).await
+        };
+        let kernel = self.kernels.get_or_start(id, reuse, start).await?;
+        match dead {
+            Some(reason) => Err(dead_kernel(id, &reason)),
+            None => Ok(kernel),
+        }
     }
 
     async fn start(
@@ -557,12 +556,13 @@ impl Jupyter {
 
     async fn restart(&self, ctx: &CommandContext, id: &str) -> Outcome {
         let old = self.existing(id)?;
-        let slot = self.kernels.slot(id);
-        let mut held = slot.lock().await;
-        old.stop().await;
-        *held = None;
-        let kernel = self.start(ctx, id, Some(&old.spec.name)).await?;
-        *held = Some(kernel);
+        let start = |current: Option<Arc<Kernel>>| async {
+            if let Some(current) = current {
+                current.stop().await;
+            }
+            self.start(ctx, id, Some(&old.spec.name)).await
+        };
+        self.kernels.get_or_start(id, |_| false, start).await?;
         Ok(done(format!(
             "kernel {id:?} ({}) was restarted: its variables are gone",
             old.spec.name

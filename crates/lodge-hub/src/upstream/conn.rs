@@ -3,14 +3,14 @@
 //! and the server's own requests are answered. It knows nothing of users, tool names or config.
 
 use crate::context::{Notice, NoticeSink, Progress};
+use lodge_core::mux::Pending;
 use lodge_protocol::{OpResult, Stream};
 use lodge_room::client::{CallError, Event, Relay, RelayInput};
 use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Stderr kept for error messages: the last lines, at most this many bytes.
@@ -32,16 +32,13 @@ pub enum ConnError {
     Timeout { method: String, after: Duration },
 }
 
-struct Pending {
-    reply: oneshot::Sender<Result<Value, ConnError>>,
-    sink: Option<NoticeSink>,
-}
+/// Requests waiting for the server's answer, each with where its progress and notices go.
+type Requests = Pending<Result<Value, ConnError>, Option<NoticeSink>>;
 
 pub struct Conn {
     label: String,
     input: RelayInput,
-    next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Arc<Requests>,
     dead: CancellationToken,
     /// Cancelled to stop the instance (idle, hung, its user removed).
     stopping: CancellationToken,
@@ -59,11 +56,20 @@ impl Conn {
     /// Takes over a relay just opened in the room and starts routing its traffic. `label`
     /// names the instance in logs and in the reason given when it dies.
     pub fn start(label: String, relay: Relay, events: mpsc::UnboundedReceiver<Event>) -> Arc<Conn> {
+        let input = relay.input();
+        let cancels = input.clone();
         let conn = Arc::new(Conn {
             label: label.clone(),
-            input: relay.input(),
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
+            input,
+            // A request nobody waits for any more (the client went away, or it timed out)
+            // is cancelled at the server.
+            pending: Pending::new(move |id| {
+                let _ = cancels.send(json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": id, "reason": "the client went away or the call timed out"},
+                }));
+            }),
             dead: CancellationToken::new(),
             stopping: CancellationToken::new(),
             reason: Mutex::new(None),
@@ -87,10 +93,13 @@ impl Conn {
         if let Some(reason) = self.dead_reason() {
             return Err(ConnError::Dead(reason));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if sink.is_some()
-            && let Some(p) = params.as_object_mut()
-        {
+        let streams = sink.is_some();
+        // Dropping the waiter before the answer (also on a timeout) cancels the request.
+        let Some(mut waiter) = self.pending.register(sink) else {
+            return Err(ConnError::Dead(self.reason_or("the instance stopped")));
+        };
+        let id = waiter.id();
+        if streams && let Some(p) = params.as_object_mut() {
             // Our own token: the server's progress is routed back by it (the client's token
             // is for the hub's reply stream, which maps it back).
             let meta = p.entry("_meta").or_insert_with(|| json!({}));
@@ -98,29 +107,18 @@ impl Conn {
                 meta.insert("progressToken".into(), json!(id));
             }
         }
-        let (reply, answer) = oneshot::channel();
-        lock(&self.pending).insert(id, Pending { reply, sink });
-        let mut guard = CancelGuard {
-            conn: self,
-            id,
-            armed: true,
-        };
         let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         if self.input.send(message).is_err() {
             return Err(ConnError::Dead(self.reason_or("the room relay closed")));
         }
-        let outcome = match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ConnError::Dead(self.reason_or("the instance stopped"))),
-            Err(_) => {
-                return Err(ConnError::Timeout {
-                    method: method.to_owned(),
-                    after: timeout,
-                });
-            }
-        };
-        guard.armed = false;
-        outcome
+        match tokio::time::timeout(timeout, waiter.answer()).await {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(ConnError::Dead(self.reason_or("the instance stopped"))),
+            Err(_) => Err(ConnError::Timeout {
+                method: method.to_owned(),
+                after: timeout,
+            }),
+        }
     }
 
     /// Sends a notification (no answer expected).
@@ -139,7 +137,7 @@ impl Conn {
 
     /// Requests sent and not yet answered.
     pub fn in_flight(&self) -> usize {
-        lock(&self.pending).len()
+        self.pending.len()
     }
 
     pub fn dead_reason(&self) -> Option<String> {
@@ -159,10 +157,7 @@ impl Conn {
     fn die(&self, reason: String) {
         lock(&self.reason).get_or_insert(reason.clone());
         self.dead.cancel();
-        let waiting: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
-        for p in waiting {
-            let _ = p.reply.send(Err(ConnError::Dead(reason.clone())));
-        }
+        self.pending.close(|| Err(ConnError::Dead(reason.clone())));
     }
 
     fn stderr_tail(&self) -> String {
@@ -187,9 +182,9 @@ impl Conn {
             tracing::debug!("an upstream answer with an id we never used");
             return;
         };
-        let Some(p) = lock(&self.pending).remove(&id) else {
+        if !self.pending.contains(id) {
             return; // cancelled or timed out meanwhile
-        };
+        }
         let result = match (message.get("result"), message.get("error")) {
             (Some(r), _) => Ok(r.clone()),
             (None, Some(e)) => Err(ConnError::Rpc {
@@ -209,16 +204,16 @@ impl Conn {
                 data: None,
             }),
         };
-        let _ = p.reply.send(result);
+        self.pending.complete(id, result);
     }
 
     /// Sends `notice` to every running request that streams to its client.
     fn broadcast(&self, notice: &Value) {
-        for p in lock(&self.pending).values() {
-            if let Some(sink) = &p.sink {
+        self.pending.each(|sink| {
+            if let Some(sink) = sink {
                 let _ = sink.send(Notice::Notification(notice.clone()));
             }
-        }
+        });
     }
 
     fn notification(&self, label: &str, method: &str, message: &Value) {
@@ -226,7 +221,7 @@ impl Conn {
         match method {
             "notifications/progress" => {
                 let token = params.get("progressToken").and_then(Value::as_u64);
-                let sink = token.and_then(|t| lock(&self.pending).get(&t)?.sink.clone());
+                let sink = token.and_then(|t| self.pending.with(t, Option::clone).flatten());
                 if let Some(sink) = sink {
                     let _ = sink.send(Notice::Progress(Progress {
                         progress: params
@@ -283,24 +278,6 @@ impl Conn {
             (Some(method), Some(id)) => self.server_request(method, id),
             (Some(method), None) => self.notification(label, method, message),
             (None, _) => self.answer(message),
-        }
-    }
-}
-
-/// Tells the server a request it will no longer be waited for was cancelled.
-struct CancelGuard<'a> {
-    conn: &'a Conn,
-    id: u64,
-    armed: bool,
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed && lock(&self.conn.pending).remove(&self.id).is_some() {
-            self.conn.notify(
-                "notifications/cancelled",
-                json!({"requestId": self.id, "reason": "the client went away or the call timed out"}),
-            );
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::context::NoticeSink;
 use crate::rooms::{RoomError, Rooms};
 use catalog::{Catalog, Interner};
 use conn::{Conn, ConnError};
+use lodge_core::flight::Flights;
 use lodge_core::servers::{EnvValue, UpstreamConfig};
 use lodge_core::time::now_ms;
 use lodge_protocol::{Op, Upstream};
@@ -152,10 +153,9 @@ impl Backoff {
     }
 }
 
-/// A (user, server) place: the async lock makes concurrent first calls start one instance.
+/// What a (user, server) keeps between its instances: how often it failed, and its lists.
 #[derive(Default)]
 struct Slot {
-    instance: tokio::sync::Mutex<Option<Arc<Instance>>>,
     backoff: Mutex<Backoff>,
     /// The lists this user's latest instance gave (kept when it is culled, so listing does not
     /// restart it). Only this user's own instances ever write here.
@@ -196,6 +196,8 @@ pub struct Upstreams {
     rooms: Arc<Rooms>,
     vault: Arc<Vault>,
     slots: Mutex<HashMap<(i64, String), Arc<Slot>>>,
+    /// Instances by (user, server): concurrent first calls start one instance, not several.
+    instances: Flights<(i64, String), Arc<Instance>>,
     counts: Arc<Mutex<Counts>>,
     /// Users' catalogs with equal content held once (memory only: see [`Interner`]).
     interner: Arc<Mutex<Interner>>,
@@ -208,6 +210,7 @@ impl Upstreams {
             rooms,
             vault,
             slots: Mutex::new(HashMap::new()),
+            instances: Flights::new(),
             counts: Arc::default(),
             interner: Arc::default(),
         }
@@ -279,13 +282,15 @@ impl Upstreams {
         server: &UpstreamConfig,
     ) -> Result<Arc<Instance>, UpstreamError> {
         let slot = self.slot(caller, name);
-        let mut current = slot.instance.lock().await;
-        if let Some(i) = current.as_ref() {
-            if i.alive() {
+        // Touched under the instance's lock, so the culler sees this use before it judges.
+        let alive = |i: &Arc<Instance>| {
+            let alive = i.alive();
+            if alive {
                 i.touch();
-                return Ok(i.clone());
             }
-            let dead = current.take();
+            alive
+        };
+        let start = |dead: Option<Arc<Instance>>| async move {
             if let Some(dead) = dead {
                 let why = dead.conn.dead_reason().unwrap_or_default();
                 let mut b = lock(&slot.backoff);
@@ -294,27 +299,28 @@ impl Upstreams {
                 }
                 b.failed(&why);
             }
-        }
-        lock(&slot.backoff).check(name)?;
-        let env = self.env(caller, name, server).await?;
-        self.reserve(caller, name)?;
-        match self.start(caller, name, server, env, &slot).await {
-            Ok(instance) => {
-                let (counts, user, conn) =
-                    (self.counts.clone(), caller.user_id, instance.conn.clone());
-                tokio::spawn(async move {
-                    conn.closed().await;
-                    release(&counts, user);
-                });
-                *current = Some(instance.clone());
-                Ok(instance)
+            lock(&slot.backoff).check(name)?;
+            let env = self.env(caller, name, server).await?;
+            self.reserve(caller, name)?;
+            match self.start(caller, name, server, env, &slot).await {
+                Ok(instance) => {
+                    let (counts, user, conn) =
+                        (self.counts.clone(), caller.user_id, instance.conn.clone());
+                    tokio::spawn(async move {
+                        conn.closed().await;
+                        release(&counts, user);
+                    });
+                    Ok(instance)
+                }
+                Err(e) => {
+                    release(&self.counts, caller.user_id);
+                    lock(&slot.backoff).failed(&e.to_string());
+                    Err(e)
+                }
             }
-            Err(e) => {
-                release(&self.counts, caller.user_id);
-                lock(&slot.backoff).failed(&e.to_string());
-                Err(e)
-            }
-        }
+        };
+        let key = (caller.user_id, name.to_owned());
+        self.instances.get_or_start(key, alive, start).await
     }
 
     /// The server's environment for this user, secrets resolved from their vault.
@@ -818,46 +824,39 @@ impl Upstreams {
         Ok(result)
     }
 
-    /// Stops instances idle longer than their server's `idle_timeout`, and forgets dead ones.
+    /// Stops instances idle longer than their server's `idle_timeout`.
     pub async fn cull(&self) -> usize {
         let now = now_ms();
-        let slots: Vec<_> = lock(&self.slots)
-            .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect();
-        let mut culled = 0;
-        for ((_, name), slot) in slots {
-            let Some(server) = self.config.servers.get(&name) else {
-                continue;
-            };
-            let Ok(mut current) = slot.instance.try_lock() else {
-                continue;
+        // Instances being started are skipped (cull does); dead ones stay, for the backoff.
+        let idle = |(_, name): &(i64, String), i: &Arc<Instance>| {
+            let Some(server) = self.config.servers.get(name) else {
+                return false;
             };
             let idle_ms = server.idle_timeout.as_millis() as i64;
-            let idle = current.as_ref().is_some_and(|i| {
-                i.alive()
-                    && i.conn.in_flight() == 0
-                    && now - i.last_used_ms.load(Ordering::Relaxed) >= idle_ms
-            });
-            if idle && let Some(i) = current.take() {
-                i.conn.stop();
-                culled += 1;
-            }
-        }
-        culled
+            i.alive()
+                && i.conn.in_flight() == 0
+                && now - i.last_used_ms.load(Ordering::Relaxed) >= idle_ms
+        };
+        self.instances
+            .cull(idle, |i| async move { i.conn.stop() })
+            .await
     }
 
     /// Stops every instance of one user (the user was removed).
     pub async fn stop_user(&self, user_id: i64) {
-        let slots: Vec<_> = {
+        // Every instance has its slot (made first, in `instance`), so the slots name them all.
+        let keys: Vec<_> = {
             let mut all = lock(&self.slots);
             let keys: Vec<_> = all.keys().filter(|(u, _)| *u == user_id).cloned().collect();
-            keys.into_iter().filter_map(|k| all.remove(&k)).collect()
-        };
-        for slot in slots {
-            if let Some(i) = slot.instance.lock().await.take() {
-                i.conn.stop();
+            for key in &keys {
+                all.remove(key);
             }
+            keys
+        };
+        for key in keys {
+            self.instances
+                .remove(&key, |i| async move { i.conn.stop() })
+                .await;
         }
     }
 
@@ -865,11 +864,11 @@ impl Upstreams {
     pub fn status(&self, caller: &Caller) -> Vec<Value> {
         self.enabled(caller.user.as_str())
             .map(|(name, server)| {
-                let slot = lock(&self.slots).get(&(caller.user_id, name.to_owned())).cloned();
-                let running = slot.as_ref().and_then(|s| {
-                    let current = s.instance.try_lock().ok()?;
-                    current.as_ref().filter(|i| i.alive()).map(|i| i.started.elapsed().as_secs())
-                });
+                let running = self
+                    .instances
+                    .peek(&(caller.user_id, name.to_owned()))
+                    .filter(|i| i.alive())
+                    .map(|i| i.started.elapsed().as_secs());
                 json!({
                     "name": name,
                     "description": server.description,

@@ -1,7 +1,7 @@
-//! `lodge doctor` (SPEC §8): reports which isolation features this machine offers rooms
-//! (bubblewrap, user namespaces, cgroups, Landlock, seccomp, no_new_privs), whether rooms get a
-//! notebook kernel, and the command that fixes each missing one, and what dead rooms of
-//! DATA_DIR's hub left behind. It only reads /proc, /sys and the config and runs throwaway
+//! `lodge doctor` (docs/operations.md, "Requirements"): reports which isolation features this
+//! machine offers rooms (bubblewrap, user namespaces, cgroups, Landlock, seccomp,
+//! no_new_privs), whether rooms get a notebook kernel, and the command that fixes each missing
+//! one, and what dead rooms of DATA_DIR's hub left behind. It only reads /proc, /sys and the config and runs throwaway
 //! probes; it never changes the machine and creates no DATA_DIR.
 
 use crate::cli::{DoctorArgs, Global};

@@ -105,7 +105,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(c) => accounts::token(&cli.global, c).await,
         Command::McpConfig(a) => accounts::mcp_config(&cli.global, a).await,
         Command::Audit(a) => audit::run(&cli.global, a).await,
-        Command::Bench(a) => crate::bench::run(a).await,
+        Command::Bench(a) => {
+            // The bench runs the hub it measures from this very binary.
+            let exe = std::env::current_exe().context("cannot find the lodge executable")?;
+            lodge_bench::run(a, &exe).await
+        }
         Command::Doctor(a) => doctor::run(&cli.global, a).await,
         Command::Secret(c) => secrets::run(&cli.global, c).await,
         Command::Agent(_) => anyhow::bail!("lodge agent runs before the runtime starts"),

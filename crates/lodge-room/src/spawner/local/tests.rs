@@ -1,6 +1,7 @@
 //! Spawner tests against the real kernel: bubblewrap, cgroups, loop mounts and uid switching.
-//! They need root (as in CI) and say so instead of skipping. The rooms run `/bin/sh -c SCRIPT`
-//! instead of the agent, through the exact same sandbox builder.
+//! They need root (as in CI) and say so instead of skipping. In place of the agent the rooms run
+//! `/bin/sh -c SCRIPT`, through the exact same sandbox builder, so that each test decides what
+//! runs inside; the agent in a real room is tested end to end in crates/lodge/tests.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Instant;

@@ -21,7 +21,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// The interpreter of the probe, on the host and in rooms (which see the host's /usr).
 const PYTHON: &str = "/usr/bin/python3";
-const PROBE_SOURCE: &str = include_str!("../../../../tests/peers/probe_server.py");
+const PROBE_SOURCE: &str = include_str!("../../../tests/peers/probe_server.py");
 const PROBE_FILE: &str = "probe_server.py";
 const SERVER: &str = "probe";
 const TOOL: &str = "probe__echo";
@@ -363,12 +363,8 @@ pub(super) fn target(section: Option<&Section>) -> Option<Target> {
 }
 
 pub(super) fn print(section: &Section) {
-    let f = match section {
-        Section::Skipped { skipped } => {
-            println!("upstream server: skipped: {skipped}");
-            return;
-        }
-        Section::Measured(f) => f,
+    let Some(f) = section.measured_or_print_skipped("upstream server") else {
+        return;
     };
     println!(
         "upstream server {}, {} sequential calls per warm row",

@@ -358,12 +358,8 @@ fn stderr_tail(stderr: &[u8]) -> String {
 // Reporting
 
 pub(super) fn print(section: &Section) {
-    let f = match section {
-        Section::Skipped { skipped } => {
-            println!("Jupyter: skipped: {skipped}");
-            return;
-        }
-        Section::Measured(f) => f,
+    let Some(f) = section.measured_or_print_skipped("Jupyter") else {
+        return;
     };
     println!(
         "Jupyter kernel {}, code {:?}, {} sequential calls per warm row ({} warm-up)",

@@ -59,13 +59,12 @@ pub(super) async fn run(a: &BenchArgs, hub: &HubProcess, bars: &Bars) -> Result<
     if a.skip_flood {
         return Ok(None);
     }
-    let exe = std::env::current_exe().context("cannot find the lodge executable")?;
-    let dir = hub._dir.path();
-    let flooder = user_with_token(&exe, dir, "bench-flood-a", &["--profile", PROFILE]).await?;
-    let unlimited = user_with_token(&exe, dir, "bench-flood-c", &[]).await?;
+    let (exe, dir) = (&hub.exe, hub._dir.path());
+    let flooder = user_with_token(exe, dir, "bench-flood-a", &["--profile", PROFILE]).await?;
+    let unlimited = user_with_token(exe, dir, "bench-flood-c", &[]).await?;
     let b = Client::new(
         &hub.base,
-        &user_with_token(&exe, dir, "bench-flood-b", &[]).await?,
+        &user_with_token(exe, dir, "bench-flood-b", &[]).await?,
         1,
     )?;
     let sid = b.initialize().await?;

@@ -1,11 +1,12 @@
-//! `lodge bench`: starts a private hub (this same binary, a temporary DATA_DIR, a loopback
-//! port) and measures it over real HTTP: sequential latency, session_info throughput, memory
-//! per idle session, rooms (warm fs_read and run_command, a new user's cold first call, memory
-//! per running room), an upstream MCP server's proxy overhead and cold start (see
-//! [`upstream`]), and `code_execute` on a Jupyter kernel against jupyter_client driving one
-//! directly (see [`jupyter`]), one user's latency while another floods the hub (see
-//! [`flood`]), and then, on a hub of its own, a thousand live rooms (see [`scale`]). It must
-//! never touch the user's DATA_DIR or another hub, and never
+//! The benchmark behind `lodge bench`: starts a private hub (the `lodge` binary it is given, a
+//! temporary DATA_DIR, a loopback port) and measures it over real HTTP: sequential latency,
+//! session_info throughput, memory per idle session, rooms (warm fs_read and run_command, a new
+//! user's cold first call, memory per running room), an upstream MCP server's proxy overhead
+//! and cold start (see [`upstream`]), and `code_execute` on a Jupyter kernel against
+//! jupyter_client driving one directly (see [`jupyter`]), one user's latency while another
+//! floods the hub (see [`flood`]), and then, on a hub of its own, a thousand live rooms (see
+//! [`scale`]). It drives the hub only from outside, through its CLI and HTTP, so it links none
+//! of the hub's crates. It must never touch the user's DATA_DIR or another hub, and never
 //! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
 //! the run.
 
@@ -125,21 +126,23 @@ const HUB_LOG_FILTER: &str = "warn,lodge_hub::rooms=info";
 /// Info lines of the hub kept for the error report.
 const RECENT_INFO_LINES: usize = 20;
 
-pub async fn run(a: BenchArgs) -> Result<()> {
+/// Runs the benchmark and prints its figures. `exe` is the `lodge` binary to benchmark: it is
+/// run as `lodge serve` for the private hubs and as `lodge user`/`lodge token` to provision
+/// them (the `lodge bench` command passes itself).
+pub async fn run(a: BenchArgs, exe: &Path) -> Result<()> {
     check_args(&a)?;
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; take figures from `cargo run --release -p lodge -- bench`"
         );
     }
-    let exe = std::env::current_exe().context("cannot find the lodge executable")?;
     let setups = Setups {
         upstream: upstream::Setup::new(&a)?,
         jupyter: jupyter::Setup::new(&a).await?,
     };
     let dir = DataDir::create()?;
     let bars = Bars { hidden: a.json };
-    let tokens = provision(&a, &setups, &exe, dir.path(), &bars).await?;
+    let tokens = provision(&a, &setups, exe, dir.path(), &bars).await?;
     write_config(
         dir.path(),
         &[
@@ -148,14 +151,14 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             flood::config(),
         ],
     )?;
-    let hub = HubProcess::spawn(&exe, dir, &hub_env(&a)).await?;
+    let hub = HubProcess::spawn(exe, dir, &hub_env(&a)).await?;
     let result = measure(&a, &hub, &tokens, &setups, &bars).await;
     if result.is_err() {
         hub.log.print_recent_info();
     }
     hub.stop().await;
     let mut report = result?;
-    report.scale = scale::run(&a, &exe, &bars)
+    report.scale = scale::run(&a, exe, &bars)
         .await
         .context("live-rooms figures (pass --scale-rooms 0 to leave them out)")?;
     report.targets.extend(scale::targets(report.scale.as_ref()));
@@ -591,6 +594,8 @@ struct HubProcess {
     pid: u32,
     base: String,
     log: HubLog,
+    /// The binary it runs, so that a section adding users to this hub runs the same one.
+    exe: PathBuf,
     _dir: DataDir,
 }
 
@@ -616,6 +621,7 @@ impl HubProcess {
             pid,
             base: format!("http://{addr}"),
             log,
+            exe: exe.to_owned(),
             _dir: dir,
         })
     }
@@ -1248,7 +1254,7 @@ struct RoomUser {
 }
 
 /// Whether and how a section (upstream, Jupyter) runs.
-pub(super) enum Setup<T> {
+pub(crate) enum Setup<T> {
     /// Skipped by its flag.
     Off,
     /// It cannot run on this machine; the report says why instead of giving figures.
@@ -1280,9 +1286,22 @@ impl<T> Setup<T> {
 /// A section in the report: its figures, or why it did not run.
 #[derive(Serialize)]
 #[serde(untagged)]
-pub(super) enum Section<F> {
+pub(crate) enum Section<F> {
     Skipped { skipped: String },
     Measured(F),
+}
+
+impl<F> Section<F> {
+    /// The figures to print; None once the line `NAME: skipped: WHY` is printed instead.
+    fn measured_or_print_skipped(&self, name: &str) -> Option<&F> {
+        match self {
+            Self::Skipped { skipped } => {
+                println!("{name}: skipped: {skipped}");
+                None
+            }
+            Self::Measured(f) => Some(f),
+        }
+    }
 }
 
 /// Via the hub minus direct, per statistic, and via the hub over direct.
