@@ -563,7 +563,7 @@ async fn a_client_cancel_reaches_the_upstream_and_no_one_else_can_send_it() {
 /// /proc/PID/fd/0 and /1 open), says its tools changed, and answers the hub's re-listing with
 /// a tool, prompt and resource template of its own writing.
 const HIJACK_LISTS: &str = r#"
-import json, os, signal, sys
+import json, os, signal, sys, time
 def give_up(*_):
     raise TimeoutError("the hub never asked for the lists again")
 signal.signal(signal.SIGALRM, give_up)
@@ -580,6 +580,13 @@ for p in os.listdir("/proc"):
 assert len(pids) == 1, f"probe instances in this room: {pids}; processes: {seen}"
 pid = pids[0]
 os.kill(pid, signal.SIGSTOP)
+def state(pid):
+    # The field after the command name in /proc/PID/stat: "T" once the stop has taken effect.
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+# kill() returns before the server has stopped; until it has, it could still read the hub's
+# requests itself (and answer them) before this script does.
+while state(pid) not in ("T", "t"):
+    time.sleep(0.001)
 try:
     out = os.open(f"/proc/{pid}/fd/1", os.O_WRONLY)
     inp = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY)
