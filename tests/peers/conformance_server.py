@@ -551,6 +551,10 @@ class Server:
         except RpcError as e:
             self.send({"jsonrpc": "2.0", "id": rid, "error": e.to_json()})
             return
+        except ToolError as e:
+            # Outside tools/call (a prompt that asks the client) a failure is a JSON-RPC error.
+            self.send({"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL_ERROR, "message": str(e)}})
+            return
         except Exception as e:  # a fixture bug must still answer, and say what broke
             log(f"internal error in {method}: {e!r}")
             self.send({"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL_ERROR, "message": repr(e)}})

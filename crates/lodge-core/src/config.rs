@@ -512,7 +512,7 @@ impl Config {
         for (name, server) in &self.servers {
             server.validate(name, |p| self.has_profile(p))?;
         }
-        Ok(())
+        crate::servers::validate_prefixes(&self.servers)
     }
 
     pub fn has_profile(&self, name: &str) -> bool {

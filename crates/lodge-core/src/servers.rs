@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-/// Longest server name (it prefixes every tool name as `{server}__{tool}`).
+/// Longest server name or prefix (it prefixes every tool name as `{prefix}__{tool}`).
 const MAX_SERVER_NAME: usize = 32;
 /// Longest secret or field name (the vault's rule).
 pub const MAX_SECRET_NAME: usize = 64;
@@ -39,6 +39,11 @@ pub struct UpstreamConfig {
     pub enabled_for: Vec<String>,
     #[serde(default)]
     pub tools: ToolFilter,
+    /// What the server's tool and prompt names are shown under (`{prefix}__{name}`) and its
+    /// resource URIs (`lodge://{prefix}/{uri}`). Default: the server's name. `""` shows them
+    /// unchanged; at most one server may have it.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 fn default_idle() -> Duration {
@@ -155,6 +160,12 @@ fn valid_env_name(s: &str) -> bool {
 }
 
 impl UpstreamConfig {
+    /// The prefix of server `name`'s tool and prompt names and resource URIs: the configured
+    /// one, else the name. Empty: shown unchanged.
+    pub fn prefix<'a>(&'a self, name: &'a str) -> &'a str {
+        self.prefix.as_deref().unwrap_or(name)
+    }
+
     /// Is the server offered to `user`?
     pub fn enabled_for(&self, user: &str) -> bool {
         self.enabled_for.iter().any(|u| u == "*" || u == user)
@@ -199,6 +210,15 @@ impl UpstreamConfig {
                 ));
             }
         }
+        if let Some(p) = self.prefix.as_deref()
+            && !p.is_empty()
+            && !valid_server_name(p)
+        {
+            return Err(format!(
+                "{at}.prefix {p:?} is invalid: use \"\" (names unchanged) or the form of server names \
+                 (a-z, 0-9, '_', '-', starting with a letter, at most {MAX_SERVER_NAME}) without \"__\""
+            ));
+        }
         if let Some(p) = &self.profile
             && !has_profile(p)
         {
@@ -215,6 +235,29 @@ impl UpstreamConfig {
         }
         Ok(())
     }
+}
+
+/// Refuses servers whose names could not tell them apart: two with the same prefix (a prefix
+/// left out is the server's name), or more than one with the empty prefix. The error names both.
+pub fn validate_prefixes(servers: &BTreeMap<String, UpstreamConfig>) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, server) in servers {
+        let prefix = server.prefix(name);
+        if let Some(other) = seen.insert(prefix, name) {
+            return Err(if prefix.is_empty() {
+                format!(
+                    "servers.{other} and servers.{name} both have prefix = \"\": at most one server's \
+                     names can be shown unchanged; give the other a prefix"
+                )
+            } else {
+                format!(
+                    "servers.{other} and servers.{name} both show their tools as {prefix}__*: give one \
+                     of them another prefix"
+                )
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -298,6 +341,79 @@ mod tests {
         let c: UpstreamConfig = toml::from_str(r#"command = ["x"]"#).unwrap();
         for bad in ["a__b", "Git", "x".repeat(33).as_str()] {
             assert!(c.validate(bad, |_| true).is_err(), "{bad}");
+        }
+    }
+
+    fn servers(tables: &[(&str, &str)]) -> Result<BTreeMap<String, UpstreamConfig>, String> {
+        let mut all = BTreeMap::new();
+        for (name, text) in tables {
+            let c: UpstreamConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+            c.validate(name, |_| true)?;
+            all.insert((*name).to_owned(), c);
+        }
+        validate_prefixes(&all)?;
+        Ok(all)
+    }
+
+    #[test]
+    fn prefixes_default_to_the_name_and_may_be_empty() {
+        let all = servers(&[
+            ("git", r#"command = ["x"]"#),
+            (
+                "fixture",
+                r#"command = ["x"]
+            prefix = """#,
+            ),
+            (
+                "gh",
+                r#"command = ["x"]
+            prefix = "github""#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(all["git"].prefix("git"), "git");
+        assert_eq!(all["fixture"].prefix("fixture"), "");
+        assert_eq!(all["gh"].prefix("gh"), "github");
+    }
+
+    #[test]
+    fn clashing_prefixes_are_refused_naming_both_servers() {
+        for (tables, needles) in [
+            (
+                vec![
+                    ("a", "command = [\"x\"]\nprefix = \"\""),
+                    ("b", "command = [\"x\"]\nprefix = \"\""),
+                ],
+                ["servers.a", "servers.b", "prefix = \"\""],
+            ),
+            (
+                vec![
+                    ("a", "command = [\"x\"]\nprefix = \"same\""),
+                    ("b", "command = [\"x\"]\nprefix = \"same\""),
+                ],
+                ["servers.a", "servers.b", "same__*"],
+            ),
+            // A prefix equal to another server's name clashes with that server's default.
+            (
+                vec![
+                    ("git", "command = [\"x\"]"),
+                    ("mine", "command = [\"x\"]\nprefix = \"git\""),
+                ],
+                ["servers.git", "servers.mine", "git__*"],
+            ),
+        ] {
+            let e = servers(&tables).unwrap_err();
+            for needle in needles {
+                assert!(e.contains(needle), "{tables:?}: {e}");
+            }
+        }
+        for bad in ["Git", "a__b", "9x", "has space", &"x".repeat(33)] {
+            let text = format!("command = [\"x\"]\nprefix = {bad:?}");
+            let e = servers(&[("s", &text)]).unwrap_err();
+            assert!(
+                e.contains("servers.s.prefix") && e.contains("invalid"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -63,7 +63,9 @@ fn tools(
     });
     let registry = tools::notebooks::register(registry, rooms, &config.kernels);
     let registry = tools::git::register(registry, rooms, vault);
-    tools::secrets::register(registry, vault).dynamic(tools::UpstreamTools::new(upstreams.clone()))
+    let registry = tools::secrets::register(registry, vault);
+    let builtin = registry.names();
+    registry.dynamic(tools::UpstreamTools::new(upstreams.clone(), builtin))
 }
 
 /// Everything a request handler may need, shared behind one `Arc`.

@@ -696,3 +696,160 @@ async fn one_users_instance_cannot_write_another_users_lists() {
     let prompts = mallory.rpc("prompts/list", json!({})).await.to_string();
     assert!(prompts.contains("probe__evil_prompt"), "{prompts}");
 }
+
+/// `prefix = ""`: the conformance fixture's tools, prompts, resources and templates keep their
+/// own names and URIs through the hub and round-trip (calls, gets and reads reach it), while a
+/// server with a prefix of its own is shown under that prefix, not under its name.
+#[tokio::test]
+async fn an_unprefixed_server_keeps_its_names_and_uris() {
+    let p = Peers::get();
+    let config = format!(
+        r#"
+[rooms]
+read_only_paths = ["{dir}"]
+
+[servers.fixture]
+command = ["/usr/bin/python3", "{fixture}"]
+prefix = ""
+
+[servers.probe]
+command = ["/usr/bin/python3", "{probe}"]
+prefix = "p"
+"#,
+        dir = p.dir.display(),
+        fixture = p.conformance_server().display(),
+        probe = p.probe().display(),
+    );
+    let hub = TestHub::start_with_config(&config, &[]);
+    let a = hub.user_session("alice", &[]).await;
+
+    let names = tool_names(&a.rpc("tools/list", json!({})).await);
+    for want in ["session_info", "test_simple_text", "test_echo", "p__echo"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    for unwanted in ["fixture__test_simple_text", "probe__echo"] {
+        assert!(
+            !names.iter().any(|n| n == unwanted),
+            "{unwanted}: {names:?}"
+        );
+    }
+    let text = a.call("test_echo", json!({"text": "unprefixed"})).await;
+    assert!(!text.is_error && text.text == "unprefixed", "{text:?}");
+    let probe = a.call("p__echo", json!({"text": "prefixed"})).await;
+    assert!(!probe.is_error && probe.text == "prefixed", "{probe:?}");
+
+    let prompts = a.rpc("prompts/list", json!({})).await;
+    let prompt_names: Vec<&str> = prompts["result"]["prompts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{prompts}"))
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        prompt_names.contains(&"test_simple_prompt") && prompt_names.contains(&"p__greet"),
+        "{prompt_names:?}"
+    );
+    let got = a
+        .rpc(
+            "prompts/get",
+            json!({"name": "test_prompt_with_arguments", "arguments": {"arg1": "one", "arg2": "two"}}),
+        )
+        .await;
+    let said = got["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(said, "Prompt with arguments: arg1='one', arg2='two'");
+
+    let resources = a.rpc("resources/list", json!({})).await;
+    let uris: Vec<&str> = resources["result"]["resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{resources}"))
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .collect();
+    assert!(
+        uris.contains(&"test://static-text") && uris.contains(&"lodge://p/probe://hello"),
+        "{uris:?}"
+    );
+    let templates = a.rpc("resources/templates/list", json!({})).await;
+    let listed = templates["result"]["resourceTemplates"].to_string();
+    assert!(
+        listed.contains("\"test://template/{id}/data\"")
+            && listed.contains("\"lodge://p/probe://echo/{text}\""),
+        "{templates}"
+    );
+    for (uri, want) in [
+        (
+            "test://static-text",
+            "This is the content of the static text resource.",
+        ),
+        ("test://template/123/data", "Data for ID: 123"),
+        ("lodge://p/probe://hello", "hello from probe"),
+    ] {
+        let read = a.rpc("resources/read", json!({ "uri": uri })).await;
+        let content = &read["result"]["contents"][0];
+        assert_eq!(content["uri"], uri, "{read}");
+        assert!(
+            content["text"].as_str().unwrap_or("").contains(want),
+            "{read}"
+        );
+    }
+    // A name of no server is still unknown, though the unprefixed server is asked about it.
+    let unknown = a
+        .rpc("tools/call", json!({"name": "test_nope", "arguments": {}}))
+        .await;
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown tool"),
+        "{unknown}"
+    );
+    assert_healthy(&hub).await;
+}
+
+/// An unprefixed server's tool named like a built-in one is not offered: the built-in tool
+/// keeps the name (listed once, with its own schema), and the hub says so at WARN, once per
+/// instance however often the list is read.
+#[tokio::test]
+async fn a_built_in_tool_wins_over_an_unprefixed_servers_tool() {
+    let p = Peers::get();
+    let config = format!(
+        r#"
+[rooms]
+read_only_paths = ["{dir}"]
+
+[servers.git]
+command = ["{git}", "--repository", "{{workspace}}"]
+prefix = ""
+"#,
+        dir = p.dir.display(),
+        git = p.mcp_server_git().display(),
+    );
+    let hub = TestHub::start_with_config_logged(&config, &[]);
+    let a = hub.user_session("alice", &[]).await;
+    // mcp-server-git starts only on a repository.
+    a.sh("git init -q .").await;
+    for _ in 0..3 {
+        let list = a.rpc("tools/list", json!({})).await;
+        let tools = list["result"]["tools"].as_array().expect("tools");
+        let status: Vec<&Value> = tools.iter().filter(|t| t["name"] == "git_status").collect();
+        assert_eq!(status.len(), 1, "git_status listed {} times", status.len());
+        assert!(
+            status[0]["inputSchema"]["properties"]
+                .get("repo_path")
+                .is_none(),
+            "the server's git_status is listed instead of the built-in one: {}",
+            status[0]
+        );
+        // mcp-server-git's tools without a built-in namesake are there, unprefixed.
+        let names = tool_names(&list);
+        assert!(names.iter().any(|n| n == "git_add"), "{names:?}");
+    }
+    let log = std::fs::read_to_string(hub.log.as_ref().expect("log")).expect("hub log");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("built-in tool git_status"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+}

@@ -125,6 +125,11 @@ impl Registry {
         self
     }
 
+    /// The built-in tools' names (so far).
+    pub fn names(&self) -> HashSet<&'static str> {
+        self.names.clone()
+    }
+
     /// Adds a set of tools whose names depend on the caller.
     pub fn dynamic(mut self, set: impl DynamicTools) -> Self {
         self.entries.push(Entry::Dynamic(Arc::new(set)));

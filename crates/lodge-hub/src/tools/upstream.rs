@@ -1,23 +1,27 @@
-//! The tools of configured upstream MCP servers, `{server}__{tool}`, as one dynamic set. Which
-//! tools exist depends on the caller and on the servers, so this set has no fixed definitions;
-//! the instances themselves are [`crate::upstream::Upstreams`]' business.
+//! The tools of configured upstream MCP servers, `{prefix}__{tool}` (or unchanged, for a server
+//! with `prefix = ""`), as one dynamic set. Which tools exist depends on the caller and on the
+//! servers, so this set has no fixed definitions; the instances themselves, and which server a
+//! name routes to, are [`crate::upstream::Upstreams`]' business. Built-in names are never ours.
 
 use super::{Definition, DynamicTools, ToolError};
 use crate::caller::Caller;
 use crate::context::RequestContext;
-use crate::upstream::{UpstreamError, Upstreams, catalog};
+use crate::upstream::{UpstreamError, Upstreams};
 use async_trait::async_trait;
 use rmcp::model::{CallToolResult, JsonObject};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 pub struct UpstreamTools {
     upstreams: Arc<Upstreams>,
+    /// The built-in tools' names: an unprefixed server's tool of such a name is not offered.
+    builtin: HashSet<&'static str>,
 }
 
 impl UpstreamTools {
-    pub fn new(upstreams: Arc<Upstreams>) -> Self {
-        Self { upstreams }
+    pub fn new(upstreams: Arc<Upstreams>, builtin: HashSet<&'static str>) -> Self {
+        Self { upstreams, builtin }
     }
 }
 
@@ -25,7 +29,7 @@ impl UpstreamTools {
 impl DynamicTools for UpstreamTools {
     async fn tools(&self, caller: &Caller) -> Vec<Definition> {
         self.upstreams
-            .tools(caller)
+            .tools(caller, &|name| self.builtin.contains(name))
             .await
             .into_iter()
             .filter_map(|t| match serde_json::from_value::<Definition>(t) {
@@ -39,7 +43,7 @@ impl DynamicTools for UpstreamTools {
     }
 
     async fn offers(&self, caller: &Caller, name: &str) -> Result<bool, ToolError> {
-        if !catalog::split(name).is_some_and(|(server, _)| self.upstreams.is_server(server)) {
+        if self.builtin.contains(name) || !self.upstreams.may_route(name) {
             return Ok(false);
         }
         self.upstreams
@@ -61,9 +65,9 @@ impl DynamicTools for UpstreamTools {
             .await
             .map_err(tool_error)?;
         serde_json::from_value(result).map_err(|e| {
-            let server = catalog::split(name).map_or(name, |(s, _)| s);
             ToolError::Failed(format!(
-                "server {server} answered tools/call with something that is not a tool result: {e}"
+                "the server of tool {name} answered tools/call with something that is not a tool \
+                 result: {e}"
             ))
         })
     }

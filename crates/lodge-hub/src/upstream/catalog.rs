@@ -1,6 +1,7 @@
 //! What an upstream server offers (tools, prompts, resource templates) and how its names are
-//! shown to users: `{server}__{name}` for tools and prompts, `lodge://{server}/{uri}` for
-//! resources. Plain data and name mapping; no I/O. Each catalog is one user's: what their own
+//! shown to users: `{prefix}__{name}` for tools and prompts, `lodge://{prefix}/{uri}` for
+//! resources, unchanged for a server whose prefix is `""` (the prefix is the server's name
+//! unless configured). Plain data and name mapping; no I/O. Each catalog is one user's: what their own
 //! instance gave. Nothing here may hand one user's lists to another.
 
 use serde_json::{Value, json};
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::{Arc, Weak};
 
-/// Separator between a server's name and its tool or prompt name.
+/// Separator between a server's prefix and its tool or prompt name.
 pub const SEPARATOR: &str = "__";
 /// Prefix of resource URIs that name the server they come from.
 const RESOURCE_SCHEME: &str = "lodge://";
@@ -75,24 +76,30 @@ impl Interner {
     }
 }
 
-/// `{server}__{name}`.
-pub fn qualify(server: &str, name: &str) -> String {
-    format!("{server}{SEPARATOR}{name}")
+/// `{prefix}__{name}`; `name` itself for the empty prefix.
+pub fn qualify(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        return name.to_owned();
+    }
+    format!("{prefix}{SEPARATOR}{name}")
 }
 
-/// Splits `{server}__{name}` (server names never contain `__`).
+/// Splits `{prefix}__{name}` (prefixes never contain `__`).
 pub fn split(qualified: &str) -> Option<(&str, &str)> {
     qualified
         .split_once(SEPARATOR)
         .filter(|(s, n)| !s.is_empty() && !n.is_empty())
 }
 
-/// `lodge://{server}/{uri}`.
-pub fn qualify_uri(server: &str, uri: &str) -> String {
-    format!("{RESOURCE_SCHEME}{server}/{uri}")
+/// `lodge://{prefix}/{uri}`; `uri` itself for the empty prefix.
+pub fn qualify_uri(prefix: &str, uri: &str) -> String {
+    if prefix.is_empty() {
+        return uri.to_owned();
+    }
+    format!("{RESOURCE_SCHEME}{prefix}/{uri}")
 }
 
-/// Splits `lodge://{server}/{uri}` into the server and its own URI.
+/// Splits `lodge://{prefix}/{uri}` into the prefix and the server's own URI.
 pub fn split_uri(uri: &str) -> Option<(&str, &str)> {
     uri.strip_prefix(RESOURCE_SCHEME)?
         .split_once('/')
@@ -109,11 +116,11 @@ pub fn renamed(entry: &Value, field: &str, f: impl Fn(&str) -> String) -> Option
 }
 
 /// Rewrites every `uri` in a `resources/read` result to its qualified form.
-pub fn qualify_contents(server: &str, result: &mut Value) {
+pub fn qualify_contents(prefix: &str, result: &mut Value) {
     if let Some(contents) = result.get_mut("contents").and_then(Value::as_array_mut) {
         for c in contents {
             if let Some(uri) = c.get("uri").and_then(Value::as_str) {
-                c["uri"] = json!(qualify_uri(server, uri));
+                c["uri"] = json!(qualify_uri(prefix, uri));
             }
         }
     }
@@ -143,6 +150,22 @@ mod tests {
         assert_eq!(split_uri(&uri), Some(("probe", "probe://echo/{text}")));
         assert_eq!(split_uri("file:///etc/passwd"), None);
         assert_eq!(split_uri("lodge://probe"), None);
+    }
+
+    /// The empty prefix shows names and URIs as the server gave them.
+    #[test]
+    fn the_empty_prefix_changes_nothing() {
+        assert_eq!(qualify("", "test_simple_text"), "test_simple_text");
+        assert_eq!(qualify_uri("", "test://static-text"), "test://static-text");
+        let mut read = json!({"contents": [{"uri": "test://static-text", "text": "hi"}]});
+        qualify_contents("", &mut read);
+        assert_eq!(read["contents"][0]["uri"], "test://static-text");
+        let t = json!({"name": "test_echo", "inputSchema": {"type": "object"}});
+        assert_eq!(
+            renamed(&t, "name", |n| qualify("", n)).unwrap(),
+            t,
+            "nothing else changes either"
+        );
     }
 
     #[test]

@@ -201,7 +201,12 @@ pub struct Upstreams {
     counts: Arc<Mutex<Counts>>,
     /// Users' catalogs with equal content held once (memory only: see [`Interner`]).
     interner: Arc<Mutex<Interner>>,
+    /// Per (user, server): the instance (by start time) whose tools hidden by built-in ones
+    /// were logged, and which tools, so each instance says it once.
+    shadow_warned: Mutex<HashMap<(i64, String), ShadowWarned>>,
 }
+
+type ShadowWarned = (Option<Instant>, Vec<String>);
 
 impl Upstreams {
     pub fn new(config: &lodge_core::Config, rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
@@ -213,6 +218,7 @@ impl Upstreams {
             instances: Flights::new(),
             counts: Arc::default(),
             interner: Arc::default(),
+            shadow_warned: Mutex::default(),
         }
     }
 
@@ -221,8 +227,13 @@ impl Upstreams {
         !self.config.servers.is_empty()
     }
 
-    pub fn is_server(&self, name: &str) -> bool {
-        self.config.servers.contains_key(name)
+    /// Could a tool named `shown` be a server's: `{prefix}__…` of a configured server, or any
+    /// name when a server shows its names unprefixed?
+    pub fn may_route(&self, shown: &str) -> bool {
+        self.config.servers.iter().any(|(name, s)| {
+            let prefix = s.prefix(name);
+            prefix.is_empty() || catalog::split(shown).is_some_and(|(p, _)| p == prefix)
+        })
     }
 
     /// Servers offered to `user`.
@@ -237,27 +248,47 @@ impl Upstreams {
             .map(|(n, s)| (n.as_str(), s))
     }
 
-    /// Server `name`, if it is offered to `caller`.
-    fn enabled_server(&self, caller: &Caller, name: &str) -> Option<(&str, &UpstreamConfig)> {
-        self.config
-            .servers
-            .get_key_value(name)
-            .filter(|(_, s)| s.enabled_for(caller.user.as_str()))
-            .map(|(n, s)| (n.as_str(), s))
+    /// The server offered to `user` that shows its names unprefixed (at most one: the config
+    /// refuses more).
+    fn unprefixed<'a>(&'a self, user: &str) -> Option<(&'a str, &'a UpstreamConfig)> {
+        self.enabled(user).find(|(n, s)| s.prefix(n).is_empty())
     }
 
-    fn server(
-        &self,
+    /// The server enabled for `caller` that a `shown` tool or prompt name is routed to, and the
+    /// server's own name for it: `{prefix}__{name}` goes to the server with that prefix; any
+    /// other name to the server with the empty prefix (if one is enabled), unchanged.
+    fn route<'a>(
+        &'a self,
         caller: &Caller,
         kind: &'static str,
-        qualified: &str,
-    ) -> Result<(&str, &UpstreamConfig), UpstreamError> {
-        catalog::split(qualified)
-            .and_then(|(server, _)| self.enabled_server(caller, server))
+        shown: &'a str,
+    ) -> Result<(&'a str, &'a UpstreamConfig, &'a str), UpstreamError> {
+        let user = caller.user.as_str();
+        catalog::split(shown)
+            .and_then(|(prefix, own)| {
+                let (n, s) = self.enabled(user).find(|(n, s)| s.prefix(n) == prefix)?;
+                Some((n, s, own))
+            })
+            .or_else(|| self.unprefixed(user).map(|(n, s)| (n, s, shown)))
             .ok_or_else(|| UpstreamError::Unknown {
                 kind,
-                name: qualified.chars().take(100).collect(),
+                name: shown.chars().take(100).collect(),
             })
+    }
+
+    /// [`Self::route`] for resource URIs: `lodge://{prefix}/{uri}`, else the unprefixed server's.
+    fn route_uri<'a>(
+        &'a self,
+        caller: &Caller,
+        uri: &'a str,
+    ) -> Option<(&'a str, &'a UpstreamConfig, &'a str)> {
+        let user = caller.user.as_str();
+        catalog::split_uri(uri)
+            .and_then(|(prefix, own)| {
+                let (n, s) = self.enabled(user).find(|(n, s)| s.prefix(n) == prefix)?;
+                Some((n, s, own))
+            })
+            .or_else(|| self.unprefixed(user).map(|(n, s)| (n, s, uri)))
     }
 
     /// How long one request to `server` may take: its profile's (else the user's) command
@@ -634,8 +665,7 @@ impl Upstreams {
     /// Other users' lists never count. Unknown names are `Unknown`; a catalog that cannot be
     /// had gives the reason (a missing secret, a server that does not start).
     pub async fn check_tool(&self, caller: &Caller, qualified: &str) -> Result<(), UpstreamError> {
-        let (name, server) = self.server(caller, "tool", qualified)?;
-        let tool = catalog::split(qualified).map_or("", |(_, t)| t);
+        let (name, server, tool) = self.route(caller, "tool", qualified)?;
         if server.tools.permits(tool) && self.catalog(caller, name, server).await?.has_tool(tool) {
             return Ok(());
         }
@@ -667,33 +697,65 @@ impl Upstreams {
             .collect()
     }
 
-    /// The caller's upstream tools, named `{server}__{tool}`, as the config filters them.
-    pub async fn tools(&self, caller: &Caller) -> Vec<Value> {
+    /// The caller's upstream tools, named `{prefix}__{tool}`, as the config filters them. An
+    /// unprefixed server's tool named like a built-in one (`builtin`) is left out: the built-in
+    /// tool answers that name.
+    pub async fn tools(
+        &self,
+        caller: &Caller,
+        builtin: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<Value> {
         let mut out = Vec::new();
         for (name, server, catalog) in self.catalogs(caller).await {
+            let prefix = server.prefix(name);
             out.extend(
                 catalog
                     .tools
                     .iter()
                     .filter(|t| {
-                        t.get("name")
-                            .and_then(Value::as_str)
-                            .is_some_and(|n| server.tools.permits(n))
+                        let Some(tool) = t.get("name").and_then(Value::as_str) else {
+                            return false;
+                        };
+                        if prefix.is_empty() && builtin(tool) {
+                            self.warn_shadowed(caller, name, tool);
+                            return false;
+                        }
+                        server.tools.permits(tool)
                     })
-                    .filter_map(|t| catalog::renamed(t, "name", |n| catalog::qualify(name, n))),
+                    .filter_map(|t| catalog::renamed(t, "name", |n| catalog::qualify(prefix, n))),
             );
         }
         out
     }
 
+    /// Says once per instance that its tool `tool` is hidden by the built-in tool of that name.
+    fn warn_shadowed(&self, caller: &Caller, server: &str, tool: &str) {
+        let key = (caller.user_id, server.to_owned());
+        let Some(started) = self.instances.peek(&key).map(|i| i.started) else {
+            return;
+        };
+        let mut warned = lock(&self.shadow_warned);
+        let seen = warned.entry(key).or_default();
+        if seen.0 != Some(started) {
+            *seen = (Some(started), Vec::new());
+        }
+        if !seen.1.iter().any(|t| t == tool) {
+            seen.1.push(tool.to_owned());
+            tracing::warn!(user = %caller.user, server, tool,
+                "server {server} has prefix = \"\" and a tool named like the built-in tool {tool}: \
+                 the built-in tool is offered, the server's is not");
+        }
+    }
+
     pub async fn prompts(&self, caller: &Caller) -> Vec<Value> {
         let mut out = Vec::new();
-        for (name, _, catalog) in self.catalogs(caller).await {
+        for (name, server, catalog) in self.catalogs(caller).await {
+            let prefix = server.prefix(name);
             out.extend(
                 catalog
                     .prompts
                     .iter()
-                    .filter_map(|p| catalog::renamed(p, "name", |n| catalog::qualify(name, n))),
+                    .filter_map(|p| catalog::renamed(p, "name", |n| catalog::qualify(prefix, n))),
             );
         }
         out
@@ -701,9 +763,10 @@ impl Upstreams {
 
     pub async fn resource_templates(&self, caller: &Caller) -> Vec<Value> {
         let mut out = Vec::new();
-        for (name, _, catalog) in self.catalogs(caller).await {
+        for (name, server, catalog) in self.catalogs(caller).await {
+            let prefix = server.prefix(name);
             out.extend(catalog.resource_templates.iter().filter_map(|t| {
-                catalog::renamed(t, "uriTemplate", |u| catalog::qualify_uri(name, u))
+                catalog::renamed(t, "uriTemplate", |u| catalog::qualify_uri(prefix, u))
             }));
         }
         out
@@ -730,8 +793,9 @@ impl Upstreams {
                 .unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
+            let prefix = server.prefix(name);
             list.iter()
-                .filter_map(|r| catalog::renamed(r, "uri", |u| catalog::qualify_uri(name, u)))
+                .filter_map(|r| catalog::renamed(r, "uri", |u| catalog::qualify_uri(prefix, u)))
                 .collect::<Vec<_>>()
         });
         futures::future::join_all(lists)
@@ -749,8 +813,7 @@ impl Upstreams {
         args: Value,
         sink: Option<NoticeSink>,
     ) -> Result<Value, UpstreamError> {
-        let (name, server) = self.server(caller, "tool", qualified)?;
-        let tool = catalog::split(qualified).map_or("", |(_, t)| t);
+        let (name, server, tool) = self.route(caller, "tool", qualified)?;
         if !server.tools.permits(tool) {
             return Err(UpstreamError::Unknown {
                 kind: "tool",
@@ -778,8 +841,7 @@ impl Upstreams {
         qualified: &str,
         arguments: Option<Value>,
     ) -> Result<Value, UpstreamError> {
-        let (name, server) = self.server(caller, "prompt", qualified)?;
-        let prompt = catalog::split(qualified).map_or("", |(_, p)| p);
+        let (name, server, prompt) = self.route(caller, "prompt", qualified)?;
         let mut params = json!({ "name": prompt });
         if let Some(a) = arguments {
             params["arguments"] = a;
@@ -803,10 +865,7 @@ impl Upstreams {
             kind: "resource",
             name: uri.chars().take(200).collect(),
         };
-        let (server_name, own_uri) = catalog::split_uri(uri).ok_or_else(unknown)?;
-        let (name, server) = self
-            .enabled_server(caller, server_name)
-            .ok_or_else(unknown)?;
+        let (name, server, own_uri) = self.route_uri(caller, uri).ok_or_else(unknown)?;
         let params = json!({ "uri": own_uri });
         let mut result = self
             .ask(
@@ -820,7 +879,7 @@ impl Upstreams {
                 },
             )
             .await?;
-        catalog::qualify_contents(name, &mut result);
+        catalog::qualify_contents(server.prefix(name), &mut result);
         Ok(result)
     }
 
@@ -875,7 +934,7 @@ impl Upstreams {
                     "running": running.is_some(),
                     "up_for_s": running,
                     "secrets": server.secrets().map(|(s, f)| format!("{s}.{f}")).collect::<Vec<_>>(),
-                    "tool_prefix": catalog::qualify(name, ""),
+                    "tool_prefix": catalog::qualify(server.prefix(name), ""),
                 })
             })
             .collect()

