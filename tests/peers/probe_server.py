@@ -89,6 +89,9 @@ BASE_TOOLS = [
      "inputSchema": _schema()},
     {"name": "big", "description": "Returns that many 'y' characters",
      "inputSchema": _schema({"bytes": _INT}, ["bytes"])},
+    {"name": "ask", "description": "Asks the client (request method with params, e.g. sampling/createMessage) "
+     "times times in a row, and returns the answers as a JSON list (an error answer as {\"error\": ...})",
+     "inputSchema": _schema({"method": _STR, "params": {"type": "object"}, "times": _INT}, ["method"])},
 ]
 
 EXTRA_TOOL = {"name": "extra", "description": "Added by change_tools; returns 'extra'", "inputSchema": _schema()}
@@ -389,6 +392,35 @@ class Server:
     def t_big(self, args, rid, token):
         return text_result("y" * args["bytes"])
 
+    def t_ask(self, args, rid, token):
+        answers = []
+        for n in range(args.get("times", 1)):
+            qid = f"probe-ask-{rid}-{n}"
+            self.send({"jsonrpc": "2.0", "id": qid, "method": args["method"], "params": args.get("params", {})})
+            answer = self.await_answer(qid, rid)
+            if answer is None:
+                raise NoResponse()
+            answers.append(answer.get("result") if "result" in answer else {"error": answer.get("error")})
+        return text_result(json.dumps(answers))
+
+    def await_answer(self, qid, rid):
+        """Reads stdin until the answer to our request qid; None if request rid is cancelled first."""
+        while True:
+            line = self.read_line()
+            if line is None:
+                log("stdin closed while waiting for the client's answer; exiting")
+                sys.exit(0)
+            msg = self.parse(line)
+            if msg is None:
+                continue
+            if msg.get("id") == qid and "method" not in msg:
+                return msg
+            if msg.get("method") == "notifications/cancelled":
+                if self.record_cancel(msg) == rid:
+                    return None
+            else:
+                self.pending.append(msg)
+
     def t_extra(self, args, rid, token):
         return text_result("extra")
 
@@ -419,6 +451,7 @@ def check_args(schema, args):
             "string": isinstance(value, str),
             "integer": isinstance(value, int) and not isinstance(value, bool),
             "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "object": isinstance(value, dict),
         }[kind]
         if ok and kind in ("integer", "number") and value < 0:
             ok = False

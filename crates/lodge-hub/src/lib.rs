@@ -79,6 +79,8 @@ pub struct Hub {
     pub upstreams: Arc<upstream::Upstreams>,
     /// Requests being answered, for the clients' `notifications/cancelled`.
     pub inflight: mcp::inflight::Inflight,
+    /// What upstream servers ask of clients, on its way, and requests parked for input.
+    pub relay: Arc<mcp::relay::Relay>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
 }
@@ -119,6 +121,7 @@ impl Hub {
             vault,
             upstreams,
             inflight: Default::default(),
+            relay: Arc::default(),
             request_budget: Default::default(),
         }))
     }

@@ -61,14 +61,14 @@ pub async fn request(
             let p: GetPromptRequestParams = parse_params(method, params)?;
             let result = hub
                 .upstreams
-                .get_prompt(&cx.caller, &p.name, p.arguments.map(Value::Object))
+                .get_prompt(cx, &p.name, p.arguments.map(Value::Object))
                 .await;
             ServerResult::GetPromptResult(upstream_result(result)?)
         }
         "resources/read" => {
             let p: ReadResourceRequestParams = parse_params(method, params)?;
             ServerResult::ReadResourceResult(upstream_result(
-                hub.upstreams.read_resource(&cx.caller, &p.uri).await,
+                hub.upstreams.read_resource(cx, &p.uri).await,
             )?)
         }
         _ => return Err(method_not_found(method)),
