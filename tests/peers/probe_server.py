@@ -89,6 +89,9 @@ BASE_TOOLS = [
      "inputSchema": _schema()},
     {"name": "big", "description": "Returns that many 'y' characters",
      "inputSchema": _schema({"bytes": _INT}, ["bytes"])},
+    {"name": "touch", "description": "Sends notifications/resources/updated for the URI if it is subscribed; "
+     "says whether it was",
+     "inputSchema": _schema({"uri": _STR}, ["uri"])},
     {"name": "ask", "description": "Asks the client (request method with params, e.g. sampling/createMessage) "
      "times times in a row, and returns the answers as a JSON list (an error answer as {\"error\": ...})",
      "inputSchema": _schema({"method": _STR, "params": {"type": "object"}, "times": _INT}, ["method"])},
@@ -118,6 +121,7 @@ class Server:
         self.pending = []  # parsed messages read while a request was running
         self.cancelled = []  # request ids seen in notifications/cancelled, in order
         self.extra = False
+        self.subscribed = set()  # resource URIs a client subscribed to
 
     # ---- transport -------------------------------------------------------------------------
 
@@ -266,7 +270,7 @@ class Server:
         log(f"initialize: client asked {asked!r}, answering {version}")
         return {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": True}, "resources": {}, "prompts": {}, "logging": {}},
+            "capabilities": {"tools": {"listChanged": True}, "resources": {"subscribe": True}, "prompts": {}, "logging": {}},
             "serverInfo": {"name": f"lodge-probe-{self.name}" if self.name else "lodge-probe", "version": "1"},
         }
 
@@ -296,6 +300,14 @@ class Server:
         else:
             raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}")
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+
+    def m_subscribe(self, params, rid):
+        self.subscribed.add(params.get("uri"))
+        return {}
+
+    def m_unsubscribe(self, params, rid):
+        self.subscribed.discard(params.get("uri"))
+        return {}
 
     def m_prompts_list(self, params, rid):
         return {"prompts": [GREET]}
@@ -392,6 +404,12 @@ class Server:
     def t_big(self, args, rid, token):
         return text_result("y" * args["bytes"])
 
+    def t_touch(self, args, rid, token):
+        if args["uri"] not in self.subscribed:
+            return text_result("not subscribed")
+        self.notify("notifications/resources/updated", {"uri": args["uri"]})
+        return text_result("updated")
+
     def t_ask(self, args, rid, token):
         answers = []
         for n in range(args.get("times", 1)):
@@ -435,6 +453,8 @@ class Server:
         "resources/read": m_resources_read,
         "prompts/list": m_prompts_list,
         "prompts/get": m_prompts_get,
+        "resources/subscribe": m_subscribe,
+        "resources/unsubscribe": m_unsubscribe,
     }
 
 

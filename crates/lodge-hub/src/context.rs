@@ -57,7 +57,10 @@ impl ClientCaps {
         if has("roots") {
             bits |= Self::ROOTS;
         }
-        if let Some(e) = caps.and_then(|c| c.get("elicitation")).filter(|e| e.is_object()) {
+        if let Some(e) = caps
+            .and_then(|c| c.get("elicitation"))
+            .filter(|e| e.is_object())
+        {
             let form = e.get("form").is_some();
             let url = e.get("url").is_some();
             if form || !url {

@@ -415,7 +415,12 @@ mod tests {
         let n = FLUSH_CHUNK * 2 + 7;
         let mut ids = Vec::new();
         for _ in 0..n {
-            ids.push(sessions.create(user.id, "2025-06-18", "t", ClientCaps::default()).await.unwrap());
+            ids.push(
+                sessions
+                    .create(user.id, "2025-06-18", "t", ClientCaps::default())
+                    .await
+                    .unwrap(),
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         for id in &ids {
@@ -477,12 +482,18 @@ mod tests {
         let base = now_ms() - 10 * n as i64;
         let mut ids = Vec::new();
         for i in 0..n {
-            let id = sessions.create(alice, "2025-06-18", "t", ClientCaps::default()).await.unwrap();
+            let id = sessions
+                .create(alice, "2025-06-18", "t", ClientCaps::default())
+                .await
+                .unwrap();
             // Last use in a shuffled order, so creation order is not the answer.
             seen_at(&sessions, &id, base + ((i * 7919) % n) as i64);
             ids.push(id);
         }
-        sessions.create(bob, "2025-06-18", "t", ClientCaps::default()).await.unwrap();
+        sessions
+            .create(bob, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
         // A real touch moves a session to the front.
         let touched = ids[17].clone();
         sessions.touch(&touched, alice).await.unwrap();
@@ -524,15 +535,28 @@ mod tests {
         let (_dir, sessions, alice, bob) = one_user(3).await;
         let mut ids = Vec::new();
         for _ in 0..3 {
-            ids.push(sessions.create(alice, "2025-06-18", "t", ClientCaps::default()).await.unwrap());
+            ids.push(
+                sessions
+                    .create(alice, "2025-06-18", "t", ClientCaps::default())
+                    .await
+                    .unwrap(),
+            );
         }
         assert!(matches!(
-            sessions.create(alice, "2025-06-18", "t", ClientCaps::default()).await,
+            sessions
+                .create(alice, "2025-06-18", "t", ClientCaps::default())
+                .await,
             Err(SessionError::TooMany(3))
         ));
-        sessions.create(bob, "2025-06-18", "t", ClientCaps::default()).await.unwrap();
+        sessions
+            .create(bob, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
         sessions.end(&ids[0], Some(alice)).await.unwrap();
-        sessions.create(alice, "2025-06-18", "t", ClientCaps::default()).await.unwrap();
+        sessions
+            .create(alice, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
         assert_eq!(sessions.count_for(alice), 3);
     }
 }

@@ -656,7 +656,10 @@ mod tests {
         .unwrap();
         let rows = s.sessions().await.unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].client_caps, 3, "what the client declared survives a restart");
+        assert_eq!(
+            rows[0].client_caps, 3,
+            "what the client declared survives a restart"
+        );
         assert!(s.remove_user(&name("alice")).await.unwrap());
         assert!(s.token_for_auth(&t.id).await.unwrap().is_none());
         assert!(s.sessions().await.unwrap().is_empty());

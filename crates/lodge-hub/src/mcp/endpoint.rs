@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{ErrorCode, ErrorData, InitializeResult, ProtocolVersion};
 use serde_json::Value;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -49,19 +48,29 @@ pub async fn post_user(
     post(hub, Some(name), ip, headers, body).await
 }
 
-/// Lodge offers no server-initiated SSE stream; the transport spec allows 405 here.
+/// A sessionful client's standalone event stream: list changes and updates of the resources
+/// it subscribed to. Without a session (2026-07-28 has no such stream) the answer is 405.
 pub async fn get(
     State(hub): State<Arc<Hub>>,
     path: Option<Path<String>>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-) -> Result<Infallible, ApiError> {
-    authenticate(&hub, path.map(|p| p.0), ip, &headers).await?;
-    Err(ApiError::MethodNotAllowed {
-        message: "this endpoint has no GET stream: POST JSON-RPC messages".into(),
-        allow: "POST, DELETE",
-    }
-    .mcp())
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&hub, path.map(|p| p.0), ip, &headers).await?;
+    let Some(sid) = header_str(&headers, SESSION_HEADER) else {
+        return Err(ApiError::MethodNotAllowed {
+            message: "GET opens a session's event stream: send Mcp-Session-Id (2025-11-25 and \
+                      earlier); 2026-07-28 has no GET stream, POST JSON-RPC messages"
+                .into(),
+            allow: "GET, POST, DELETE",
+        }
+        .mcp());
+    };
+    hub.sessions
+        .touch(sid, caller.user_id)
+        .await
+        .map_err(|e| session_error(Value::Null, e))?;
+    Ok(hub.feeds.open(sid, caller.user_id))
 }
 
 /// Ends a legacy session. Only its owner can; anyone else gets the same 404 as for no session.
@@ -82,6 +91,7 @@ pub async fn delete(
             SessionError::NotFound => session_error(Value::Null, e),
             e => ApiError::Internal(e.to_string()).mcp(),
         })?;
+    hub.feeds.end(sid);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -283,7 +293,11 @@ async fn request(
 
 /// What a request that may ask for input works on: its tool or prompt name, or resource URI.
 fn target(method: &str, params: Option<&Value>) -> String {
-    let key = if method == "resources/read" { "uri" } else { "name" };
+    let key = if method == "resources/read" {
+        "uri"
+    } else {
+        "name"
+    };
     params
         .and_then(|p| p.get(key))
         .and_then(Value::as_str)

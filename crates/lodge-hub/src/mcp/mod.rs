@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod endpoint;
+pub mod feeds;
 pub mod inflight;
 pub mod jsonrpc;
 pub mod relay;

@@ -150,8 +150,7 @@ impl Relay {
         // from before a restart is rightly refused.
         let key: [u8; 32] = rand::random();
         Self {
-            codec: RequestStateCodec::try_new(key.to_vec())
-                .expect("a 32-byte key is long enough"),
+            codec: RequestStateCodec::try_new(key.to_vec()).expect("a 32-byte key is long enough"),
             next: AtomicU64::new(1),
             asked: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -233,7 +232,12 @@ impl Relay {
 
     /// Drives one request to its end: passes its notices on, relays its questions, and
     /// decides the answer's form when there is first something to send.
-    async fn drive(self: Arc<Self>, ex: Exchange, mut running: Running, decided: oneshot::Sender<Response>) {
+    async fn drive(
+        self: Arc<Self>,
+        ex: Exchange,
+        mut running: Running,
+        decided: oneshot::Sender<Response>,
+    ) {
         let mut out = Out::Undecided(Some(decided));
         // Questions sent on this stream and not yet answered are forgotten when it ends.
         let mut sent = Sent {
@@ -266,7 +270,8 @@ impl Relay {
                     _ => continue,
                 },
                 Some(Notice::Notification(n)) => {
-                    let is_log = n.get("method").and_then(Value::as_str) == Some("notifications/message");
+                    let is_log =
+                        n.get("method").and_then(Value::as_str) == Some("notifications/message");
                     if !ex.streams || (is_log && !ex.logs) {
                         continue;
                     }
@@ -317,9 +322,18 @@ impl Relay {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut open = BTreeMap::new();
         for (n, ask) in round.into_iter().enumerate() {
-            let key = ask.key.clone().unwrap_or_else(|| format!("input_{}", n + 1));
+            let key = ask
+                .key
+                .clone()
+                .unwrap_or_else(|| format!("input_{}", n + 1));
             let request = json!({"method": ask.method, "params": ask.params});
-            open.insert(key, Open { request, reply: ask.reply });
+            open.insert(
+                key,
+                Open {
+                    request,
+                    reply: ask.reply,
+                },
+            );
         }
         let requests = open
             .iter()
@@ -376,7 +390,12 @@ impl Relay {
 
 /// Gathers the questions a server asks together with `first` (within [`ROUND_GRACE`] of each
 /// other) into one round.
-async fn collect_round(first: Ask, running: &mut Running, ex: &Exchange, relay: &Relay) -> Vec<Ask> {
+async fn collect_round(
+    first: Ask,
+    running: &mut Running,
+    ex: &Exchange,
+    relay: &Relay,
+) -> Vec<Ask> {
     let mut round = vec![first];
     while let Ok(Some(notice)) = tokio::time::timeout(ROUND_GRACE, running.notices.recv()).await {
         if let Notice::Ask(ask) = notice
@@ -432,7 +451,9 @@ impl Out {
     async fn event(&mut self, message: &Value) -> bool {
         if let Out::Undecided(decided) = self {
             let (tx, rx) = mpsc::channel::<Bytes>(16);
-            let sent = decided.take().is_some_and(|d| d.send(stream_response(rx)).is_ok());
+            let sent = decided
+                .take()
+                .is_some_and(|d| d.send(stream_response(rx)).is_ok());
             if !sent {
                 return false;
             }
@@ -467,7 +488,7 @@ impl Out {
     }
 }
 
-fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
+pub(super) fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
@@ -498,7 +519,7 @@ fn progress(token: &Value, p: Progress) -> Value {
 }
 
 /// One SSE `message` event carrying a JSON-RPC message.
-fn event(msg: &Value) -> Bytes {
+pub(super) fn event(msg: &Value) -> Bytes {
     let data = serde_json::to_string(msg).unwrap_or_default();
     Bytes::from(format!("event: message\ndata: {data}\n\n"))
 }

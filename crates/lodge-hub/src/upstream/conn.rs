@@ -60,6 +60,9 @@ pub struct Conn {
     stderr: Mutex<VecDeque<String>>,
     /// Signalled when the server says its tools, prompts or resources changed.
     pub changed: Notify,
+    /// Takes what the server says outside any request of a client's (updates of subscribed
+    /// resources).
+    outside: Box<dyn Fn(Value) + Send + Sync>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,8 +71,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Conn {
     /// Takes over a relay just opened in the room and starts routing its traffic. `label`
-    /// names the instance in logs and in the reason given when it dies.
-    pub fn start(label: String, relay: Relay, events: mpsc::UnboundedReceiver<Event>) -> Arc<Conn> {
+    /// names the instance in logs and in the reason given when it dies; `outside` takes the
+    /// server's notifications that belong to no request.
+    pub fn start(
+        label: String,
+        relay: Relay,
+        events: mpsc::UnboundedReceiver<Event>,
+        outside: Box<dyn Fn(Value) + Send + Sync>,
+    ) -> Arc<Conn> {
         let input = relay.input();
         let cancels = input.clone();
         let conn = Arc::new(Conn {
@@ -89,6 +98,7 @@ impl Conn {
             reason: Mutex::new(None),
             stderr: Mutex::new(VecDeque::new()),
             changed: Notify::new(),
+            outside,
         });
         tokio::spawn(route(conn.clone(), label, relay, events));
         conn
@@ -253,16 +263,15 @@ impl Conn {
                     }));
                 }
             }
+            // The hub re-reads the lists and then tells clients (their lists are the hub's).
             "notifications/tools/list_changed"
             | "notifications/prompts/list_changed"
-            | "notifications/resources/list_changed" => {
-                self.changed.notify_one();
+            | "notifications/resources/list_changed" => self.changed.notify_one(),
+            "notifications/message" => {
+                tracing::debug!(server = label, method, "upstream log message");
                 self.broadcast(message);
             }
-            "notifications/message" | "notifications/resources/updated" => {
-                tracing::debug!(server = label, method, "upstream notification");
-                self.broadcast(message);
-            }
+            "notifications/resources/updated" => (self.outside)(message.clone()),
             _ => tracing::debug!(server = label, method, "upstream notification ignored"),
         }
     }

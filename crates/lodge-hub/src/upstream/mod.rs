@@ -212,11 +212,20 @@ pub struct Upstreams {
     counts: Arc<Mutex<Counts>>,
     /// Users' catalogs with equal content held once (memory only: see [`Interner`]).
     interner: Arc<Mutex<Interner>>,
+    /// What a user's servers say outside that user's requests (list changes, updates of
+    /// subscribed resources), in the names the user sees, for the user's sessions.
+    unsolicited: mpsc::UnboundedSender<(i64, Value)>,
 }
 
 impl Upstreams {
-    pub fn new(config: &lodge_core::Config, rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
+    pub fn new(
+        config: &lodge_core::Config,
+        rooms: Arc<Rooms>,
+        vault: Arc<Vault>,
+        unsolicited: mpsc::UnboundedSender<(i64, Value)>,
+    ) -> Self {
         Self {
+            unsolicited,
             config: config.clone(),
             rooms,
             vault,
@@ -415,7 +424,24 @@ impl Upstreams {
             env: env.into_iter().map(|(k, v)| (k, v.into())).collect(),
         });
         let relay = room.client.open(op, events).map_err(RoomError::from)?;
-        let conn = Conn::start(format!("{name} of {}", caller.user), relay, receiver);
+        let outside = {
+            let (tx, user, server) = (self.unsolicited.clone(), caller.user_id, name.to_owned());
+            Box::new(move |mut message: Value| {
+                // Updates name the resource as the user knows it.
+                if let Some(uri) = message.pointer_mut("/params/uri")
+                    && let Some(own) = uri.as_str()
+                {
+                    *uri = json!(catalog::qualify_uri(&server, own));
+                }
+                let _ = tx.send((user, message));
+            })
+        };
+        let conn = Conn::start(
+            format!("{name} of {}", caller.user),
+            relay,
+            receiver,
+            outside,
+        );
         let fail = |error: ConnError| {
             conn.stop();
             match error {
@@ -458,7 +484,14 @@ impl Upstreams {
             started,
             last_used_ms: AtomicI64::new(now_ms()),
         });
-        self.watch_changes(slot, &conn, modern, caps, server.start_timeout);
+        self.watch_changes(
+            caller.user_id,
+            slot,
+            &conn,
+            modern,
+            caps,
+            server.start_timeout,
+        );
         tracing::info!(user = %caller.user, server = name, modern, ms = started.elapsed().as_millis() as u64, "upstream instance started");
         ::metrics::counter!("lodge_upstream_starts_total", "server" => name.to_owned())
             .increment(1);
@@ -469,6 +502,7 @@ impl Upstreams {
     /// into its user's slot only.
     fn watch_changes(
         &self,
+        user_id: i64,
         slot: &Arc<Slot>,
         conn: &Arc<Conn>,
         modern: bool,
@@ -478,6 +512,7 @@ impl Upstreams {
         let slot = Arc::downgrade(slot);
         let conn = conn.clone();
         let interner = self.interner.clone();
+        let unsolicited = self.unsolicited.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -490,7 +525,14 @@ impl Upstreams {
                 let Some(slot) = slot.upgrade() else {
                     return;
                 };
-                slot.set_catalog(&conn, lock(&interner).intern(fresh));
+                let before = slot.catalog();
+                let fresh = lock(&interner).intern(fresh);
+                slot.set_catalog(&conn, fresh.clone());
+                // Told only now, so a client that re-lists at once sees the new lists.
+                for method in changed_lists(before.as_deref(), &fresh) {
+                    let _ =
+                        unsolicited.send((user_id, json!({"jsonrpc": "2.0", "method": method})));
+                }
             }
         });
     }
@@ -517,6 +559,23 @@ fn stamp_meta(params: &mut Value, client: ClientCaps) {
             json!({"name": "lodge", "version": env!("CARGO_PKG_VERSION")}),
         );
     }
+}
+
+/// The list_changed notifications that tell a client what differs between two catalogs.
+fn changed_lists(before: Option<&Catalog>, after: &Catalog) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let differs = |f: fn(&Catalog) -> &Vec<Value>| before.is_none_or(|b| f(b) != f(after));
+    if differs(|c| &c.tools) {
+        out.push("notifications/tools/list_changed");
+    }
+    if differs(|c| &c.prompts) {
+        out.push("notifications/prompts/list_changed");
+    }
+    if differs(|c| &c.resource_templates) || after.has_resources {
+        // Resource lists are not kept, so a server's change of them is passed on as said.
+        out.push("notifications/resources/list_changed");
+    }
+    out
 }
 
 fn is_input_required(result: &Value) -> bool {
@@ -703,16 +762,17 @@ impl Upstreams {
                     reason: format!("it asked for input {MAX_ROUNDS} times in one call"),
                 });
             }
-            let answers = ask_client(listener.as_ref(), &result)
-                .await
-                .map_err(|e| UpstreamError::Call {
-                    server: name.to_owned(),
-                    error: ConnError::Rpc {
-                        code: i64::from(e.code.0),
-                        message: e.message.to_string(),
-                        data: e.data,
-                    },
-                })?;
+            let answers =
+                ask_client(listener.as_ref(), &result)
+                    .await
+                    .map_err(|e| UpstreamError::Call {
+                        server: name.to_owned(),
+                        error: ConnError::Rpc {
+                            code: i64::from(e.code.0),
+                            message: e.message.to_string(),
+                            data: e.data,
+                        },
+                    })?;
             if let Some(p) = params.as_object_mut() {
                 p.insert("inputResponses".into(), answers);
                 match result.get("requestState") {
@@ -985,6 +1045,31 @@ impl Upstreams {
             .await?;
         catalog::qualify_contents(name, &mut result);
         Ok(result)
+    }
+
+    /// `resources/subscribe` (or unsubscribe) of a resource as the user names it, at the
+    /// server that has it.
+    pub async fn subscribe(
+        &self,
+        cx: &RequestContext,
+        uri: &str,
+        on: bool,
+    ) -> Result<Value, UpstreamError> {
+        let unknown = || UpstreamError::Unknown {
+            kind: "resource",
+            name: uri.chars().take(200).collect(),
+        };
+        let (server_name, own_uri) = catalog::split_uri(uri).ok_or_else(unknown)?;
+        let (name, server) = self
+            .enabled_server(&cx.caller, server_name)
+            .ok_or_else(unknown)?;
+        let method = if on {
+            "resources/subscribe"
+        } else {
+            "resources/unsubscribe"
+        };
+        let params = json!({ "uri": own_uri });
+        self.ask(name, server, Call { method, params, cx }).await
     }
 
     /// Stops instances idle longer than their server's `idle_timeout`.
