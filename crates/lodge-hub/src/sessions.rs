@@ -7,6 +7,7 @@
 //! sessions are kept ordered by last use, so no per-call question (how many, which are newest)
 //! walks all of a user's sessions.
 
+use crate::context::ClientCaps;
 use lodge_core::config::SessionsConfig;
 use lodge_core::time::now_ms;
 use lodge_store::{NewSession, Store, StoreError};
@@ -22,6 +23,8 @@ const FLUSH_CHUNK: usize = 500;
 pub struct Session {
     pub user_id: i64,
     pub protocol: &'static str,
+    /// What the client declared at initialize that it can answer.
+    pub client: ClientCaps,
     pub created_ms: i64,
     last_seen_ms: AtomicI64,
     flushed_ms: AtomicI64,
@@ -143,6 +146,7 @@ impl Sessions {
             let s = Session {
                 user_id: row.user_id,
                 protocol: crate::mcp::version::intern(&row.protocol),
+                client: ClientCaps::from_bits(row.client_caps),
                 created_ms: row.created_ms,
                 last_seen_ms: AtomicI64::new(row.last_seen_ms),
                 flushed_ms: AtomicI64::new(row.last_seen_ms),
@@ -174,12 +178,14 @@ impl Sessions {
         user_id: i64,
         protocol: &'static str,
         client: &str,
+        caps: ClientCaps,
     ) -> Result<String, SessionError> {
         let id = uuid::Uuid::new_v4().as_u128();
         let now = now_ms();
         let session = Arc::new(Session {
             user_id,
             protocol,
+            client: caps,
             created_ms: now,
             last_seen_ms: AtomicI64::new(now),
             flushed_ms: AtomicI64::new(now),
@@ -198,6 +204,7 @@ impl Sessions {
             user_id,
             protocol: protocol.to_owned(),
             client: client.chars().take(200).collect(),
+            client_caps: caps.bits(),
             created_ms: now,
         };
         if let Err(e) = self.store.create_session(&row).await {
@@ -408,7 +415,12 @@ mod tests {
         let n = FLUSH_CHUNK * 2 + 7;
         let mut ids = Vec::new();
         for _ in 0..n {
-            ids.push(sessions.create(user.id, "2025-06-18", "t").await.unwrap());
+            ids.push(
+                sessions
+                    .create(user.id, "2025-06-18", "t", ClientCaps::default())
+                    .await
+                    .unwrap(),
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         for id in &ids {
@@ -470,12 +482,18 @@ mod tests {
         let base = now_ms() - 10 * n as i64;
         let mut ids = Vec::new();
         for i in 0..n {
-            let id = sessions.create(alice, "2025-06-18", "t").await.unwrap();
+            let id = sessions
+                .create(alice, "2025-06-18", "t", ClientCaps::default())
+                .await
+                .unwrap();
             // Last use in a shuffled order, so creation order is not the answer.
             seen_at(&sessions, &id, base + ((i * 7919) % n) as i64);
             ids.push(id);
         }
-        sessions.create(bob, "2025-06-18", "t").await.unwrap();
+        sessions
+            .create(bob, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
         // A real touch moves a session to the front.
         let touched = ids[17].clone();
         sessions.touch(&touched, alice).await.unwrap();
@@ -517,15 +535,28 @@ mod tests {
         let (_dir, sessions, alice, bob) = one_user(3).await;
         let mut ids = Vec::new();
         for _ in 0..3 {
-            ids.push(sessions.create(alice, "2025-06-18", "t").await.unwrap());
+            ids.push(
+                sessions
+                    .create(alice, "2025-06-18", "t", ClientCaps::default())
+                    .await
+                    .unwrap(),
+            );
         }
         assert!(matches!(
-            sessions.create(alice, "2025-06-18", "t").await,
+            sessions
+                .create(alice, "2025-06-18", "t", ClientCaps::default())
+                .await,
             Err(SessionError::TooMany(3))
         ));
-        sessions.create(bob, "2025-06-18", "t").await.unwrap();
+        sessions
+            .create(bob, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
         sessions.end(&ids[0], Some(alice)).await.unwrap();
-        sessions.create(alice, "2025-06-18", "t").await.unwrap();
+        sessions
+            .create(alice, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
         assert_eq!(sessions.count_for(alice), 3);
     }
 }

@@ -7,9 +7,10 @@
 
 mod dispatch;
 mod endpoint;
+pub mod feeds;
 pub mod inflight;
 pub mod jsonrpc;
-mod stream;
+pub mod relay;
 pub mod version;
 
 pub use endpoint::{delete, get, post_own, post_user};
