@@ -13,7 +13,8 @@ It speaks two families, chosen by the `initialize` it receives:
   optionally .../logLevel. What a tool needs from the client comes back as an input_required result
   (inputRequests + a signed requestState) and completes when retried with inputResponses; a missing
   client capability is -32021; logs are sent only when logLevel is set. Every result carries
-  resultType.
+  resultType. List changes and resource updates go only to the subscriptions/listen requests
+  that asked for them, tagged with their subscriptionId (resources/subscribe and ping are gone).
 - any other version (legacy, sessionful): it answers the newest of 2025-11-25 / 2025-06-18 it was
   asked for, sends real server-to-client requests (sampling/createMessage, elicitation/create,
   roots/list) over stdout and waits for their answers on stdin, logs per logging/setLevel and
@@ -426,7 +427,8 @@ class Server:
         self.dynamic_tool = False
         self.dynamic_prompt = False
         self.watched_version = 1
-        self.subscriptions = set()
+        self.subscriptions = set()  # legacy resources/subscribe
+        self.listens = {}  # modern subscriptions/listen: request id key -> (id, agreed filter)
         self.waiting = {}  # our request id -> [Event, answer message]
         self.next_id = 0
         self.cancels = {}  # request id -> Event
@@ -522,6 +524,9 @@ class Server:
         if method == "notifications/cancelled" and isinstance(params, dict):
             rid = params.get("requestId")
             log(f"cancelled: {rid!r}")
+            with self.lock:
+                # A listen ends here, before any later request is read: nothing more reaches it.
+                self.listens.pop(json.dumps(rid), None)
             self.cancel_event(rid).set()
         elif method == "notifications/initialized":
             log("initialized")
@@ -564,14 +569,27 @@ class Server:
                 self.cancels.pop(json.dumps(rid), None)
         self.send({"jsonrpc": "2.0", "id": rid, "result": result})
 
+    def announce(self, kind, method, params, uri=None):
+        """A list change (`kind`: the listen filter's flag) or a resource update (`uri`) to whoever
+        asked for it: legacy, every list change and the updates of resources/subscribe'd URIs;
+        modern, each subscriptions/listen that opted in, tagged with its subscriptionId."""
+        if not self.modern:
+            with self.lock:
+                wanted = uri is None or uri in self.subscriptions
+            if wanted:
+                self.notify(method, params)
+            return
+        with self.lock:
+            listens = list(self.listens.values())
+        for sub_id, agreed in listens:
+            if (agreed.get(kind) is True) if uri is None else uri in agreed.get("resourceSubscriptions", []):
+                self.notify(method, {**params, "_meta": {META + "subscriptionId": sub_id}})
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     def capabilities(self):
-        caps = {"tools": {"listChanged": True}, "prompts": {"listChanged": True},
-                "resources": {"listChanged": True}, "logging": {}, "completions": {}}
-        if not self.modern:
-            caps["resources"]["subscribe"] = True
-        return caps
+        return {"tools": {"listChanged": True}, "prompts": {"listChanged": True},
+                "resources": {"listChanged": True, "subscribe": True}, "logging": {}, "completions": {}}
 
     def m_initialize(self, call):
         asked = call.params.get("protocolVersion")
@@ -773,22 +791,19 @@ class Server:
 
     def t_test_trigger_tool_change(self, call, args):
         self.dynamic_tool = not self.dynamic_tool
-        self.notify("notifications/tools/list_changed", {})
+        self.announce("toolsListChanged", "notifications/tools/list_changed", {})
         return text_result(f"test_dynamic_tool is now {'listed' if self.dynamic_tool else 'gone'}")
 
     def t_test_trigger_prompt_change(self, call, args):
         self.dynamic_prompt = not self.dynamic_prompt
-        self.notify("notifications/prompts/list_changed", {})
+        self.announce("promptsListChanged", "notifications/prompts/list_changed", {})
         return text_result(f"test_dynamic_prompt is now {'listed' if self.dynamic_prompt else 'gone'}")
 
     def t_test_trigger_resource_update(self, call, args):
         uri = "test://watched-resource"
         with self.lock:
             self.watched_version += 1
-            subscribed = uri in self.subscriptions
-        # Modern clients have no resources/subscribe: the hub's subscriptions/listen decides.
-        if subscribed or self.modern:
-            self.notify("notifications/resources/updated", {"uri": uri})
+        self.announce(None, "notifications/resources/updated", {"uri": uri}, uri)
         return text_result(f"{uri} is now version {self.watched_version}")
 
     def t_test_custom_header_param(self, call, args):
@@ -940,6 +955,33 @@ class Server:
             self.subscriptions.discard(uri)
         return {}
 
+    def m_listen(self, call):
+        """2026-07-28 subscriptions: acknowledged first (with what is honoured), then the
+        notifications asked for, until the client cancels the request."""
+        if not self.modern:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found: subscriptions/listen")
+        asked = call.params.get("notifications")
+        if not isinstance(asked, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: notifications must be an object")
+        agreed = {k: True for k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
+                  if asked.get(k) is True}
+        uris = asked.get("resourceSubscriptions")
+        if uris is not None:
+            if not (isinstance(uris, list) and all(isinstance(u, str) for u in uris)):
+                raise RpcError(INVALID_PARAMS, "Invalid params: resourceSubscriptions must be a list of URIs")
+            agreed["resourceSubscriptions"] = uris
+        key = json.dumps(call.rid)
+        self.notify("notifications/subscriptions/acknowledged",
+                    {"_meta": {META + "subscriptionId": call.rid}, "notifications": agreed})
+        with self.lock:
+            self.listens[key] = (call.rid, agreed)
+        try:
+            self.cancel_event(call.rid).wait()
+            raise Cancelled()
+        finally:
+            with self.lock:
+                self.listens.pop(key, None)
+
     # ---- completion ------------------------------------------------------------------------
 
     def m_complete(self, call):
@@ -968,6 +1010,7 @@ class Server:
         "resources/subscribe": m_subscribe,
         "resources/unsubscribe": m_unsubscribe,
         "completion/complete": m_complete,
+        "subscriptions/listen": m_listen,
     }
 
 

@@ -263,6 +263,76 @@ fn the_fixture_speaks_2026_07_28_on_its_own() {
     );
     assert_eq!(loud.len(), 3, "{loud:?}");
 
+    // Notifications only on a subscriptions/listen that asked for them, tagged with its id.
+    let tag = |id: u64| json!({"io.modelcontextprotocol/subscriptionId": id});
+    let (silent, _) = f.rpc(
+        20,
+        "tools/call",
+        call("test_trigger_tool_change", json!({})),
+    );
+    assert!(
+        silent.is_empty(),
+        "a change nobody listens to was sent: {silent:?}"
+    );
+    f.send(
+        json!({"jsonrpc": "2.0", "id": 21, "method": "subscriptions/listen", "params": {
+        "_meta": meta, "notifications": {"toolsListChanged": true, "bogus": true,
+            "resourceSubscriptions": ["test://watched-resource"]}}}),
+    );
+    let ack = f.next();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(ack["params"]["_meta"], tag(21), "{ack}");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true, "resourceSubscriptions": ["test://watched-resource"]})
+    );
+    let (tools_changed, _) = f.rpc(
+        22,
+        "tools/call",
+        call("test_trigger_tool_change", json!({})),
+    );
+    assert_eq!(tools_changed.len(), 1, "{tools_changed:?}");
+    assert_eq!(
+        tools_changed[0]["method"],
+        "notifications/tools/list_changed"
+    );
+    assert_eq!(tools_changed[0]["params"]["_meta"], tag(21));
+    let (not_asked, _) = f.rpc(
+        23,
+        "tools/call",
+        call("test_trigger_prompt_change", json!({})),
+    );
+    assert!(not_asked.is_empty(), "{not_asked:?}");
+    let (updated, _) = f.rpc(
+        24,
+        "tools/call",
+        call("test_trigger_resource_update", json!({})),
+    );
+    assert_eq!(updated.len(), 1, "{updated:?}");
+    assert_eq!(updated[0]["params"]["uri"], "test://watched-resource");
+    assert_eq!(updated[0]["params"]["_meta"], tag(21));
+    f.send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 21}}),
+    );
+    let (after, _) = f.rpc(
+        25,
+        "tools/call",
+        call("test_trigger_tool_change", json!({})),
+    );
+    assert!(
+        after.is_empty(),
+        "the cancelled listen still gets notifications: {after:?}"
+    );
+    let (_, removed) = f.rpc(
+        26,
+        "resources/subscribe",
+        json!({"uri": "test://watched-resource", "_meta": meta}),
+    );
+    assert_eq!(removed["error"]["code"], -32601, "{removed}");
+
     let (_, gone) = f.rpc(12, "ping", json!({}));
     assert_eq!(gone["error"]["code"], -32601, "{gone}");
     let (_, nope) = f.rpc(
