@@ -476,7 +476,10 @@ class Server:
             err = answer["error"] if isinstance(answer["error"], dict) else {}
             raise ToolError(f"the client refused {method}: {err.get('message', 'error')} ({err.get('code')})")
         result = answer.get("result")
-        check_answer(method, method, result)
+        try:
+            check_answer("result", method, result)
+        except RpcError:
+            raise ToolError(f"the client answered {method} with something that is not its result") from None
         return result
 
     def serve(self):
