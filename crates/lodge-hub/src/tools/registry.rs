@@ -299,6 +299,7 @@ mod tests {
             client: Default::default(),
             notices: None,
             progress_token: None,
+            input_responses: None,
         }
     }
 
