@@ -263,7 +263,8 @@ class Server:
         log(f"initialize: client asked {asked!r}, answering {version}")
         return {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": True}, "resources": {}, "prompts": {}, "logging": {}},
+            "capabilities": {"tools": {"listChanged": True}, "resources": {}, "prompts": {}, "logging": {},
+                             "completions": {}},
             "serverInfo": {"name": f"lodge-probe-{self.name}" if self.name else "lodge-probe", "version": "1"},
         }
 
@@ -293,6 +294,13 @@ class Server:
         else:
             raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}")
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+
+    def m_complete(self, params, rid):
+        # Echoes what it was asked, so a test sees which name reached the server.
+        ref = params.get("ref") or {}
+        target = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
+        value = (params.get("argument") or {}).get("value", "")
+        return {"completion": {"values": [f"{value}:{target}"], "hasMore": False}}
 
     def m_prompts_list(self, params, rid):
         return {"prompts": [GREET]}
@@ -403,6 +411,7 @@ class Server:
         "resources/read": m_resources_read,
         "prompts/list": m_prompts_list,
         "prompts/get": m_prompts_get,
+        "completion/complete": m_complete,
     }
 
 

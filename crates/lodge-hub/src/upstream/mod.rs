@@ -216,11 +216,6 @@ impl Upstreams {
         }
     }
 
-    /// Are any servers configured (so prompts and resources are offered)?
-    pub fn any(&self) -> bool {
-        !self.config.servers.is_empty()
-    }
-
     pub fn is_server(&self, name: &str) -> bool {
         self.config.servers.contains_key(name)
     }
@@ -314,6 +309,9 @@ impl Upstreams {
                 }
                 Err(e) => {
                     release(&self.counts, caller.user_id);
+                    // An operator's problem (a bad command, a server that crashes at start):
+                    // said at WARN, and kept for session_info.
+                    tracing::warn!(user = %caller.user, server = name, "upstream server did not start: {e}");
                     lock(&slot.backoff).failed(&e.to_string());
                     Err(e)
                 }
@@ -824,6 +822,50 @@ impl Upstreams {
         Ok(result)
     }
 
+    /// `completion/complete`: a `ref/prompt` name or `ref/resource` URI goes to the server
+    /// that owns it, under that server's own name for it. A reference no server of the
+    /// caller's owns, or a server without completions, completes to nothing.
+    pub async fn complete(&self, caller: &Caller, params: Value) -> Result<Value, UpstreamError> {
+        let nothing = || json!({ "completion": { "values": [], "hasMore": false } });
+        let mut params = params;
+        let reference = params.get("ref").cloned().unwrap_or(Value::Null);
+        let (kind, field) = match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => ("prompt", "name"),
+            Some("ref/resource") => ("resource", "uri"),
+            _ => return Ok(nothing()),
+        };
+        let Some(qualified) = reference.get(field).and_then(Value::as_str) else {
+            return Ok(nothing());
+        };
+        let owner = match kind {
+            "prompt" => catalog::split(qualified),
+            _ => catalog::split_uri(qualified),
+        };
+        let Some((server_name, own)) = owner else {
+            return Ok(nothing());
+        };
+        let Some((name, server)) = self.enabled_server(caller, server_name) else {
+            return Ok(nothing());
+        };
+        params["ref"][field] = json!(own);
+        // The client's own `_meta` (its protocol version, its log level) is not the server's.
+        if let Some(p) = params.as_object_mut() {
+            p.remove("_meta");
+        }
+        let ask = Ask {
+            method: "completion/complete",
+            params,
+            sink: None,
+        };
+        match self.ask(caller, name, server, ask).await {
+            Err(UpstreamError::Call {
+                error: ConnError::Rpc { code: -32601, .. },
+                ..
+            }) => Ok(nothing()),
+            other => other,
+        }
+    }
+
     /// Stops instances idle longer than their server's `idle_timeout`.
     pub async fn cull(&self) -> usize {
         let now = now_ms();
@@ -860,7 +902,9 @@ impl Upstreams {
         }
     }
 
-    /// What `session_info` shows: each enabled server and whether the caller's instance runs.
+    /// What `session_info` shows: each enabled server, the state of the caller's instance
+    /// (`running`, `stopped`, `failed`, or `backing off` until its next start is allowed) and
+    /// why its last start failed, so a server whose tools are missing says why.
     pub fn status(&self, caller: &Caller) -> Vec<Value> {
         self.enabled(caller.user.as_str())
             .map(|(name, server)| {
@@ -869,11 +913,34 @@ impl Upstreams {
                     .peek(&(caller.user_id, name.to_owned()))
                     .filter(|i| i.alive())
                     .map(|i| i.started.elapsed().as_secs());
+                let slot = lock(&self.slots)
+                    .get(&(caller.user_id, name.to_owned()))
+                    .cloned();
+                let (failures, wait_ms, last_error) = slot.map_or((0, None, None), |slot| {
+                    let b = lock(&slot.backoff);
+                    let wait = b
+                        .not_before
+                        .and_then(|t| t.checked_duration_since(Instant::now()))
+                        .filter(|w| !w.is_zero())
+                        .map(|w| w.as_millis() as u64);
+                    let last = (b.failures > 0).then(|| b.last.clone());
+                    (b.failures, wait, last)
+                });
+                let state = match (running, wait_ms, failures) {
+                    (Some(_), ..) => "running",
+                    (None, Some(_), _) => "backing off",
+                    (None, None, 1..) => "failed",
+                    (None, None, 0) => "stopped",
+                };
                 json!({
                     "name": name,
                     "description": server.description,
+                    "state": state,
                     "running": running.is_some(),
                     "up_for_s": running,
+                    "failures": failures,
+                    "last_start_error": last_error,
+                    "next_start_in_ms": wait_ms,
                     "secrets": server.secrets().map(|(s, f)| format!("{s}.{f}")).collect::<Vec<_>>(),
                     "tool_prefix": catalog::qualify(name, ""),
                 })
