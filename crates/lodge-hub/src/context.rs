@@ -1,8 +1,11 @@
-//! What one MCP request carries besides its message: the caller, session, protocol revision and
-//! where its progress goes. Dispatch, tools and upstream servers read it; it holds no behaviour,
-//! so it depends on nothing but [`Caller`].
+//! What one MCP request carries besides its message: the caller, session, protocol revision,
+//! the log level the client asked for and where its progress goes. Dispatch, tools and
+//! upstream servers read it; it holds no behaviour, so it depends on nothing but [`Caller`]
+//! (and rmcp's log level type).
 
 use crate::caller::Caller;
+#[allow(deprecated)]
+use rmcp::model::LoggingLevel;
 
 /// The context of one MCP request, passed by reference to dispatch and to every tool. It is
 /// owned (not borrowed from the HTTP request), so a streamed reply can take it into its task.
@@ -15,6 +18,11 @@ pub struct RequestContext {
     /// Where progress and other notices go: set only when the client asked for progress (a
     /// `progressToken`) and accepts a streamed reply.
     pub progress: Option<NoticeSink>,
+    /// The least severe log message the client wants: its session's `logging/setLevel`, or
+    /// the request's `_meta` `io.modelcontextprotocol/logLevel` (2026-07-28). None: no log
+    /// messages at all.
+    #[allow(deprecated)] // rmcp marks logging old (SEP-2577); every revision still has it.
+    pub log_level: Option<LoggingLevel>,
 }
 
 impl RequestContext {

@@ -292,6 +292,7 @@ mod tests {
             session_id: None,
             protocol: crate::mcp::version::MODERN,
             progress: None,
+            log_level: None,
         }
     }
 
