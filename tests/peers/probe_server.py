@@ -89,6 +89,8 @@ BASE_TOOLS = [
      "inputSchema": _schema()},
     {"name": "big", "description": "Returns that many 'y' characters",
      "inputSchema": _schema({"bytes": _INT}, ["bytes"])},
+    {"name": "routed", "description": "Returns its region, which 2026-07-28 clients also send as a header",
+     "inputSchema": _schema({"region": {"type": "string", "x-mcp-header": "Region"}}, ["region"])},
 ]
 
 EXTRA_TOOL = {"name": "extra", "description": "Added by change_tools; returns 'extra'", "inputSchema": _schema()}
@@ -340,6 +342,9 @@ class Server:
 
     def t_echo(self, args, rid, token):
         return text_result(args["text"])
+
+    def t_routed(self, args, rid, token):
+        return text_result(args["region"])
 
     def t_fail(self, args, rid, token):
         return text_result(args["message"], is_error=True)

@@ -856,3 +856,44 @@ async fn session_info_shows_why_a_server_does_not_start() {
         "{info}"
     );
 }
+
+/// An upstream tool's arguments marked `x-mcp-header` must be repeated in `Mcp-Param-*`
+/// headers by 2026-07-28 clients (plain or `=?base64?…?=`), and the hub checks them, since
+/// the upstream server behind it never sees the headers.
+#[tokio::test]
+async fn param_headers_of_upstream_tools_are_checked() {
+    let hub = TestHub::with_config(&probe_config("")).await;
+    let token = hub.user("alice", None).await;
+    let call = json!({"name": "probe__routed", "arguments": {"region": "Hello"}});
+    for ok in ["Hello", "=?base64?SGVsbG8=?="] {
+        let (s, _, v) = hub
+            .stateless(
+                &token,
+                "tools/call",
+                call.clone(),
+                &[("mcp-param-region", ok)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{ok}: {v}");
+        assert_eq!(v["result"]["content"][0]["text"], "Hello", "{v}");
+    }
+    for bad in ["Goodbye", "=?base64?SGVsbG8?=", "=?base64?SGVs!!!bG8=?="] {
+        let (s, _, v) = hub
+            .stateless(
+                &token,
+                "tools/call",
+                call.clone(),
+                &[("mcp-param-region", bad)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["error"]["code"], -32020, "{bad}: {v}");
+    }
+    let (s, _, v) = hub.stateless(&token, "tools/call", call.clone(), &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+    // Sessionful clients route nothing on headers and send none.
+    let a = hub.session("alice").await;
+    let r = a.call("probe__routed", json!({"region": "Hello"})).await;
+    assert_eq!(r.text, "Hello", "{r:?}");
+}

@@ -3,7 +3,7 @@
 //! bodies, the status each case has); what a method does is dispatch's business.
 
 use super::jsonrpc::{self, Incoming};
-use super::{dispatch, version};
+use super::{dispatch, headers, version};
 use crate::Hub;
 use crate::caller::{self, Caller};
 use crate::context::RequestContext;
@@ -24,8 +24,6 @@ use std::sync::Arc;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
 const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
@@ -218,6 +216,11 @@ async fn request(
         None => {
             let protocol =
                 stateless_version(headers, &method, params.as_ref()).map_err(bad_request)?;
+            if method == "tools/call" {
+                check_param_headers(hub, &caller, headers, params.as_ref())
+                    .await
+                    .map_err(bad_request)?;
+            }
             (
                 protocol,
                 meta_log_level(params.as_ref()).map_err(bad_request)?,
@@ -369,33 +372,28 @@ fn stateless_version(
         return Err(missing_session());
     }
     // The stateless revision routes on headers, so they must be present and tell the truth.
-    if header_str(headers, METHOD_HEADER).map(str::trim) != Some(method) {
-        return Err(jsonrpc::header_mismatch(
-            "the Mcp-Method header must be present and equal to the body's method",
-        ));
-    }
-    if let Some((field, body_name)) = named_target(method, params) {
-        let header_name = header_str(headers, NAME_HEADER).map(str::trim);
-        if header_name != Some(body_name) {
-            return Err(jsonrpc::header_mismatch(format!(
-                "the Mcp-Name header must be present and equal to the body's params.{field} \
-                 for {method}"
-            )));
-        }
-    }
+    headers::check_routing(headers, method, params)?;
     Ok(version::MODERN)
 }
 
-/// The body field the `Mcp-Name` header repeats for `method`, and its value: the methods the
-/// 2026-07-28 transport names (a method not listed here carries no `Mcp-Name`).
-fn named_target<'a>(method: &str, params: Option<&'a Value>) -> Option<(&'static str, &'a str)> {
-    let field = match method {
-        "tools/call" | "prompts/get" => "name",
-        "resources/read" => "uri",
-        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
-        _ => return None,
+/// The `Mcp-Param-*` headers of a 2026-07-28 `tools/call`, against the arguments its tool's
+/// schema marks (a tool the caller does not have is dispatch's to refuse).
+async fn check_param_headers(
+    hub: &Hub,
+    caller: &Caller,
+    headers: &HeaderMap,
+    params: Option<&Value>,
+) -> Result<(), ErrorData> {
+    let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+        return Ok(());
     };
-    params?.get(field)?.as_str().map(|v| (field, v))
+    if name.len() > dispatch::MAX_TOOL_NAME {
+        return Ok(());
+    }
+    let Some(schema) = hub.tools.input_schema(caller, name).await else {
+        return Ok(());
+    };
+    headers::check_params(headers, &schema, params.and_then(|p| p.get("arguments")))
 }
 
 /// Does this request speak 2026-07-28 (its header or its `_meta` says so)?
@@ -515,10 +513,11 @@ fn internal(id: Value, message: String) -> ApiError {
 
 /// The MCP headers a request may carry once, as the spec spells them: with two, which one
 /// counts would be a guess (and a proxy may have checked the other).
-const SINGLE_HEADERS: [(&str, &str); 3] = [
+const SINGLE_HEADERS: [(&str, &str); 4] = [
     (SESSION_HEADER, "Mcp-Session-Id"),
     (VERSION_HEADER, "MCP-Protocol-Version"),
-    (METHOD_HEADER, "Mcp-Method"),
+    (headers::METHOD_HEADER, "Mcp-Method"),
+    (headers::NAME_HEADER, "Mcp-Name"),
 ];
 
 /// The error for an MCP header sent more than once, if one is.

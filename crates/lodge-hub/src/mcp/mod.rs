@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod endpoint;
+mod headers;
 pub mod inflight;
 pub mod jsonrpc;
 mod stream;

@@ -643,6 +643,23 @@ impl Upstreams {
         })
     }
 
+    /// The input schema of tool `qualified` as the caller's own instance lists it (only its
+    /// server starts, if it must), when the caller has that tool.
+    pub async fn tool_schema(&self, caller: &Caller, qualified: &str) -> Option<Value> {
+        let (name, server) = self.server(caller, "tool", qualified).ok()?;
+        let tool = catalog::split(qualified).map_or("", |(_, t)| t);
+        if !server.tools.permits(tool) {
+            return None;
+        }
+        let catalog = self.catalog(caller, name, server).await.ok()?;
+        catalog
+            .tools
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some(tool))
+            .and_then(|t| t.get("inputSchema"))
+            .cloned()
+    }
+
     /// Every enabled server's catalog for the caller (servers not yet seen start in parallel).
     async fn catalogs<'a>(
         &'a self,
