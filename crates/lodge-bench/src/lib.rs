@@ -705,7 +705,7 @@ fn forward_log(stderr: ChildStderr) -> HubLog {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let plain = lodge_core::text::without_ansi(&line);
+            let plain = lodge_core::text::without_ansi(&line).into_owned();
             if plain.split_whitespace().nth(1) == Some("INFO") {
                 if let Some(ms) = room_started_ms(&plain) {
                     out.room_starts_ms
