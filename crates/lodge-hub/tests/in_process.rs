@@ -637,6 +637,12 @@ async fn the_mcp_name_header_must_match_the_body() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{method}: {v}");
         assert_eq!(v["error"]["code"], -32020, "{method}: {v}");
     }
+    // A resource no server has is -32602 naming its URI.
+    let uri = json!({"uri": "test://nonexistent"});
+    let (s, _, v) = hub.stateless(&token, "resources/read", uri, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(v["error"]["data"]["uri"], "test://nonexistent", "{v}");
     // Methods without a name need no header.
     let (s, _, v) = hub.stateless(&token, "tools/list", json!({}), &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -696,9 +702,9 @@ async fn every_2026_07_28_result_has_a_result_type() {
     }
 }
 
-/// Prompts, resources (with subscriptions) and completions are declared whether or not an
-/// upstream server is configured, since the hub answers those methods always; logging only
-/// to the sessionful revisions, which set a level with `logging/setLevel`.
+/// Prompts, resources and completions are declared whether or not an upstream server is
+/// configured, since the hub answers those methods always; logging and resource
+/// subscriptions only to the sessionful revisions, which have those methods.
 #[tokio::test]
 async fn discover_and_initialize_declare_what_the_hub_answers() {
     let hub = TestHub::start().await;
@@ -711,7 +717,8 @@ async fn discover_and_initialize_declare_what_the_hub_answers() {
     for c in ["tools", "prompts", "resources", "completions"] {
         assert!(caps[c].is_object(), "{c} missing: {v}");
     }
-    assert_eq!(caps["resources"]["subscribe"], true, "{v}");
+    // 2026-07-28 removed logging/setLevel and resources/subscribe.
+    assert!(caps["resources"].get("subscribe").is_none(), "{v}");
     assert!(caps.get("logging").is_none(), "{v}");
     assert_eq!(
         v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "lodge",
@@ -728,6 +735,7 @@ async fn discover_and_initialize_declare_what_the_hub_answers() {
     for c in ["tools", "prompts", "resources", "completions", "logging"] {
         assert!(caps[c].is_object(), "{c} missing: {v}");
     }
+    assert_eq!(caps["resources"]["subscribe"], true, "{v}");
 }
 
 /// `completion/complete` goes to the server that owns the prompt or resource, under that

@@ -18,18 +18,22 @@ pub fn server_info() -> Implementation {
 }
 
 /// What the hub answers, declared always (the lists are empty without upstream servers, but
-/// the methods are there): tools, prompts, resources with subscriptions, and completions; and
-/// logging for the sessionful revisions (2026-07-28 sets the level per request instead).
+/// the methods are there): tools, prompts, resources and completions; and for the sessionful
+/// revisions logging and resource subscriptions. 2026-07-28 removed both methods (it sets the
+/// log level per request, and delivers updates on `subscriptions/listen`, which the hub does
+/// not offer: declaring `subscribe` there would claim it).
 pub fn capabilities(protocol: &str) -> ServerCapabilities {
     let mut caps = ServerCapabilities::builder()
         .enable_tools()
         .enable_prompts()
         .enable_resources()
-        .enable_resources_subscribe()
         .enable_completions()
         .build();
     if !version::is_modern(protocol) {
         caps.logging = Some(Default::default());
+        if let Some(resources) = caps.resources.as_mut() {
+            resources.subscribe = Some(true);
+        }
     }
     caps
 }

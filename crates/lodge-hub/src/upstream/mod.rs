@@ -86,6 +86,11 @@ impl UpstreamError {
     /// the server's own protocol errors, and names that do not exist.
     pub fn rpc(&self) -> Option<(i32, Option<Value>)> {
         match self {
+            // A resource not found names its URI in `data`, as MCP asks.
+            UpstreamError::Unknown {
+                kind: "resource",
+                name,
+            } => Some((-32602, Some(json!({ "uri": name })))),
             UpstreamError::Unknown { .. } => Some((-32602, None)),
             UpstreamError::Call {
                 error: ConnError::Rpc { code, data, .. },
