@@ -91,6 +91,12 @@ BASE_TOOLS = [
      "inputSchema": _schema({"bytes": _INT}, ["bytes"])},
     {"name": "routed", "description": "Returns its region, which 2026-07-28 clients also send as a header",
      "inputSchema": _schema({"region": {"type": "string", "x-mcp-header": "Region"}}, ["region"])},
+    {"name": "touch", "description": "Sends notifications/resources/updated for the URI if it is subscribed; "
+     "says whether it was",
+     "inputSchema": _schema({"uri": _STR}, ["uri"])},
+    {"name": "ask", "description": "Asks the client (request method with params, e.g. sampling/createMessage) "
+     "times times in a row, and returns the answers as a JSON list (an error answer as {\"error\": ...})",
+     "inputSchema": _schema({"method": _STR, "params": {"type": "object"}, "times": _INT}, ["method"])},
 ]
 
 EXTRA_TOOL = {"name": "extra", "description": "Added by change_tools; returns 'extra'", "inputSchema": _schema()}
@@ -117,6 +123,7 @@ class Server:
         self.pending = []  # parsed messages read while a request was running
         self.cancelled = []  # request ids seen in notifications/cancelled, in order
         self.extra = False
+        self.subscribed = set()  # resource URIs a client subscribed to
 
     # ---- transport -------------------------------------------------------------------------
 
@@ -265,8 +272,8 @@ class Server:
         log(f"initialize: client asked {asked!r}, answering {version}")
         return {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": True}, "resources": {}, "prompts": {}, "logging": {},
-                             "completions": {}},
+            "capabilities": {"tools": {"listChanged": True}, "resources": {"subscribe": True}, "prompts": {},
+                             "logging": {}, "completions": {}},
             "serverInfo": {"name": f"lodge-probe-{self.name}" if self.name else "lodge-probe", "version": "1"},
         }
 
@@ -303,6 +310,14 @@ class Server:
         target = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
         value = (params.get("argument") or {}).get("value", "")
         return {"completion": {"values": [f"{value}:{target}"], "hasMore": False}}
+
+    def m_subscribe(self, params, rid):
+        self.subscribed.add(params.get("uri"))
+        return {}
+
+    def m_unsubscribe(self, params, rid):
+        self.subscribed.discard(params.get("uri"))
+        return {}
 
     def m_prompts_list(self, params, rid):
         return {"prompts": [GREET]}
@@ -402,6 +417,41 @@ class Server:
     def t_big(self, args, rid, token):
         return text_result("y" * args["bytes"])
 
+    def t_touch(self, args, rid, token):
+        if args["uri"] not in self.subscribed:
+            return text_result("not subscribed")
+        self.notify("notifications/resources/updated", {"uri": args["uri"]})
+        return text_result("updated")
+
+    def t_ask(self, args, rid, token):
+        answers = []
+        for n in range(args.get("times", 1)):
+            qid = f"probe-ask-{rid}-{n}"
+            self.send({"jsonrpc": "2.0", "id": qid, "method": args["method"], "params": args.get("params", {})})
+            answer = self.await_answer(qid, rid)
+            if answer is None:
+                raise NoResponse()
+            answers.append(answer.get("result") if "result" in answer else {"error": answer.get("error")})
+        return text_result(json.dumps(answers))
+
+    def await_answer(self, qid, rid):
+        """Reads stdin until the answer to our request qid; None if request rid is cancelled first."""
+        while True:
+            line = self.read_line()
+            if line is None:
+                log("stdin closed while waiting for the client's answer; exiting")
+                sys.exit(0)
+            msg = self.parse(line)
+            if msg is None:
+                continue
+            if msg.get("id") == qid and "method" not in msg:
+                return msg
+            if msg.get("method") == "notifications/cancelled":
+                if self.record_cancel(msg) == rid:
+                    return None
+            else:
+                self.pending.append(msg)
+
     def t_extra(self, args, rid, token):
         return text_result("extra")
 
@@ -417,6 +467,8 @@ class Server:
         "prompts/list": m_prompts_list,
         "prompts/get": m_prompts_get,
         "completion/complete": m_complete,
+        "resources/subscribe": m_subscribe,
+        "resources/unsubscribe": m_unsubscribe,
     }
 
 
@@ -433,6 +485,7 @@ def check_args(schema, args):
             "string": isinstance(value, str),
             "integer": isinstance(value, int) and not isinstance(value, bool),
             "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "object": isinstance(value, dict),
         }[kind]
         if ok and kind in ("integer", "number") and value < 0:
             ok = False

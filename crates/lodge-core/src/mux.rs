@@ -99,6 +99,15 @@ impl<T, X> Pending<T, X> {
         }
     }
 
+    /// `f` of the newest waiting request for which it gives something.
+    pub fn newest<R>(&self, mut f: impl FnMut(&X) -> Option<R>) -> Option<R> {
+        let state = self.state();
+        let mut ids: Vec<u64> = state.waiting.keys().copied().collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .find_map(|id| state.waiting.get(&id).and_then(|e| f(&e.extra)))
+    }
+
     pub fn contains(&self, id: u64) -> bool {
         self.state().waiting.contains_key(&id)
     }
@@ -174,6 +183,19 @@ mod tests {
             Pending::new(move |id| c.lock().unwrap().push(id)),
             cancelled,
         )
+    }
+
+    #[test]
+    fn newest_skips_what_the_filter_refuses() {
+        let (pending, _) = recorder();
+        let a = pending.register("a").unwrap();
+        let b = pending.register("").unwrap();
+        let pick = |x: &&'static str| (!x.is_empty()).then_some(*x);
+        assert_eq!(pending.newest(pick), Some("a"), "b is newer but refused");
+        let c = pending.register("c").unwrap();
+        assert_eq!(pending.newest(pick), Some("c"));
+        drop((a, b, c));
+        assert_eq!(pending.newest(pick), None);
     }
 
     #[tokio::test]

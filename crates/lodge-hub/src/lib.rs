@@ -79,6 +79,10 @@ pub struct Hub {
     pub upstreams: Arc<upstream::Upstreams>,
     /// Requests being answered, for the clients' `notifications/cancelled`.
     pub inflight: mcp::inflight::Inflight,
+    /// What upstream servers ask of clients, on its way, and requests parked for input.
+    pub relay: Arc<mcp::relay::Relay>,
+    /// Sessionful clients' standalone streams and resource subscriptions.
+    pub feeds: Arc<mcp::feeds::Feeds>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
 }
@@ -101,10 +105,21 @@ impl Hub {
             config.auth.failed_auth_per_minute,
         );
         let rooms = Arc::new(rooms::Rooms::new(&config, setup));
+        let feeds = Arc::new(mcp::feeds::Feeds::default());
+        let (unsolicited, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let feeds = feeds.clone();
+            tokio::spawn(async move {
+                while let Some((user_id, message)) = heard.recv().await {
+                    feeds.deliver(user_id, &message);
+                }
+            });
+        }
         let upstreams = Arc::new(upstream::Upstreams::new(
             &config,
             rooms.clone(),
             vault.clone(),
+            unsolicited,
         ));
         let tools = tools(&config, &sessions, &rooms, &vault, &upstreams);
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
@@ -119,6 +134,8 @@ impl Hub {
             vault,
             upstreams,
             inflight: Default::default(),
+            relay: Arc::default(),
+            feeds,
             request_budget: Default::default(),
         }))
     }
@@ -185,9 +202,12 @@ impl Hub {
         // "the room stopped") instead of holding the drain for up to a command timeout. If
         // serving fails instead, the dropped sender starts the same stop.
         let (begin_stop, stop_requested) = tokio::sync::oneshot::channel::<()>();
-        let rooms = self.rooms.clone();
+        let (rooms, feeds) = (self.rooms.clone(), self.feeds.clone());
         let rooms_stopped = tokio::spawn(async move {
             let _ = stop_requested.await;
+            // Standalone streams never end by themselves: closed, so the drain can finish
+            // (their clients reconnect to the next hub).
+            feeds.close_all();
             rooms.stop_all().await;
         });
         let shutdown = async move {

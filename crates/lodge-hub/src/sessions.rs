@@ -8,6 +8,7 @@
 //! which to end when a user is at `sessions.max_per_user`) walks all of a user's sessions.
 //! A session's log level (`logging/setLevel`) lives in memory only: lost on restart.
 
+use crate::context::ClientCaps;
 use lodge_core::config::SessionsConfig;
 use lodge_core::time::now_ms;
 use lodge_store::{NewSession, Store, StoreError};
@@ -25,6 +26,8 @@ const FLUSH_CHUNK: usize = 500;
 pub struct Session {
     pub user_id: i64,
     pub protocol: &'static str,
+    /// What the client declared at initialize that it can answer.
+    pub client: ClientCaps,
     pub created_ms: i64,
     last_seen_ms: AtomicI64,
     flushed_ms: AtomicI64,
@@ -46,10 +49,17 @@ const LEVELS: [LoggingLevel; 8] = [
 ];
 
 impl Session {
-    fn new(user_id: i64, protocol: &'static str, created_ms: i64, last_seen_ms: i64) -> Self {
+    fn new(
+        user_id: i64,
+        protocol: &'static str,
+        client: ClientCaps,
+        created_ms: i64,
+        last_seen_ms: i64,
+    ) -> Self {
         Session {
             user_id,
             protocol,
+            client,
             created_ms,
             last_seen_ms: AtomicI64::new(last_seen_ms),
             flushed_ms: AtomicI64::new(last_seen_ms),
@@ -151,6 +161,13 @@ pub struct Sessions {
     index: RwLock<Index>,
 }
 
+/// A new session, and the sessions of the same user ended to make room for it.
+#[derive(Debug)]
+pub struct Created {
+    pub id: String,
+    pub ended: Vec<String>,
+}
+
 /// Session ids are 32 lowercase hex digits (a random UUID); anything else is not one of ours.
 pub fn parse_id(s: &str) -> Option<u128> {
     (s.len() == 32
@@ -189,6 +206,7 @@ impl Sessions {
             let s = Session::new(
                 row.user_id,
                 crate::mcp::version::intern(&row.protocol),
+                ClientCaps::from_bits(row.client_caps),
                 row.created_ms,
                 row.last_seen_ms,
             );
@@ -222,10 +240,11 @@ impl Sessions {
         user_id: i64,
         protocol: &'static str,
         client: &str,
-    ) -> Result<String, SessionError> {
+        caps: ClientCaps,
+    ) -> Result<Created, SessionError> {
         let id = uuid::Uuid::new_v4().as_u128();
         let now = now_ms();
-        let session = Arc::new(Session::new(user_id, protocol, now, now));
+        let session = Arc::new(Session::new(user_id, protocol, caps, now, now));
         let evicted = {
             // Reserve under the lock so concurrent creates cannot exceed the limit.
             let mut idx = self.write();
@@ -240,15 +259,16 @@ impl Sessions {
             idx.insert(id, session);
             evicted
         };
-        if !evicted.is_empty() {
-            let ids: Vec<String> = evicted.iter().map(|k| format_id(*k)).collect();
+        let ended: Vec<String> = evicted.iter().map(|k| format_id(*k)).collect();
+        if !ended.is_empty() {
+            let ids = &ended;
             tracing::info!(
                 user_id,
                 ended = ?ids,
                 "ended the user's least recently used session for a new one (sessions.max_per_user)"
             );
             metrics::gauge!("lodge_sessions_active").decrement(ids.len() as f64);
-            if let Err(e) = self.store.delete_sessions(&ids).await {
+            if let Err(e) = self.store.delete_sessions(ids).await {
                 // Gone from memory already, so no request finds them; the store's copies are
                 // dropped as expired at the next load.
                 tracing::warn!(error = %e, "cannot delete ended sessions from the store");
@@ -259,6 +279,7 @@ impl Sessions {
             user_id,
             protocol: protocol.to_owned(),
             client: client.chars().take(200).collect(),
+            client_caps: caps.bits(),
             created_ms: now,
         };
         if let Err(e) = self.store.create_session(&row).await {
@@ -266,7 +287,7 @@ impl Sessions {
             return Err(e.into());
         }
         metrics::gauge!("lodge_sessions_active").increment(1.0);
-        Ok(row.id)
+        Ok(Created { id: row.id, ended })
     }
 
     /// Finds `id` for `user_id` and marks it used. Unknown, expired and foreign sessions all
@@ -469,7 +490,13 @@ mod tests {
         let n = FLUSH_CHUNK * 2 + 7;
         let mut ids = Vec::new();
         for _ in 0..n {
-            ids.push(sessions.create(user.id, "2025-06-18", "t").await.unwrap());
+            ids.push(
+                sessions
+                    .create(user.id, "2025-06-18", "t", ClientCaps::default())
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         for id in &ids {
@@ -531,12 +558,20 @@ mod tests {
         let base = now_ms() - 10 * n as i64;
         let mut ids = Vec::new();
         for i in 0..n {
-            let id = sessions.create(alice, "2025-06-18", "t").await.unwrap();
+            let id = sessions
+                .create(alice, "2025-06-18", "t", ClientCaps::default())
+                .await
+                .unwrap()
+                .id;
             // Last use in a shuffled order, so creation order is not the answer.
             seen_at(&sessions, &id, base + ((i * 7919) % n) as i64);
             ids.push(id);
         }
-        sessions.create(bob, "2025-06-18", "t").await.unwrap();
+        sessions
+            .create(bob, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap()
+            .id;
         // A real touch moves a session to the front.
         let touched = ids[17].clone();
         sessions.touch(&touched, alice).await.unwrap();
@@ -579,15 +614,28 @@ mod tests {
         let base = now_ms() - 10_000;
         let mut ids = Vec::new();
         for i in 0..3 {
-            let id = sessions.create(alice, "2025-06-18", "t").await.unwrap();
+            let id = sessions
+                .create(alice, "2025-06-18", "t", ClientCaps::default())
+                .await
+                .unwrap()
+                .id;
             seen_at(&sessions, &id, base + i);
             ids.push(id);
         }
-        let bobs = sessions.create(bob, "2025-06-18", "t").await.unwrap();
+        let bobs = sessions
+            .create(bob, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap()
+            .id;
         seen_at(&sessions, &bobs, base - 1);
         // The oldest by creation is the most recently used: the second one goes.
         sessions.touch(&ids[0], alice).await.unwrap();
-        let fourth = sessions.create(alice, "2025-06-18", "t").await.unwrap();
+        let fourth = sessions
+            .create(alice, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap();
+        assert_eq!(fourth.ended, [ids[1].clone()]);
+        let fourth = fourth.id;
         assert_eq!(sessions.count_for(alice), 3);
         assert!(matches!(
             sessions.touch(&ids[1], alice).await,
@@ -614,7 +662,11 @@ mod tests {
     #[allow(deprecated)]
     async fn a_session_keeps_the_log_level_it_was_given() {
         let (_dir, sessions, alice, _) = one_user(3).await;
-        let id = sessions.create(alice, "2025-06-18", "t").await.unwrap();
+        let id = sessions
+            .create(alice, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap()
+            .id;
         let s = sessions.get(&id).unwrap();
         assert_eq!(s.log_level(), None);
         for level in LEVELS {

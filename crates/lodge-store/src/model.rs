@@ -58,6 +58,8 @@ pub struct NewSession {
     pub user_id: i64,
     pub protocol: String,
     pub client: String,
+    /// What the client declared it can answer, as the hub's bit set (opaque to the store).
+    pub client_caps: u8,
     pub created_ms: i64,
 }
 
@@ -68,6 +70,7 @@ pub struct SessionRow {
     pub user: UserName,
     pub protocol: String,
     pub client: String,
+    pub client_caps: u8,
     pub created_ms: i64,
     pub last_seen_ms: i64,
 }

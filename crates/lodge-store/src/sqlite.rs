@@ -241,13 +241,14 @@ impl Store for SqliteStore {
 
     async fn create_session(&self, s: &NewSession) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (id, user_id, protocol, client, created_ms, last_seen_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, user_id, protocol, client, client_caps, created_ms, \
+             last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.id)
         .bind(s.user_id)
         .bind(&s.protocol)
         .bind(&s.client)
+        .bind(i64::from(s.client_caps))
         .bind(s.created_ms)
         .bind(s.created_ms)
         .execute(&self.pool)
@@ -257,7 +258,8 @@ impl Store for SqliteStore {
 
     async fn sessions(&self) -> Result<Vec<SessionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT s.id, s.user_id, u.name, s.protocol, s.client, s.created_ms, s.last_seen_ms \
+            "SELECT s.id, s.user_id, u.name, s.protocol, s.client, s.client_caps, s.created_ms, \
+             s.last_seen_ms \
              FROM sessions s JOIN users u ON u.id = s.user_id",
         )
         .fetch_all(&self.pool)
@@ -271,6 +273,7 @@ impl Store for SqliteStore {
                 user: UserName::parse(&name).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                 protocol: r.try_get("protocol")?,
                 client: r.try_get("client")?,
+                client_caps: u8::try_from(r.try_get::<i64, _>("client_caps")?).unwrap_or(0),
                 created_ms: r.try_get("created_ms")?,
                 last_seen_ms: r.try_get("last_seen_ms")?,
             });
@@ -646,11 +649,17 @@ mod tests {
             user_id: alice.id,
             protocol: "2025-06-18".into(),
             client: String::new(),
+            client_caps: 3,
             created_ms: 1,
         })
         .await
         .unwrap();
-        assert_eq!(s.sessions().await.unwrap().len(), 1);
+        let rows = s.sessions().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].client_caps, 3,
+            "what the client declared survives a restart"
+        );
         assert!(s.remove_user(&name("alice")).await.unwrap());
         assert!(s.token_for_auth(&t.id).await.unwrap().is_none());
         assert!(s.sessions().await.unwrap().is_empty());

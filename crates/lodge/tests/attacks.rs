@@ -695,8 +695,8 @@ async fn missing_session_and_get_stream_are_clear() {
         .send()
         .await
         .expect("get");
-    assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["allow"], "POST, DELETE");
+    assert_eq!(r.status(), 405, "a GET stream needs a session");
+    assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
     assert_eq!(
         error_json(r).await.1["error"]["data"]["reason"],
         "method_not_allowed"
@@ -707,5 +707,17 @@ async fn missing_session_and_get_stream_are_clear() {
         401,
         "GET without a token is an auth failure first"
     );
+    // Another user's session (or a made-up one) opens no stream.
+    let bobs = common::open_session(&w.hub.mcp_url(), &w.bob).await;
+    for sid in [bobs.as_str(), "00000000000000000000000000000000"] {
+        let r = http()
+            .get(w.hub.mcp_url())
+            .bearer_auth(&w.alice)
+            .header("mcp-session-id", sid)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 404, "{sid}");
+    }
     still_serves(&w).await;
 }

@@ -87,21 +87,22 @@ pub async fn request(
             let p: GetPromptRequestParams = parse_params(method, params)?;
             let result = hub
                 .upstreams
-                .get_prompt(&cx.caller, &p.name, p.arguments.map(Value::Object))
+                .get_prompt(cx, &p.name, p.arguments.map(Value::Object))
                 .await;
             ServerResult::GetPromptResult(upstream_result(result)?)
         }
         "resources/read" => {
             let p: ReadResourceRequestParams = parse_params(method, params)?;
             ServerResult::ReadResourceResult(upstream_result(
-                hub.upstreams.read_resource(&cx.caller, &p.uri).await,
+                hub.upstreams.read_resource(cx, &p.uri).await,
             )?)
         }
         "completion/complete" => {
             let params = params.unwrap_or_else(|| Value::Object(Default::default()));
-            ServerResult::CompleteResult(upstream_result(
-                hub.upstreams.complete(&cx.caller, params).await,
-            )?)
+            ServerResult::CompleteResult(upstream_result(hub.upstreams.complete(cx, params).await)?)
+        }
+        "resources/subscribe" | "resources/unsubscribe" => {
+            ServerResult::empty(subscribe(hub, cx, method, params).await?)
         }
         _ => return Err(method_not_found(method)),
     };
@@ -178,6 +179,29 @@ fn upstream_result<T: serde::de::DeserializeOwned>(
     })?;
     serde_json::from_value(value)
         .map_err(|e| internal(format!("an upstream server's answer is malformed: {e}")))
+}
+
+/// A sessionful client's (un)subscription to a resource: passed to the server that has it,
+/// and remembered for the session so the updates reach its stream. The server stops sending
+/// only when none of the user's sessions wants them any more.
+async fn subscribe(
+    hub: &Hub,
+    cx: &RequestContext,
+    method: &str,
+    params: Option<Value>,
+) -> Result<(), ErrorData> {
+    let p: rmcp::model::SubscribeRequestParams = parse_params(method, params)?;
+    let Some(session) = cx.session_id() else {
+        return Err(method_not_found(method));
+    };
+    let user = cx.caller.user_id;
+    if method == "resources/subscribe" {
+        upstream_result::<Value>(hub.upstreams.subscribe(cx, &p.uri, true).await)?;
+        hub.feeds.subscribe(session, user, &p.uri);
+    } else if !hub.feeds.unsubscribe(session, user, &p.uri) {
+        upstream_result::<Value>(hub.upstreams.subscribe(cx, &p.uri, false).await)?;
+    }
+    Ok(())
 }
 
 fn discover() -> DiscoverResult {

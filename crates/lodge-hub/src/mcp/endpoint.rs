@@ -3,10 +3,11 @@
 //! bodies, the status each case has); what a method does is dispatch's business.
 
 use super::jsonrpc::{self, Incoming};
+use super::relay::{ASKING_METHODS, Exchange, ResumeError, Resumed, Running};
 use super::{dispatch, headers, version};
 use crate::Hub;
 use crate::caller::{self, Caller};
-use crate::context::RequestContext;
+use crate::context::{ClientCaps, RequestContext};
 use crate::error::ApiError;
 use crate::http_util::{ClientAddr, authorization};
 use crate::sessions::{Session, SessionError};
@@ -19,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use rmcp::model::LoggingLevel;
 use rmcp::model::{ErrorCode, ErrorData, InitializeResult, ProtocolVersion};
 use serde_json::Value;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -49,19 +49,29 @@ pub async fn post_user(
     post(hub, Some(name), ip, headers, body).await
 }
 
-/// Lodge offers no server-initiated SSE stream; the transport spec allows 405 here.
+/// A sessionful client's standalone event stream: list changes and updates of the resources
+/// it subscribed to. Without a session (2026-07-28 has no such stream) the answer is 405.
 pub async fn get(
     State(hub): State<Arc<Hub>>,
     path: Option<Path<String>>,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-) -> Result<Infallible, ApiError> {
-    authenticate(&hub, path.map(|p| p.0), ip, &headers).await?;
-    Err(ApiError::MethodNotAllowed {
-        message: "this endpoint has no GET stream: POST JSON-RPC messages".into(),
-        allow: "POST, DELETE",
-    }
-    .mcp())
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&hub, path.map(|p| p.0), ip, &headers).await?;
+    let Some(sid) = header_str(&headers, SESSION_HEADER) else {
+        return Err(ApiError::MethodNotAllowed {
+            message: "GET opens a session's event stream: send Mcp-Session-Id (2025-11-25 and \
+                      earlier); 2026-07-28 has no GET stream, POST JSON-RPC messages"
+                .into(),
+            allow: "GET, POST, DELETE",
+        }
+        .mcp());
+    };
+    hub.sessions
+        .touch(sid, caller.user_id)
+        .await
+        .map_err(|e| session_error(Value::Null, e))?;
+    Ok(hub.feeds.open(sid, caller.user_id))
 }
 
 /// Ends a legacy session. Only its owner can; anyone else gets the same 404 as for no session.
@@ -82,6 +92,7 @@ pub async fn delete(
             SessionError::NotFound => session_error(Value::Null, e),
             e => ApiError::Internal(e.to_string()).mcp(),
         })?;
+    hub.feeds.end(sid);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -150,7 +161,18 @@ async fn post(
         jsonrpc::classify(value).map_err(|(id, e)| rpc_error(StatusCode::BAD_REQUEST, id, &e))?;
     let session_id = header_str(&headers, SESSION_HEADER);
     match msg {
-        Incoming::Response => Ok(StatusCode::ACCEPTED.into_response()),
+        Incoming::Response { id, outcome } => {
+            // A client's answer to an upstream server's question, sent on this session's
+            // stream; only the session's owner can answer in it.
+            if let Some(sid) = session_id {
+                hub.sessions
+                    .touch(sid, caller.user_id)
+                    .await
+                    .map_err(|e| session_error(Value::Null, e))?;
+                hub.relay.answer(sid, &id, outcome);
+            }
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         Incoming::Notification { method, params } => {
             if let Some(sid) = session_id {
                 hub.sessions
@@ -188,7 +210,7 @@ async fn request(
     params: Option<Value>,
 ) -> Result<Response, ApiError> {
     let bad_request = |e: ErrorData| rpc_error(StatusCode::BAD_REQUEST, id.clone(), &e);
-    let (protocol, log_level) = match session_id {
+    let (protocol, client, log_level) = match session_id {
         Some(sid) => {
             let s = hub
                 .sessions
@@ -211,7 +233,7 @@ async fn request(
             if method == "logging/setLevel" {
                 return set_level(&s, id, params);
             }
-            (s.protocol, s.log_level())
+            (s.protocol, s.client, s.log_level())
         }
         None => {
             let protocol =
@@ -221,31 +243,88 @@ async fn request(
                     .await
                     .map_err(bad_request)?;
             }
-            (
-                protocol,
-                meta_log_level(params.as_ref()).map_err(bad_request)?,
-            )
+            let declared = meta(params.as_ref()).and_then(|m| m.get(META_CAPS));
+            let log_level = meta_log_level(params.as_ref()).map_err(bad_request)?;
+            (protocol, ClientCaps::from_declared(declared), log_level)
         }
     };
+    let progress_token = progress_token(params.as_ref());
     let mut cx = RequestContext {
         caller,
         session_id: session_id.map(str::to_owned),
         protocol,
-        progress: None,
+        client,
+        notices: None,
+        progress_token,
         log_level,
     };
-    if let Some(token) = progress_token(&method, params.as_ref())
-        && accepts_event_stream(headers)
-    {
-        let hub = hub.clone();
-        return Ok(super::stream::respond(token, move |progress| async move {
-            cx.progress = Some(progress);
-            let (_status, body) = answer(&hub, &cx, id, &method, params).await;
-            body
-        }));
+    // Only requests that may hear from an upstream server (or report progress) go through the
+    // relay; the rest are answered directly.
+    if !ASKING_METHODS.contains(&method.as_str()) {
+        let (status, body) = answer(hub, &cx, id, &method, params).await;
+        return Ok(json_response(status, &body, None));
     }
-    let (status, body) = answer(hub, &cx, id, &method, params).await;
-    Ok(json_response(status, &body, None))
+    let ex = Exchange {
+        user_id: cx.caller.user_id,
+        session: cx.session_id.clone(),
+        modern: version::is_modern(protocol),
+        client,
+        id: id.clone(),
+        target: target(&method, params.as_ref()),
+        method: method.clone(),
+        streams: accepts_event_stream(headers),
+        progress_token: cx.progress_token.clone(),
+        // Sessionful clients hear log messages unless they turn them down; 2026-07-28
+        // clients ask for them per request.
+        logs: !version::is_modern(protocol)
+            || meta(params.as_ref()).is_some_and(|m| m.contains_key(META_LOG_LEVEL)),
+    };
+    if ex.modern
+        && let Some(state) = params
+            .as_ref()
+            .and_then(|p| p.get("requestState"))
+            .and_then(Value::as_str)
+    {
+        let responses = params.as_ref().and_then(|p| p.get("inputResponses"));
+        return match hub.relay.resume(&ex, state, responses) {
+            Ok(Resumed::Again(result)) => Ok(json_response(
+                StatusCode::OK,
+                &jsonrpc::result_body(id, result),
+                None,
+            )),
+            Ok(Resumed::Go(running)) => Ok(hub.relay.respond(ex, running).await),
+            Err(e @ (ResumeError::Forged | ResumeError::Gone | ResumeError::Malformed)) => {
+                Err(rpc_error(StatusCode::BAD_REQUEST, id, &e.rpc()))
+            }
+        };
+    }
+    let (sink, notices) = tokio::sync::mpsc::unbounded_channel();
+    cx.notices = Some(sink);
+    let work = {
+        let hub = hub.clone();
+        tokio::spawn(async move { answer(&hub, &cx, id, &method, params).await })
+    };
+    Ok(hub.relay.respond(ex, Running::new(work, notices)).await)
+}
+
+/// What a request that may ask for input works on: its tool or prompt name, or resource URI.
+fn target(method: &str, params: Option<&Value>) -> String {
+    let key = if method == "resources/read" {
+        "uri"
+    } else {
+        "name"
+    };
+    params
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn meta(params: Option<&Value>) -> Option<&serde_json::Map<String, Value>> {
+    params
+        .and_then(|p| p.get("_meta"))
+        .and_then(Value::as_object)
 }
 
 /// Dispatches one request and shapes its JSON-RPC reply (status, body).
@@ -285,12 +364,9 @@ async fn answer(
     }
 }
 
-/// The `_meta.progressToken` of a `tools/call`, if the client asked for progress.
-fn progress_token(method: &str, params: Option<&Value>) -> Option<Value> {
-    if method != "tools/call" {
-        return None;
-    }
-    let token = params?.get("_meta")?.get("progressToken")?;
+/// The `_meta.progressToken` of a request, if the client asked for progress.
+fn progress_token(params: Option<&Value>) -> Option<Value> {
+    let token = meta(params)?.get("progressToken")?;
     (token.is_string() || token.is_i64() || token.is_u64()).then(|| token.clone())
 }
 
@@ -473,11 +549,21 @@ async fn initialize(
             .unwrap_or("?")
     };
     let client = format!("{} {}", field("name"), field("version"));
-    let sid = hub
+    let created = hub
         .sessions
-        .create(caller.user_id, protocol, &client)
+        .create(
+            caller.user_id,
+            protocol,
+            &client,
+            ClientCaps::from_declared(params.get("capabilities")),
+        )
         .await
         .map_err(|e| internal(id.clone(), e.to_string()))?;
+    // Sessions ended for this one (sessions.max_per_user) go as a DELETE would take them.
+    for ended in &created.ended {
+        hub.feeds.end(ended);
+    }
+    let sid = created.id;
     let mut result = InitializeResult::default();
     result.protocol_version = serde_json::from_value::<ProtocolVersion>(Value::from(protocol))
         .unwrap_or(ProtocolVersion::V_2025_11_25);

@@ -15,8 +15,11 @@ pub enum Incoming {
         method: String,
         params: Option<Value>,
     },
-    /// A client's reply to a server request; Lodge sends none yet, so these are acknowledged.
-    Response,
+    /// A client's reply to a request the hub sent it (an upstream server's question).
+    Response {
+        id: Value,
+        outcome: Result<Value, ErrorData>,
+    },
 }
 
 /// Classifies one decoded JSON value; `Err` is the error reply to send (with id if known).
@@ -66,7 +69,16 @@ pub fn classify(v: Value) -> Result<Incoming, (Value, ErrorData)> {
         }
         Some(_) => Err((reply_id, invalid_request("\"method\" must be a string"))),
         None if (o.contains_key("result") || o.contains_key("error")) && id.is_some() => {
-            Ok(Incoming::Response)
+            let outcome = match (o.remove("result"), o.remove("error")) {
+                (Some(result), _) => Ok(result),
+                (None, error) => Err(error
+                    .and_then(|e| serde_json::from_value(e).ok())
+                    .unwrap_or_else(|| internal("the client answered with a malformed error"))),
+            };
+            Ok(Incoming::Response {
+                id: reply_id,
+                outcome,
+            })
         }
         None => Err((
             reply_id,

@@ -7,10 +7,11 @@
 
 mod dispatch;
 mod endpoint;
+pub mod feeds;
 mod headers;
 pub mod inflight;
 pub mod jsonrpc;
-mod stream;
+pub mod relay;
 pub mod version;
 
 pub use endpoint::{delete, get, post_own, post_user};

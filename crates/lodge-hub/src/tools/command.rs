@@ -161,7 +161,7 @@ impl Tool for RunCommand {
     async fn call(&self, args: RunArgs, cx: &RequestContext) -> Result<CallToolResult, ToolError> {
         let secrets = self.secret_env(&cx.caller, &args.secrets).await?;
         let op = self.op(&cx.caller, args, &secrets)?;
-        let events = relay(cx.progress.clone());
+        let events = relay(cx.progress().cloned());
         let mut result = room_result(self.rooms.call(&cx.caller, op, events).await)?;
         if let OpResult::Command { stdout, stderr, .. } = &mut result {
             for (_, value) in &secrets {

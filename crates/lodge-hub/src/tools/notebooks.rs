@@ -305,7 +305,7 @@ impl Notebooks {
         cx: &RequestContext,
         request: JupyterOp,
     ) -> Result<CallToolResult, ToolError> {
-        let progress = cx.progress.as_ref();
+        let progress = cx.progress();
         Ok(present(
             self.ask_with_progress(&cx.caller, request, progress)
                 .await?,
@@ -349,7 +349,7 @@ impl Notebooks {
             revision: Some(revision.clone()),
         };
         let mut result = present(
-            self.ask_with_progress(caller, execute, cx.progress.as_ref())
+            self.ask_with_progress(caller, execute, cx.progress())
                 .await?,
         );
         result

@@ -318,7 +318,9 @@ mod tests {
             caller: caller(user),
             session_id: None,
             protocol: crate::mcp::version::MODERN,
-            progress: None,
+            client: Default::default(),
+            notices: None,
+            progress_token: None,
             log_level: None,
         }
     }

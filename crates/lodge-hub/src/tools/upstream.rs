@@ -62,7 +62,7 @@ impl DynamicTools for UpstreamTools {
     ) -> Result<CallToolResult, ToolError> {
         let result = self
             .upstreams
-            .call_tool(&cx.caller, name, Value::Object(args), cx.progress.clone())
+            .call_tool(cx, name, Value::Object(args))
             .await
             .map_err(tool_error)?;
         serde_json::from_value(result).map_err(|e| {

@@ -1,16 +1,18 @@
 //! The JSON-RPC connection to one running upstream server, over its room relay: requests get
 //! ids and their answers are matched back, notifications are routed to the calls they concern,
-//! and the server's own requests are answered. It knows nothing of users, tool names or config.
+//! and the server's own requests go to the client of a call it is serving. It knows nothing of
+//! users, tool names or config.
 
-use crate::context::{Notice, NoticeSink, Progress};
+use crate::context::{Ask, Notice, NoticeSink, Progress};
 use lodge_core::mux::Pending;
 use lodge_protocol::{OpResult, Stream};
 use lodge_room::client::{CallError, Event, Relay, RelayInput};
+use rmcp::model::ErrorData;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Stderr kept for error messages: the last lines, at most this many bytes.
@@ -32,8 +34,20 @@ pub enum ConnError {
     Timeout { method: String, after: Duration },
 }
 
-/// Requests waiting for the server's answer, each with where its progress and notices go.
-type Requests = Pending<Result<Value, ConnError>, Option<NoticeSink>>;
+/// Where one request's notices go: its progress (when its client asked for progress), the
+/// server's notifications meanwhile, and the server's questions to the client.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub sink: NoticeSink,
+    pub progress: bool,
+}
+
+/// Requests waiting for the server's answer, each with where its notices go.
+type Requests = Pending<Result<Value, ConnError>, Option<Listener>>;
+
+/// The requests a server may send its client, which the hub passes on to the client of one of
+/// the calls the server is serving.
+const CLIENT_REQUESTS: [&str; 3] = ["sampling/createMessage", "elicitation/create", "roots/list"];
 
 pub struct Conn {
     label: String,
@@ -46,6 +60,9 @@ pub struct Conn {
     stderr: Mutex<VecDeque<String>>,
     /// Signalled when the server says its tools, prompts or resources changed.
     pub changed: Notify,
+    /// Takes what the server says outside any request of a client's (updates of subscribed
+    /// resources).
+    outside: Box<dyn Fn(Value) + Send + Sync>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,8 +71,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Conn {
     /// Takes over a relay just opened in the room and starts routing its traffic. `label`
-    /// names the instance in logs and in the reason given when it dies.
-    pub fn start(label: String, relay: Relay, events: mpsc::UnboundedReceiver<Event>) -> Arc<Conn> {
+    /// names the instance in logs and in the reason given when it dies; `outside` takes the
+    /// server's notifications that belong to no request.
+    pub fn start(
+        label: String,
+        relay: Relay,
+        events: mpsc::UnboundedReceiver<Event>,
+        outside: Box<dyn Fn(Value) + Send + Sync>,
+    ) -> Arc<Conn> {
         let input = relay.input();
         let cancels = input.clone();
         let conn = Arc::new(Conn {
@@ -75,27 +98,28 @@ impl Conn {
             reason: Mutex::new(None),
             stderr: Mutex::new(VecDeque::new()),
             changed: Notify::new(),
+            outside,
         });
         tokio::spawn(route(conn.clone(), label, relay, events));
         conn
     }
 
-    /// Sends request `method` and waits for its answer, at most `timeout`. Progress of the
-    /// request and the server's log messages meanwhile go to `sink`. Dropping the future
-    /// before the answer tells the server the request was cancelled.
+    /// Sends request `method` and waits for its answer, at most `timeout`. Its progress, the
+    /// server's notifications and its questions to the client meanwhile go to `listener`.
+    /// Dropping the future before the answer tells the server the request was cancelled.
     pub async fn request(
         &self,
         method: &str,
         mut params: Value,
-        sink: Option<NoticeSink>,
+        listener: Option<Listener>,
         timeout: Duration,
     ) -> Result<Value, ConnError> {
         if let Some(reason) = self.dead_reason() {
             return Err(ConnError::Dead(reason));
         }
-        let streams = sink.is_some();
+        let streams = listener.as_ref().is_some_and(|l| l.progress);
         // Dropping the waiter before the answer (also on a timeout) cancels the request.
-        let Some(mut waiter) = self.pending.register(sink) else {
+        let Some(mut waiter) = self.pending.register(listener) else {
             return Err(ConnError::Dead(self.reason_or("the instance stopped")));
         };
         let id = waiter.id();
@@ -209,9 +233,9 @@ impl Conn {
 
     /// Sends `notice` to every running request that streams to its client.
     fn broadcast(&self, notice: &Value) {
-        self.pending.each(|sink| {
-            if let Some(sink) = sink {
-                let _ = sink.send(Notice::Notification(notice.clone()));
+        self.pending.each(|listener| {
+            if let Some(l) = listener {
+                let _ = l.sink.send(Notice::Notification(notice.clone()));
             }
         });
     }
@@ -221,7 +245,10 @@ impl Conn {
         match method {
             "notifications/progress" => {
                 let token = params.get("progressToken").and_then(Value::as_u64);
-                let sink = token.and_then(|t| self.pending.with(t, Option::clone).flatten());
+                let sink = token
+                    .and_then(|t| self.pending.with(t, Option::clone).flatten())
+                    .filter(|l| l.progress)
+                    .map(|l| l.sink);
                 if let Some(sink) = sink {
                     let _ = sink.send(Notice::Progress(Progress {
                         progress: params
@@ -236,32 +263,58 @@ impl Conn {
                     }));
                 }
             }
+            // The hub re-reads the lists and then tells clients (their lists are the hub's).
             "notifications/tools/list_changed"
             | "notifications/prompts/list_changed"
-            | "notifications/resources/list_changed" => {
-                self.changed.notify_one();
+            | "notifications/resources/list_changed" => self.changed.notify_one(),
+            "notifications/message" => {
+                tracing::debug!(server = label, method, "upstream log message");
                 self.broadcast(message);
             }
-            "notifications/message" | "notifications/resources/updated" => {
-                tracing::debug!(server = label, method, "upstream notification");
-                self.broadcast(message);
-            }
+            "notifications/resources/updated" => (self.outside)(message.clone()),
             _ => tracing::debug!(server = label, method, "upstream notification ignored"),
         }
     }
 
-    /// The server asked us something: `ping` is answered, the rest (sampling, roots,
-    /// elicitation) is not offered to upstream servers.
-    fn server_request(&self, method: &str, id: &Value) {
-        let reply = if method == "ping" {
-            json!({"jsonrpc": "2.0", "id": id, "result": {}})
-        } else {
-            json!({"jsonrpc": "2.0", "id": id, "error": {
-                "code": -32601,
-                "message": format!("{method} is not offered to upstream servers by lodge"),
-            }})
+    /// The server asked its client something. `ping` is answered here; sampling, elicitation
+    /// and roots go to the client of the newest call the server is serving (the instance is
+    /// one user's, so any of its calls is that user's; stdio says nothing of which call a
+    /// question belongs to); with no call to ask, the server gets an error.
+    fn server_request(&self, method: &str, id: &Value, params: Value) {
+        if method == "ping" {
+            let _ = self.input.send(reply(id, Ok(json!({}))));
+            return;
+        }
+        if !CLIENT_REQUESTS.contains(&method) {
+            let e = ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("{method} is not a request lodge passes on to clients"),
+                None,
+            );
+            let _ = self.input.send(reply(id, Err(e)));
+            return;
+        }
+        let (answered, replied) = oneshot::channel();
+        let ask = Ask {
+            method: method.to_owned(),
+            params,
+            key: None,
+            reply: answered,
         };
-        let _ = self.input.send(reply);
+        // An ask nobody takes is dropped, which answers the server below.
+        if let Some(sink) = self.pending.newest(|l| l.as_ref().map(|l| l.sink.clone())) {
+            let _ = sink.send(Notice::Ask(ask));
+        }
+        let (input, id, method) = (self.input.clone(), id.clone(), method.to_owned());
+        tokio::spawn(async move {
+            let outcome = replied.await.unwrap_or_else(|_| {
+                Err(ErrorData::internal_error(
+                    format!("no client is waiting on a call of this server to answer {method}"),
+                    None,
+                ))
+            });
+            let _ = input.send(reply(&id, outcome));
+        });
     }
 
     fn dispatch(&self, label: &str, message: &Value) {
@@ -275,10 +328,21 @@ impl Conn {
             message.get("method").and_then(Value::as_str),
             message.get("id"),
         ) {
-            (Some(method), Some(id)) => self.server_request(method, id),
+            (Some(method), Some(id)) => {
+                let params = message.get("params").cloned().unwrap_or_else(|| json!({}));
+                self.server_request(method, id, params)
+            }
             (Some(method), None) => self.notification(label, method, message),
             (None, _) => self.answer(message),
         }
+    }
+}
+
+/// The JSON-RPC response to the server's request `id`.
+fn reply(id: &Value, outcome: Result<Value, ErrorData>) -> Value {
+    match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e}),
     }
 }
 

@@ -9,15 +9,17 @@ pub mod catalog;
 mod conn;
 
 use crate::caller::Caller;
-use crate::context::NoticeSink;
+use crate::context::{Ask, ClientCaps, Notice, RequestContext};
 use crate::rooms::{RoomError, Rooms};
 use catalog::{Catalog, Interner};
-use conn::{Conn, ConnError};
+use conn::{Conn, ConnError, Listener};
 use lodge_core::flight::Flights;
 use lodge_core::servers::{EnvValue, UpstreamConfig};
 use lodge_core::time::now_ms;
 use lodge_protocol::{Op, Upstream};
 use lodge_vault::{Vault, VaultError};
+#[allow(deprecated)]
+use rmcp::model::LoggingLevel;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,8 +27,16 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// The MCP revision Lodge speaks to upstream servers (the one stdio servers support most).
-const UPSTREAM_PROTOCOL: &str = "2025-06-18";
+/// The MCP revision Lodge offers upstream servers first. A server that speaks it answers with
+/// it; any other answers with the newest revision it speaks (the legacy negotiation), which
+/// Lodge then speaks to it.
+const UPSTREAM_PROTOCOL: &str = crate::mcp::version::MODERN;
+/// What Lodge tells upstream servers it can do as their client: it passes these requests on to
+/// the user's own client, which answers them or declines.
+const UPSTREAM_CLIENT_CAPS: &str =
+    r#"{"sampling":{},"elicitation":{"form":{},"url":{}},"roots":{"listChanged":false}}"#;
+/// Input-required rounds one call may take before it is given up.
+const MAX_ROUNDS: usize = 16;
 /// How long a server that missed a deadline gets to answer `ping` before it counts as hung.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// An instance that lived this long before dying starts its backoff afresh.
@@ -104,6 +114,9 @@ impl UpstreamError {
 /// One running instance of a server for one user.
 struct Instance {
     conn: Arc<Conn>,
+    /// It speaks 2026-07-28: every request carries the client's `_meta`, and its answers may be
+    /// input-required results.
+    modern: bool,
     started: Instant,
     last_used_ms: AtomicI64,
 }
@@ -206,11 +219,20 @@ pub struct Upstreams {
     counts: Arc<Mutex<Counts>>,
     /// Users' catalogs with equal content held once (memory only: see [`Interner`]).
     interner: Arc<Mutex<Interner>>,
+    /// What a user's servers say outside that user's requests (list changes, updates of
+    /// subscribed resources), in the names the user sees, for the user's sessions.
+    unsolicited: mpsc::UnboundedSender<(i64, Value)>,
 }
 
 impl Upstreams {
-    pub fn new(config: &lodge_core::Config, rooms: Arc<Rooms>, vault: Arc<Vault>) -> Self {
+    pub fn new(
+        config: &lodge_core::Config,
+        rooms: Arc<Rooms>,
+        vault: Arc<Vault>,
+        unsolicited: mpsc::UnboundedSender<(i64, Value)>,
+    ) -> Self {
         Self {
+            unsolicited,
             config: config.clone(),
             rooms,
             vault,
@@ -407,7 +429,24 @@ impl Upstreams {
             env: env.into_iter().map(|(k, v)| (k, v.into())).collect(),
         });
         let relay = room.client.open(op, events).map_err(RoomError::from)?;
-        let conn = Conn::start(format!("{name} of {}", caller.user), relay, receiver);
+        let outside = {
+            let (tx, user, server) = (self.unsolicited.clone(), caller.user_id, name.to_owned());
+            Box::new(move |mut message: Value| {
+                // Updates name the resource as the user knows it.
+                if let Some(uri) = message.pointer_mut("/params/uri")
+                    && let Some(own) = uri.as_str()
+                {
+                    *uri = json!(catalog::qualify_uri(&server, own));
+                }
+                let _ = tx.send((user, message));
+            })
+        };
+        let conn = Conn::start(
+            format!("{name} of {}", caller.user),
+            relay,
+            receiver,
+            outside,
+        );
         let fail = |error: ConnError| {
             conn.stop();
             match error {
@@ -421,12 +460,13 @@ impl Upstreams {
                 },
             }
         };
+        let offered: Value = serde_json::from_str(UPSTREAM_CLIENT_CAPS).unwrap_or_default();
         let init = conn
             .request(
                 "initialize",
                 json!({
                     "protocolVersion": UPSTREAM_PROTOCOL,
-                    "capabilities": {},
+                    "capabilities": offered,
                     "clientInfo": {"name": "lodge", "version": env!("CARGO_PKG_VERSION")},
                 }),
                 None,
@@ -434,19 +474,30 @@ impl Upstreams {
             )
             .await
             .map_err(fail)?;
-        conn.notify("notifications/initialized", json!({}));
+        let modern = init.get("protocolVersion").and_then(Value::as_str) == Some(UPSTREAM_PROTOCOL);
+        if !modern {
+            conn.notify("notifications/initialized", json!({}));
+        }
         let caps = init.get("capabilities").cloned().unwrap_or(Value::Null);
-        let catalog = fetch_catalog(&conn, &caps, server.start_timeout)
+        let catalog = fetch_catalog(&conn, modern, &caps, server.start_timeout)
             .await
             .map_err(fail)?;
         slot.set_catalog(&conn, lock(&self.interner).intern(catalog));
         let instance = Arc::new(Instance {
             conn: conn.clone(),
+            modern,
             started,
             last_used_ms: AtomicI64::new(now_ms()),
         });
-        self.watch_changes(slot, &conn, caps, server.start_timeout);
-        tracing::info!(user = %caller.user, server = name, ms = started.elapsed().as_millis() as u64, "upstream instance started");
+        self.watch_changes(
+            caller.user_id,
+            slot,
+            &conn,
+            modern,
+            caps,
+            server.start_timeout,
+        );
+        tracing::info!(user = %caller.user, server = name, modern, ms = started.elapsed().as_millis() as u64, "upstream instance started");
         ::metrics::counter!("lodge_upstream_starts_total", "server" => name.to_owned())
             .increment(1);
         Ok(instance)
@@ -454,26 +505,141 @@ impl Upstreams {
 
     /// Re-reads an instance's lists whenever it says they changed (for as long as it lives),
     /// into its user's slot only.
-    fn watch_changes(&self, slot: &Arc<Slot>, conn: &Arc<Conn>, caps: Value, timeout: Duration) {
+    fn watch_changes(
+        &self,
+        user_id: i64,
+        slot: &Arc<Slot>,
+        conn: &Arc<Conn>,
+        modern: bool,
+        caps: Value,
+        timeout: Duration,
+    ) {
         let slot = Arc::downgrade(slot);
         let conn = conn.clone();
         let interner = self.interner.clone();
+        let unsolicited = self.unsolicited.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = conn.changed.notified() => {}
                     () = conn.closed() => return,
                 }
-                let Ok(fresh) = fetch_catalog(&conn, &caps, timeout).await else {
+                let Ok(fresh) = fetch_catalog(&conn, modern, &caps, timeout).await else {
                     continue;
                 };
                 let Some(slot) = slot.upgrade() else {
                     return;
                 };
-                slot.set_catalog(&conn, lock(&interner).intern(fresh));
+                let before = slot.catalog();
+                let fresh = lock(&interner).intern(fresh);
+                slot.set_catalog(&conn, fresh.clone());
+                // Told only now, so a client that re-lists at once sees the new lists.
+                for method in changed_lists(before.as_deref(), &fresh) {
+                    let _ =
+                        unsolicited.send((user_id, json!({"jsonrpc": "2.0", "method": method})));
+                }
             }
         });
     }
+}
+
+/// Gives a request to a 2026-07-28 server the client's own `_meta`: the revision, what the
+/// client declared it can answer, and its log level.
+#[allow(deprecated)] // LoggingLevel: rmcp marks logging old; 2026-07-28 still has the key.
+fn stamp_meta(params: &mut Value, client: ClientCaps, log_level: Option<LoggingLevel>) {
+    let Some(p) = params.as_object_mut() else {
+        return;
+    };
+    let meta = p.entry("_meta").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert(
+            "io.modelcontextprotocol/protocolVersion".into(),
+            json!(UPSTREAM_PROTOCOL),
+        );
+        meta.insert(
+            "io.modelcontextprotocol/clientCapabilities".into(),
+            client.declared(),
+        );
+        meta.insert(
+            "io.modelcontextprotocol/clientInfo".into(),
+            json!({"name": "lodge", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        if let Some(level) = log_level {
+            meta.insert("io.modelcontextprotocol/logLevel".into(), json!(level));
+        }
+    }
+}
+
+/// The list_changed notifications that tell a client what differs between two catalogs.
+fn changed_lists(before: Option<&Catalog>, after: &Catalog) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let differs = |f: fn(&Catalog) -> &Vec<Value>| before.is_none_or(|b| f(b) != f(after));
+    if differs(|c| &c.tools) {
+        out.push("notifications/tools/list_changed");
+    }
+    if differs(|c| &c.prompts) {
+        out.push("notifications/prompts/list_changed");
+    }
+    if differs(|c| &c.resource_templates) || after.has_resources {
+        // Resource lists are not kept, so a server's change of them is passed on as said.
+        out.push("notifications/resources/list_changed");
+    }
+    out
+}
+
+fn is_input_required(result: &Value) -> bool {
+    result.get("resultType").and_then(Value::as_str) == Some("input_required")
+}
+
+/// Asks the client each of an input-required result's `inputRequests` (all at once) and
+/// gathers the answers under their keys.
+async fn ask_client(
+    listener: Option<&Listener>,
+    result: &Value,
+) -> Result<Value, rmcp::model::ErrorData> {
+    let requests = result
+        .get("inputRequests")
+        .and_then(Value::as_object)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            rmcp::model::ErrorData::internal_error(
+                "the server's input-required result has no inputRequests",
+                None,
+            )
+        })?;
+    let Some(listener) = listener else {
+        return Err(rmcp::model::ErrorData::internal_error(
+            "the server asked for input, which this request cannot pass on",
+            None,
+        ));
+    };
+    let mut waiting = Vec::new();
+    for (key, request) in requests {
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let ask = Ask {
+            method: request
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            params: request.get("params").cloned().unwrap_or_else(|| json!({})),
+            key: Some(key.clone()),
+            reply,
+        };
+        let _ = listener.sink.send(Notice::Ask(ask));
+        waiting.push((key.clone(), replied));
+    }
+    let mut answers = serde_json::Map::new();
+    for (key, replied) in waiting {
+        let answer = replied.await.unwrap_or_else(|_| {
+            Err(rmcp::model::ErrorData::internal_error(
+                "the client went away before answering the server's question",
+                None,
+            ))
+        })?;
+        answers.insert(key, answer);
+    }
+    Ok(Value::Object(answers))
 }
 
 fn release(counts: &Mutex<Counts>, user_id: i64) {
@@ -490,6 +656,7 @@ fn release(counts: &Mutex<Counts>, user_id: i64) {
 /// Reads every page of list `method`, collecting the arrays under `key`.
 async fn paginate(
     conn: &Conn,
+    modern: bool,
     method: &str,
     key: &str,
     timeout: Duration,
@@ -497,10 +664,14 @@ async fn paginate(
     let mut items = Vec::new();
     let mut cursor: Option<Value> = None;
     for _ in 0..MAX_PAGES {
-        let params = match &cursor {
+        let mut params = match &cursor {
             Some(c) => json!({ "cursor": c }),
             None => json!({}),
         };
+        if modern {
+            // Lists are the same for every client: asked as one that answers nothing.
+            stamp_meta(&mut params, ClientCaps::default(), None);
+        }
         let page = conn.request(method, params, None, timeout).await?;
         if let Some(list) = page.get(key).and_then(Value::as_array) {
             items.extend(list.iter().cloned());
@@ -514,15 +685,20 @@ async fn paginate(
 }
 
 /// Reads a fresh instance's lists, as far as its capabilities say it has them.
-async fn fetch_catalog(conn: &Conn, caps: &Value, timeout: Duration) -> Result<Catalog, ConnError> {
+async fn fetch_catalog(
+    conn: &Conn,
+    modern: bool,
+    caps: &Value,
+    timeout: Duration,
+) -> Result<Catalog, ConnError> {
     let has = |c: &str| caps.get(c).is_some_and(|v| !v.is_null());
     let tools = if has("tools") {
-        paginate(conn, "tools/list", "tools", timeout).await?
+        paginate(conn, modern, "tools/list", "tools", timeout).await?
     } else {
         Vec::new()
     };
     let prompts = if has("prompts") {
-        paginate(conn, "prompts/list", "prompts", timeout).await?
+        paginate(conn, modern, "prompts/list", "prompts", timeout).await?
     } else {
         Vec::new()
     };
@@ -530,6 +706,7 @@ async fn fetch_catalog(conn: &Conn, caps: &Value, timeout: Duration) -> Result<C
         // Optional even for servers with resources.
         paginate(
             conn,
+            modern,
             "resources/templates/list",
             "resourceTemplates",
             timeout,
@@ -547,34 +724,75 @@ async fn fetch_catalog(conn: &Conn, caps: &Value, timeout: Duration) -> Result<C
     })
 }
 
-/// What a request to an upstream server is, for error messages and timeouts.
-struct Ask<'a> {
+/// One request of a client's to an upstream server, and where its notices go.
+struct Call<'a> {
     method: &'a str,
     params: Value,
-    sink: Option<NoticeSink>,
+    cx: &'a RequestContext,
 }
 
 impl Upstreams {
-    /// Sends one request to the caller's instance of `name` (started if needed). A request
-    /// that times out is cancelled; if the server does not even answer `ping` then, it is
-    /// taken for hung and stopped, so the next call gets a fresh instance.
+    /// Sends one request to the caller's instance of `name` (started if needed), and answers
+    /// the server's input-required rounds (2026-07-28) by asking the client. A request that
+    /// times out is cancelled; if the server does not even answer `ping` then, it is taken
+    /// for hung and stopped, so the next call gets a fresh instance.
     async fn ask(
         &self,
-        caller: &Caller,
         name: &str,
         server: &UpstreamConfig,
-        ask: Ask<'_>,
+        call: Call<'_>,
     ) -> Result<Value, UpstreamError> {
-        let instance = self.instance(caller, name, server).await?;
-        let timeout = self.timeout(caller, server);
-        let result = instance
-            .conn
-            .request(ask.method, ask.params, ask.sink, timeout)
-            .await;
-        instance.touch();
+        let cx = call.cx;
+        let instance = self.instance(&cx.caller, name, server).await?;
+        let timeout = self.timeout(&cx.caller, server);
+        let listener = cx.notices.clone().map(|sink| Listener {
+            sink,
+            progress: cx.progress_token.is_some(),
+        });
+        let mut params = call.params;
+        if instance.modern {
+            stamp_meta(&mut params, cx.client, cx.log_level);
+        }
+        let mut rounds = 0;
+        let result = loop {
+            let result = instance
+                .conn
+                .request(call.method, params.clone(), listener.clone(), timeout)
+                .await;
+            instance.touch();
+            let result = match result {
+                Ok(v) if is_input_required(&v) => v,
+                other => break other,
+            };
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                return Err(UpstreamError::Start {
+                    server: name.to_owned(),
+                    reason: format!("it asked for input {MAX_ROUNDS} times in one call"),
+                });
+            }
+            let answers =
+                ask_client(listener.as_ref(), &result)
+                    .await
+                    .map_err(|e| UpstreamError::Call {
+                        server: name.to_owned(),
+                        error: ConnError::Rpc {
+                            code: i64::from(e.code.0),
+                            message: e.message.to_string(),
+                            data: e.data,
+                        },
+                    })?;
+            if let Some(p) = params.as_object_mut() {
+                p.insert("inputResponses".into(), answers);
+                match result.get("requestState") {
+                    Some(state) => p.insert("requestState".into(), state.clone()),
+                    None => p.remove("requestState"),
+                };
+            }
+        };
         match result {
             Ok(v) => {
-                let slot = self.slot(caller, name);
+                let slot = self.slot(&cx.caller, name);
                 let mut b = lock(&slot.backoff);
                 if b.failures > 0 {
                     *b = Backoff::default();
@@ -586,9 +804,18 @@ impl Upstreams {
                 reason,
             }),
             Err(ConnError::Timeout { method, after }) => {
+                // 2026-07-28 has no ping; discovery is as cheap.
+                let (probe, mut params) = if instance.modern {
+                    ("server/discover", json!({}))
+                } else {
+                    ("ping", json!({}))
+                };
+                if instance.modern {
+                    stamp_meta(&mut params, ClientCaps::default(), None);
+                }
                 let alive = instance
                     .conn
-                    .request("ping", json!({}), None, PING_TIMEOUT)
+                    .request(probe, params, None, PING_TIMEOUT)
                     .await
                     .is_ok();
                 if !alive {
@@ -742,6 +969,7 @@ impl Upstreams {
             let list = match self.instance(caller, name, server).await {
                 Ok(i) => paginate(
                     &i.conn,
+                    i.modern,
                     "resources/list",
                     "resources",
                     self.timeout(caller, server),
@@ -764,12 +992,11 @@ impl Upstreams {
     /// `tools/call` of `{server}__{tool}`.
     pub async fn call_tool(
         &self,
-        caller: &Caller,
+        cx: &RequestContext,
         qualified: &str,
         args: Value,
-        sink: Option<NoticeSink>,
     ) -> Result<Value, UpstreamError> {
-        let (name, server) = self.server(caller, "tool", qualified)?;
+        let (name, server) = self.server(&cx.caller, "tool", qualified)?;
         let tool = catalog::split(qualified).map_or("", |(_, t)| t);
         if !server.tools.permits(tool) {
             return Err(UpstreamError::Unknown {
@@ -779,13 +1006,12 @@ impl Upstreams {
         }
         let params = json!({ "name": tool, "arguments": args });
         self.ask(
-            caller,
             name,
             server,
-            Ask {
+            Call {
                 method: "tools/call",
                 params,
-                sink,
+                cx,
             },
         )
         .await
@@ -794,31 +1020,35 @@ impl Upstreams {
     /// `prompts/get` of `{server}__{prompt}`.
     pub async fn get_prompt(
         &self,
-        caller: &Caller,
+        cx: &RequestContext,
         qualified: &str,
         arguments: Option<Value>,
     ) -> Result<Value, UpstreamError> {
-        let (name, server) = self.server(caller, "prompt", qualified)?;
+        let (name, server) = self.server(&cx.caller, "prompt", qualified)?;
         let prompt = catalog::split(qualified).map_or("", |(_, p)| p);
         let mut params = json!({ "name": prompt });
         if let Some(a) = arguments {
             params["arguments"] = a;
         }
         self.ask(
-            caller,
             name,
             server,
-            Ask {
+            Call {
                 method: "prompts/get",
                 params,
-                sink: None,
+                cx,
             },
         )
         .await
     }
 
     /// `resources/read` of `lodge://{server}/{uri}`.
-    pub async fn read_resource(&self, caller: &Caller, uri: &str) -> Result<Value, UpstreamError> {
+    pub async fn read_resource(
+        &self,
+        cx: &RequestContext,
+        uri: &str,
+    ) -> Result<Value, UpstreamError> {
+        let caller = &cx.caller;
         let unknown = || UpstreamError::Unknown {
             kind: "resource",
             name: uri.chars().take(200).collect(),
@@ -830,13 +1060,12 @@ impl Upstreams {
         let params = json!({ "uri": own_uri });
         let mut result = self
             .ask(
-                caller,
                 name,
                 server,
-                Ask {
+                Call {
                     method: "resources/read",
                     params,
-                    sink: None,
+                    cx,
                 },
             )
             .await?;
@@ -847,7 +1076,11 @@ impl Upstreams {
     /// `completion/complete`: a `ref/prompt` name or `ref/resource` URI goes to the server
     /// that owns it, under that server's own name for it. A reference no server of the
     /// caller's owns, or a server without completions, completes to nothing.
-    pub async fn complete(&self, caller: &Caller, params: Value) -> Result<Value, UpstreamError> {
+    pub async fn complete(
+        &self,
+        cx: &RequestContext,
+        params: Value,
+    ) -> Result<Value, UpstreamError> {
         let nothing = || json!({ "completion": { "values": [], "hasMore": false } });
         let mut params = params;
         let reference = params.get("ref").cloned().unwrap_or(Value::Null);
@@ -866,7 +1099,7 @@ impl Upstreams {
         let Some((server_name, own)) = owner else {
             return Ok(nothing());
         };
-        let Some((name, server)) = self.enabled_server(caller, server_name) else {
+        let Some((name, server)) = self.enabled_server(&cx.caller, server_name) else {
             return Ok(nothing());
         };
         params["ref"][field] = json!(own);
@@ -874,18 +1107,43 @@ impl Upstreams {
         if let Some(p) = params.as_object_mut() {
             p.remove("_meta");
         }
-        let ask = Ask {
+        let call = Call {
             method: "completion/complete",
             params,
-            sink: None,
+            cx,
         };
-        match self.ask(caller, name, server, ask).await {
+        match self.ask(name, server, call).await {
             Err(UpstreamError::Call {
                 error: ConnError::Rpc { code: -32601, .. },
                 ..
             }) => Ok(nothing()),
             other => other,
         }
+    }
+
+    /// `resources/subscribe` (or unsubscribe) of a resource as the user names it, at the
+    /// server that has it.
+    pub async fn subscribe(
+        &self,
+        cx: &RequestContext,
+        uri: &str,
+        on: bool,
+    ) -> Result<Value, UpstreamError> {
+        let unknown = || UpstreamError::Unknown {
+            kind: "resource",
+            name: uri.chars().take(200).collect(),
+        };
+        let (server_name, own_uri) = catalog::split_uri(uri).ok_or_else(unknown)?;
+        let (name, server) = self
+            .enabled_server(&cx.caller, server_name)
+            .ok_or_else(unknown)?;
+        let method = if on {
+            "resources/subscribe"
+        } else {
+            "resources/unsubscribe"
+        };
+        let params = json!({ "uri": own_uri });
+        self.ask(name, server, Call { method, params, cx }).await
     }
 
     /// Stops instances idle longer than their server's `idle_timeout`.
@@ -968,5 +1226,32 @@ impl Upstreams {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(deprecated)]
+    fn a_2026_07_28_server_hears_the_clients_log_level() {
+        let mut params = json!({"name": "t"});
+        stamp_meta(
+            &mut params,
+            ClientCaps::default(),
+            Some(LoggingLevel::Warning),
+        );
+        assert_eq!(
+            params["_meta"]["io.modelcontextprotocol/logLevel"],
+            "warning"
+        );
+        let mut params = json!({});
+        stamp_meta(&mut params, ClientCaps::default(), None);
+        assert!(
+            params["_meta"]
+                .get("io.modelcontextprotocol/logLevel")
+                .is_none()
+        );
     }
 }
