@@ -570,8 +570,7 @@ mod tests {
         sessions
             .create(bob, "2025-06-18", "t", ClientCaps::default())
             .await
-            .unwrap()
-            .id;
+            .unwrap();
         // A real touch moves a session to the front.
         let touched = ids[17].clone();
         sessions.touch(&touched, alice).await.unwrap();
