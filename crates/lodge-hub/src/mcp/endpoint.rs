@@ -393,9 +393,7 @@ fn stateless_version(
     method: &str,
     params: Option<&Value>,
 ) -> Result<&'static str, ErrorData> {
-    let meta = params
-        .and_then(|p| p.get("_meta"))
-        .and_then(Value::as_object);
+    let meta = meta(params);
     let meta_version = meta
         .and_then(|m| m.get(META_VERSION))
         .and_then(Value::as_str);
@@ -474,8 +472,7 @@ async fn check_param_headers(
 
 /// Does this request speak 2026-07-28 (its header or its `_meta` says so)?
 fn declares_modern(headers: &HeaderMap, params: Option<&Value>) -> bool {
-    let meta_version = params
-        .and_then(|p| p.get("_meta"))
+    let meta_version = meta(params)
         .and_then(|m| m.get(META_VERSION))
         .and_then(Value::as_str);
     meta_version
@@ -486,10 +483,7 @@ fn declares_modern(headers: &HeaderMap, params: Option<&Value>) -> bool {
 /// The log level a 2026-07-28 request asks for in its `_meta` (none: no log messages).
 #[allow(deprecated)] // MCP keeps log levels in the 2026-07-28 revision; rmcp marks them old.
 fn meta_log_level(params: Option<&Value>) -> Result<Option<LoggingLevel>, ErrorData> {
-    let Some(level) = params
-        .and_then(|p| p.get("_meta"))
-        .and_then(|m| m.get(META_LOG_LEVEL))
-    else {
+    let Some(level) = meta(params).and_then(|m| m.get(META_LOG_LEVEL)) else {
         return Ok(None);
     };
     serde_json::from_value(level.clone())
