@@ -25,6 +25,9 @@ pub struct RequestContext {
     pub notices: Option<NoticeSink>,
     /// The client's `_meta.progressToken`, when it asked for progress.
     pub progress_token: Option<Value>,
+    /// `inputResponses` a 2026-07-28 client sent without a requestState of the hub's: passed
+    /// to a 2026-07-28 server as they are.
+    pub input_responses: Option<Value>,
     /// The least severe log message the client wants: its session's `logging/setLevel`, or
     /// the request's `_meta` `io.modelcontextprotocol/logLevel` (2026-07-28). None: no log
     /// messages at all.

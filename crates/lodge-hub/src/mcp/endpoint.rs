@@ -256,6 +256,16 @@ async fn request(
         client,
         notices: None,
         progress_token,
+        // A retry with the hub's requestState is resumed below; answers without one are sent
+        // on as they are.
+        input_responses: version::is_modern(protocol)
+            .then(|| {
+                params
+                    .as_ref()
+                    .and_then(|p| p.get("inputResponses"))
+                    .cloned()
+            })
+            .flatten(),
         log_level,
     };
     // Only requests that may hear from an upstream server (or report progress) go through the

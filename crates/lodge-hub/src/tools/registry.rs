@@ -321,6 +321,7 @@ mod tests {
             client: Default::default(),
             notices: None,
             progress_token: None,
+            input_responses: None,
             log_level: None,
         }
     }

@@ -35,6 +35,8 @@ const UPSTREAM_PROTOCOL: &str = crate::mcp::version::MODERN;
 /// the user's own client, which answers them or declines.
 const UPSTREAM_CLIENT_CAPS: &str =
     r#"{"sampling":{},"elicitation":{"form":{},"url":{}},"roots":{"listChanged":false}}"#;
+/// How long a `subscriptions/listen` request may stay open: the instance's whole life.
+const LISTEN_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Input-required rounds one call may take before it is given up.
 const MAX_ROUNDS: usize = 16;
 /// How long a server that missed a deadline gets to answer `ping` before it counts as hung.
@@ -119,11 +121,47 @@ struct Instance {
     modern: bool,
     started: Instant,
     last_used_ms: AtomicI64,
+    /// A 2026-07-28 server's `subscriptions/listen` request (how it tells of list changes and
+    /// resource updates), replaced when the user's subscriptions change.
+    listen: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Instance {
     fn touch(&self) {
         self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Serving a client's request (its standing `subscriptions/listen` does not count).
+    fn busy(&self) -> bool {
+        let listening = lock(&self.listen)
+            .as_ref()
+            .is_some_and(|l| !l.is_finished());
+        self.conn.in_flight() > usize::from(listening)
+    }
+
+    /// (Re)opens the server's `subscriptions/listen` for list changes and the updates of
+    /// `uris` (the server's own URIs). It stays open for the instance's life.
+    fn listen(&self, uris: Vec<String>) {
+        let mut params = json!({"notifications": {
+            "toolsListChanged": true,
+            "promptsListChanged": true,
+            "resourcesListChanged": true,
+            "resourceSubscriptions": uris,
+        }});
+        stamp_meta(&mut params, ClientCaps::default(), None);
+        let conn = self.conn.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn
+                .request("subscriptions/listen", params, None, LISTEN_FOREVER)
+                .await
+            {
+                tracing::debug!("an upstream server's subscriptions/listen ended: {e}");
+            }
+        });
+        if let Some(old) = lock(&self.listen).replace(task.abort_handle()) {
+            // Dropping its request cancels it at the server.
+            old.abort();
+        }
     }
 
     fn alive(&self) -> bool {
@@ -133,6 +171,9 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        if let Some(listen) = lock(&self.listen).take() {
+            listen.abort();
+        }
         self.conn.stop();
     }
 }
@@ -178,9 +219,16 @@ struct Slot {
     /// The lists this user's latest instance gave (kept when it is culled, so listing does not
     /// restart it). Only this user's own instances ever write here.
     catalog: RwLock<Option<Arc<Catalog>>>,
+    /// Resources (the server's own URIs) this user's sessions subscribed to: a fresh instance
+    /// is told of them again.
+    subscribed: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Slot {
+    fn subscribed(&self) -> Vec<String> {
+        lock(&self.subscribed).iter().cloned().collect()
+    }
+
     fn catalog(&self) -> Option<Arc<Catalog>> {
         self.catalog
             .read()
@@ -488,7 +536,15 @@ impl Upstreams {
             modern,
             started,
             last_used_ms: AtomicI64::new(now_ms()),
+            listen: Mutex::new(None),
         });
+        if modern {
+            instance.listen(slot.subscribed());
+        } else {
+            for uri in slot.subscribed() {
+                conn.notify_request("resources/subscribe", json!({ "uri": uri }));
+            }
+        }
         self.watch_changes(
             caller.user_id,
             slot,
@@ -752,6 +808,10 @@ impl Upstreams {
         let mut params = call.params;
         if instance.modern {
             stamp_meta(&mut params, cx.client, cx.log_level);
+            // Answers a 2026-07-28 client sent before being asked are the server's to judge.
+            if let (Some(answers), Some(p)) = (&cx.input_responses, params.as_object_mut()) {
+                p.insert("inputResponses".into(), answers.clone());
+            }
         }
         let mut rounds = 0;
         let result = loop {
@@ -1137,6 +1197,21 @@ impl Upstreams {
         let (name, server) = self
             .enabled_server(&cx.caller, server_name)
             .ok_or_else(unknown)?;
+        let slot = self.slot(&cx.caller, name);
+        {
+            let mut subscribed = lock(&slot.subscribed);
+            if on {
+                subscribed.insert(own_uri.to_owned());
+            } else {
+                subscribed.remove(own_uri);
+            }
+        }
+        let instance = self.instance(&cx.caller, name, server).await?;
+        if instance.modern {
+            // 2026-07-28 has no resources/subscribe: the standing listen names the resources.
+            instance.listen(slot.subscribed());
+            return Ok(json!({}));
+        }
         let method = if on {
             "resources/subscribe"
         } else {
@@ -1155,9 +1230,7 @@ impl Upstreams {
                 return false;
             };
             let idle_ms = server.idle_timeout.as_millis() as i64;
-            i.alive()
-                && i.conn.in_flight() == 0
-                && now - i.last_used_ms.load(Ordering::Relaxed) >= idle_ms
+            i.alive() && !i.busy() && now - i.last_used_ms.load(Ordering::Relaxed) >= idle_ms
         };
         self.instances
             .cull(idle, |i| async move { i.conn.stop() })
