@@ -89,6 +89,8 @@ BASE_TOOLS = [
      "inputSchema": _schema()},
     {"name": "big", "description": "Returns that many 'y' characters",
      "inputSchema": _schema({"bytes": _INT}, ["bytes"])},
+    {"name": "routed", "description": "Returns its region, which 2026-07-28 clients also send as a header",
+     "inputSchema": _schema({"region": {"type": "string", "x-mcp-header": "Region"}}, ["region"])},
     {"name": "touch", "description": "Sends notifications/resources/updated for the URI if it is subscribed; "
      "says whether it was",
      "inputSchema": _schema({"uri": _STR}, ["uri"])},
@@ -270,7 +272,8 @@ class Server:
         log(f"initialize: client asked {asked!r}, answering {version}")
         return {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": True}, "resources": {"subscribe": True}, "prompts": {}, "logging": {}},
+            "capabilities": {"tools": {"listChanged": True}, "resources": {"subscribe": True}, "prompts": {},
+                             "logging": {}, "completions": {}},
             "serverInfo": {"name": f"lodge-probe-{self.name}" if self.name else "lodge-probe", "version": "1"},
         }
 
@@ -300,6 +303,13 @@ class Server:
         else:
             raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}")
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+
+    def m_complete(self, params, rid):
+        # Echoes what it was asked, so a test sees which name reached the server.
+        ref = params.get("ref") or {}
+        target = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
+        value = (params.get("argument") or {}).get("value", "")
+        return {"completion": {"values": [f"{value}:{target}"], "hasMore": False}}
 
     def m_subscribe(self, params, rid):
         self.subscribed.add(params.get("uri"))
@@ -347,6 +357,9 @@ class Server:
 
     def t_echo(self, args, rid, token):
         return text_result(args["text"])
+
+    def t_routed(self, args, rid, token):
+        return text_result(args["region"])
 
     def t_fail(self, args, rid, token):
         return text_result(args["message"], is_error=True)
@@ -453,6 +466,7 @@ class Server:
         "resources/read": m_resources_read,
         "prompts/list": m_prompts_list,
         "prompts/get": m_prompts_get,
+        "completion/complete": m_complete,
         "resources/subscribe": m_subscribe,
         "resources/unsubscribe": m_unsubscribe,
     }

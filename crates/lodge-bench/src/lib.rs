@@ -705,7 +705,7 @@ fn forward_log(stderr: ChildStderr) -> HubLog {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let plain = strip_ansi(&line);
+            let plain = lodge_core::text::without_ansi(&line).into_owned();
             if plain.split_whitespace().nth(1) == Some("INFO") {
                 if let Some(ms) = room_started_ms(&plain) {
                     out.room_starts_ms
@@ -733,24 +733,6 @@ fn room_started_ms(line: &str) -> Option<u64> {
     let rest = fields.split(" ms=").nth(1)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-/// `s` without ANSI colour sequences (ESC [ … letter).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Kilobytes of resident memory of `pid`, from /proc (Linux only).
@@ -2092,7 +2074,7 @@ mod tests {
     #[test]
     fn reads_room_start_times_from_the_hub_log() {
         let coloured = "\u{1b}[2m2026-11-23T11:56:27.465207Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[2mlodge_hub::rooms\u{1b}[0m\u{1b}[2m:\u{1b}[0m room started \u{1b}[3muser\u{1b}[0m\u{1b}[2m=\u{1b}[0mbench-room-004 \u{1b}[3mms\u{1b}[0m\u{1b}[2m=\u{1b}[0m68";
-        let plain = strip_ansi(coloured);
+        let plain = lodge_core::text::without_ansi(coloured);
         assert_eq!(plain.split_whitespace().nth(1), Some("INFO"));
         assert_eq!(room_started_ms(&plain), Some(68));
         assert_eq!(

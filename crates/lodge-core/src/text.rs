@@ -1,6 +1,7 @@
 //! Text that crosses a trust boundary: [`for_people`] makes untrusted strings safe to print in a
-//! terminal or table (one line, no escape sequences), and [`without_values`] strips the input
-//! values serde quotes in its error messages. Pure functions; nothing here prints or logs.
+//! terminal or table (one line, no escape sequences), [`without_ansi`] drops the colour codes
+//! of another program's log lines, and [`without_values`] strips the input values serde quotes
+//! in its error messages. Pure functions; nothing here prints or logs.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -30,6 +31,48 @@ pub fn for_people(s: &str) -> Cow<'_, str> {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `s` without ANSI escape sequences (colours, cursor moves, titles): CSI (`ESC [ … final`),
+/// OSC (`ESC ] … BEL` or `ESC ] … ESC \\`) and two-character escapes. A program's coloured log
+/// line copied into another log would otherwise carry them raw, unreadable in files and able
+/// to act on the terminal of whoever reads the log.
+pub fn without_ansi(s: &str) -> Cow<'_, str> {
+    if !s.contains('\u{1b}') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameter and intermediate bytes, then one final byte in @..~.
+            Some('[') => {
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            // OSC: ends at BEL or at the string terminator ESC \.
+            Some(']') => {
+                while let Some(d) = chars.next() {
+                    if d == '\u{7}' {
+                        break;
+                    }
+                    if d == '\u{1b}' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Cow::Owned(out)
@@ -154,6 +197,23 @@ fn without_marked_values(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ansi_sequences_are_dropped_and_the_text_kept() {
+        let coloured = "\u{1b}[2m2026-12-07T10:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
+                        \u{1b}[3muser\u{1b}[0m\u{1b}[2m=\u{1b}[0malice room started";
+        assert_eq!(
+            without_ansi(coloured),
+            "2026-12-07T10:00:00Z  INFO user=alice room started"
+        );
+        assert_eq!(
+            without_ansi("a\u{1b}]0;title\u{7}b\u{1b}]8;;x\u{1b}\\c\u{1b}Md"),
+            "abcd"
+        );
+        assert!(matches!(without_ansi("plain ünïcode"), Cow::Borrowed(_)));
+        // A sequence cut off at the end of the line takes nothing else with it.
+        assert_eq!(without_ansi("done\u{1b}[3"), "done");
+    }
 
     #[test]
     fn printable_text_is_untouched() {

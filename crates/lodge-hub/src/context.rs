@@ -1,9 +1,12 @@
 //! What one MCP request carries besides its message: the caller, session, protocol revision,
-//! what the client declared it can do, and where its notices go. Dispatch, tools and upstream
-//! servers read it; it holds no behaviour, so it depends on nothing but [`Caller`].
+//! the log level the client asked for, what the client declared it can do, and where its
+//! notices go. Dispatch, tools and upstream servers read it; it holds no behaviour, so it
+//! depends on nothing but [`Caller`] (and rmcp's types).
 
 use crate::caller::Caller;
 use rmcp::model::ErrorData;
+#[allow(deprecated)]
+use rmcp::model::LoggingLevel;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -25,6 +28,11 @@ pub struct RequestContext {
     /// `inputResponses` a 2026-07-28 client sent without a requestState of the hub's: passed
     /// to a 2026-07-28 server as they are.
     pub input_responses: Option<Value>,
+    /// The least severe log message the client wants: its session's `logging/setLevel`, or
+    /// the request's `_meta` `io.modelcontextprotocol/logLevel` (2026-07-28). None: no log
+    /// messages at all.
+    #[allow(deprecated)] // rmcp marks logging old (SEP-2577); every revision still has it.
+    pub log_level: Option<LoggingLevel>,
 }
 
 impl RequestContext {

@@ -5,6 +5,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// `Retry-After` (seconds) of a 429 whose cause names no wait of its own.
+const DEFAULT_RETRY_AFTER_S: u64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// No credentials were sent at all (RFC 6750: the challenge carries no error code).
@@ -146,11 +149,54 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Mcp(inner) => inner.into_jsonrpc_response(),
-            ApiError::JsonRpc { status, body } => (status, axum::Json(body)).into_response(),
+            ApiError::JsonRpc { status, body } => {
+                let mut resp = (status, axum::Json(body)).into_response();
+                // Every 429 says when to come back: a client that retries at once only adds
+                // to what it was refused for.
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(DEFAULT_RETRY_AFTER_S),
+                    );
+                }
+                resp
+            }
             other => {
                 let body = serde_json::json!({"error": {"code": other.code(), "message": other.to_string()}});
                 other.respond(body)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_429_says_when_to_retry() {
+        let own = ApiError::TooManyRequests {
+            message: "slow down".into(),
+            retry_after_s: 7,
+        };
+        let rpc = ApiError::JsonRpc {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: serde_json::json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000}}),
+        };
+        for (e, want) in [(own.mcp(), "7"), (rpc, "1")] {
+            let r = e.into_response();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(r.headers()[header::RETRY_AFTER], want);
+        }
+        let other = ApiError::JsonRpc {
+            status: StatusCode::BAD_REQUEST,
+            body: serde_json::json!({}),
+        };
+        assert!(
+            !other
+                .into_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! DNS-rebinding and cross-origin protection, as the MCP transport spec requires: the `Host`
-//! header must name this hub, and a browser `Origin`, when present, must be allowed. Runs before
-//! authentication on every route.
+//! header must name this hub, and a browser `Origin`, when present, must be the hub's own (the
+//! Host the request was sent to, or `public_url`) or configured. Runs before authentication on
+//! every route.
 
 use crate::error::ApiError;
 use axum::extract::{Request, State};
@@ -53,9 +54,38 @@ impl HostGuard {
         self.hosts.iter().any(|h| *h == host || *h == bare)
     }
 
-    fn origin_ok(&self, origin: &str) -> bool {
+    /// Is `origin` allowed for a request sent to `host` (already found to be ours)? A page
+    /// the hub serves itself (same host and port) is; others only when configured.
+    fn origin_ok(&self, origin: &str, host: &str) -> bool {
         let o = origin.trim_end_matches('/').to_ascii_lowercase();
-        self.origins.contains(&o)
+        self.origins.contains(&o) || same_origin(&o, &host.to_ascii_lowercase())
+    }
+}
+
+/// Does `origin` (`scheme://host[:port]`, lowercase) name the authority `host` (the Host
+/// header, lowercase)? The port must agree, an absent one standing for its scheme's default.
+/// The scheme cannot be checked against a Host header, and need not be: one port serves one
+/// scheme, so the same host and port is the same origin.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let with_port = |a: &str| -> Option<(String, String)> {
+        let bare = strip_port(a);
+        let port = match &a[bare.len()..] {
+            "" => default.to_owned(),
+            p => p.strip_prefix(':')?.to_owned(),
+        };
+        (!bare.is_empty()).then(|| (bare.to_owned(), port))
+    };
+    match (with_port(authority), with_port(host)) {
+        (Some(o), Some(h)) => o == h,
+        _ => false,
     }
 }
 
@@ -75,8 +105,8 @@ pub async fn check(State(g): State<Arc<HostGuard>>, req: Request, next: Next) ->
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    match host {
-        Some(h) if g.host_ok(h) => {}
+    let host = match host {
+        Some(h) if g.host_ok(h) => h,
         Some(h) => {
             let shown: String = h.chars().take(80).collect();
             return ApiError::Forbidden(format!(
@@ -85,9 +115,9 @@ pub async fn check(State(g): State<Arc<HostGuard>>, req: Request, next: Next) ->
             .into_response();
         }
         None => return ApiError::BadRequest("missing Host header".into()).into_response(),
-    }
+    };
     if let Some(origin) = headers.get(http::header::ORIGIN) {
-        let ok = origin.to_str().map(|o| g.origin_ok(o)).unwrap_or(false);
+        let ok = origin.to_str().is_ok_and(|o| g.origin_ok(o, host));
         if !ok {
             return ApiError::Forbidden(
                 "Origin not allowed: add it to server.allowed_origins to let this browser origin call the hub".into(),
@@ -110,7 +140,35 @@ mod tests {
         assert!(g.host_ok("[::1]:8765"));
         assert!(!g.host_ok("evil.example:8765"));
         assert!(!g.host_ok("127.0.0.1.evil.example"));
-        assert!(!g.origin_ok("http://evil.example"));
+        assert!(!g.origin_ok("http://evil.example", "127.0.0.1:8765"));
+    }
+
+    #[test]
+    fn the_hubs_own_origin_is_allowed_and_no_other() {
+        let g = HostGuard::new(&ServerConfig::default(), "127.0.0.1:8765".parse().unwrap());
+        let host = "localhost:8765";
+        assert!(g.origin_ok("http://localhost:8765", host));
+        assert!(g.origin_ok("HTTP://LOCALHOST:8765/", host));
+        assert!(g.origin_ok("https://localhost:8765", host));
+        for other in [
+            "http://localhost:8766",
+            "http://localhost",
+            "http://127.0.0.1:8765",
+            "http://evil.example:8765",
+            "http://localhost:8765.evil.example",
+            "file://localhost:8765",
+            "null",
+            "localhost:8765",
+        ] {
+            assert!(!g.origin_ok(other, host), "{other}");
+        }
+        // Default ports: a Host without one is port 80 for http, 443 for https.
+        assert!(g.origin_ok("http://localhost", "localhost"));
+        assert!(g.origin_ok("http://localhost:80", "localhost"));
+        assert!(g.origin_ok("https://localhost", "localhost:443"));
+        assert!(!g.origin_ok("https://localhost", "localhost:80"));
+        assert!(g.origin_ok("http://[::1]:8765", "[::1]:8765"));
+        assert!(!g.origin_ok("http://[::1]:8765", "[::2]:8765"));
     }
 
     #[test]
@@ -126,8 +184,8 @@ mod tests {
         assert!(g.host_ok("hub.example:443"));
         assert!(g.host_ok("lodge.example"));
         assert!(!g.host_ok("localhost"));
-        assert!(g.origin_ok("https://app.example"));
-        assert!(g.origin_ok("https://lodge.example"));
-        assert!(!g.origin_ok("https://app.example.evil"));
+        assert!(g.origin_ok("https://app.example", "hub.example"));
+        assert!(g.origin_ok("https://lodge.example", "hub.example"));
+        assert!(!g.origin_ok("https://app.example.evil", "hub.example"));
     }
 }

@@ -392,7 +392,11 @@ fn forward_stderr(user: String, stderr: Option<RoomReader>) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let line: String = line.chars().take(2000).collect();
+            // The agent may colour its lines; the hub log keeps the text alone.
+            let line: String = lodge_core::text::without_ansi(&line)
+                .chars()
+                .take(2000)
+                .collect();
             tracing::info!(%user, "room: {line}");
         }
     });

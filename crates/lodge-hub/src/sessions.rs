@@ -4,15 +4,18 @@
 //! The in-memory index is the fast path: a lookup costs no I/O and an idle session costs about a
 //! hundred bytes. Last-use times are written back every `sessions.flush_interval`. Sessions hold
 //! no per-user state; rooms and kernels are keyed by user, never by session. Each user's
-//! sessions are kept ordered by last use, so no per-call question (how many, which are newest)
-//! walks all of a user's sessions.
+//! sessions are kept ordered by last use, so no per-call question (how many, which are newest,
+//! which to end when a user is at `sessions.max_per_user`) walks all of a user's sessions.
+//! A session's log level (`logging/setLevel`) lives in memory only: lost on restart.
 
 use crate::context::ClientCaps;
 use lodge_core::config::SessionsConfig;
 use lodge_core::time::now_ms;
 use lodge_store::{NewSession, Store, StoreError};
+#[allow(deprecated)]
+use rmcp::model::LoggingLevel;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Last-use times written per store transaction by [`Sessions::flush`].
@@ -28,11 +31,58 @@ pub struct Session {
     pub created_ms: i64,
     last_seen_ms: AtomicI64,
     flushed_ms: AtomicI64,
+    /// The level set with `logging/setLevel`, as [`LEVELS`] index + 1 (0: none set).
+    log_level: AtomicU8,
 }
 
+/// Log levels, least severe first (their order in MCP).
+#[allow(deprecated)] // rmcp marks logging old (SEP-2577); revisions before 2026-07-28 have it.
+const LEVELS: [LoggingLevel; 8] = [
+    LoggingLevel::Debug,
+    LoggingLevel::Info,
+    LoggingLevel::Notice,
+    LoggingLevel::Warning,
+    LoggingLevel::Error,
+    LoggingLevel::Critical,
+    LoggingLevel::Alert,
+    LoggingLevel::Emergency,
+];
+
 impl Session {
+    fn new(
+        user_id: i64,
+        protocol: &'static str,
+        client: ClientCaps,
+        created_ms: i64,
+        last_seen_ms: i64,
+    ) -> Self {
+        Session {
+            user_id,
+            protocol,
+            client,
+            created_ms,
+            last_seen_ms: AtomicI64::new(last_seen_ms),
+            flushed_ms: AtomicI64::new(last_seen_ms),
+            log_level: AtomicU8::new(0),
+        }
+    }
+
     pub fn last_seen_ms(&self) -> i64 {
         self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// The level the client set with `logging/setLevel`, if it did.
+    #[allow(deprecated)]
+    pub fn log_level(&self) -> Option<LoggingLevel> {
+        let i = self.log_level.load(Ordering::Relaxed);
+        LEVELS.get(usize::from(i).checked_sub(1)?).copied()
+    }
+
+    #[allow(deprecated)]
+    pub fn set_log_level(&self, level: LoggingLevel) {
+        if let Some(i) = LEVELS.iter().position(|l| *l == level) {
+            self.log_level.store(i as u8 + 1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -49,10 +99,6 @@ pub enum SessionError {
     /// Unknown, expired, or another user's: deliberately indistinguishable.
     #[error("session not found or expired: start a new one with initialize")]
     NotFound,
-    #[error(
-        "user has {0} live sessions, the limit (sessions.max_per_user): end one with DELETE or wait for idle ones to expire"
-    )]
-    TooMany(u32),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -98,6 +144,13 @@ impl Index {
     fn count_for(&self, user_id: i64) -> usize {
         self.by_user.get(&user_id).map_or(0, |s| lock(s).len())
     }
+
+    /// The user's least recently used session: the first of their set, O(log n).
+    fn oldest_of(&self, user_id: i64) -> Option<u128> {
+        self.by_user
+            .get(&user_id)
+            .and_then(|s| lock(s).first().map(|(_, k)| *k))
+    }
 }
 
 pub struct Sessions {
@@ -106,6 +159,13 @@ pub struct Sessions {
     max_age_ms: i64,
     max_per_user: u32,
     index: RwLock<Index>,
+}
+
+/// A new session, and the sessions of the same user ended to make room for it.
+#[derive(Debug)]
+pub struct Created {
+    pub id: String,
+    pub ended: Vec<String>,
 }
 
 /// Session ids are 32 lowercase hex digits (a random UUID); anything else is not one of ours.
@@ -143,14 +203,13 @@ impl Sessions {
                 stale.push(row.id);
                 continue;
             }
-            let s = Session {
-                user_id: row.user_id,
-                protocol: crate::mcp::version::intern(&row.protocol),
-                client: ClientCaps::from_bits(row.client_caps),
-                created_ms: row.created_ms,
-                last_seen_ms: AtomicI64::new(row.last_seen_ms),
-                flushed_ms: AtomicI64::new(row.last_seen_ms),
-            };
+            let s = Session::new(
+                row.user_id,
+                crate::mcp::version::intern(&row.protocol),
+                ClientCaps::from_bits(row.client_caps),
+                row.created_ms,
+                row.last_seen_ms,
+            );
             idx.insert(id, Arc::new(s));
         }
         if !stale.is_empty() {
@@ -172,32 +231,48 @@ impl Sessions {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates and persists a session; the id is returned only once it is durable.
+    /// Creates and persists a session; the id is returned only once it is durable. A user at
+    /// `sessions.max_per_user` loses their least recently used session to it: clients that
+    /// never end their sessions (one per run, for some) would otherwise lock their user out
+    /// until the idle timeout.
     pub async fn create(
         &self,
         user_id: i64,
         protocol: &'static str,
         client: &str,
         caps: ClientCaps,
-    ) -> Result<String, SessionError> {
+    ) -> Result<Created, SessionError> {
         let id = uuid::Uuid::new_v4().as_u128();
         let now = now_ms();
-        let session = Arc::new(Session {
-            user_id,
-            protocol,
-            client: caps,
-            created_ms: now,
-            last_seen_ms: AtomicI64::new(now),
-            flushed_ms: AtomicI64::new(now),
-        });
-        {
+        let session = Arc::new(Session::new(user_id, protocol, caps, now, now));
+        let evicted = {
             // Reserve under the lock so concurrent creates cannot exceed the limit.
             let mut idx = self.write();
-            let n = idx.count_for(user_id) as u32;
-            if n >= self.max_per_user {
-                return Err(SessionError::TooMany(self.max_per_user));
+            let mut evicted = Vec::new();
+            while idx.count_for(user_id) as u32 >= self.max_per_user {
+                let Some(oldest) = idx.oldest_of(user_id) else {
+                    break;
+                };
+                idx.remove(oldest);
+                evicted.push(oldest);
             }
             idx.insert(id, session);
+            evicted
+        };
+        let ended: Vec<String> = evicted.iter().map(|k| format_id(*k)).collect();
+        if !ended.is_empty() {
+            let ids = &ended;
+            tracing::info!(
+                user_id,
+                ended = ?ids,
+                "ended the user's least recently used session for a new one (sessions.max_per_user)"
+            );
+            metrics::gauge!("lodge_sessions_active").decrement(ids.len() as f64);
+            if let Err(e) = self.store.delete_sessions(ids).await {
+                // Gone from memory already, so no request finds them; the store's copies are
+                // dropped as expired at the next load.
+                tracing::warn!(error = %e, "cannot delete ended sessions from the store");
+            }
         }
         let row = NewSession {
             id: format_id(id),
@@ -212,7 +287,7 @@ impl Sessions {
             return Err(e.into());
         }
         metrics::gauge!("lodge_sessions_active").increment(1.0);
-        Ok(row.id)
+        Ok(Created { id: row.id, ended })
     }
 
     /// Finds `id` for `user_id` and marks it used. Unknown, expired and foreign sessions all
@@ -419,7 +494,8 @@ mod tests {
                 sessions
                     .create(user.id, "2025-06-18", "t", ClientCaps::default())
                     .await
-                    .unwrap(),
+                    .unwrap()
+                    .id,
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -485,7 +561,8 @@ mod tests {
             let id = sessions
                 .create(alice, "2025-06-18", "t", ClientCaps::default())
                 .await
-                .unwrap();
+                .unwrap()
+                .id;
             // Last use in a shuffled order, so creation order is not the answer.
             seen_at(&sessions, &id, base + ((i * 7919) % n) as i64);
             ids.push(id);
@@ -531,32 +608,69 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_per_user_limit_counts_live_sessions() {
+    async fn at_the_per_user_limit_a_new_session_ends_the_least_recently_used() {
         let (_dir, sessions, alice, bob) = one_user(3).await;
+        let base = now_ms() - 10_000;
         let mut ids = Vec::new();
-        for _ in 0..3 {
-            ids.push(
-                sessions
-                    .create(alice, "2025-06-18", "t", ClientCaps::default())
-                    .await
-                    .unwrap(),
-            );
-        }
-        assert!(matches!(
-            sessions
+        for i in 0..3 {
+            let id = sessions
                 .create(alice, "2025-06-18", "t", ClientCaps::default())
-                .await,
-            Err(SessionError::TooMany(3))
-        ));
-        sessions
+                .await
+                .unwrap()
+                .id;
+            seen_at(&sessions, &id, base + i);
+            ids.push(id);
+        }
+        let bobs = sessions
             .create(bob, "2025-06-18", "t", ClientCaps::default())
             .await
-            .unwrap();
-        sessions.end(&ids[0], Some(alice)).await.unwrap();
-        sessions
+            .unwrap()
+            .id;
+        seen_at(&sessions, &bobs, base - 1);
+        // The oldest by creation is the most recently used: the second one goes.
+        sessions.touch(&ids[0], alice).await.unwrap();
+        let fourth = sessions
             .create(alice, "2025-06-18", "t", ClientCaps::default())
             .await
             .unwrap();
+        assert_eq!(fourth.ended, [ids[1].clone()]);
+        let fourth = fourth.id;
         assert_eq!(sessions.count_for(alice), 3);
+        assert!(matches!(
+            sessions.touch(&ids[1], alice).await,
+            Err(SessionError::NotFound)
+        ));
+        for live in [&ids[0], &ids[2], &fourth] {
+            sessions.touch(live, alice).await.unwrap();
+        }
+        // Gone from the store too, and another user's older session is untouched.
+        assert!(
+            sessions
+                .store
+                .sessions()
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.id != ids[1])
+        );
+        assert_eq!(sessions.count_for(bob), 1);
+        sessions.touch(&bobs, bob).await.unwrap();
+    }
+
+    #[tokio::test]
+    #[allow(deprecated)]
+    async fn a_session_keeps_the_log_level_it_was_given() {
+        let (_dir, sessions, alice, _) = one_user(3).await;
+        let id = sessions
+            .create(alice, "2025-06-18", "t", ClientCaps::default())
+            .await
+            .unwrap()
+            .id;
+        let s = sessions.get(&id).unwrap();
+        assert_eq!(s.log_level(), None);
+        for level in LEVELS {
+            s.set_log_level(level);
+            assert_eq!(sessions.get(&id).unwrap().log_level(), Some(level));
+        }
     }
 }

@@ -457,3 +457,451 @@ async fn an_upstream_server_that_dies_fails_clearly_and_is_replaced() {
     assert!(!r.is_error, "{}", r.text);
     assert_eq!(r.text, "again");
 }
+
+/// The 2026-07-28 checks in the order the conformance suite judges them, each error with the
+/// request's id: a missing `_meta` field is -32602, header and `_meta` disagreeing is -32020
+/// even for a version the hub does not speak, an unsupported version is -32022 with the
+/// versions the hub does speak.
+#[tokio::test]
+async fn stateless_errors_come_in_the_order_the_spec_gives() {
+    let hub = TestHub::start().await;
+    let token = hub.user("alice", None).await;
+    let meta = support::stateless_meta();
+    let without = |key: &str| {
+        let mut m = meta.clone();
+        m.as_object_mut().expect("object").remove(key);
+        json!({"_meta": m})
+    };
+    let discover = |id: i64, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": "server/discover", "params": params});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "server/discover"),
+    ];
+    for (id, params) in [
+        (101, json!({})),
+        (102, without("io.modelcontextprotocol/protocolVersion")),
+        (104, without("io.modelcontextprotocol/clientCapabilities")),
+    ] {
+        let (s, _, v) = hub
+            .raw(&token, &headers, &discover(id, params.clone()))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{params}: {v}");
+        assert_eq!(v["error"]["code"], -32602, "{params}: {v}");
+        assert_eq!(v["id"], id, "{v}");
+    }
+    // clientInfo is optional.
+    let (s, _, v) = hub
+        .raw(
+            &token,
+            &headers,
+            &discover(105, without("io.modelcontextprotocol/clientInfo")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // An unsupported version, the same in header and _meta.
+    let mut future = meta.clone();
+    future["io.modelcontextprotocol/protocolVersion"] = json!("v999.0.0");
+    let (s, _, v) = hub
+        .raw(
+            &token,
+            &[
+                ("mcp-protocol-version", "v999.0.0"),
+                ("mcp-method", "server/discover"),
+            ],
+            &discover(301, json!({"_meta": future})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], -32022, "{v}");
+    assert_eq!(v["id"], 301, "{v}");
+    assert_eq!(v["error"]["data"]["requested"], "v999.0.0", "{v}");
+    let supported = v["error"]["data"]["supported"].as_array().expect("list");
+    assert!(supported.contains(&json!("2026-07-28")), "{v}");
+
+    // Header and _meta disagree, one of them unsupported: a header mismatch, and the message
+    // names the _meta key in full.
+    let (s, _, v) = hub
+        .raw(&token, &headers, &discover(302, json!({"_meta": future})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+    assert_eq!(v["id"], 302, "{v}");
+    let msg = v["error"]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("io.modelcontextprotocol/protocolVersion"),
+        "{msg}"
+    );
+}
+
+/// What 2026-07-28 removed answers 404 with -32601 under it (and keeps the request id);
+/// sessionful revisions keep those methods.
+#[tokio::test]
+async fn removed_methods_are_not_found_under_2026_07_28_only() {
+    let hub = TestHub::start().await;
+    let token = hub.user("alice", None).await;
+    for method in [
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "unknown/method",
+    ] {
+        let (s, headers, v) = hub.stateless(&token, method, json!({}), &[]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method}: {v}");
+        assert_eq!(v["error"]["code"], -32601, "{method}: {v}");
+        assert_eq!(v["id"], 7, "{method}: {v}");
+        assert!(!headers.contains_key("mcp-session-id"), "{method}");
+    }
+    // initialize with the new revision's _meta alone (no header) is no session either.
+    let mut init = init_body("2026-07-28");
+    init["params"]["_meta"] = support::stateless_meta();
+    let (s, _, v) = hub.raw(&token, &[], &init).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+
+    let a = hub.session("alice").await;
+    assert_eq!(a.rpc("ping", json!({})).await["result"], json!({}));
+    let v = a.rpc("logging/setLevel", json!({"level": "warning"})).await;
+    assert_eq!(v["result"], json!({}), "{v}");
+    #[allow(deprecated)]
+    let warning = rmcp::model::LoggingLevel::Warning;
+    let session = hub.hub.sessions.get(&a.sid).expect("session");
+    assert_eq!(session.log_level(), Some(warning));
+    let v = a.rpc("logging/setLevel", json!({"level": "loud"})).await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(session.log_level(), Some(warning));
+}
+
+/// `Mcp-Name` must repeat the body's name (tools/call, prompts/get) or URI (resources/read);
+/// surrounding whitespace is not part of a header value.
+#[tokio::test]
+async fn the_mcp_name_header_must_match_the_body() {
+    let hub = TestHub::start().await;
+    let token = hub.user("alice", None).await;
+    let call = json!({"name": "session_info", "arguments": {}});
+    let (s, _, v) = hub.stateless(&token, "tools/call", call.clone(), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = hub
+        .stateless(
+            &token,
+            "tools/call",
+            call.clone(),
+            &[("mcp-name", "  session_info\t")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for wrong in ["wrong_tool_name", "SESSION_INFO"] {
+        let (s, _, v) = hub
+            .stateless(&token, "tools/call", call.clone(), &[("mcp-name", wrong)])
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{wrong}: {v}");
+        assert_eq!(v["error"]["code"], -32020, "{wrong}: {v}");
+        assert_eq!(v["id"], 7, "{v}");
+    }
+    // Missing altogether.
+    let mut params = call.clone();
+    params["_meta"] = support::stateless_meta();
+    let body = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": params});
+    let (s, _, v) = hub
+        .raw(
+            &token,
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Mcp-Name"),
+        "{v}"
+    );
+    for (method, params, wrong) in [
+        ("prompts/get", json!({"name": "p__x"}), "p__y"),
+        (
+            "resources/read",
+            json!({"uri": "lodge://p/x"}),
+            "lodge://p/y",
+        ),
+    ] {
+        let (s, _, v) = hub
+            .stateless(&token, method, params, &[("mcp-name", wrong)])
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method}: {v}");
+        assert_eq!(v["error"]["code"], -32020, "{method}: {v}");
+    }
+    // A resource no server has is -32602 naming its URI.
+    let uri = json!({"uri": "test://nonexistent"});
+    let (s, _, v) = hub.stateless(&token, "resources/read", uri, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(v["error"]["data"]["uri"], "test://nonexistent", "{v}");
+    // Methods without a name need no header.
+    let (s, _, v) = hub.stateless(&token, "tools/list", json!({}), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// Every 2026-07-28 result says `resultType`, built here or passed through from an upstream
+/// server (which speaks an older revision and sends none); legacy results never carry it.
+#[tokio::test]
+async fn every_2026_07_28_result_has_a_result_type() {
+    let hub = TestHub::with_config(&probe_config("")).await;
+    let token = hub.user("alice", None).await;
+    for (method, params) in [
+        ("tools/list", json!({})),
+        ("prompts/list", json!({})),
+        ("resources/list", json!({})),
+        ("resources/templates/list", json!({})),
+        (
+            "tools/call",
+            json!({"name": "session_info", "arguments": {}}),
+        ),
+        (
+            "tools/call",
+            json!({"name": "probe__echo", "arguments": {"text": "hi"}}),
+        ),
+        (
+            "prompts/get",
+            json!({"name": "probe__greet", "arguments": {"name": "al"}}),
+        ),
+        (
+            "resources/read",
+            json!({"uri": "lodge://probe/probe://hello"}),
+        ),
+        (
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "nobody__x"},
+                   "argument": {"name": "a", "value": ""}}),
+        ),
+    ] {
+        let (s, _, v) = hub.stateless(&token, method, params.clone(), &[]).await;
+        assert_eq!(s, StatusCode::OK, "{method} {params}: {v}");
+        assert_eq!(
+            v["result"]["resultType"], "complete",
+            "{method} {params}: {v}"
+        );
+    }
+    let a = hub.session("alice").await;
+    for (method, params) in [
+        ("prompts/list", json!({})),
+        (
+            "tools/call",
+            json!({"name": "probe__echo", "arguments": {"text": "hi"}}),
+        ),
+    ] {
+        let v = a.rpc(method, params).await;
+        assert!(v["result"].is_object(), "{method}: {v}");
+        assert!(v["result"].get("resultType").is_none(), "{method}: {v}");
+    }
+}
+
+/// Prompts, resources and completions are declared whether or not an upstream server is
+/// configured, since the hub answers those methods always; logging and resource
+/// subscriptions only to the sessionful revisions, which have those methods.
+#[tokio::test]
+async fn discover_and_initialize_declare_what_the_hub_answers() {
+    let hub = TestHub::start().await;
+    let token = hub.user("alice", None).await;
+    let (s, _, v) = hub
+        .stateless(&token, "server/discover", json!({}), &[])
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let caps = &v["result"]["capabilities"];
+    for c in ["tools", "prompts", "resources", "completions"] {
+        assert!(caps[c].is_object(), "{c} missing: {v}");
+    }
+    // 2026-07-28 removed logging/setLevel and resources/subscribe.
+    assert!(caps["resources"].get("subscribe").is_none(), "{v}");
+    assert!(caps.get("logging").is_none(), "{v}");
+    assert_eq!(
+        v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "lodge",
+        "{v}"
+    );
+    let (s, _, v) = hub.stateless(&token, "prompts/list", json!({}), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"]["prompts"], json!([]), "{v}");
+
+    let (_, _, v) = hub
+        .send("/mcp", Some(&token), None, &init_body("2025-11-25"))
+        .await;
+    let caps = &v["result"]["capabilities"];
+    for c in ["tools", "prompts", "resources", "completions", "logging"] {
+        assert!(caps[c].is_object(), "{c} missing: {v}");
+    }
+    assert_eq!(caps["resources"]["subscribe"], true, "{v}");
+}
+
+/// `completion/complete` goes to the server that owns the prompt or resource, under that
+/// server's own name for it; what no server owns completes to nothing.
+#[tokio::test]
+async fn completions_go_to_the_owning_server_or_complete_to_nothing() {
+    let hub = TestHub::with_config(&probe_config("")).await;
+    let a = hub.session("alice").await;
+    let empty = json!({"values": [], "hasMore": false});
+    for reference in [
+        json!({"type": "ref/prompt", "name": "nobody__greet"}),
+        json!({"type": "ref/prompt", "name": "no_server_part"}),
+        json!({"type": "ref/resource", "uri": "file:///etc/passwd"}),
+        json!({"type": "ref/other"}),
+    ] {
+        let v = a
+            .rpc(
+                "completion/complete",
+                json!({"ref": reference, "argument": {"name": "name", "value": "a"}}),
+            )
+            .await;
+        assert_eq!(v["result"]["completion"], empty, "{reference}: {v}");
+    }
+    let v = a
+        .rpc(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "probe__greet"},
+                   "argument": {"name": "name", "value": "Al"}}),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["completion"]["values"],
+        json!(["Al:greet"]),
+        "{v}"
+    );
+    let v = a
+        .rpc(
+            "completion/complete",
+            json!({"ref": {"type": "ref/resource", "uri": "lodge://probe/probe://{x}"},
+                   "argument": {"name": "x", "value": "y"}}),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["completion"]["values"],
+        json!(["y:probe://{x}"]),
+        "{v}"
+    );
+}
+
+/// At `sessions.max_per_user` a new session ends the user's least recently used one.
+#[tokio::test]
+async fn a_new_session_at_the_limit_ends_the_least_recently_used() {
+    let hub = TestHub::with_config("[sessions]\nmax_per_user = 2\n").await;
+    let first = hub.session("alice").await;
+    let second = hub.session("alice").await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    first.rpc("ping", json!({})).await;
+    let third = hub.session("alice").await;
+    let (s, _, v) = hub
+        .send(
+            "/mcp",
+            Some(&second.token),
+            Some(&second.sid),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    first.rpc("ping", json!({})).await;
+    third.rpc("ping", json!({})).await;
+    assert_eq!(hub.hub.sessions.count_for(user_id(&hub, "alice").await), 2);
+}
+
+/// A browser page the hub serves itself (same host and port) may call it; others may not.
+#[tokio::test]
+async fn the_hubs_own_origin_passes_the_origin_check() {
+    let hub = TestHub::start().await;
+    let token = hub.user("alice", None).await;
+    let (s, _, v) = hub
+        .stateless(
+            &token,
+            "tools/list",
+            json!({}),
+            &[("origin", "http://127.0.0.1:7420")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for other in ["http://evil.example", "http://127.0.0.1:7421"] {
+        let (s, _, _) = hub
+            .stateless(&token, "tools/list", json!({}), &[("origin", other)])
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{other}");
+    }
+}
+
+/// A server that cannot start says so in session_info: its state and the reason.
+#[tokio::test]
+async fn session_info_shows_why_a_server_does_not_start() {
+    let hub = TestHub::with_config(&format!(
+        "{}[servers.broken]\ncommand = [\"/bin/false\"]\n",
+        probe_config("")
+    ))
+    .await;
+    let a = hub.session("alice").await;
+    let names = tool_names(&a.rpc("tools/list", json!({})).await);
+    assert!(names.iter().any(|n| n == "probe__echo"), "{names:?}");
+    let info = a.ok("session_info", json!({})).await;
+    let servers = info["servers"].as_array().expect("servers");
+    let find = |n: &str| {
+        servers
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing: {info}"))
+    };
+    assert_eq!(find("probe")["state"], "running", "{info}");
+    assert!(find("probe")["last_start_error"].is_null(), "{info}");
+    let broken = find("broken");
+    assert!(
+        broken["state"] == "failed" || broken["state"] == "backing off",
+        "{info}"
+    );
+    assert_eq!(broken["failures"], 1, "{info}");
+    assert!(
+        broken["last_start_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("broken")),
+        "{info}"
+    );
+}
+
+/// An upstream tool's arguments marked `x-mcp-header` must be repeated in `Mcp-Param-*`
+/// headers by 2026-07-28 clients (plain or `=?base64?…?=`), and the hub checks them, since
+/// the upstream server behind it never sees the headers.
+#[tokio::test]
+async fn param_headers_of_upstream_tools_are_checked() {
+    let hub = TestHub::with_config(&probe_config("")).await;
+    let token = hub.user("alice", None).await;
+    let call = json!({"name": "probe__routed", "arguments": {"region": "Hello"}});
+    for ok in ["Hello", "=?base64?SGVsbG8=?="] {
+        let (s, _, v) = hub
+            .stateless(
+                &token,
+                "tools/call",
+                call.clone(),
+                &[("mcp-param-region", ok)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{ok}: {v}");
+        assert_eq!(v["result"]["content"][0]["text"], "Hello", "{v}");
+    }
+    for bad in ["Goodbye", "=?base64?SGVsbG8?=", "=?base64?SGVs!!!bG8=?="] {
+        let (s, _, v) = hub
+            .stateless(
+                &token,
+                "tools/call",
+                call.clone(),
+                &[("mcp-param-region", bad)],
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["error"]["code"], -32020, "{bad}: {v}");
+    }
+    let (s, _, v) = hub.stateless(&token, "tools/call", call.clone(), &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], -32020, "{v}");
+    // Sessionful clients route nothing on headers and send none.
+    let a = hub.session("alice").await;
+    let r = a.call("probe__routed", json!({"region": "Hello"})).await;
+    assert_eq!(r.text, "Hello", "{r:?}");
+}

@@ -293,6 +293,7 @@ fn route(inner: &Inner, msg: AgentMessage) {
         }
         AgentMessage::Message { id, message } => send_event(pending, id, Event::Message(message)),
         AgentMessage::Log { level, message } => {
+            let message = lodge_core::text::without_ansi(&message);
             tracing::debug!(?level, agent_message = %message, "room agent");
         }
         AgentMessage::Hello(_) => tracing::warn!("room agent greeted twice; ignored"),

@@ -292,24 +292,6 @@ async fn session_limits_idle_timeout_and_max_age() {
     hub.add_user("bob");
     let a = hub.token("alice", &[]);
     let b = hub.token("bob", &[]);
-    let s1 = open_session(&hub.mcp_url(), &a).await;
-    assert_eq!(initialize(&hub, &a).await.status(), 200);
-    let r = initialize(&hub, &a).await;
-    assert_eq!(r.status(), 429, "third session over max_per_user=2");
-    let v: Value = r.json().await.expect("json");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("msg")
-            .contains("max_per_user"),
-        "{v}"
-    );
-    assert_eq!(
-        initialize(&hub, &b).await.status(),
-        200,
-        "one user's limit must not affect another"
-    );
-
     let ping = |sid: String| {
         http()
             .post(hub.mcp_url())
@@ -318,6 +300,28 @@ async fn session_limits_idle_timeout_and_max_age() {
             .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
             .send()
     };
+    let s1 = open_session(&hub.mcp_url(), &a).await;
+    let s2 = open_session(&hub.mcp_url(), &a).await;
+    let sb = open_session(&hub.mcp_url(), &b).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(ping(s1.clone()).await.expect("ping").status(), 200);
+    // A third session over max_per_user=2 ends the least recently used one (s2), not s1.
+    let r = initialize(&hub, &a).await;
+    assert_eq!(r.status(), 200, "third session over max_per_user=2");
+    assert_eq!(
+        ping(s2.clone()).await.expect("ping").status(),
+        404,
+        "the least recently used session was not ended"
+    );
+    let pb = http()
+        .post(hub.mcp_url())
+        .bearer_auth(&b)
+        .header("mcp-session-id", sb)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .expect("ping");
+    assert_eq!(pb.status(), 200, "one user's limit must not affect another");
     // Kept alive by use past the idle timeout, but not past max age.
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(2500) {

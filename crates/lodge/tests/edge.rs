@@ -302,7 +302,8 @@ async fn duplicate_mcp_headers_are_refused() {
         let mut req = http()
             .post(hub.mcp_url())
             .bearer_auth(&alice)
-            .header("mcp-protocol-version", "2026-07-28");
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-name", "session_info");
         for m in methods {
             req = req.header("mcp-method", *m);
         }

@@ -6,8 +6,9 @@ use crate::Hub;
 use crate::audit::ToolCallRecord;
 use crate::context::RequestContext;
 use rmcp::model::{
-    CallToolRequestParams, DiscoverResult, ErrorData, GetPromptRequestParams, Implementation,
-    ListToolsResult, ProtocolVersion, ReadResourceRequestParams, ServerCapabilities, ServerResult,
+    CallToolRequestParams, CustomResult, DiscoverResult, ErrorData, GetPromptRequestParams,
+    Implementation, ListToolsResult, ProtocolVersion, ReadResourceRequestParams, ResultType,
+    ServerCapabilities, ServerResult,
 };
 use serde_json::Value;
 use std::time::Instant;
@@ -16,15 +17,36 @@ pub fn server_info() -> Implementation {
     Implementation::new("lodge", env!("CARGO_PKG_VERSION"))
 }
 
-/// Tools always; prompts and resources when upstream servers (their only source) are configured.
-pub fn capabilities(hub: &Hub) -> ServerCapabilities {
-    let builder = ServerCapabilities::builder().enable_tools();
-    if hub.upstreams.any() {
-        builder.enable_prompts().enable_resources().build()
-    } else {
-        builder.build()
+/// What the hub answers, declared always (the lists are empty without upstream servers, but
+/// the methods are there): tools, prompts, resources and completions; and for the sessionful
+/// revisions logging and resource subscriptions. 2026-07-28 removed both methods (it sets the
+/// log level per request, and delivers updates on `subscriptions/listen`, which the hub does
+/// not offer: declaring `subscribe` there would claim it).
+pub fn capabilities(protocol: &str) -> ServerCapabilities {
+    let mut caps = ServerCapabilities::builder()
+        .enable_tools()
+        .enable_prompts()
+        .enable_resources()
+        .enable_completions()
+        .build();
+    if !version::is_modern(protocol) {
+        caps.logging = Some(Default::default());
+        if let Some(resources) = caps.resources.as_mut() {
+            resources.subscribe = Some(true);
+        }
     }
+    caps
 }
+
+/// Methods the 2026-07-28 revision removed: under it they are "method not found" (HTTP 404),
+/// whatever the sessionful revisions answer.
+const REMOVED_IN_MODERN: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
 
 /// The longest tool name accepted, in bytes (MCP's own guidance is at most 128 characters).
 pub const MAX_TOOL_NAME: usize = 128;
@@ -38,9 +60,13 @@ pub async fn request(
     method: &str,
     params: Option<Value>,
 ) -> Result<ServerResult, ErrorData> {
+    let modern = version::is_modern(cx.protocol);
+    if modern && REMOVED_IN_MODERN.contains(&method) {
+        return Err(method_not_found(method));
+    }
     let mut result = match method {
         "ping" => ServerResult::empty(()),
-        "server/discover" => ServerResult::DiscoverResult(discover(hub)),
+        "server/discover" => ServerResult::DiscoverResult(discover()),
         "tools/list" => ServerResult::ListToolsResult(ListToolsResult::with_all_items(
             hub.tools.list(&cx.caller).await,
         )),
@@ -71,18 +97,56 @@ pub async fn request(
                 hub.upstreams.read_resource(cx, &p.uri).await,
             )?)
         }
+        "completion/complete" => {
+            let params = params.unwrap_or_else(|| Value::Object(Default::default()));
+            ServerResult::CompleteResult(upstream_result(hub.upstreams.complete(cx, params).await)?)
+        }
         "resources/subscribe" | "resources/unsubscribe" => {
             ServerResult::empty(subscribe(hub, cx, method, params).await?)
         }
         _ => return Err(method_not_found(method)),
     };
-    if version::is_modern(cx.protocol) {
+    if modern {
+        mark_complete(&mut result);
         result.fill_missing_cache_hints();
     } else {
         result.strip_result_type_for_legacy_peer();
         result.strip_non_object_output_for_legacy_peer();
     }
     Ok(result)
+}
+
+/// Gives a 2026-07-28 result the `resultType` that revision requires on every result:
+/// `"complete"` unless it already says otherwise (an input-required result keeps its own).
+/// Results passed through from upstream servers, which speak an older revision, arrive
+/// without one.
+fn mark_complete(result: &mut ServerResult) {
+    let result_type = match result {
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::ListPromptsResult(r) => &mut r.result_type,
+        ServerResult::ListResourcesResult(r) => &mut r.result_type,
+        ServerResult::ListResourceTemplatesResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::ListToolsResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        ServerResult::ListSkillsResult(r) => &mut r.result_type,
+        ServerResult::GetSkillResult(r) => &mut r.result_type,
+        ServerResult::CustomResult(CustomResult(Value::Object(o))) => {
+            o.entry("resultType")
+                .or_insert_with(|| Value::from(ResultType::COMPLETE.as_str()));
+            return;
+        }
+        ServerResult::EmptyResult(_) => {
+            *result = ServerResult::CustomResult(CustomResult(
+                serde_json::json!({ "resultType": ResultType::COMPLETE.as_str() }),
+            ));
+            return;
+        }
+        // The rest carry a required `resultType` of their own.
+        _ => return,
+    };
+    result_type.get_or_insert(ResultType::COMPLETE);
 }
 
 fn parse_params<T: serde::de::DeserializeOwned>(
@@ -140,12 +204,13 @@ async fn subscribe(
     Ok(())
 }
 
-fn discover(hub: &Hub) -> DiscoverResult {
+fn discover() -> DiscoverResult {
     let versions = version::SUPPORTED
         .iter()
         .filter_map(|v| serde_json::from_value::<ProtocolVersion>(Value::from(*v)).ok())
         .collect();
-    let mut d = DiscoverResult::new(versions, capabilities(hub)).with_server_info(server_info());
+    let mut d = DiscoverResult::new(versions, capabilities(version::MODERN))
+        .with_server_info(server_info());
     d.instructions = Some(INSTRUCTIONS.to_owned());
     d
 }

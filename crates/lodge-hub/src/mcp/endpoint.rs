@@ -4,25 +4,26 @@
 
 use super::jsonrpc::{self, Incoming};
 use super::relay::{ASKING_METHODS, Exchange, ResumeError, Resumed, Running};
-use super::{dispatch, version};
+use super::{dispatch, headers, version};
 use crate::Hub;
 use crate::caller::{self, Caller};
 use crate::context::{ClientCaps, RequestContext};
 use crate::error::ApiError;
 use crate::http_util::{ClientAddr, authorization};
-use crate::sessions::SessionError;
+use crate::sessions::{Session, SessionError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+#[allow(deprecated)] // LoggingLevel: see meta_log_level.
+use rmcp::model::LoggingLevel;
 use rmcp::model::{ErrorCode, ErrorData, InitializeResult, ProtocolVersion};
 use serde_json::Value;
 use std::sync::Arc;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
 const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
@@ -186,7 +187,11 @@ async fn post(
             }
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        Incoming::Request { id, method, params } if method == "initialize" => {
+        // `initialize` sent the 2026-07-28 way is a request of that revision, which removed
+        // the method: it goes the stateless way, to its 404.
+        Incoming::Request { id, method, params }
+            if method == "initialize" && !declares_modern(&headers, params.as_ref()) =>
+        {
             initialize(&hub, &caller, id, params).await
         }
         Incoming::Request { id, method, params } => {
@@ -204,7 +209,8 @@ async fn request(
     method: String,
     params: Option<Value>,
 ) -> Result<Response, ApiError> {
-    let (protocol, client) = match session_id {
+    let bad_request = |e: ErrorData| rpc_error(StatusCode::BAD_REQUEST, id.clone(), &e);
+    let (protocol, client, log_level) = match session_id {
         Some(sid) => {
             let s = hub
                 .sessions
@@ -222,15 +228,24 @@ async fn request(
                 } else {
                     jsonrpc::unsupported_version(v)
                 };
-                return Err(rpc_error(StatusCode::BAD_REQUEST, id, &e));
+                return Err(bad_request(e));
             }
-            (s.protocol, s.client)
+            if method == "logging/setLevel" {
+                return set_level(&s, id, params);
+            }
+            (s.protocol, s.client, s.log_level())
         }
         None => {
-            let protocol = stateless_version(headers, &method, params.as_ref())
-                .map_err(|e| rpc_error(StatusCode::BAD_REQUEST, id.clone(), &e))?;
+            let protocol =
+                stateless_version(headers, &method, params.as_ref()).map_err(bad_request)?;
+            if method == "tools/call" {
+                check_param_headers(hub, &caller, headers, params.as_ref())
+                    .await
+                    .map_err(bad_request)?;
+            }
             let declared = meta(params.as_ref()).and_then(|m| m.get(META_CAPS));
-            (protocol, ClientCaps::from_declared(declared))
+            let log_level = meta_log_level(params.as_ref()).map_err(bad_request)?;
+            (protocol, ClientCaps::from_declared(declared), log_level)
         }
     };
     let progress_token = progress_token(params.as_ref());
@@ -251,6 +266,7 @@ async fn request(
                     .cloned()
             })
             .flatten(),
+        log_level,
     };
     // Only requests that may hear from an upstream server (or report progress) go through the
     // relay; the rest are answered directly.
@@ -375,18 +391,23 @@ fn accepts_event_stream(h: &HeaderMap) -> bool {
 }
 
 /// The version of a session-less request, which only the stateless revision allows.
+///
+/// The order of the checks is the order of the errors a client sees (the conformance suite
+/// judges it): a request that says no version at all is a legacy client without a session
+/// (-32600); a 2026-07-28 request missing a `_meta` field is malformed (-32602); header and
+/// `_meta` disagreeing is a header mismatch (-32020) even when neither version is ours; a
+/// version we do not speak is -32022 with the list we do; then the routing headers
+/// (`Mcp-Method`, `Mcp-Name`) must tell the truth (-32020).
 fn stateless_version(
     headers: &HeaderMap,
     method: &str,
     params: Option<&Value>,
 ) -> Result<&'static str, ErrorData> {
-    let meta = params
-        .and_then(|p| p.get("_meta"))
-        .and_then(Value::as_object);
+    let meta = meta(params);
     let meta_version = meta
         .and_then(|m| m.get(META_VERSION))
         .and_then(Value::as_str);
-    let header_version = header_str(headers, VERSION_HEADER);
+    let header_version = header_str(headers, VERSION_HEADER).map(str::trim);
     let missing_session = || {
         jsonrpc::invalid_request(
             "missing Mcp-Session-Id header: call initialize first (MCP 2025-11-25 and earlier), \
@@ -400,29 +421,117 @@ fn stateless_version(
             Err(missing_session())
         };
     };
-    if !version::is_supported(v) {
-        return Err(jsonrpc::unsupported_version(v));
-    }
-    if !version::is_modern(v) {
+    // A sessionful revision named only in the header: a legacy client that lost its session.
+    if meta_version.is_none() && version::is_supported(v) && !version::is_modern(v) {
         return Err(missing_session());
     }
-    if header_version != meta_version {
-        return Err(jsonrpc::header_mismatch(
-            "MCP-Protocol-Version header must be present and equal to _meta protocolVersion",
-        ));
-    }
-    // The stateless revision routes on headers, so they must be present and tell the truth.
-    if headers.get(METHOD_HEADER).map(|h| h.as_bytes()) != Some(method.as_bytes()) {
-        return Err(jsonrpc::header_mismatch(
-            "Mcp-Method header must be present and equal to the body's method",
-        ));
-    }
-    if !meta.is_some_and(|m| m.contains_key(META_CAPS)) {
+    let Some(meta) = meta else {
         return Err(jsonrpc::invalid_params(format!(
-            "request _meta is missing {META_CAPS}, required by protocol 2026-07-28"
+            "request params._meta is missing: protocol 2026-07-28 requires it on every request, \
+             with {META_VERSION} and {META_CAPS}"
+        )));
+    };
+    for key in [META_VERSION, META_CAPS] {
+        if !meta.contains_key(key) {
+            return Err(jsonrpc::invalid_params(format!(
+                "request _meta is missing {key}, required by protocol 2026-07-28"
+            )));
+        }
+    }
+    let Some(meta_version) = meta_version else {
+        return Err(jsonrpc::invalid_params(format!(
+            "request _meta {META_VERSION} must be a string"
+        )));
+    };
+    if header_version != Some(meta_version) {
+        return Err(jsonrpc::header_mismatch(format!(
+            "the MCP-Protocol-Version header must be present and equal to _meta \
+             {META_VERSION} ({meta_version:?})"
         )));
     }
+    if !version::is_supported(meta_version) {
+        return Err(jsonrpc::unsupported_version(meta_version));
+    }
+    if !version::is_modern(meta_version) {
+        return Err(missing_session());
+    }
+    // The stateless revision routes on headers, so they must be present and tell the truth.
+    headers::check_routing(headers, method, params)?;
     Ok(version::MODERN)
+}
+
+/// The `Mcp-Param-*` headers of a 2026-07-28 `tools/call`, against the arguments its tool's
+/// schema marks (a tool the caller does not have is dispatch's to refuse).
+async fn check_param_headers(
+    hub: &Hub,
+    caller: &Caller,
+    headers: &HeaderMap,
+    params: Option<&Value>,
+) -> Result<(), ErrorData> {
+    let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+        return Ok(());
+    };
+    if name.len() > dispatch::MAX_TOOL_NAME {
+        return Ok(());
+    }
+    let Some(schema) = hub.tools.input_schema(caller, name).await else {
+        return Ok(());
+    };
+    headers::check_params(headers, &schema, params.and_then(|p| p.get("arguments")))
+}
+
+/// Does this request speak 2026-07-28 (its header or its `_meta` says so)?
+fn declares_modern(headers: &HeaderMap, params: Option<&Value>) -> bool {
+    let meta_version = meta(params)
+        .and_then(|m| m.get(META_VERSION))
+        .and_then(Value::as_str);
+    meta_version
+        .or(header_str(headers, VERSION_HEADER).map(str::trim))
+        .is_some_and(version::is_modern)
+}
+
+/// The log level a 2026-07-28 request asks for in its `_meta` (none: no log messages).
+#[allow(deprecated)] // MCP keeps log levels in the 2026-07-28 revision; rmcp marks them old.
+fn meta_log_level(params: Option<&Value>) -> Result<Option<LoggingLevel>, ErrorData> {
+    let Some(level) = meta(params).and_then(|m| m.get(META_LOG_LEVEL)) else {
+        return Ok(None);
+    };
+    serde_json::from_value(level.clone())
+        .map(Some)
+        .map_err(|_| {
+            jsonrpc::invalid_params(format!(
+                "request _meta {META_LOG_LEVEL} must be one of debug, info, notice, warning, \
+             error, critical, alert, emergency"
+            ))
+        })
+}
+
+/// `logging/setLevel` of a sessionful client: the level is kept with its session (in memory
+/// only: after a hub restart the session logs nothing until it sets a level again).
+#[allow(deprecated)] // as above: rmcp marks logging old, MCP before 2026-07-28 has it.
+fn set_level(session: &Session, id: Value, params: Option<Value>) -> Result<Response, ApiError> {
+    let level = params
+        .as_ref()
+        .and_then(|p| p.get("level"))
+        .cloned()
+        .and_then(|l| serde_json::from_value::<LoggingLevel>(l).ok());
+    let Some(level) = level else {
+        let e = jsonrpc::invalid_params(
+            "logging/setLevel: level must be one of debug, info, notice, warning, error, \
+             critical, alert, emergency",
+        );
+        return Ok(json_response(
+            StatusCode::OK,
+            &jsonrpc::error_body(id, &e),
+            None,
+        ));
+    };
+    session.set_log_level(level);
+    Ok(json_response(
+        StatusCode::OK,
+        &jsonrpc::result_body(id, serde_json::json!({})),
+        None,
+    ))
 }
 
 async fn initialize(
@@ -444,7 +553,7 @@ async fn initialize(
             .unwrap_or("?")
     };
     let client = format!("{} {}", field("name"), field("version"));
-    let sid = hub
+    let created = hub
         .sessions
         .create(
             caller.user_id,
@@ -453,17 +562,16 @@ async fn initialize(
             ClientCaps::from_declared(params.get("capabilities")),
         )
         .await
-        .map_err(|e| match e {
-            SessionError::TooMany(_) => {
-                let err = ErrorData::new(ErrorCode(-32000), e.to_string(), None);
-                rpc_error(StatusCode::TOO_MANY_REQUESTS, id.clone(), &err)
-            }
-            e => internal(id.clone(), e.to_string()),
-        })?;
+        .map_err(|e| internal(id.clone(), e.to_string()))?;
+    // Sessions ended for this one (sessions.max_per_user) go as a DELETE would take them.
+    for ended in &created.ended {
+        hub.feeds.end(ended);
+    }
+    let sid = created.id;
     let mut result = InitializeResult::default();
     result.protocol_version = serde_json::from_value::<ProtocolVersion>(Value::from(protocol))
         .unwrap_or(ProtocolVersion::V_2025_11_25);
-    result.capabilities = dispatch::capabilities(hub);
+    result.capabilities = dispatch::capabilities(protocol);
     result.server_info = dispatch::server_info();
     result.instructions = Some(dispatch::INSTRUCTIONS.to_owned());
     let v = serde_json::to_value(&result).map_err(|e| internal(id.clone(), e.to_string()))?;
@@ -495,10 +603,11 @@ fn internal(id: Value, message: String) -> ApiError {
 
 /// The MCP headers a request may carry once, as the spec spells them: with two, which one
 /// counts would be a guess (and a proxy may have checked the other).
-const SINGLE_HEADERS: [(&str, &str); 3] = [
+const SINGLE_HEADERS: [(&str, &str); 4] = [
     (SESSION_HEADER, "Mcp-Session-Id"),
     (VERSION_HEADER, "MCP-Protocol-Version"),
-    (METHOD_HEADER, "Mcp-Method"),
+    (headers::METHOD_HEADER, "Mcp-Method"),
+    (headers::NAME_HEADER, "Mcp-Name"),
 ];
 
 /// The error for an MCP header sent more than once, if one is.

@@ -8,6 +8,7 @@
 mod dispatch;
 mod endpoint;
 pub mod feeds;
+mod headers;
 pub mod inflight;
 pub mod jsonrpc;
 pub mod relay;

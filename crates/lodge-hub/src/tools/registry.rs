@@ -49,6 +49,15 @@ pub trait DynamicTools: Send + Sync + 'static {
     /// caller, or whether it is cannot be told now). Only names that pass are recorded
     /// (metrics, audit), so this is what keeps caller-chosen names out of them.
     async fn offers(&self, caller: &Caller, name: &str) -> Result<bool, ToolError>;
+    /// The input schema of `caller`'s tool `name`, if this set has it. Sets that can find one
+    /// tool without listing them all should say so here.
+    async fn input_schema(&self, caller: &Caller, name: &str) -> Option<Arc<JsonObject>> {
+        self.tools(caller)
+            .await
+            .into_iter()
+            .find(|t| t.name == name)
+            .map(|t| t.input_schema)
+    }
     async fn call(
         &self,
         name: &str,
@@ -146,6 +155,24 @@ impl Registry {
             }
         }
         all
+    }
+
+    /// The input schema of `caller`'s tool `name` (the first that has the name, as for calls).
+    pub async fn input_schema(&self, caller: &Caller, name: &str) -> Option<Arc<JsonObject>> {
+        for entry in &self.entries {
+            match entry {
+                Entry::Fixed { definition, .. } if definition.name == name => {
+                    return Some(definition.input_schema.clone());
+                }
+                Entry::Fixed { .. } => {}
+                Entry::Dynamic(set) => {
+                    if let Some(schema) = set.input_schema(caller, name).await {
+                        return Some(schema);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// What answers `caller`'s call of `name`: `Ok(None)` for a name nobody answers for,
@@ -300,6 +327,7 @@ mod tests {
             notices: None,
             progress_token: None,
             input_responses: None,
+            log_level: None,
         }
     }
 

@@ -53,6 +53,11 @@ impl DynamicTools for UpstreamTools {
             .map_err(tool_error)
     }
 
+    async fn input_schema(&self, caller: &Caller, name: &str) -> Option<Arc<JsonObject>> {
+        let schema = self.upstreams.tool_schema(caller, name).await?;
+        serde_json::from_value(schema).ok().map(Arc::new)
+    }
+
     async fn call(
         &self,
         name: &str,

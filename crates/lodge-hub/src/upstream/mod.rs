@@ -18,6 +18,8 @@ use lodge_core::servers::{EnvValue, UpstreamConfig};
 use lodge_core::time::now_ms;
 use lodge_protocol::{Op, Upstream};
 use lodge_vault::{Vault, VaultError};
+#[allow(deprecated)]
+use rmcp::model::LoggingLevel;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -96,6 +98,11 @@ impl UpstreamError {
     /// the server's own protocol errors, and names that do not exist.
     pub fn rpc(&self) -> Option<(i32, Option<Value>)> {
         match self {
+            // A resource not found names its URI in `data`, as MCP asks.
+            UpstreamError::Unknown {
+                kind: "resource",
+                name,
+            } => Some((-32602, Some(json!({ "uri": name })))),
             UpstreamError::Unknown { .. } => Some((-32602, None)),
             UpstreamError::Call {
                 error: ConnError::Rpc { code, data, .. },
@@ -141,7 +148,7 @@ impl Instance {
             "resourcesListChanged": true,
             "resourceSubscriptions": uris,
         }});
-        stamp_meta(&mut params, ClientCaps::default());
+        stamp_meta(&mut params, ClientCaps::default(), None);
         let conn = self.conn.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = conn
@@ -290,11 +297,6 @@ impl Upstreams {
         }
     }
 
-    /// Are any servers configured (so prompts and resources are offered)?
-    pub fn any(&self) -> bool {
-        !self.config.servers.is_empty()
-    }
-
     /// Could a tool named `shown` be a server's: `{prefix}__…` of a configured server, or any
     /// name when a server shows its names unprefixed?
     pub fn may_route(&self, shown: &str) -> bool {
@@ -413,6 +415,9 @@ impl Upstreams {
                 }
                 Err(e) => {
                     release(&self.counts, caller.user_id);
+                    // An operator's problem (a bad command, a server that crashes at start):
+                    // said at WARN, and kept for session_info.
+                    tracing::warn!(user = %caller.user, server = name, "upstream server did not start: {e}");
                     lock(&slot.backoff).failed(&e.to_string());
                     Err(e)
                 }
@@ -628,7 +633,8 @@ impl Upstreams {
 
 /// Gives a request to a 2026-07-28 server the client's own `_meta`: the revision, what the
 /// client declared it can answer, and its log level.
-fn stamp_meta(params: &mut Value, client: ClientCaps) {
+#[allow(deprecated)] // LoggingLevel: rmcp marks logging old; 2026-07-28 still has the key.
+fn stamp_meta(params: &mut Value, client: ClientCaps, log_level: Option<LoggingLevel>) {
     let Some(p) = params.as_object_mut() else {
         return;
     };
@@ -646,6 +652,9 @@ fn stamp_meta(params: &mut Value, client: ClientCaps) {
             "io.modelcontextprotocol/clientInfo".into(),
             json!({"name": "lodge", "version": env!("CARGO_PKG_VERSION")}),
         );
+        if let Some(level) = log_level {
+            meta.insert("io.modelcontextprotocol/logLevel".into(), json!(level));
+        }
     }
 }
 
@@ -749,7 +758,7 @@ async fn paginate(
         };
         if modern {
             // Lists are the same for every client: asked as one that answers nothing.
-            stamp_meta(&mut params, ClientCaps::default());
+            stamp_meta(&mut params, ClientCaps::default(), None);
         }
         let page = conn.request(method, params, None, timeout).await?;
         if let Some(list) = page.get(key).and_then(Value::as_array) {
@@ -830,7 +839,7 @@ impl Upstreams {
         });
         let mut params = call.params;
         if instance.modern {
-            stamp_meta(&mut params, cx.client);
+            stamp_meta(&mut params, cx.client, cx.log_level);
             // Answers a 2026-07-28 client sent before being asked are the server's to judge.
             if let (Some(answers), Some(p)) = (&cx.input_responses, params.as_object_mut()) {
                 p.insert("inputResponses".into(), answers.clone());
@@ -894,7 +903,7 @@ impl Upstreams {
                     ("ping", json!({}))
                 };
                 if instance.modern {
-                    stamp_meta(&mut params, ClientCaps::default());
+                    stamp_meta(&mut params, ClientCaps::default(), None);
                 }
                 let alive = instance
                     .conn
@@ -955,6 +964,22 @@ impl Upstreams {
             kind: "tool",
             name: qualified.chars().take(100).collect(),
         })
+    }
+
+    /// The input schema of tool `qualified` as the caller's own instance lists it (only its
+    /// server starts, if it must), when the caller has that tool.
+    pub async fn tool_schema(&self, caller: &Caller, qualified: &str) -> Option<Value> {
+        let (name, server, tool) = self.route(caller, "tool", qualified).ok()?;
+        if !server.tools.permits(tool) {
+            return None;
+        }
+        let catalog = self.catalog(caller, name, server).await.ok()?;
+        catalog
+            .tools
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some(tool))
+            .and_then(|t| t.get("inputSchema"))
+            .cloned()
     }
 
     /// Every enabled server's catalog for the caller (servers not yet seen start in parallel).
@@ -1167,6 +1192,51 @@ impl Upstreams {
         Ok(result)
     }
 
+    /// `completion/complete`: a `ref/prompt` name or `ref/resource` URI goes to the server
+    /// that owns it, under that server's own name for it. A reference no server of the
+    /// caller's owns, or a server without completions, completes to nothing.
+    pub async fn complete(
+        &self,
+        cx: &RequestContext,
+        params: Value,
+    ) -> Result<Value, UpstreamError> {
+        let nothing = || json!({ "completion": { "values": [], "hasMore": false } });
+        let mut params = params;
+        let reference = params.get("ref").cloned().unwrap_or(Value::Null);
+        let (kind, field) = match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => ("prompt", "name"),
+            Some("ref/resource") => ("resource", "uri"),
+            _ => return Ok(nothing()),
+        };
+        let Some(qualified) = reference.get(field).and_then(Value::as_str) else {
+            return Ok(nothing());
+        };
+        let owner = match kind {
+            "prompt" => self.route(&cx.caller, "prompt", qualified).ok(),
+            _ => self.route_uri(&cx.caller, qualified),
+        };
+        let Some((name, server, own)) = owner else {
+            return Ok(nothing());
+        };
+        params["ref"][field] = json!(own);
+        // The client's own `_meta` (its protocol version, its log level) is not the server's.
+        if let Some(p) = params.as_object_mut() {
+            p.remove("_meta");
+        }
+        let call = Call {
+            method: "completion/complete",
+            params,
+            cx,
+        };
+        match self.ask(name, server, call).await {
+            Err(UpstreamError::Call {
+                error: ConnError::Rpc { code: -32601, .. },
+                ..
+            }) => Ok(nothing()),
+            other => other,
+        }
+    }
+
     /// `resources/subscribe` (or unsubscribe) of a resource as the user names it, at the
     /// server that has it.
     pub async fn subscribe(
@@ -1238,7 +1308,9 @@ impl Upstreams {
         }
     }
 
-    /// What `session_info` shows: each enabled server and whether the caller's instance runs.
+    /// What `session_info` shows: each enabled server, the state of the caller's instance
+    /// (`running`, `stopped`, `failed`, or `backing off` until its next start is allowed) and
+    /// why its last start failed, so a server whose tools are missing says why.
     pub fn status(&self, caller: &Caller) -> Vec<Value> {
         self.enabled(caller.user.as_str())
             .map(|(name, server)| {
@@ -1247,15 +1319,65 @@ impl Upstreams {
                     .peek(&(caller.user_id, name.to_owned()))
                     .filter(|i| i.alive())
                     .map(|i| i.started.elapsed().as_secs());
+                let slot = lock(&self.slots)
+                    .get(&(caller.user_id, name.to_owned()))
+                    .cloned();
+                let (failures, wait_ms, last_error) = slot.map_or((0, None, None), |slot| {
+                    let b = lock(&slot.backoff);
+                    let wait = b
+                        .not_before
+                        .and_then(|t| t.checked_duration_since(Instant::now()))
+                        .filter(|w| !w.is_zero())
+                        .map(|w| w.as_millis() as u64);
+                    let last = (b.failures > 0).then(|| b.last.clone());
+                    (b.failures, wait, last)
+                });
+                let state = match (running, wait_ms, failures) {
+                    (Some(_), ..) => "running",
+                    (None, Some(_), _) => "backing off",
+                    (None, None, 1..) => "failed",
+                    (None, None, 0) => "stopped",
+                };
                 json!({
                     "name": name,
                     "description": server.description,
+                    "state": state,
                     "running": running.is_some(),
                     "up_for_s": running,
+                    "failures": failures,
+                    "last_start_error": last_error,
+                    "next_start_in_ms": wait_ms,
                     "secrets": server.secrets().map(|(s, f)| format!("{s}.{f}")).collect::<Vec<_>>(),
                     "tool_prefix": catalog::qualify(server.prefix(name), ""),
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(deprecated)]
+    fn a_2026_07_28_server_hears_the_clients_log_level() {
+        let mut params = json!({"name": "t"});
+        stamp_meta(
+            &mut params,
+            ClientCaps::default(),
+            Some(LoggingLevel::Warning),
+        );
+        assert_eq!(
+            params["_meta"]["io.modelcontextprotocol/logLevel"],
+            "warning"
+        );
+        let mut params = json!({});
+        stamp_meta(&mut params, ClientCaps::default(), None);
+        assert!(
+            params["_meta"]
+                .get("io.modelcontextprotocol/logLevel")
+                .is_none()
+        );
     }
 }

@@ -295,8 +295,58 @@ impl TestHub {
         sid: Option<&str>,
         body: &Value,
     ) -> (StatusCode, http::HeaderMap, Value) {
-        post(&self.hub, path, token, sid, body).await
+        post(&self.hub, path, token, sid, &[], body).await
     }
+
+    /// POSTs one 2026-07-28 request the way a conformant client does: `_meta` with the
+    /// protocol version and capabilities, and the MCP-Protocol-Version, Mcp-Method and (for
+    /// named methods) Mcp-Name headers. `headers` are added after those.
+    pub async fn stateless(
+        &self,
+        token: &str,
+        method: &str,
+        params: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let mut params = params;
+        params["_meta"] = stateless_meta();
+        let name = match method {
+            "tools/call" | "prompts/get" => params["name"].as_str(),
+            "resources/read" => params["uri"].as_str(),
+            _ => None,
+        }
+        .map(str::to_owned);
+        let mut all: Vec<(&str, &str)> = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
+        if let Some(n) = &name {
+            all.push(("mcp-name", n));
+        }
+        all.extend_from_slice(headers);
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+        self.raw(token, &all, &body).await
+    }
+
+    /// POSTs `body` with exactly `headers` besides the token and content type (the last of a
+    /// repeated name wins).
+    pub async fn raw(
+        &self,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        post(&self.hub, "/mcp", Some(token), None, headers, body).await
+    }
+}
+
+/// The `_meta` every 2026-07-28 request carries.
+pub fn stateless_meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "in-process-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
 }
 
 pub fn init_body(version: &str) -> Value {
@@ -312,6 +362,7 @@ async fn post(
     path: &str,
     token: Option<&str>,
     sid: Option<&str>,
+    headers: &[(&str, &str)],
     body: &Value,
 ) -> (StatusCode, http::HeaderMap, Value) {
     let bound: SocketAddr = BOUND.parse().expect("address");
@@ -325,7 +376,12 @@ async fn post(
     if let Some(s) = sid {
         req = req.header("mcp-session-id", s);
     }
-    let req = req.body(Body::from(body.to_string())).expect("request");
+    let mut req = req.body(Body::from(body.to_string())).expect("request");
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+        let value = http::HeaderValue::from_str(value).expect("header value");
+        req.headers_mut().insert(name, value);
+    }
     let resp = hub.router(bound).oneshot(req).await.expect("router");
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -363,8 +419,15 @@ impl Mcp {
     /// Sends one JSON-RPC request on this session; returns the whole reply.
     pub async fn rpc(&self, method: &str, params: Value) -> Value {
         let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params});
-        let (status, _, v) =
-            post(&self.hub, "/mcp", Some(&self.token), Some(&self.sid), &body).await;
+        let (status, _, v) = post(
+            &self.hub,
+            "/mcp",
+            Some(&self.token),
+            Some(&self.sid),
+            &[],
+            &body,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{method}: {v}");
         v
     }
