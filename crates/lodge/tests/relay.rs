@@ -404,3 +404,149 @@ async fn subscribed_updates_and_list_changes_reach_the_sessions_stream_only() {
     .await;
     assert_eq!(content_text(&r["result"]), "not subscribed");
 }
+
+/// A 2026-07-28 request of any method (headers and `_meta` as the revision wants).
+fn modern_request(
+    hub: &TestHub,
+    token: &str,
+    id: u64,
+    method: &str,
+    mut params: Value,
+) -> reqwest::RequestBuilder {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "relay-test", "version": "1"},
+    });
+    let mut r = http()
+        .post(hub.mcp_url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", method);
+    if let Some(name) = params.get("name").and_then(Value::as_str) {
+        r = r.header("mcp-name", name);
+    }
+    r.json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+}
+
+#[tokio::test]
+async fn a_stateless_client_listens_for_what_it_asked_only() {
+    let hub = hub();
+    hub.add_user("heidi");
+    let token = hub.token("heidi", &[]);
+    let uri = "lodge://probe/probe://hello";
+    let open = |id: u64, filter: Value| {
+        modern_request(
+            &hub,
+            &token,
+            id,
+            "subscriptions/listen",
+            json!({"notifications": filter}),
+        )
+        .send()
+    };
+    let everything = open(
+        41,
+        json!({"toolsListChanged": true, "resourceSubscriptions": [uri]}),
+    )
+    .await
+    .expect("listen");
+    assert_eq!(everything.status(), 200);
+    let mut everything = Events {
+        response: everything,
+        buf: String::new(),
+    };
+    let ack = next_within(&mut everything, 10)
+        .await
+        .expect("acknowledged");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        41
+    );
+    assert_eq!(
+        ack["params"]["notifications"]["toolsListChanged"], true,
+        "{ack}"
+    );
+    let narrow = open(42, json!({"promptsListChanged": true}))
+        .await
+        .expect("listen");
+    let mut narrow = Events {
+        response: narrow,
+        buf: String::new(),
+    };
+    assert!(
+        next_within(&mut narrow, 10).await.is_some(),
+        "its acknowledgement"
+    );
+
+    let call = |id: u64, tool: &str, args: Value| {
+        modern_request(
+            &hub,
+            &token,
+            id,
+            "tools/call",
+            json!({"name": tool, "arguments": args}),
+        )
+        .send()
+    };
+    let r: Value = call(43, "probe__touch", json!({"uri": "probe://hello"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        content_text(&r["result"]),
+        "updated",
+        "subscribed at the server: {r}"
+    );
+    let update = next_within(&mut everything, 10).await.expect("the update");
+    assert_eq!(update["method"], "notifications/resources/updated");
+    assert_eq!(update["params"]["uri"], uri);
+    assert_eq!(
+        update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        41
+    );
+
+    call(44, "probe__change_tools", json!({})).await.unwrap();
+    let change = next_within(&mut everything, 10)
+        .await
+        .expect("the list change");
+    assert_eq!(
+        change["method"], "notifications/tools/list_changed",
+        "{change}"
+    );
+    assert_eq!(
+        change["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        41
+    );
+    assert!(
+        next_within(&mut narrow, 1).await.is_none(),
+        "it asked for prompts only"
+    );
+
+    // The listener gone, nobody wants the resource: the server is told to stop.
+    drop(everything);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r: Value = call(45, "probe__touch", json!({"uri": "probe://hello"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if content_text(&r["result"]) == "not subscribed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still subscribed: {r}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

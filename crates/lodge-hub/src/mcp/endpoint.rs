@@ -268,6 +268,9 @@ async fn request(
             .flatten(),
         log_level,
     };
+    if method == "subscriptions/listen" && version::is_modern(protocol) {
+        return listen(hub, cx, id, params).await;
+    }
     // Only requests that may hear from an upstream server (or report progress) go through the
     // relay; the rest are answered directly.
     if !ASKING_METHODS.contains(&method.as_str()) {
@@ -315,6 +318,54 @@ async fn request(
         tokio::spawn(async move { answer(&hub, &cx, id, &method, params).await })
     };
     Ok(hub.relay.respond(ex, Running::new(work, notices)).await)
+}
+
+/// A 2026-07-28 client's `subscriptions/listen`: a stream that stays open until the client
+/// goes, acknowledged first, then the user's list changes and updates of the resources it
+/// named. Those resources are subscribed at their servers for as long as someone wants them.
+async fn listen(
+    hub: &Arc<Hub>,
+    cx: RequestContext,
+    id: Value,
+    params: Option<Value>,
+) -> Result<Response, ApiError> {
+    let filter = params
+        .as_ref()
+        .and_then(|p| p.get("notifications"))
+        .unwrap_or(&Value::Null);
+    let Some(listen) = super::feeds::Listen::parse(id.clone(), filter) else {
+        let e = jsonrpc::invalid_params(
+            "subscriptions/listen: notifications must be an object of toolsListChanged, \
+             promptsListChanged, resourcesListChanged (booleans) and resourceSubscriptions (URIs)",
+        );
+        return Err(rpc_error(StatusCode::BAD_REQUEST, id, &e));
+    };
+    for uri in &listen.uris {
+        if let Err(e) = hub.upstreams.subscribe(&cx, uri, true).await {
+            tracing::debug!(user = %cx.caller.user, uri, "cannot subscribe: {e}");
+        }
+    }
+    let key = format!("listen:{}", uuid::Uuid::new_v4().simple());
+    let uris = listen.uris.clone();
+    let user_id = cx.caller.user_id;
+    let closed = {
+        let (hub, key) = (hub.clone(), key.clone());
+        move || {
+            hub.feeds.end(&key);
+            // Dropped outside a runtime only when the process ends: nothing left to tell.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                for uri in uris {
+                    if !hub.feeds.wanted(cx.caller.user_id, &uri) {
+                        let _ = hub.upstreams.subscribe(&cx, &uri, false).await;
+                    }
+                }
+            });
+        }
+    };
+    Ok(hub.feeds.listen(&key, user_id, listen, closed))
 }
 
 /// What a request that may ask for input works on: its tool or prompt name, or resource URI.

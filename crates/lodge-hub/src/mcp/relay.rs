@@ -489,8 +489,19 @@ impl Out {
 }
 
 pub(super) fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    stream_response_keeping(rx, ())
+}
+
+/// An event stream of what `rx` receives; `keep` lives as long as the stream (its `Drop` says
+/// when the client is gone).
+pub(super) fn stream_response_keeping<K: Send + 'static>(
+    rx: mpsc::Receiver<Bytes>,
+    keep: K,
+) -> Response {
+    let stream = futures::stream::unfold((rx, keep), |(mut rx, keep)| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(b), (rx, keep)))
     });
     let mut r = (StatusCode::OK, Body::from_stream(stream)).into_response();
     let h = r.headers_mut();
