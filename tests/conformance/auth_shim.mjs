@@ -17,8 +17,21 @@ if (!token) {
 // One keep-alive pool towards the hub, so the shim adds no handshake per request.
 const agent = new http.Agent({ keepAlive: true });
 
+// The shim's own origin stands for the hub's: a request sent to the shim as itself (Host, and a
+// browser's Origin) is passed on as sent to the hub itself, as a reverse proxy that keeps the
+// public origin would; any other Host or Origin (a DNS-rebinding attempt) is passed on unchanged.
+const ownHosts = () => {
+  const port = server.address().port;
+  return [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`];
+};
+
 const server = http.createServer((req, res) => {
-  const headers = { ...req.headers, host: target.host, authorization: `Bearer ${token}` };
+  const own = ownHosts().includes(req.headers.host ?? '');
+  const headers = { ...req.headers, authorization: `Bearer ${token}` };
+  if (own) {
+    headers.host = target.host;
+    if (headers.origin === `http://${req.headers.host}`) headers.origin = target.origin;
+  }
   const upstream = http.request(
     {
       protocol: target.protocol,

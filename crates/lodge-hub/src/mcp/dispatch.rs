@@ -23,17 +23,20 @@ pub fn server_info() -> Implementation {
 /// log level per request, and delivers updates on `subscriptions/listen`, which the hub does
 /// not offer: declaring `subscribe` there would claim it).
 pub fn capabilities(protocol: &str) -> ServerCapabilities {
+    // List changes and resource updates reach sessionful clients on their GET stream and
+    // 2026-07-28 clients on subscriptions/listen.
     let mut caps = ServerCapabilities::builder()
         .enable_tools()
+        .enable_tool_list_changed()
         .enable_prompts()
+        .enable_prompts_list_changed()
         .enable_resources()
+        .enable_resources_list_changed()
+        .enable_resources_subscribe()
         .enable_completions()
         .build();
     if !version::is_modern(protocol) {
         caps.logging = Some(Default::default());
-        if let Some(resources) = caps.resources.as_mut() {
-            resources.subscribe = Some(true);
-        }
     }
     caps
 }

@@ -26,6 +26,8 @@ const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+/// A request needs a capability the client did not declare (2026-07-28; HTTP 400).
+const MISSING_CLIENT_CAPABILITY: ErrorCode = ErrorCode(-32021);
 const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 /// How long a request over its user's budget waits before its 429.
 const THROTTLE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -287,10 +289,15 @@ async fn request(
         method: method.clone(),
         streams: accepts_event_stream(headers),
         progress_token: cx.progress_token.clone(),
-        // Sessionful clients hear log messages unless they turn them down; 2026-07-28
-        // clients ask for them per request.
-        logs: !version::is_modern(protocol)
-            || meta(params.as_ref()).is_some_and(|m| m.contains_key(META_LOG_LEVEL)),
+        // Sessionful clients hear every log message until they set a level; 2026-07-28
+        // clients none unless the request sets one.
+        min_log: match cx.log_level {
+            Some(level) => serde_json::to_value(level)
+                .ok()
+                .and_then(|v| v.as_str().and_then(super::relay::log_rank)),
+            None if version::is_modern(protocol) => None,
+            None => Some(0),
+        },
     };
     if ex.modern
         && let Some(state) = params
@@ -414,11 +421,11 @@ async fn answer(
         },
         Err(e) => {
             // The stateless revision maps some errors onto HTTP statuses; legacy keeps 200.
-            let status = if version::is_modern(cx.protocol) && e.code == ErrorCode::METHOD_NOT_FOUND
-            {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::OK
+            let status = match e.code {
+                _ if !version::is_modern(cx.protocol) => StatusCode::OK,
+                ErrorCode::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+                MISSING_CLIENT_CAPABILITY => StatusCode::BAD_REQUEST,
+                _ => StatusCode::OK,
             };
             (status, jsonrpc::error_body(id, &e))
         }

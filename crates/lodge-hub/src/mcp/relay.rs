@@ -76,8 +76,43 @@ pub struct Exchange {
     /// The client accepts an event stream as the answer.
     pub streams: bool,
     pub progress_token: Option<Value>,
-    /// Whether the client wants the server's log messages (`notifications/message`).
-    pub logs: bool,
+    /// The least severe log message (`notifications/message`) the client wants, as a rank of
+    /// [`LOG_LEVELS`]; None for none.
+    pub min_log: Option<usize>,
+}
+
+/// Log severities, least severe first, as `notifications/message` names them.
+pub const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// The rank of a log level's name in [`LOG_LEVELS`].
+pub fn log_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}
+
+/// Does a client that wants logs from rank `min` on hear `notification`?
+fn hears(min: Option<usize>, notification: &Value) -> bool {
+    if notification.get("method").and_then(Value::as_str) != Some("notifications/message") {
+        return true;
+    }
+    let level = notification
+        .pointer("/params/level")
+        .and_then(Value::as_str)
+        .and_then(log_rank);
+    match (min, level) {
+        (None, _) => false,
+        (Some(min), Some(level)) => level >= min,
+        // A message of no known level is heard by whoever wants any.
+        (Some(_), None) => true,
+    }
 }
 
 /// A question asked of a 2026-07-28 client and not yet answered.
@@ -270,9 +305,7 @@ impl Relay {
                     _ => continue,
                 },
                 Some(Notice::Notification(n)) => {
-                    let is_log =
-                        n.get("method").and_then(Value::as_str) == Some("notifications/message");
-                    if !ex.streams || (is_log && !ex.logs) {
+                    if !ex.streams || !hears(ex.min_log, &n) {
                         continue;
                     }
                     n
@@ -533,4 +566,29 @@ fn progress(token: &Value, p: Progress) -> Value {
 pub(super) fn event(msg: &Value) -> Bytes {
     let data = serde_json::to_string(msg).unwrap_or_default();
     Bytes::from(format!("event: message\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(level: &str) -> Value {
+        json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": level, "data": "x"}})
+    }
+
+    #[test]
+    fn log_messages_are_heard_from_the_level_asked_for() {
+        let warning = log_rank("warning");
+        assert!(hears(warning, &log("error")));
+        assert!(hears(warning, &log("warning")));
+        assert!(!hears(warning, &log("info")));
+        assert!(!hears(None, &log("emergency")), "no level, no logs");
+        assert!(hears(Some(0), &log("debug")));
+        assert!(
+            hears(warning, &log("loud")),
+            "an unknown level is not dropped"
+        );
+        let other = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated"});
+        assert!(hears(None, &other), "only log messages are filtered");
+    }
 }
