@@ -161,3 +161,40 @@ pub enum Notice {
 }
 
 pub type NoticeSink = tokio::sync::mpsc::UnboundedSender<Notice>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_asked_only_what_it_declared() {
+        let form_only = ClientCaps::from_declared(Some(&json!({"elicitation": {}})));
+        let params = json!({"mode": "url", "url": "https://example.com/connect"});
+        assert!(form_only.answers("elicitation/create", &json!({})).is_ok());
+        assert_eq!(
+            form_only.answers("elicitation/create", &params),
+            Err("elicitation (url mode)"),
+            "an empty elicitation object is form mode only"
+        );
+        let both = ClientCaps::from_declared(Some(&json!({
+            "elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {"listChanged": true}
+        })));
+        assert!(both.answers("elicitation/create", &params).is_ok());
+        assert!(both.answers("sampling/createMessage", &json!({})).is_ok());
+        assert!(both.answers("roots/list", &json!({})).is_ok());
+        let url_only = ClientCaps::from_declared(Some(&json!({"elicitation": {"url": {}}})));
+        assert_eq!(
+            url_only.answers("elicitation/create", &json!({})),
+            Err("elicitation")
+        );
+        let none = ClientCaps::from_declared(None);
+        assert_eq!(
+            none.answers("sampling/createMessage", &json!({})),
+            Err("sampling")
+        );
+        assert!(none.answers("tools/call", &json!({})).is_err());
+        // What a session stores is what it declared, and what a 2026-07-28 server hears.
+        assert_eq!(ClientCaps::from_bits(both.bits()), both);
+        assert_eq!(ClientCaps::from_declared(Some(&both.declared())), both);
+    }
+}

@@ -703,8 +703,9 @@ async fn every_2026_07_28_result_has_a_result_type() {
 }
 
 /// Prompts, resources and completions are declared whether or not an upstream server is
-/// configured, since the hub answers those methods always; logging and resource
-/// subscriptions only to the sessionful revisions, which have those methods.
+/// configured, since the hub answers those methods always, with list changes and resource
+/// subscriptions (GET stream or subscriptions/listen); logging only to the sessionful
+/// revisions, which have logging/setLevel.
 #[tokio::test]
 async fn discover_and_initialize_declare_what_the_hub_answers() {
     let hub = TestHub::start().await;
@@ -717,9 +718,12 @@ async fn discover_and_initialize_declare_what_the_hub_answers() {
     for c in ["tools", "prompts", "resources", "completions"] {
         assert!(caps[c].is_object(), "{c} missing: {v}");
     }
-    // 2026-07-28 removed logging/setLevel and resources/subscribe.
-    assert!(caps["resources"].get("subscribe").is_none(), "{v}");
+    // 2026-07-28 removed logging/setLevel; its subscriptions go through subscriptions/listen.
     assert!(caps.get("logging").is_none(), "{v}");
+    assert_eq!(caps["resources"]["subscribe"], true, "{v}");
+    for c in ["tools", "prompts", "resources"] {
+        assert_eq!(caps[c]["listChanged"], true, "{c}: {v}");
+    }
     assert_eq!(
         v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "lodge",
         "{v}"

@@ -316,39 +316,7 @@ pub fn to_parts(outputs: &[Output]) -> Vec<Part> {
 
 /// `text` without ANSI escape sequences (colours in tracebacks, cursor moves in progress bars).
 pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            // CSI: parameters, then one final byte in @..~.
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            // OSC: up to BEL or ESC \.
-            Some(']') => {
-                while let Some(c) = chars.next() {
-                    if c == '\u{7}' {
-                        break;
-                    }
-                    if c == '\u{1b}' && chars.peek() == Some(&'\\') {
-                        chars.next();
-                        break;
-                    }
-                }
-            }
-            // Two-character sequences (and a lone ESC at the end) vanish.
-            _ => {}
-        }
-    }
-    out
+    lodge_core::text::without_ansi(text).into_owned()
 }
 
 #[cfg(test)]

@@ -288,6 +288,13 @@ async fn rpc(hub: &TestHub, token: &str, sid: &str, method: &str, params: Value)
     r.json().await.expect("JSON")
 }
 
+/// The probe's answer to touching probe://hello in session `sid`: "updated" when the user's
+/// instance has it subscribed.
+async fn touch(hub: &TestHub, token: &str, sid: &str) -> String {
+    let call = json!({"name": "probe__touch", "arguments": {"uri": "probe://hello"}});
+    content_text(&rpc(hub, token, sid, "tools/call", call).await["result"])
+}
+
 async fn next_within(events: &mut Events, secs: u64) -> Option<Value> {
     tokio::time::timeout(std::time::Duration::from_secs(secs), events.next())
         .await
@@ -329,24 +336,8 @@ async fn subscribed_updates_and_list_changes_reach_the_sessions_stream_only() {
     .await;
     assert_eq!(sub["result"], json!({}), "{sub}");
     // Grace's own instance sees no subscription of Frank's.
-    let r = rpc(
-        &hub,
-        &grace,
-        &grace_sid,
-        "tools/call",
-        json!({"name": "probe__touch", "arguments": {"uri": "probe://hello"}}),
-    )
-    .await;
-    assert_eq!(content_text(&r["result"]), "not subscribed");
-    let r = rpc(
-        &hub,
-        &token,
-        &sid,
-        "tools/call",
-        json!({"name": "probe__touch", "arguments": {"uri": "probe://hello"}}),
-    )
-    .await;
-    assert_eq!(content_text(&r["result"]), "updated");
+    assert_eq!(touch(&hub, &grace, &grace_sid).await, "not subscribed");
+    assert_eq!(touch(&hub, &token, &sid).await, "updated");
     let update = next_within(&mut mine, 10).await.expect("the update");
     assert_eq!(update["method"], "notifications/resources/updated");
     assert_eq!(update["params"]["uri"], uri, "named as the user knows it");
@@ -394,15 +385,7 @@ async fn subscribed_updates_and_list_changes_reach_the_sessions_stream_only() {
         json!({"uri": uri}),
     )
     .await;
-    let r = rpc(
-        &hub,
-        &token,
-        &sid,
-        "tools/call",
-        json!({"name": "probe__touch", "arguments": {"uri": "probe://hello"}}),
-    )
-    .await;
-    assert_eq!(content_text(&r["result"]), "not subscribed");
+    assert_eq!(touch(&hub, &token, &sid).await, "not subscribed");
 }
 
 /// A 2026-07-28 request of any method (headers and `_meta` as the revision wants).
