@@ -5,8 +5,8 @@
 //! budget keeps; B beside C shows what a flood costs without it.
 
 use super::{
-    Bars, BenchArgs, Client, ConfigPart, HubProcess, MODERN, STATELESS_BODY, Stats, fmt_us, sig3,
-    timed_calls, user_with_token,
+    Bars, BenchArgs, Client, ConfigPart, HubProcess, Stats, fmt_us, sig3, timed_calls,
+    user_with_token,
 };
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
@@ -119,9 +119,7 @@ where
         tasks.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let r = c
-                    .mcp_post(STATELESS_BODY)
-                    .header("mcp-protocol-version", MODERN)
-                    .header("mcp-method", "tools/call")
+                    .stateless_session_info()
                     .send()
                     .await
                     .context("a flood request")?;

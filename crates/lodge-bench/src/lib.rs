@@ -845,11 +845,7 @@ impl Client {
 
     async fn session_info_stateless(&self) -> Result<()> {
         let what = "session_info (stateless)";
-        let req = self
-            .mcp_post(STATELESS_BODY)
-            .header("mcp-protocol-version", MODERN)
-            .header("mcp-method", "tools/call");
-        let r = req.send().await.context(what)?;
+        let r = self.stateless_session_info().send().await.context(what)?;
         expect_result(&expect_ok(r, what).await?, what)
     }
 
@@ -867,6 +863,14 @@ impl Client {
             clip(&r.text().await.unwrap_or_default())
         );
         Ok(())
+    }
+
+    /// A 2026-07-28 `tools/call` of session_info, with the headers that revision wants.
+    fn stateless_session_info(&self) -> reqwest::RequestBuilder {
+        self.mcp_post(STATELESS_BODY)
+            .header("mcp-protocol-version", MODERN)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "session_info")
     }
 
     fn mcp_post(&self, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
