@@ -61,6 +61,13 @@ struct Events {
 }
 
 impl Events {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            buf: String::new(),
+        }
+    }
+
     async fn next(&mut self) -> Option<Value> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
@@ -102,10 +109,7 @@ async fn a_sessionful_client_answers_on_the_event_stream() {
     .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let mut events = Events {
-        response: r,
-        buf: String::new(),
-    };
+    let mut events = Events::new(r);
     for n in 0..2 {
         let question = events.next().await.expect("the server's question");
         assert_eq!(question["method"], "sampling/createMessage", "{question}");
@@ -152,21 +156,9 @@ async fn a_client_that_did_not_declare_a_capability_is_not_asked() {
 }
 
 /// A 2026-07-28 request of `token`'s user (headers and `_meta` as the revision wants).
-async fn post_modern(hub: &TestHub, token: &str, id: u64, mut params: Value) -> (u16, Value) {
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}, "roots": {}},
-        "io.modelcontextprotocol/clientInfo": {"name": "relay-test", "version": "1"},
-    });
-    let name = params["name"].as_str().unwrap_or_default().to_owned();
-    let r = http()
-        .post(hub.mcp_url())
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", MODERN)
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", name)
-        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}))
+async fn post_modern(hub: &TestHub, token: &str, id: u64, params: Value) -> (u16, Value) {
+    let caps = json!({"sampling": {}, "roots": {}});
+    let r = modern_request(hub, token, id, "tools/call", params, caps)
         .send()
         .await
         .expect("POST");
@@ -275,10 +267,7 @@ async fn listen(hub: &TestHub, token: &str, sid: &str) -> Events {
         .expect("GET");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    Events {
-        response: r,
-        buf: String::new(),
-    }
+    Events::new(r)
 }
 
 async fn rpc(hub: &TestHub, token: &str, sid: &str, method: &str, params: Value) -> Value {
@@ -306,20 +295,8 @@ async fn next_within(events: &mut Events, secs: u64) -> Option<Value> {
 async fn subscribed_updates_and_list_changes_reach_the_sessions_stream_only() {
     let hub = hub();
     let (token, sid) = session(&hub, "frank", json!({})).await;
-    let (_, other_sid) = {
-        // The same user's second session, without the subscription.
-        let r = http()
-            .post(hub.mcp_url())
-            .bearer_auth(&token)
-            .json(&common::init_body("2025-11-25"))
-            .send()
-            .await
-            .unwrap();
-        (
-            (),
-            r.headers()["mcp-session-id"].to_str().unwrap().to_owned(),
-        )
-    };
+    // The same user's second session, without the subscription.
+    let other_sid = common::open_session(&hub.mcp_url(), &token).await;
     let (grace, grace_sid) = session(&hub, "grace", json!({})).await;
     let mut mine = listen(&hub, &token, &sid).await;
     let mut other = listen(&hub, &token, &other_sid).await;
@@ -395,10 +372,11 @@ fn modern_request(
     id: u64,
     method: &str,
     mut params: Value,
+    caps: Value,
 ) -> reqwest::RequestBuilder {
     params["_meta"] = json!({
         "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientCapabilities": caps,
         "io.modelcontextprotocol/clientInfo": {"name": "relay-test", "version": "1"},
     });
     let mut r = http()
@@ -426,6 +404,7 @@ async fn a_stateless_client_listens_for_what_it_asked_only() {
             id,
             "subscriptions/listen",
             json!({"notifications": filter}),
+            json!({}),
         )
         .send()
     };
@@ -436,10 +415,7 @@ async fn a_stateless_client_listens_for_what_it_asked_only() {
     .await
     .expect("listen");
     assert_eq!(everything.status(), 200);
-    let mut everything = Events {
-        response: everything,
-        buf: String::new(),
-    };
+    let mut everything = Events::new(everything);
     let ack = next_within(&mut everything, 10)
         .await
         .expect("acknowledged");
@@ -458,31 +434,16 @@ async fn a_stateless_client_listens_for_what_it_asked_only() {
     let narrow = open(42, json!({"promptsListChanged": true}))
         .await
         .expect("listen");
-    let mut narrow = Events {
-        response: narrow,
-        buf: String::new(),
-    };
+    let mut narrow = Events::new(narrow);
     assert!(
         next_within(&mut narrow, 10).await.is_some(),
         "its acknowledgement"
     );
 
     let call = |id: u64, tool: &str, args: Value| {
-        modern_request(
-            &hub,
-            &token,
-            id,
-            "tools/call",
-            json!({"name": tool, "arguments": args}),
-        )
-        .send()
+        post_modern(&hub, &token, id, json!({"name": tool, "arguments": args}))
     };
-    let r: Value = call(43, "probe__touch", json!({"uri": "probe://hello"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, r) = call(43, "probe__touch", json!({"uri": "probe://hello"})).await;
     assert_eq!(
         content_text(&r["result"]),
         "updated",
@@ -496,7 +457,7 @@ async fn a_stateless_client_listens_for_what_it_asked_only() {
         41
     );
 
-    call(44, "probe__change_tools", json!({})).await.unwrap();
+    call(44, "probe__change_tools", json!({})).await;
     let change = next_within(&mut everything, 10)
         .await
         .expect("the list change");
@@ -517,12 +478,7 @@ async fn a_stateless_client_listens_for_what_it_asked_only() {
     drop(everything);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let r: Value = call(45, "probe__touch", json!({"uri": "probe://hello"}))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, r) = call(45, "probe__touch", json!({"uri": "probe://hello"})).await;
         if content_text(&r["result"]) == "not subscribed" {
             break;
         }

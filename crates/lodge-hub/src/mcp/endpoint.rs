@@ -699,8 +699,7 @@ fn rpc_error(status: StatusCode, id: Value, e: &ErrorData) -> ApiError {
 }
 
 fn json_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    let mut r = super::relay::json_response(status, body);
     if let Some(sid) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
         r.headers_mut().insert(SESSION_HEADER, sid);
     }

@@ -546,7 +546,7 @@ pub(super) fn stream_response_keeping<K: Send + 'static>(
     r
 }
 
-pub fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
