@@ -489,3 +489,36 @@ async fn a_stateless_client_listens_for_what_it_asked_only() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A subscription outlives the instance it was made at: the user's next instance is told of
+/// it again.
+#[tokio::test]
+async fn a_fresh_instance_is_told_the_users_subscriptions_again() {
+    let hub = hub();
+    let (token, sid) = session(&hub, "ivan", json!({})).await;
+    let uri = "lodge://probe/probe://hello";
+    let sub = rpc(
+        &hub,
+        &token,
+        &sid,
+        "resources/subscribe",
+        json!({"uri": uri}),
+    )
+    .await;
+    assert_eq!(sub["result"], json!({}), "{sub}");
+    assert_eq!(touch(&hub, &token, &sid).await, "updated");
+    let crash = json!({"name": "probe__crash", "arguments": {}});
+    rpc(&hub, &token, &sid, "tools/call", crash).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // The first call after the crash may still meet the dead instance.
+        if touch(&hub, &token, &sid).await == "updated" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new instance never heard of it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -145,22 +145,6 @@ impl Conn {
         }
     }
 
-    /// Sends a request whose answer nobody waits for (it is ignored when it comes).
-    pub fn notify_request(&self, method: &str, params: Value) {
-        let Some(waiter) = self.pending.register(None) else {
-            return;
-        };
-        let id = waiter.id();
-        // Forgetting the waiter at once would cancel the request; it is kept until answered.
-        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        if self.input.send(message).is_ok() {
-            tokio::spawn(async move {
-                let mut waiter = waiter;
-                let _ = tokio::time::timeout(Duration::from_secs(30), waiter.answer()).await;
-            });
-        }
-    }
-
     /// Sends a notification (no answer expected).
     pub fn notify(&self, method: &str, params: Value) {
         let _ = self

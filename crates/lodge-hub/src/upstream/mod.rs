@@ -573,8 +573,15 @@ impl Upstreams {
         if modern {
             instance.listen(slot.subscribed());
         } else {
+            // Answered or not, the start goes on: a refusal is the server's to explain.
             for uri in slot.subscribed() {
-                conn.notify_request("resources/subscribe", json!({ "uri": uri }));
+                let (conn, timeout) = (conn.clone(), server.start_timeout);
+                tokio::spawn(async move {
+                    let params = json!({ "uri": uri });
+                    let _ = conn
+                        .request("resources/subscribe", params, None, timeout)
+                        .await;
+                });
             }
         }
         self.watch_changes(
