@@ -31,10 +31,6 @@ use tokio::sync::mpsc;
 /// it; any other answers with the newest revision it speaks (the legacy negotiation), which
 /// Lodge then speaks to it.
 const UPSTREAM_PROTOCOL: &str = crate::mcp::version::MODERN;
-/// What Lodge tells upstream servers it can do as their client: it passes these requests on to
-/// the user's own client, which answers them or declines.
-const UPSTREAM_CLIENT_CAPS: &str =
-    r#"{"sampling":{},"elicitation":{"form":{},"url":{}},"roots":{"listChanged":false}}"#;
 /// How long a `subscriptions/listen` request may stay open: the instance's whole life.
 const LISTEN_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Input-required rounds one call may take before it is given up.
@@ -333,13 +329,7 @@ impl Upstreams {
         kind: &'static str,
         shown: &'a str,
     ) -> Result<(&'a str, &'a UpstreamConfig, &'a str), UpstreamError> {
-        let user = caller.user.as_str();
-        catalog::split(shown)
-            .and_then(|(prefix, own)| {
-                let (n, s) = self.enabled(user).find(|(n, s)| s.prefix(n) == prefix)?;
-                Some((n, s, own))
-            })
-            .or_else(|| self.unprefixed(user).map(|(n, s)| (n, s, shown)))
+        self.route_split(caller, catalog::split(shown), shown)
             .ok_or_else(|| UpstreamError::Unknown {
                 kind,
                 name: shown.chars().take(100).collect(),
@@ -352,13 +342,24 @@ impl Upstreams {
         caller: &Caller,
         uri: &'a str,
     ) -> Option<(&'a str, &'a UpstreamConfig, &'a str)> {
+        self.route_split(caller, catalog::split_uri(uri), uri)
+    }
+
+    /// The server with the prefix of `split` (a name or URI taken apart), with its own name
+    /// for it; else the unprefixed server, with `shown` unchanged.
+    fn route_split<'a>(
+        &'a self,
+        caller: &Caller,
+        split: Option<(&'a str, &'a str)>,
+        shown: &'a str,
+    ) -> Option<(&'a str, &'a UpstreamConfig, &'a str)> {
         let user = caller.user.as_str();
-        catalog::split_uri(uri)
+        split
             .and_then(|(prefix, own)| {
                 let (n, s) = self.enabled(user).find(|(n, s)| s.prefix(n) == prefix)?;
                 Some((n, s, own))
             })
-            .or_else(|| self.unprefixed(user).map(|(n, s)| (n, s, uri)))
+            .or_else(|| self.unprefixed(user).map(|(n, s)| (n, s, shown)))
     }
 
     /// How long one request to `server` may take: its profile's (else the user's) command
@@ -540,7 +541,9 @@ impl Upstreams {
                 },
             }
         };
-        let offered: Value = serde_json::from_str(UPSTREAM_CLIENT_CAPS).unwrap_or_default();
+        // What Lodge can do as the server's client: it passes these requests on to the user's
+        // own client, which answers them or declines.
+        let offered = json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": false}});
         let init = conn
             .request(
                 "initialize",
