@@ -29,8 +29,8 @@ pub struct RequestContext {
     /// to a 2026-07-28 server as they are.
     pub input_responses: Option<Value>,
     /// The least severe log message the client wants: its session's `logging/setLevel`, or
-    /// the request's `_meta` `io.modelcontextprotocol/logLevel` (2026-07-28). None: no log
-    /// messages at all.
+    /// the request's `_meta` `io.modelcontextprotocol/logLevel` (2026-07-28). None: the
+    /// revision's default, every message for a session, none for a 2026-07-28 request.
     #[allow(deprecated)] // rmcp marks logging old (SEP-2577); every revision still has it.
     pub log_level: Option<LoggingLevel>,
 }

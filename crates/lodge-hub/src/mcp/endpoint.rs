@@ -3,7 +3,7 @@
 //! bodies, the status each case has); what a method does is dispatch's business.
 
 use super::jsonrpc::{self, Incoming};
-use super::relay::{ASKING_METHODS, Exchange, ResumeError, Resumed, Running};
+use super::relay::{ASKING_METHODS, Exchange, LOG_LEVELS, ResumeError, Resumed, Running};
 use super::{dispatch, headers, version};
 use crate::Hub;
 use crate::caller::{self, Caller};
@@ -558,14 +558,14 @@ fn meta_log_level(params: Option<&Value>) -> Result<Option<LoggingLevel>, ErrorD
         .map(Some)
         .map_err(|_| {
             jsonrpc::invalid_params(format!(
-                "request _meta {META_LOG_LEVEL} must be one of debug, info, notice, warning, \
-             error, critical, alert, emergency"
+                "request _meta {META_LOG_LEVEL} must be one of {}",
+                LOG_LEVELS.join(", ")
             ))
         })
 }
 
 /// `logging/setLevel` of a sessionful client: the level is kept with its session (in memory
-/// only: after a hub restart the session logs nothing until it sets a level again).
+/// only: after a hub restart the session hears every level again until it sets one).
 #[allow(deprecated)] // as above: rmcp marks logging old, MCP before 2026-07-28 has it.
 fn set_level(session: &Session, id: Value, params: Option<Value>) -> Result<Response, ApiError> {
     let level = params
@@ -574,10 +574,10 @@ fn set_level(session: &Session, id: Value, params: Option<Value>) -> Result<Resp
         .cloned()
         .and_then(|l| serde_json::from_value::<LoggingLevel>(l).ok());
     let Some(level) = level else {
-        let e = jsonrpc::invalid_params(
-            "logging/setLevel: level must be one of debug, info, notice, warning, error, \
-             critical, alert, emergency",
-        );
+        let e = jsonrpc::invalid_params(format!(
+            "logging/setLevel: level must be one of {}",
+            LOG_LEVELS.join(", ")
+        ));
         return Ok(json_response(
             StatusCode::OK,
             &jsonrpc::error_body(id, &e),
