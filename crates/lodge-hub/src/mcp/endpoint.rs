@@ -3,7 +3,7 @@
 //! bodies, the status each case has); what a method does is dispatch's business.
 
 use super::jsonrpc::{self, Incoming};
-use super::relay::{ASKING_METHODS, Exchange, LOG_LEVELS, ResumeError, Resumed, Running};
+use super::relay::{ASKING_METHODS, Exchange, LOG_LEVELS, Resumed, Running};
 use super::{dispatch, headers, version};
 use crate::Hub;
 use crate::caller::{self, Caller};
@@ -313,9 +313,7 @@ async fn request(
                 None,
             )),
             Ok(Resumed::Go(running)) => Ok(hub.relay.respond(ex, running).await),
-            Err(e @ (ResumeError::Forged | ResumeError::Gone | ResumeError::Malformed)) => {
-                Err(rpc_error(StatusCode::BAD_REQUEST, id, &e.rpc()))
-            }
+            Err(e) => Err(rpc_error(StatusCode::BAD_REQUEST, id, &e.rpc())),
         };
     }
     let (sink, notices) = tokio::sync::mpsc::unbounded_channel();

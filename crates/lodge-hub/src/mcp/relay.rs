@@ -256,13 +256,9 @@ impl Relay {
         if parked.open.is_empty() {
             return Ok(Resumed::Go(parked.running));
         }
-        let requests = parked
-            .open
-            .iter()
-            .map(|(k, o)| (k.clone(), o.request.clone()))
-            .collect();
+        let again = self.input_required(ex, id, &parked.open);
         lock(&self.parked).insert(id, parked);
-        Ok(Resumed::Again(self.input_required(ex, id, requests)))
+        Ok(Resumed::Again(again))
     }
 
     /// Drives one request to its end: passes its notices on, relays its questions, and
@@ -368,10 +364,7 @@ impl Relay {
                 },
             );
         }
-        let requests = open
-            .iter()
-            .map(|(k, o)| (k.clone(), o.request.clone()))
-            .collect();
+        let result = self.input_required(ex, id, &open);
         {
             let mut all = lock(&self.parked);
             sweep(&mut all);
@@ -398,10 +391,15 @@ impl Relay {
                 },
             );
         }
-        super::jsonrpc::result_body(ex.id.clone(), self.input_required(ex, id, requests))
+        super::jsonrpc::result_body(ex.id.clone(), result)
     }
 
-    fn input_required(&self, ex: &Exchange, id: u64, requests: Map<String, Value>) -> Value {
+    /// The input-required result asking the `open` questions of parked request `id`.
+    fn input_required(&self, ex: &Exchange, id: u64, open: &BTreeMap<String, Open>) -> Value {
+        let requests: Map<String, Value> = open
+            .iter()
+            .map(|(k, o)| (k.clone(), o.request.clone()))
+            .collect();
         let state = self.codec.seal_with(
             &id.to_be_bytes(),
             &SealOptions::new()
@@ -413,11 +411,6 @@ impl Relay {
             "inputRequests": requests,
             "requestState": state,
         })
-    }
-
-    /// Requests waiting for input now (for tests and metrics).
-    pub fn parked(&self) -> usize {
-        lock(&self.parked).len()
     }
 }
 
