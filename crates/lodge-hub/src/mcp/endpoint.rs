@@ -285,7 +285,8 @@ async fn request(
         modern: version::is_modern(protocol),
         client,
         id: id.clone(),
-        target: target(&method, params.as_ref()),
+        target: headers::named_target(&method, params.as_ref())
+            .map_or_else(String::new, |(_, v)| v.to_owned()),
         method: method.clone(),
         streams: accepts_event_stream(headers),
         progress_token: cx.progress_token.clone(),
@@ -371,20 +372,6 @@ async fn listen(
         }
     };
     Ok(hub.feeds.listen(&key, user_id, listen, closed))
-}
-
-/// What a request that may ask for input works on: its tool or prompt name, or resource URI.
-fn target(method: &str, params: Option<&Value>) -> String {
-    let key = if method == "resources/read" {
-        "uri"
-    } else {
-        "name"
-    };
-    params
-        .and_then(|p| p.get(key))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn meta(params: Option<&Value>) -> Option<&serde_json::Map<String, Value>> {

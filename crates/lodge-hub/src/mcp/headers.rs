@@ -46,8 +46,12 @@ pub fn check_routing(
 }
 
 /// The body field `Mcp-Name` repeats for `method`, and its value: the methods the 2026-07-28
-/// transport names (others carry no `Mcp-Name`).
-fn named_target<'a>(method: &str, params: Option<&'a Value>) -> Option<(&'static str, &'a str)> {
+/// transport names (others carry no `Mcp-Name`). It is also what a request works on (the
+/// relay binds a requestState to it).
+pub fn named_target<'a>(
+    method: &str,
+    params: Option<&'a Value>,
+) -> Option<(&'static str, &'a str)> {
     let field = match method {
         "tools/call" | "prompts/get" => "name",
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
