@@ -974,10 +974,12 @@ class Server:
                 raise RpcError(INVALID_PARAMS, "Invalid params: resourceSubscriptions must be a list of URIs")
             agreed["resourceSubscriptions"] = uris
         key = json.dumps(call.rid)
-        self.notify("notifications/subscriptions/acknowledged",
-                    {"_meta": {META + "subscriptionId": call.rid}, "notifications": agreed})
+        # Registered before the acknowledgement: a client may act on the ack at once, and what
+        # it triggers must then reach this listen.
         with self.lock:
             self.listens[key] = (call.rid, agreed)
+        self.notify("notifications/subscriptions/acknowledged",
+                    {"_meta": {META + "subscriptionId": call.rid}, "notifications": agreed})
         try:
             self.cancel_event(call.rid).wait()
             raise Cancelled()
