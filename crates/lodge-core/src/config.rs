@@ -14,6 +14,9 @@ pub const SECTIONS: [&str; 7] = [
     "server", "auth", "sessions", "metrics", "rooms", "kernels", "audit",
 ];
 
+/// Tables nested in a section that environment variables reach as `LODGE_<SECTION>_<SUB>_<KEY>`.
+pub const SUBSECTIONS: [(&str, &str); 2] = [("auth", "oidc"), ("auth", "oauth")];
+
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -66,6 +69,11 @@ pub struct ServerConfig {
     /// from one of them, the client address used for limits is the right-most address in that
     /// header that is not itself a trusted proxy.
     pub trusted_proxies: Vec<crate::net::IpNet>,
+    /// TLS certificate chain (PEM). With `tls_key`, the hub serves HTTPS itself and re-reads
+    /// both files on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +90,28 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             max_connections_per_address: 512,
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Does the hub terminate TLS itself?
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// The hub's own base URL, without a trailing slash: `public_url` when set, else the
+    /// address it listens on (`bound`, which knows the port chosen for `:0`). Issuer, resource
+    /// and redirect URLs are built from this, never from a request's `Host`.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls() { "https" } else { "http" };
+                format!("{scheme}://{bound}")
+            }
         }
     }
 }
@@ -97,6 +127,11 @@ pub struct AuthConfig {
     pub failed_auth_per_minute: u32,
     /// May admins act on other users' MCP endpoints (JupyterHub's `admin_access`)?
     pub admin_access: bool,
+    /// Browser sign-in through the organisation's OpenID Connect provider (`[auth.oidc]`).
+    /// Absent: people sign in with a Lodge token or a one-time link.
+    pub oidc: Option<OidcConfig>,
+    /// The hub as an OAuth 2.1 authorization server for MCP clients (`[auth.oauth]`).
+    pub oauth: OAuthConfig,
 }
 
 impl Default for AuthConfig {
@@ -105,8 +140,153 @@ impl Default for AuthConfig {
             token_cache: Duration::from_secs(2),
             failed_auth_per_minute: 30,
             admin_access: false,
+            oidc: None,
+            oauth: OAuthConfig::default(),
         }
     }
+}
+
+/// `[auth.oidc]`: the organisation's OpenID Connect provider, for browser sign-in.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; its metadata is read from
+    /// `ISSUER/.well-known/openid-configuration`. HTTPS, except on a loopback address.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret (env `LODGE_AUTH_OIDC_CLIENT_SECRET`), or read from
+    /// `client_secret_file`; neither for a public client.
+    pub client_secret: Option<crate::Secret<String>>,
+    /// A file holding the client secret (trailing newline ignored); read at load.
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Vec<String>,
+    /// The ID-token claim that names the Lodge user.
+    pub username_claim: String,
+    /// Lowercase, take an email's local part, and replace other characters with `-`, instead
+    /// of refusing a claim value that breaks the user-name rule.
+    pub username_normalize: bool,
+    /// The claim that lists the user's groups.
+    pub groups_claim: String,
+    /// Group → profile; the first group (in this table's order) the user is in wins.
+    pub profile_for_group: BTreeMap<String, String>,
+    /// Only members of these groups may sign in (empty: anyone the provider authenticates).
+    pub allowed_groups: Vec<String>,
+    /// Members of these groups are admins; others are not (the provider decides).
+    pub admin_groups: Vec<String>,
+    /// Create a Lodge user at first sign-in (else only existing users may sign in).
+    pub auto_create: bool,
+    /// How often membership is checked again with the provider's refresh token; a user who
+    /// left the allowed groups or was disabled loses sessions, tokens and room.
+    #[serde(with = "serde_human")]
+    pub recheck: Duration,
+    /// Accept the provider's own JWT access tokens as bearer tokens (signature against its
+    /// JWKS, `iss`, `aud` = the hub's resource URL, `exp`).
+    pub accept_access_tokens: bool,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret: None,
+            client_secret_file: None,
+            scopes: ["openid", "profile", "email"].map(String::from).to_vec(),
+            username_claim: "preferred_username".into(),
+            username_normalize: false,
+            groups_claim: "groups".into(),
+            profile_for_group: BTreeMap::new(),
+            allowed_groups: Vec::new(),
+            admin_groups: Vec::new(),
+            auto_create: true,
+            recheck: Duration::from_secs(15 * 60),
+            accept_access_tokens: false,
+        }
+    }
+}
+
+impl OidcConfig {
+    /// Checks the keys and reads `client_secret_file` into `client_secret`.
+    fn resolve(&mut self) -> Result<(), String> {
+        if self.issuer.is_empty() || self.client_id.is_empty() {
+            return Err("auth.oidc needs issuer and client_id".into());
+        }
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| self.issuer.starts_with(p));
+        if !self.issuer.starts_with("https://") && !loopback {
+            return Err(format!(
+                "auth.oidc.issuer {:?} must be an https:// URL (plain http only on loopback)",
+                self.issuer
+            ));
+        }
+        if let Some(path) = &self.client_secret_file {
+            if self.client_secret.is_some() {
+                return Err("auth.oidc: set client_secret or client_secret_file, not both".into());
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "auth.oidc.client_secret_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            self.client_secret = Some(crate::Secret::new(
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            ));
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            return Err("auth.oidc.scopes must include \"openid\"".into());
+        }
+        if self.recheck.is_zero() {
+            return Err("auth.oidc.recheck must be longer than 0 (e.g. \"15m\")".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[auth.oauth]`: the hub's own OAuth 2.1 authorization server for MCP clients.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// Lifetime of the access tokens the hub issues.
+    #[serde(with = "serde_human")]
+    pub access_token_ttl: Duration,
+    /// A refresh token unused for this long expires (each use rotates it).
+    #[serde(with = "serde_human")]
+    pub refresh_token_ttl: Duration,
+    /// Accept RFC 7591 dynamic client registration at `/oauth/register`.
+    pub dynamic_registration: bool,
+    /// May a client ID metadata document live on a loopback or private address? (For tests and
+    /// internal deployments only: it lets anyone who can name a client ID make the hub fetch
+    /// from the hub's own network.)
+    pub allow_private_client_metadata: bool,
+    /// A PEM file of extra CA certificates trusted when fetching client ID metadata documents.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Pre-registered clients (`[auth.oauth.clients.ID]`).
+    pub clients: BTreeMap<String, OAuthClientConfig>,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::from_secs(3600),
+            refresh_token_ttl: Duration::from_secs(30 * 86400),
+            dynamic_registration: true,
+            allow_private_client_metadata: false,
+            extra_ca_file: None,
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
+/// A client the operator registered in the config file.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthClientConfig {
+    /// The name the consent page and `token list` show.
+    pub name: String,
+    /// Exact redirect URIs (a loopback one matches on any port).
+    pub redirect_uris: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
@@ -421,16 +601,20 @@ impl Config {
         };
         let mut overridden = Vec::new();
         for (var, value) in env {
-            if let Some((section, key)) = env_key(&var) {
-                let entry = table
-                    .entry(section.to_owned())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                let toml::Value::Table(t) = entry else {
-                    return Err(ConfigError::Invalid {
-                        origin: var,
-                        message: format!("[{section}] is not a table in the config file"),
-                    });
-                };
+            if let Some((path, key)) = env_key(&var) {
+                let mut t = &mut table;
+                for part in path {
+                    let entry = t
+                        .entry(part.to_owned())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let toml::Value::Table(inner) = entry else {
+                        return Err(ConfigError::Invalid {
+                            origin: var,
+                            message: format!("{part} is not a table in the config file"),
+                        });
+                    };
+                    t = inner;
+                }
                 t.insert(key, env_value(&value));
                 overridden.push(var);
             }
@@ -449,6 +633,12 @@ impl Config {
                     message: e.message().to_owned(),
                 })?;
         cfg.profiles.entry("default".to_owned()).or_default();
+        if let Some(oidc) = &mut cfg.auth.oidc {
+            oidc.resolve().map_err(|message| ConfigError::Invalid {
+                origin: origin.clone(),
+                message,
+            })?;
+        }
         cfg.validate()
             .map_err(|message| ConfigError::Invalid { origin, message })?;
         Ok(cfg)
@@ -472,6 +662,18 @@ impl Config {
                  least 1"
                     .into(),
             );
+        }
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            return Err(
+                "server.tls_cert and server.tls_key go together: set both or neither".into(),
+            );
+        }
+        if let Some(u) = &server.public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(format!(
+                "server.public_url {u:?} must start with https:// (or http://)"
+            ));
         }
         if self.sessions.max_per_user == 0 {
             return Err("sessions.max_per_user must be at least 1".into());
@@ -529,14 +731,27 @@ impl Config {
     }
 }
 
-/// `LODGE_SESSIONS_IDLE_TIMEOUT` → (`sessions`, `idle_timeout`), for known sections only.
-fn env_key(var: &str) -> Option<(&'static str, String)> {
+/// `LODGE_SESSIONS_IDLE_TIMEOUT` → (`[sessions]`, `idle_timeout`), for known sections only;
+/// `LODGE_AUTH_OIDC_CLIENT_SECRET` → (`[auth, oidc]`, `client_secret`): a word after the section
+/// that names one of its [`SUBSECTIONS`] descends into it. No key of a section starts with a
+/// subsection's name and `_` (a test holds this), so the reading is never ambiguous.
+fn env_key(var: &str) -> Option<(Vec<&'static str>, String)> {
     let rest = var.strip_prefix("LODGE_")?;
     let (section, key) = rest.split_once('_')?;
     let section = SECTIONS
         .into_iter()
         .find(|s| s.eq_ignore_ascii_case(section))?;
-    (!key.is_empty()).then(|| (section, key.to_ascii_lowercase()))
+    let mut path = vec![section];
+    let mut key = key.to_ascii_lowercase();
+    if let Some((sub, rest)) = key.split_once('_')
+        && let Some(&(_, sub)) = SUBSECTIONS
+            .iter()
+            .find(|(parent, name)| *parent == section && *name == sub)
+    {
+        path.push(sub);
+        key = rest.to_owned();
+    }
+    (!key.is_empty()).then_some((path, key))
 }
 
 /// Env values are TOML literals when they parse as one (`5`, `true`, `["a"]`), else strings.
@@ -740,6 +955,121 @@ mod tests {
             e.to_string().contains("profiles.bot.requests_per_second"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn nested_auth_sections_come_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "from-file\n").unwrap();
+        let p = dir.path().join("lodge.toml");
+        std::fs::write(
+            &p,
+            r#"
+            [auth.oidc]
+            issuer = "https://idp.example"
+            client_id = "lodge"
+            admin_groups = ["ops"]
+            [auth.oidc.profile_for_group]
+            gpu = "big"
+            [auth.oauth.clients.cli]
+            redirect_uris = ["http://127.0.0.1/callback"]
+            "#,
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("LODGE_AUTH_OIDC_CLIENT_SECRET", "s3cret"),
+                ("LODGE_AUTH_OIDC_RECHECK", "5m"),
+                ("LODGE_AUTH_OAUTH_ACCESS_TOKEN_TTL", "10m"),
+                ("LODGE_AUTH_ADMIN_ACCESS", "true"),
+            ]),
+        )
+        .unwrap();
+        let oidc = c.auth.oidc.as_ref().unwrap();
+        assert_eq!(oidc.client_secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(oidc.recheck, Duration::from_secs(300));
+        assert_eq!(oidc.admin_groups, ["ops"]);
+        assert_eq!(oidc.profile_for_group["gpu"], "big");
+        assert_eq!(oidc.scopes, ["openid", "profile", "email"]);
+        assert_eq!(c.auth.oauth.access_token_ttl, Duration::from_secs(600));
+        assert_eq!(c.auth.oauth.clients["cli"].redirect_uris.len(), 1);
+        assert!(c.auth.admin_access);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the secret leaks into Debug"
+        );
+
+        // A whole [auth.oidc] from the environment alone, with the secret from a file.
+        let file = secret_file.display().to_string();
+        let c = Config::load(
+            None,
+            env(&[
+                ("LODGE_AUTH_OIDC_ISSUER", "http://127.0.0.1:9/"),
+                ("LODGE_AUTH_OIDC_CLIENT_ID", "lodge"),
+                ("LODGE_AUTH_OIDC_CLIENT_SECRET_FILE", &file),
+            ]),
+        )
+        .unwrap();
+        let oidc = c.auth.oidc.unwrap();
+        assert_eq!(oidc.client_secret.unwrap().expose(), "from-file");
+
+        // Both forms of the secret, a typo in a nested key, plain http off loopback: refused,
+        // each naming the key.
+        let e = Config::load(
+            Some(&p),
+            env(&[
+                ("LODGE_AUTH_OIDC_CLIENT_SECRET", "x"),
+                ("LODGE_AUTH_OIDC_CLIENT_SECRET_FILE", &file),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = Config::load(Some(&p), env(&[("LODGE_AUTH_OIDC_CLIENT_SECRT", "x")])).unwrap_err();
+        assert!(e.to_string().contains("client_secrt"), "{e}");
+        let e = Config::load(
+            Some(&p),
+            env(&[("LODGE_AUTH_OIDC_ISSUER", "http://idp.example")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("https://"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("LODGE_AUTH_OIDC_CLIENT_SECRET_FILE", "/nonexistent/secret")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("issuer"), "{e}");
+    }
+
+    /// A key of a section that began with a subsection's name and `_` would be unreachable
+    /// from the environment (it would be read as a key of the subsection).
+    #[test]
+    fn no_section_key_shadows_a_subsection() {
+        let c = toml::Value::try_from(Config::default()).unwrap();
+        for (section, sub) in SUBSECTIONS {
+            let keys = c[section].as_table().unwrap().keys();
+            for key in keys {
+                assert!(
+                    !key.starts_with(&format!("{sub}_")),
+                    "[{section}] {key} cannot be told from [{section}.{sub}]"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn base_url_prefers_public_url_and_knows_tls() {
+        let bound: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        let mut s = ServerConfig::default();
+        assert_eq!(s.base_url(bound), "http://127.0.0.1:4321");
+        s.tls_cert = Some("c.pem".into());
+        s.tls_key = Some("k.pem".into());
+        assert_eq!(s.base_url(bound), "https://127.0.0.1:4321");
+        s.public_url = Some("https://lodge.example/".into());
+        assert_eq!(s.base_url(bound), "https://lodge.example");
+        let e = Config::load(None, env(&[("LODGE_SERVER_TLS_CERT", "c.pem")])).unwrap_err();
+        assert!(e.to_string().contains("tls_key"), "{e}");
     }
 
     #[test]

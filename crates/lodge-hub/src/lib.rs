@@ -19,6 +19,7 @@ pub mod rooms;
 pub mod sessions;
 pub mod tools;
 pub mod upstream;
+pub mod web;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -150,6 +151,7 @@ impl Hub {
         Router::new()
             .route("/mcp", mcp_routes)
             .route("/user/{name}/mcp", user_mcp)
+            .route("/hub/static/lodge.css", get(web::stylesheet))
             .route("/api/health", get(rest::health))
             .route("/api/metrics", get(rest::metrics))
             .route("/api/users", get(rest::list_users).post(rest::add_user))
