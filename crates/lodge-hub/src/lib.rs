@@ -88,6 +88,9 @@ pub struct Hub {
     pub feeds: Arc<mcp::feeds::Feeds>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
+    /// The hub's base URL (`server.base_url` of the address it serves on), set once the
+    /// router is built: issuer, resource and redirect URLs come from it, never from `Host`.
+    base_url: std::sync::OnceLock<String>,
 }
 
 impl Hub {
@@ -140,11 +143,13 @@ impl Hub {
             relay: Arc::default(),
             feeds,
             request_budget: Default::default(),
+            base_url: Default::default(),
         }))
     }
 
     /// The complete HTTP application; `bound` is the listening address (for Host checks).
     pub fn router(self: &Arc<Self>, bound: SocketAddr) -> Router {
+        let _ = self.base_url.set(self.config.server.base_url(bound));
         let guard = Arc::new(guard::HostGuard::new(&self.config.server, bound));
         let mcp_routes = get(mcp::get).post(mcp::post_own).delete(mcp::delete);
         let user_mcp = get(mcp::get).post(mcp::post_user).delete(mcp::delete);
@@ -226,6 +231,12 @@ impl Hub {
         let _ = rooms_stopped.await;
         self.flush().await;
         served
+    }
+
+    /// The hub's base URL without a trailing slash (`server.public_url`, else the address it
+    /// serves on). Empty before [`Hub::router`] has run.
+    pub fn base_url(&self) -> &str {
+        self.base_url.get().map(String::as_str).unwrap_or("")
     }
 
     /// Spends one of the caller's MCP requests: 429 (with `Retry-After`) when their profile's
