@@ -3,10 +3,13 @@
 //! Tokens are looked up by their public id and their SHA-256 compared in constant time. Verified
 //! tokens are cached for `auth.token_cache` so the hot path does no I/O; failed attempts are
 //! limited per client address (a token bucket: `auth.failed_auth_per_minute` at once, refilled
-//! over a minute). This module decides who is calling, not what they may do.
+//! over a minute). With `[auth.oidc] accept_access_tokens`, a bearer that is a JWT is verified
+//! against the provider instead (crate::jwt) and maps to an existing Lodge user; its failures
+//! count like bad Lodge tokens. This module decides who is calling, not what they may do.
 
 use crate::audit::Auditor;
 use crate::error::ApiError;
+use crate::jwt::{self, JwtError, Provider};
 use crate::limit::{Buckets, Rate, retry_after_s};
 use lodge_core::time::now_ms;
 use lodge_core::{Scopes, TokenHash, UserName, token};
@@ -45,6 +48,27 @@ pub struct Authenticator {
     failure_rate: Rate,
     cache: RwLock<HashMap<TokenHash, Arc<Cached>>>,
     failures: Buckets<IpAddr>,
+    /// The provider's access tokens, when `accept_access_tokens` is on.
+    provider_tokens: Option<ProviderTokens>,
+}
+
+/// How provider JWTs become principals.
+struct ProviderTokens {
+    provider: Arc<Provider>,
+    username_claim: String,
+    normalize: bool,
+    /// The hub's base URL, known once the router is built; the audiences derive from it.
+    base_url: std::sync::OnceLock<String>,
+    /// Verified JWTs by hash, until they expire: the signature is checked once per token.
+    cache: RwLock<HashMap<TokenHash, Arc<JwtCached>>>,
+}
+
+struct JwtCached {
+    user: UserName,
+    expires_ms: i64,
+    /// The user as last read from the store, re-read every `auth.token_cache` (a removed user
+    /// or a changed role takes effect as for Lodge tokens).
+    checked: std::sync::Mutex<Option<(Principal, i64)>>,
 }
 
 impl Authenticator {
@@ -61,6 +85,30 @@ impl Authenticator {
             failure_rate: Rate::per_minute(failures_per_minute),
             cache: RwLock::new(HashMap::new()),
             failures: Buckets::default(),
+            provider_tokens: None,
+        }
+    }
+
+    /// Also accepts the provider's JWT access tokens (`[auth.oidc] accept_access_tokens`).
+    pub fn accept_provider_tokens(
+        mut self,
+        provider: Arc<Provider>,
+        oidc: &lodge_core::config::OidcConfig,
+    ) -> Self {
+        self.provider_tokens = Some(ProviderTokens {
+            provider,
+            username_claim: oidc.username_claim.clone(),
+            normalize: oidc.username_normalize,
+            base_url: Default::default(),
+            cache: RwLock::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// The hub's base URL, from which the accepted JWT audiences derive (`BASE/mcp`).
+    pub fn set_base_url(&self, base: &str) {
+        if let Some(p) = &self.provider_tokens {
+            let _ = p.base_url.set(base.trim_end_matches('/').to_owned());
         }
     }
 
@@ -73,6 +121,11 @@ impl Authenticator {
         let now = now_ms();
         let presented = header.map(parse_authorization);
         let parsed = presented.flatten().and_then(token::parse);
+        if let (Some(Some(t)), None, Some(p)) = (presented, parsed, &self.provider_tokens)
+            && jwt::looks_like_jwt(t)
+        {
+            return self.authenticate_jwt(p, t, client, now).await;
+        }
         let cached = parsed.and_then(|(_, hash)| self.cache_get(&hash));
         // Over-budget clients are refused before any lookup or audit write, whatever they send,
         // unless they present a token this hub already verified.
@@ -111,6 +164,110 @@ impl Authenticator {
         }
         entry.last_used_ms.store(now, Ordering::Relaxed);
         Ok(entry.principal.clone())
+    }
+
+    /// A provider access token: verified once (signature, `iss`, `aud`, `exp`), then cached by
+    /// hash until it expires; the user it names must exist in Lodge (never created here).
+    async fn authenticate_jwt(
+        &self,
+        p: &ProviderTokens,
+        token: &str,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<Principal, ApiError> {
+        let hash = TokenHash::of(token);
+        let cached = p
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&hash).cloned())
+            .filter(|e| now < e.expires_ms);
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                self.check_rate(client)?;
+                match self.verify_jwt(p, token, now).await {
+                    Ok(e) => {
+                        if let Ok(mut c) = p.cache.write() {
+                            c.insert(hash, e.clone());
+                        }
+                        e
+                    }
+                    Err(e) if e.is_provider_failure() => {
+                        // Not the caller's fault: no failure is counted against their address.
+                        tracing::warn!(error = %e, "cannot verify a provider access token");
+                        return Err(ApiError::Unavailable(format!(
+                            "cannot verify the access token with the identity provider: {e}"
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "provider access token refused");
+                        return Err(self.fail(client, e.reason(), None).await);
+                    }
+                }
+            }
+        };
+        let fresh = entry
+            .checked
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|(_, at)| now - at < self.ttl_ms);
+        if let Some((principal, _)) = fresh {
+            return Ok(principal);
+        }
+        let Some(user) = self.store.user(&entry.user).await? else {
+            if let Ok(mut c) = p.cache.write() {
+                c.remove(&hash);
+            }
+            return Err(self.fail(client, "JWT user not in Lodge", None).await);
+        };
+        let scopes = Scopes::default_token();
+        let principal = Principal {
+            token_id: format!("jwt-{}", hex::encode(&hash.0[..6])),
+            user_id: user.id,
+            scopes: scopes.effective(&user.name, user.admin),
+            user: user.name,
+            admin: user.admin,
+            profile: user.profile,
+            expires_ms: Some(entry.expires_ms),
+        };
+        if let Ok(mut c) = entry.checked.lock() {
+            *c = Some((principal.clone(), now));
+        }
+        Ok(principal)
+    }
+
+    async fn verify_jwt(
+        &self,
+        p: &ProviderTokens,
+        token: &str,
+        now: i64,
+    ) -> Result<Arc<JwtCached>, JwtError> {
+        let base = p.base_url.get().map(String::as_str).unwrap_or("");
+        // The per-user endpoint names its user; which user comes from the (not yet verified)
+        // claims, and is the one checked below once the signature holds.
+        let named = jwt::unverified_claims(token)
+            .and_then(|c| c.str(&p.username_claim).map(str::to_owned))
+            .and_then(|v| user_name(&v, p.normalize));
+        let own = format!("{base}/mcp");
+        let per_user = named.map(|n| format!("{base}/user/{n}/mcp"));
+        let mut audiences = vec![own.as_str()];
+        audiences.extend(per_user.as_deref());
+        let claims = p
+            .provider
+            .verify(token, p.provider.issuer(), &audiences, now)
+            .await?;
+        let user = claims
+            .str(&p.username_claim)
+            .and_then(|v| user_name(v, p.normalize))
+            .ok_or(JwtError::MissingClaim("username_claim"))?;
+        let expires_ms = claims.expires_ms().ok_or(JwtError::MissingClaim("exp"))?;
+        Ok(Arc::new(JwtCached {
+            user,
+            expires_ms,
+            checked: std::sync::Mutex::new(None),
+        }))
     }
 
     async fn verify(
@@ -163,6 +320,17 @@ impl Authenticator {
             match token_id {
                 Some(id) => c.retain(|_, v| v.principal.token_id != id),
                 None => c.clear(),
+            }
+        }
+        // Users changed: provider tokens re-read their user on next use.
+        if token_id.is_none()
+            && let Some(p) = &self.provider_tokens
+            && let Ok(c) = p.cache.read()
+        {
+            for e in c.values() {
+                if let Ok(mut checked) = e.checked.lock() {
+                    *checked = None;
+                }
             }
         }
     }
@@ -219,7 +387,35 @@ impl Authenticator {
             });
         }
         self.failures.sweep(Instant::now());
+        if let Some(p) = &self.provider_tokens
+            && let Ok(mut c) = p.cache.write()
+        {
+            c.retain(|_, e| now < e.expires_ms);
+        }
     }
+}
+
+/// The Lodge user a username claim names: as is, or normalised when the operator asked for it
+/// (lowercase, an email's local part, other characters as `-`).
+fn user_name(claim: &str, normalize: bool) -> Option<UserName> {
+    if let Ok(n) = UserName::parse(claim) {
+        return Some(n);
+    }
+    if !normalize {
+        return None;
+    }
+    let local = claim.split('@').next().unwrap_or(claim).to_lowercase();
+    let mapped: String = local
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    UserName::parse(&mapped).ok()
 }
 
 /// `Bearer T` or `token T` (JupyterHub's form), case-insensitive scheme, one space or more.

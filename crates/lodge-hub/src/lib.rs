@@ -113,6 +113,17 @@ impl Hub {
             config.auth.token_cache,
             config.auth.failed_auth_per_minute,
         );
+        let oidc = config
+            .auth
+            .oidc
+            .as_ref()
+            .map(|o| Arc::new(jwt::Provider::new(&o.issuer)));
+        let auth = match (&oidc, &config.auth.oidc) {
+            (Some(p), Some(o)) if o.accept_access_tokens => {
+                auth.accept_provider_tokens(p.clone(), o)
+            }
+            _ => auth,
+        };
         let rooms = Arc::new(rooms::Rooms::new(&config, setup));
         let feeds = Arc::new(mcp::feeds::Feeds::default());
         let (unsolicited, mut heard) = tokio::sync::mpsc::unbounded_channel();
@@ -132,11 +143,6 @@ impl Hub {
         ));
         let tools = tools(&config, &sessions, &rooms, &vault, &upstreams);
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
-        let oidc = config
-            .auth
-            .oidc
-            .as_ref()
-            .map(|o| Arc::new(jwt::Provider::new(&o.issuer)));
         Ok(Arc::new(Self {
             config,
             store,
@@ -159,6 +165,7 @@ impl Hub {
     /// The complete HTTP application; `bound` is the listening address (for Host checks).
     pub fn router(self: &Arc<Self>, bound: SocketAddr) -> Router {
         let _ = self.base_url.set(self.config.server.base_url(bound));
+        self.auth.set_base_url(self.base_url());
         let guard = Arc::new(guard::HostGuard::new(&self.config.server, bound));
         let mcp_routes = get(mcp::get).post(mcp::post_own).delete(mcp::delete);
         let user_mcp = get(mcp::get).post(mcp::post_user).delete(mcp::delete);
