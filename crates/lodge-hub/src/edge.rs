@@ -1,6 +1,8 @@
 //! The hub's HTTP edge: accepts connections, caps them (in total and per client address),
 //! closes those that idle or send their headers too slowly, and tells handlers who the client
-//! is (believing `X-Forwarded-For` from trusted proxies only). It decides nothing about requests.
+//! is (believing `X-Forwarded-For` from trusted proxies only). With TLS, the handshake happens
+//! inside the connection caps and within `server.header_read_timeout`. It decides nothing about
+//! requests.
 
 use crate::http_util::ClientAddr;
 use axum::Router;
@@ -42,6 +44,8 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     pub max_connections_per_address: usize,
     pub trusted_proxies: Arc<[IpNet]>,
+    /// Serve HTTPS with this configuration (its certificate resolver may change underneath).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl EdgeConfig {
@@ -66,6 +70,7 @@ impl EdgeConfig {
             max_connections,
             max_connections_per_address: c.max_connections_per_address as usize,
             trusted_proxies: c.trusted_proxies.clone().into(),
+            tls: None,
         }
     }
 
@@ -112,7 +117,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let busy = Arc::new(AtomicBool::new(false));
-        let io = HeadClock::new(stream, busy.clone(), config.header_read_timeout);
+        let head_limit = config.header_read_timeout;
+        let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let clock_busy = busy.clone();
         let (router, config) = (router.clone(), config.clone());
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             busy.store(true, Ordering::Relaxed);
@@ -129,10 +136,28 @@ pub async fn serve(
                 response
             }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        let (watcher, http) = (graceful.watcher(), http.clone());
         tokio::spawn(async move {
+            let stream = match tls {
+                None => Conn::Plain(stream),
+                // A client that does not finish its handshake in time holds its place no longer
+                // than one that does not finish its request head.
+                Some(acceptor) => {
+                    match tokio::time::timeout(head_limit, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Conn::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            let io = HeadClock::new(stream, clock_busy, head_limit);
             // Errors here are the client's doing (it went away, or timed out): nothing to log.
-            let _ = conn.await;
+            let _ = watcher
+                .watch(http.serve_connection(TokioIo::new(io), service))
+                .await;
             drop(permit);
         });
     }
@@ -312,11 +337,75 @@ impl Drop for Permit {
     }
 }
 
+/// A client connection, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connection's socket that fails its reads once a request head has been arriving for longer
 /// than `limit`: the clock starts at the first byte read while no request is being served and
 /// stops when the service takes the request (`busy`). hyper then closes the connection.
 struct HeadClock {
-    io: TcpStream,
+    io: Conn,
     busy: Arc<AtomicBool>,
     limit: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -324,7 +413,7 @@ struct HeadClock {
 }
 
 impl HeadClock {
-    fn new(io: TcpStream, busy: Arc<AtomicBool>, limit: Duration) -> Self {
+    fn new(io: Conn, busy: Arc<AtomicBool>, limit: Duration) -> Self {
         Self {
             io,
             busy,

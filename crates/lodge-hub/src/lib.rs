@@ -18,6 +18,7 @@ pub mod metrics;
 mod rest;
 pub mod rooms;
 pub mod sessions;
+pub mod tls;
 pub mod tools;
 pub mod upstream;
 pub mod web;
@@ -206,15 +207,19 @@ impl Hub {
     }
 
     /// Serves until `shutdown` resolves, then drains requests and flushes pending writes.
+    /// With `tls`, it serves HTTPS, presenting whatever certificate its resolver holds at each
+    /// handshake (see [`tls::CertStore`]).
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let bound = listener.local_addr()?;
         // Half the descriptors are the connections'; rooms, upstreams and the store use the rest.
         let fd_budget = edge::raise_open_files_limit().map(|n| n / 2);
-        let edge_config = edge::EdgeConfig::new(&self.config.server, fd_budget);
+        let mut edge_config = edge::EdgeConfig::new(&self.config.server, fd_budget);
+        edge_config.tls = tls;
         let stop = CancellationToken::new();
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
         let pruning = tokio::spawn(audit::prune_periodically(

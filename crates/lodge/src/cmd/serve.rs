@@ -1,4 +1,6 @@
-//! `lodge serve`: binds, refuses unsafe public binds, runs the hub until SIGINT/SIGTERM.
+//! `lodge serve`: binds, refuses unsafe public binds (plain HTTP off loopback), serves HTTPS when
+//! `[server] tls_cert`/`tls_key` are set (re-reading them on SIGHUP), runs the hub until
+//! SIGINT/SIGTERM.
 
 use super::Context;
 use crate::cli::{Global, ServeArgs};
@@ -17,7 +19,15 @@ pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
     }
     config.server.insecure_public |= a.insecure_public;
     let bind = config.server.bind;
-    if !bind.ip().is_loopback() {
+    // A bad certificate or key is an error now, naming the file, not at the first handshake.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            lodge_hub::tls::CertStore::load(cert, key)
+                .context("cannot set up TLS (server.tls_cert, server.tls_key)")?,
+        ),
+        _ => None,
+    };
+    if !bind.ip().is_loopback() && tls.is_none() {
         if !config.server.insecure_public {
             bail!(
                 "refusing to listen on {bind} without TLS: tokens would cross the network in clear. \
@@ -56,20 +66,56 @@ pub async fn run(g: &Global, a: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {bind} (in use? choose another with --bind)"))?;
     let addr = listener.local_addr()?;
+    let (server_tls, reloads) = match &tls {
+        Some(store) => (
+            Some(store.server_config()?),
+            Some(reload_on_sighup(store.clone())?),
+        ),
+        None => (None, None),
+    };
     {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "lodge {} listening on http://{addr}",
+            "lodge {} listening on {scheme}://{addr}",
             env!("CARGO_PKG_VERSION")
         )?;
         out.flush()?;
     }
-    tracing::info!(%addr, data_dir = %ctx.data_dir.display(), "hub started");
-    hub.serve(listener, shutdown_signal()).await?;
+    tracing::info!(%addr, data_dir = %ctx.data_dir.display(), tls = tls.is_some(), "hub started");
+    hub.serve(listener, server_tls, shutdown_signal()).await?;
+    if let Some(r) = reloads {
+        r.abort();
+    }
     tracing::info!("hub stopped");
     ctx.close(None).await;
     Ok(())
+}
+
+/// Re-reads the certificate and key on each SIGHUP; new connections get the new pair, and a
+/// pair that does not load is logged and the old one kept. The handler is installed before this
+/// returns (so before the ready line), as SIGHUP's default action would end the hub.
+#[cfg(unix)]
+fn reload_on_sighup(store: Arc<lodge_hub::tls::CertStore>) -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match store.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "TLS reload failed: still serving the previous certificate"
+                ),
+            }
+        }
+    }))
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: Arc<lodge_hub::tls::CertStore>) -> Result<tokio::task::JoinHandle<()>> {
+    Ok(tokio::spawn(async {}))
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 pub mod browser;
 pub mod oidc;
 pub mod peers;
+pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lodge");
 
