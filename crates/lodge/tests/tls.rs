@@ -288,3 +288,77 @@ fn with_tls_a_public_address_needs_no_insecure_flag() {
     assert!(line.is_none(), "{line:?}");
     assert!(stderr.contains("without TLS"), "{stderr}");
 }
+
+/// Reads until the hub closes the connection; false if it is still open after `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_handshakes_count_against_the_caps_and_time_out() {
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let files = Files::new(&cert, &key);
+    let hub = TestHub::start_with_config(
+        &files.config(),
+        &[
+            ("LODGE_SERVER_HEADER_READ_TIMEOUT", "1s"),
+            ("LODGE_SERVER_MAX_CONNECTIONS", "2"),
+        ],
+    );
+    let addr = hub.base.trim_start_matches("https://").to_owned();
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        // The first bytes of a TLS record, and then nothing.
+        s.write_all(&[0x16, 0x03, 0x01])
+            .await
+            .expect("partial hello");
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both places are taken by handshakes that never finish.
+    let refused = client(&ca)
+        .get(format!("{}/api/health", hub.base))
+        .send()
+        .await;
+    assert!(refused.is_err(), "served beyond the cap: {refused:?}");
+    for s in &mut stalled {
+        assert!(
+            closed_within(s, Duration::from_secs(4)).await,
+            "a stalled handshake is still open after {:?} (header_read_timeout 1s)",
+            started.elapsed()
+        );
+    }
+    // Their places are free again.
+    let mut served = false;
+    for _ in 0..20 {
+        if client(&ca)
+            .get(format!("{}/api/health", hub.base))
+            .send()
+            .await
+            .is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "the hub does not serve once the stalled handshakes are gone"
+    );
+}
