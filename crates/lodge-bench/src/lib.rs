@@ -4,7 +4,8 @@
 //! user's cold first call, memory per running room), an upstream MCP server's proxy overhead
 //! and cold start (see [`upstream`]), and `code_execute` on a Jupyter kernel against
 //! jupyter_client driving one directly (see [`jupyter`]), one user's latency while another
-//! floods the hub (see [`flood`]), and then, on a hub of its own, a thousand live rooms (see
+//! floods the hub (see [`flood`]), what verifying each kind of bearer token costs (see
+//! [`tokens`]), and then, on a hub of its own, a thousand live rooms (see
 //! [`scale`]). It drives the hub only from outside, through its CLI and HTTP, so it links none
 //! of the hub's crates. It must never touch the user's DATA_DIR or another hub, and never
 //! report figures built from failed requests: any non-200, JSON-RPC error or tool error aborts
@@ -13,6 +14,7 @@
 mod flood;
 mod jupyter;
 mod scale;
+mod tokens;
 mod upstream;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -143,16 +145,18 @@ pub async fn run(a: BenchArgs, exe: &Path) -> Result<()> {
     let dir = DataDir::create()?;
     let bars = Bars { hidden: a.json };
     let tokens = provision(&a, &setups, exe, dir.path(), &bars).await?;
+    let issuer = tokens::Issuer::start().await?;
     write_config(
         dir.path(),
         &[
             setups.upstream.config()?,
             setups.jupyter.config()?,
             flood::config(),
+            issuer.config(),
         ],
     )?;
     let hub = HubProcess::spawn(exe, dir, &hub_env(&a)).await?;
-    let result = measure(&a, &hub, &tokens, &setups, &bars).await;
+    let result = measure(&a, &hub, &tokens, &setups, &issuer, &bars).await;
     if result.is_err() {
         hub.log.print_recent_info();
     }
@@ -231,6 +235,7 @@ async fn measure(
     hub: &HubProcess,
     tokens: &Tokens,
     setups: &Setups,
+    issuer: &tokens::Issuer,
     bars: &Bars,
 ) -> Result<Report> {
     let max_conc = a.concurrency.iter().copied().max().unwrap_or(1);
@@ -260,6 +265,9 @@ async fn measure(
             stats,
         }));
     }
+    let verification = tokens::run(a, issuer, &hub.base, &client, bars)
+        .await
+        .context("token verification figures")?;
     let mut throughput = Vec::new();
     for &c in &a.concurrency {
         throughput.push(throughput_run(a, &client, c, bars).await?);
@@ -282,6 +290,7 @@ async fn measure(
         jupyter,
         scale: None,
         flood,
+        verification,
         targets,
         hub_log_lines: hub.log.warnings.load(Ordering::Relaxed),
     })
@@ -751,6 +760,7 @@ fn rss_kb(pid: u32) -> Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // HTTP client
 
+#[derive(Clone)]
 struct Client {
     http: reqwest::Client,
     health: reqwest::Url,
@@ -1842,6 +1852,7 @@ struct Report {
     jupyter: Option<jupyter::Section>,
     scale: Option<scale::Report>,
     flood: Option<flood::Figures>,
+    verification: tokens::Section,
     targets: Vec<Target>,
     hub_log_lines: usize,
 }
@@ -1942,6 +1953,8 @@ fn fmt_target(t: &Target) -> String {
 
 fn print_table(r: &Report) {
     print_latency(r);
+    println!();
+    tokens::print(&r.verification);
     println!();
     if let Some(u) = &r.upstream {
         upstream::print(u);
