@@ -396,15 +396,13 @@ impl Authenticator {
 }
 
 /// The Lodge user a username claim names: as is, or normalised when the operator asked for it
-/// (lowercase, an email's local part, other characters as `-`).
+/// (lowercase, an email's local part, other characters as `-`: the rule of browser sign-in).
 fn user_name(claim: &str, normalize: bool) -> Option<UserName> {
-    if let Ok(n) = UserName::parse(claim) {
-        return Some(n);
-    }
     if !normalize {
-        return None;
+        return UserName::parse(claim).ok();
     }
-    let local = claim.split('@').next().unwrap_or(claim).to_lowercase();
+    let lower = claim.trim().to_lowercase();
+    let local = lower.rsplit_once('@').map_or(lower.as_str(), |(l, _)| l);
     let mapped: String = local
         .chars()
         .map(|c| {
@@ -429,6 +427,18 @@ fn parse_authorization(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::parse_authorization as p;
+
+    #[test]
+    fn username_claims_map_as_sign_in_maps_them() {
+        use super::user_name as u;
+        let name = |s: &str| lodge_core::UserName::parse(s).ok();
+        assert_eq!(u("alice", false), name("alice"));
+        assert_eq!(u("Alice", false), None);
+        assert_eq!(u("alice@example.org", false), None);
+        assert_eq!(u("Alice.Smith@example.org", true), name("alice-smith"));
+        assert_eq!(u(" Bob ", true), name("bob"));
+        assert_eq!(u("../etc", true), None);
+    }
 
     #[test]
     fn authorization_forms() {
