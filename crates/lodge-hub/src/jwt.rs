@@ -482,10 +482,7 @@ impl Provider {
     pub async fn metadata(&self) -> Result<Arc<ProviderMetadata>, JwtError> {
         self.metadata
             .get_or_try_init(|| async {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.issuer.trim_end_matches('/')
-                );
+                let url = self.discovery_url();
                 let fail = |reason: String| JwtError::Discovery {
                     url: url.clone(),
                     reason,
@@ -553,9 +550,7 @@ impl Provider {
             // Recently failed: keep what we have rather than asking again on every request.
             return match fetched {
                 Some(_) => Ok(keys),
-                None => Err(self
-                    .jwks_error("the last attempt failed; retrying shortly")
-                    .await),
+                None => Err(self.recent_failure()),
             };
         }
         match self.fetch_keys().await {
@@ -605,15 +600,27 @@ impl Provider {
         }
     }
 
-    async fn jwks_error(&self, reason: &str) -> JwtError {
-        let url = match self.metadata().await {
-            Ok(m) => m.jwks_uri.clone(),
-            Err(e) => return e,
-        };
-        JwtError::Jwks {
-            url,
-            reason: reason.to_owned(),
+    /// The error for a request that comes while the last attempt's failure is recent: no new
+    /// attempt (not even discovery), so a dead provider is not asked on every request.
+    fn recent_failure(&self) -> JwtError {
+        let reason = "the last attempt failed; the hub tries again within 30 s".to_owned();
+        match self.metadata.get() {
+            Some(m) => JwtError::Jwks {
+                url: m.jwks_uri.clone(),
+                reason,
+            },
+            None => JwtError::Discovery {
+                url: self.discovery_url(),
+                reason,
+            },
         }
+    }
+
+    fn discovery_url(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        )
     }
 
     async fn fetch_keys(&self) -> Result<Arc<KeySet>, JwtError> {
@@ -1002,6 +1009,33 @@ pub(crate) mod tests {
         let e = p.metadata().await.unwrap_err();
         assert!(matches!(e, JwtError::Discovery { .. }), "{e}");
         assert!(e.to_string().contains("impostor"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_provider_is_not_asked_on_every_request() {
+        let idp = fake_idp(None).await;
+        *idp.jwks.lock().unwrap() = json!({"not": "a key set"});
+        let p = Provider::new(&idp.issuer);
+        let t = TestKey::rsa().token("k1", &claims_for(&idp.issuer));
+        let now = lodge_core::time::now_ms();
+        for _ in 0..3 {
+            let e = p.verify(&t, &idp.issuer, &[AUD], now).await.unwrap_err();
+            assert!(matches!(e, JwtError::Jwks { .. }), "{e}");
+            assert!(e.is_provider_failure());
+        }
+        assert_eq!(p.key_fetches(), 1);
+        // Nor is a provider that cannot be reached at all.
+        let gone = Provider::new("http://127.0.0.1:1");
+        let e = gone
+            .verify(&t, "http://127.0.0.1:1", &[AUD], now)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, JwtError::Discovery { .. }), "{e}");
+        let e = gone
+            .verify(&t, "http://127.0.0.1:1", &[AUD], now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("tries again"), "{e}");
     }
 
     #[tokio::test]
