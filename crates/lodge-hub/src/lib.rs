@@ -17,6 +17,7 @@ pub mod metrics;
 mod rest;
 pub mod rooms;
 pub mod sessions;
+pub mod signin;
 pub mod tools;
 pub mod upstream;
 pub mod web;
@@ -157,6 +158,17 @@ impl Hub {
             .route("/mcp", mcp_routes)
             .route("/user/{name}/mcp", user_mcp)
             .route("/hub/static/lodge.css", get(web::stylesheet))
+            .route("/hub/", get(signin::pages::home))
+            .route(
+                "/hub/login",
+                get(signin::pages::login).post(signin::pages::login_post),
+            )
+            .route(
+                "/hub/login/link/{secret}",
+                get(signin::pages::link).post(signin::pages::link_post),
+            )
+            .route("/hub/logout", axum::routing::post(signin::pages::logout))
+            .route("/hub/oauth_callback", get(signin::oidc::callback))
             .route("/api/health", get(rest::health))
             .route("/api/metrics", get(rest::metrics))
             .route("/api/users", get(rest::list_users).post(rest::add_user))
