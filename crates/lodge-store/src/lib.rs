@@ -149,9 +149,11 @@ pub trait Store: Send + Sync + 'static {
         issuer: &str,
         subject: &str,
     ) -> Result<Option<IdentityRow>, StoreError>;
-    /// Inserts or replaces the user's identity (the caller checked the binding rules).
+    /// Inserts or replaces the user's identity, refresh token included (the caller checked the
+    /// binding rules).
     async fn put_identity(&self, i: &IdentityRow) -> Result<(), StoreError>;
-    /// Identities last checked before `before_ms`, oldest first, at most `limit`.
+    /// Identities holding a refresh token and last checked before `before_ms`, oldest first,
+    /// at most `limit`.
     async fn identities_due(
         &self,
         before_ms: i64,
