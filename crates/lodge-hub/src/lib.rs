@@ -11,6 +11,7 @@ pub mod edge;
 pub mod error;
 mod guard;
 mod http_util;
+pub mod jwt;
 pub mod limit;
 pub mod mcp;
 pub mod metrics;
@@ -87,6 +88,8 @@ pub struct Hub {
     pub relay: Arc<mcp::relay::Relay>,
     /// Sessionful clients' standalone streams and resource subscriptions.
     pub feeds: Arc<mcp::feeds::Feeds>,
+    /// The organisation's OpenID provider (`[auth.oidc]`): discovery, keys, JWT verification.
+    pub oidc: Option<Arc<jwt::Provider>>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
     /// The hub's base URL (`server.base_url` of the address it serves on), set once the
@@ -130,6 +133,11 @@ impl Hub {
         ));
         let tools = tools(&config, &sessions, &rooms, &vault, &upstreams);
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
+        let oidc = config
+            .auth
+            .oidc
+            .as_ref()
+            .map(|o| Arc::new(jwt::Provider::new(&o.issuer)));
         Ok(Arc::new(Self {
             config,
             store,
@@ -143,6 +151,7 @@ impl Hub {
             inflight: Default::default(),
             relay: Arc::default(),
             feeds,
+            oidc,
             request_budget: Default::default(),
             base_url: Default::default(),
         }))
