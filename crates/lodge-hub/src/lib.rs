@@ -222,6 +222,7 @@ impl Hub {
         let edge_config = edge::EdgeConfig::new(&self.config.server, fd_budget);
         let stop = CancellationToken::new();
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        let signin = tokio::spawn(signin::recheck::run(self.clone(), stop.clone()));
         let pruning = tokio::spawn(audit::prune_periodically(
             self.store.clone(),
             self.config.audit.clone(),
@@ -248,6 +249,7 @@ impl Hub {
         stop.cancel();
         let _ = maintenance.await;
         let _ = pruning.await;
+        let _ = signin.await;
         // Wait for every room to be stopped and cleaned up (cgroups, volumes) before exiting.
         let _ = rooms_stopped.await;
         self.flush().await;

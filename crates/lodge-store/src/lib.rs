@@ -116,6 +116,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     // --- sign-in ---
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
     async fn create_web_session(&self, s: &NewWebSession) -> Result<(), StoreError>;
     /// The session with this id hash and its user, whether expired or not.
     async fn web_session(&self, id_hash: &[u8]) -> Result<Option<WebSessionRow>, StoreError>;

@@ -583,6 +583,15 @@ impl Store for SqliteStore {
     }
 
     // --- sign-in ---
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let row =
+            sqlx::query("SELECT id, name, admin, profile, created_ms FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| user_from_row(&r, "")).transpose()?)
+    }
+
     async fn create_web_session(&self, s: &NewWebSession) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, user_id, csrf, method, created_ms, expires_ms, \
