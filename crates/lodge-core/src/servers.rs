@@ -173,10 +173,12 @@ impl UpstreamConfig {
 
     /// Is the server offered to `user`, who is in the provider's `groups`?
     pub fn enabled_for(&self, user: &str, groups: &[String]) -> bool {
-        self.enabled_for.iter().any(|u| match u.strip_prefix(GROUP_PREFIX) {
-            Some(group) => groups.iter().any(|g| g == group),
-            None => u == "*" || u == user,
-        })
+        self.enabled_for
+            .iter()
+            .any(|u| match u.strip_prefix(GROUP_PREFIX) {
+                Some(group) => groups.iter().any(|g| g == group),
+                None => u == "*" || u == user,
+            })
     }
 
     /// Does `enabled_for` name a group (so a caller's groups must be looked up)?

@@ -7,8 +7,8 @@
 use super::pages::{PageError, query_param, refused};
 use super::provision::{self, Refusal, Vouched};
 use super::{
-    Method, add_cookie, begin_session, cookie, random_secret, secret_shaped, see_other,
-    set_cookie, sha256,
+    Method, add_cookie, begin_session, cookie, random_secret, secret_shaped, see_other, set_cookie,
+    sha256,
 };
 use crate::Hub;
 use crate::http_util::ClientAddr;
@@ -186,9 +186,8 @@ pub(crate) async fn token_call(
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if status.is_success() {
-        return serde_json::from_value(body).map_err(|e| {
-            TokenCallError::Unavailable(format!("not a token response: {e}"))
-        });
+        return serde_json::from_value(body)
+            .map_err(|e| TokenCallError::Unavailable(format!("not a token response: {e}")));
     }
     match body.get("error").and_then(Value::as_str) {
         Some(error) if status.is_client_error() => Err(TokenCallError::Refused {
@@ -314,7 +313,13 @@ pub async fn callback(
     if let Some(error) = query_param(q, "error") {
         let description = query_param(q, "error_description").unwrap_or_default();
         let why = format!("The identity provider did not sign you in: {error} {description}");
-        return Err(refuse(&hub, client, None, StatusCode::FORBIDDEN, why.trim()));
+        return Err(refuse(
+            &hub,
+            client,
+            None,
+            StatusCode::FORBIDDEN,
+            why.trim(),
+        ));
     }
     let Some(code) = query_param(q, "code") else {
         return Err(refuse(&hub, client, None, StatusCode::BAD_REQUEST, STALE));
@@ -414,7 +419,10 @@ pub async fn callback(
         }
         Err(provision::ProvisionError::Store(e)) => return Err(e.into()),
         Err(e @ provision::ProvisionError::Vault(_)) => {
-            return Err(provider_down("cannot keep the provider's refresh token", &e));
+            return Err(provider_down(
+                "cannot keep the provider's refresh token",
+                &e,
+            ));
         }
     };
     let mut r = begin_session(&hub, &headers, &user, Method::Oidc, client, &pending.next).await?;

@@ -39,7 +39,9 @@ pub enum Refusal {
          administrator to add you to one"
     )]
     NotAllowed { allowed: String },
-    #[error("there is no Lodge user {0} and this hub does not create users at sign-in; ask an administrator to add you")]
+    #[error(
+        "there is no Lodge user {0} and this hub does not create users at sign-in; ask an administrator to add you"
+    )]
     NoAccount(UserName),
     #[error(
         "the Lodge user {0} belongs to another identity at the provider; ask an administrator \
@@ -312,7 +314,10 @@ mod tests {
         let r = role(&c, g(&["staff", "ops", "gpu"])).unwrap();
         assert_eq!((r.admin, r.profile.as_deref()), (Some(true), Some("big")));
         let r = role(&c, g(&["staff"])).unwrap();
-        assert_eq!((r.admin, r.profile.as_deref()), (Some(false), Some("default")));
+        assert_eq!(
+            (r.admin, r.profile.as_deref()),
+            (Some(false), Some("default"))
+        );
         // Unset tables leave the decision with the operator.
         let open = cfg();
         let r = role(&open, Vec::new()).unwrap();

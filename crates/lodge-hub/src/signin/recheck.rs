@@ -5,11 +5,11 @@
 //! answers never deprovision anyone; they are tried again at the next recheck.
 
 use super::oidc::{TokenCallError, claims_with_userinfo, configured, token_call};
-use crate::jwt::Provider;
-use lodge_core::config::OidcConfig;
 use super::provision::{self, REFRESH_PURPOSE, Refusal};
 use crate::Hub;
 use crate::audit::SigninEvent;
+use crate::jwt::Provider;
+use lodge_core::config::OidcConfig;
 use lodge_core::time::now_ms;
 use lodge_store::{AuditKind, IdentityRow, StoreError};
 use std::sync::Arc;
