@@ -405,7 +405,9 @@ fn users() -> Value {
          "password": "alice-pw", "groups": ["staff", "ops", "gpu"]},
         {"sub": "u-bob", "preferred_username": "bob", "password": "bob-pw", "groups": []},
         {"sub": "u-carol", "preferred_username": "Carol.Smith@Example.org",
-         "password": "carol-pw", "groups": ["staff"]}
+         "password": "carol-pw", "groups": ["staff"]},
+        {"sub": "u-dave", "preferred_username": "dave", "password": "dave-pw",
+         "groups": ["staff"]}
     ])
 }
 
@@ -835,4 +837,34 @@ async fn a_provider_failing_during_recheck_deprovisions_nobody() {
         !hub.ok(&["audit", "--json"])
             .contains("\"kind\":\"deprovision\"")
     );
+}
+
+#[tokio::test]
+async fn a_server_enabled_for_a_group_is_offered_to_its_members_only() {
+    let peers = common::peers::Peers::get();
+    let config = format!(
+        r#"
+[rooms]
+read_only_paths = ["{dir}"]
+
+[servers.probe]
+command = ["/usr/bin/python3", "{probe}"]
+enabled_for = ["group:gpu"]
+"#,
+        dir = peers.dir.display(),
+        probe = peers.probe().display(),
+    );
+    let o = oidc_hub(&[], &config);
+    let mut servers = BTreeMap::new();
+    for (name, password) in [("alice", "alice-pw"), ("dave", "dave-pw")] {
+        session_of(oidc_sign_in(&o, name, password).await).await;
+        let token = o.hub.token(name, &[]);
+        let url = o.hub.mcp_url();
+        let sid = common::open_session(&url, &token).await;
+        let mcp = common::Mcp { url, token, sid };
+        let info = mcp.ok("session_info", json!({})).await;
+        servers.insert(name, info["servers"].to_string());
+    }
+    assert!(servers["alice"].contains("probe"), "{servers:?}");
+    assert!(!servers["dave"].contains("probe"), "{servers:?}");
 }
