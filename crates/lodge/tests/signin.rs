@@ -231,16 +231,26 @@ async fn a_session_cookie_planted_before_sign_in_is_never_the_one_after() {
     let hub = TestHub::start();
     hub.add_user("alice");
     let token = hub.token("alice", &["--scopes", "mcp,self"]);
+    // Signs in through the form from a browser that already carries `session_cookie`.
+    let sign_in_over = |session_cookie: String| {
+        let (hub, token) = (&hub, &token);
+        async move {
+            let f = open_login(hub).await;
+            let r = post_login(
+                hub,
+                &format!(
+                    "lodge_session={session_cookie}; lodge_csrf={}",
+                    f.csrf_cookie
+                ),
+                &[("csrf", &f.csrf), ("token", token)],
+            )
+            .await;
+            assert_eq!(r.status(), 303);
+            cookie_value(&set_cookie(&r, "lodge_session").expect("cookie"))
+        }
+    };
     let planted = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let f = open_login(&hub).await;
-    let r = post_login(
-        &hub,
-        &format!("lodge_session={planted}; lodge_csrf={}", f.csrf_cookie),
-        &[("csrf", &f.csrf), ("token", &token)],
-    )
-    .await;
-    assert_eq!(r.status(), 303);
-    let session = cookie_value(&set_cookie(&r, "lodge_session").expect("cookie"));
+    let session = sign_in_over(planted.into()).await;
     assert_ne!(session, planted);
     assert_eq!(home(&hub, &session).await.status(), 200);
     assert_eq!(
@@ -250,16 +260,7 @@ async fn a_session_cookie_planted_before_sign_in_is_never_the_one_after() {
     );
 
     // Signing in again from a signed-in browser replaces the session too.
-    let f = open_login(&hub).await;
-    let r = post_login(
-        &hub,
-        &format!("lodge_session={session}; lodge_csrf={}", f.csrf_cookie),
-        &[("csrf", &f.csrf), ("token", &token)],
-    )
-    .await;
-    // Already signed in: the login page sends the browser on; a post still mints anew.
-    assert_eq!(r.status(), 303);
-    let second = cookie_value(&set_cookie(&r, "lodge_session").expect("cookie"));
+    let second = sign_in_over(session.clone()).await;
     assert_ne!(second, session);
     assert_eq!(
         home(&hub, &session).await.status(),
@@ -745,14 +746,19 @@ async fn rooms_running(hub: &TestHub) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A new token of `user` (who exists already) and an MCP session with it.
+async fn mcp_session(hub: &TestHub, user: &str) -> common::Mcp {
+    let token = hub.token(user, &[]);
+    let url = hub.mcp_url();
+    let sid = common::open_session(&url, &token).await;
+    common::Mcp { url, token, sid }
+}
+
 /// alice signed in through the provider, with a web session, a token, an MCP session and a
 /// running room.
 async fn alice_everywhere(o: &Oidc) -> (String, common::Mcp) {
     let session = session_of(oidc_sign_in(o, "alice", "alice-pw").await).await;
-    let token = o.hub.token("alice", &[]);
-    let url = o.hub.mcp_url();
-    let sid = common::open_session(&url, &token).await;
-    let mcp = common::Mcp { url, token, sid };
+    let mcp = mcp_session(&o.hub, "alice").await;
     mcp.sh("echo up").await;
     assert_eq!(rooms_running(&o.hub).await, 1.0);
     (session, mcp)
@@ -858,10 +864,7 @@ enabled_for = ["group:gpu"]
     let mut servers = BTreeMap::new();
     for (name, password) in [("alice", "alice-pw"), ("dave", "dave-pw")] {
         session_of(oidc_sign_in(&o, name, password).await).await;
-        let token = o.hub.token(name, &[]);
-        let url = o.hub.mcp_url();
-        let sid = common::open_session(&url, &token).await;
-        let mcp = common::Mcp { url, token, sid };
+        let mcp = mcp_session(&o.hub, name).await;
         let info = mcp.ok("session_info", json!({})).await;
         servers.insert(name, info["servers"].to_string());
     }
