@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod auth_suite;
 pub mod browser;
 pub mod oidc;
 pub mod peers;
