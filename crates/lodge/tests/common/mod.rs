@@ -10,8 +10,10 @@ use std::time::Duration;
 
 pub mod auth_suite;
 pub mod browser;
+pub mod oauth_client;
 pub mod oidc;
 pub mod peers;
+pub mod test_ca;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lodge");
 
