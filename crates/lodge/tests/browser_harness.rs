@@ -132,19 +132,12 @@ async fn token_request(op: &OidcProvider, form: &[(&str, &str)]) -> (u16, Value)
         .post(format!("{}/token", op.issuer()))
         .basic_auth(CLIENT, Some(SECRET))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form_body(form))
+        .body(common::form_body(form))
         .send()
         .await
         .expect("token request");
     let status = response.status().as_u16();
     (status, response.json().await.expect("token answer is JSON"))
-}
-
-/// application/x-www-form-urlencoded, by the same serializer URL queries use.
-fn form_body(form: &[(&str, &str)]) -> String {
-    let mut url = reqwest::Url::parse("http://x/").expect("url");
-    url.query_pairs_mut().extend_pairs(form);
-    url.query().unwrap_or_default().to_owned()
 }
 
 fn jwt_parts(token: &str) -> (Value, Value, Vec<u8>, String) {

@@ -97,7 +97,10 @@ async fn full_run(hub: &TestHub, client: &mut OAuthClient) -> (String, String) {
     let revoke = common::http()
         .post(format!("{}/oauth/revoke", hub.base))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("token", current), ("client_id", &client_id)]))
+        .body(common::form_body(&[
+            ("token", current),
+            ("client_id", &client_id),
+        ]))
         .send()
         .await
         .expect("revoke");
@@ -109,12 +112,6 @@ async fn full_run(hub: &TestHub, client: &mut OAuthClient) -> (String, String) {
     );
     assert_eq!(again["reauthorize"], true, "{again}");
     (client_id, consent)
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut url = reqwest::Url::parse("http://x/").expect("url");
-    url.query_pairs_mut().extend_pairs(pairs);
-    url.query().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]

@@ -214,6 +214,14 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// An application/x-www-form-urlencoded body (token and revocation endpoints take forms), by the
+/// serializer URL queries use.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("url");
+    url.query_pairs_mut().extend_pairs(pairs);
+    url.query().unwrap_or_default().to_owned()
+}
+
 pub fn init_body(version: &str) -> serde_json::Value {
     serde_json::json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
