@@ -421,19 +421,33 @@ struct Oidc {
 }
 
 fn oidc_hub(env: &[(&str, &str)], config: &str) -> Oidc {
+    oidc_hub_as(Some("client_secret_basic"), env, config)
+}
+
+/// [`oidc_hub`] with the hub authenticating at the token endpoint by `auth` (a
+/// `token_endpoint_auth_method`), or as a public client without a secret (`None`).
+fn oidc_hub_as(auth: Option<&str>, env: &[(&str, &str)], config: &str) -> Oidc {
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
     let mut all: Vec<(&str, &str)> = vec![
         ("LODGE_AUTH_OIDC_ISSUER", &issuer),
         ("LODGE_AUTH_OIDC_CLIENT_ID", CLIENT_ID),
-        ("LODGE_AUTH_OIDC_CLIENT_SECRET", CLIENT_SECRET),
     ];
+    if let Some(method) = auth {
+        all.push(("LODGE_AUTH_OIDC_CLIENT_SECRET", CLIENT_SECRET));
+        all.push(("LODGE_AUTH_OIDC_TOKEN_ENDPOINT_AUTH_METHOD", method));
+    }
     all.extend_from_slice(env);
     let hub = TestHub::start_with_config_logged(config, &all);
+    let mut client = json!({"client_id": CLIENT_ID,
+                            "redirect_uris": [format!("{}/hub/oauth_callback", hub.base)]});
+    if let Some(method) = auth {
+        client["client_secret"] = json!(CLIENT_SECRET);
+        client["token_endpoint_auth_method"] = json!(method);
+    }
     let op = OidcProvider::start(json!({
         "port": port,
-        "clients": [{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                     "redirect_uris": [format!("{}/hub/oauth_callback", hub.base)]}],
+        "clients": [client],
         "users": users(),
     }));
     assert_eq!(op.issuer(), issuer);
@@ -870,4 +884,14 @@ enabled_for = ["group:gpu"]
     }
     assert!(servers["alice"].contains("probe"), "{servers:?}");
     assert!(!servers["dave"].contains("probe"), "{servers:?}");
+}
+
+#[tokio::test]
+async fn the_hub_signs_in_with_client_secret_post_and_as_a_public_client() {
+    for auth in [Some("client_secret_post"), None] {
+        let o = oidc_hub_as(auth, &[], "");
+        let session = session_of(oidc_sign_in(&o, "dave", "dave-pw").await).await;
+        let html = home(&o.hub, &session).await.text().await.expect("home");
+        assert!(html.contains("Signed in as dave"), "{auth:?}: {html}");
+    }
 }

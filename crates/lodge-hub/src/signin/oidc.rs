@@ -71,12 +71,7 @@ fn provider_down(what: &str, e: &dyn std::fmt::Display) -> PageError {
 
 /// `GET /hub/login` with `[auth.oidc]`: records the pending sign-in and sends the browser to
 /// the provider's authorization endpoint.
-pub async fn start(
-    hub: &Hub,
-    headers: &HeaderMap,
-    _client: Option<IpAddr>,
-    next: &str,
-) -> Result<Response, PageError> {
+pub async fn start(hub: &Hub, headers: &HeaderMap, next: &str) -> Result<Response, PageError> {
     let Some((cfg, provider)) = configured(hub) else {
         return Err(error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
