@@ -464,6 +464,21 @@ async fn start_sign_in(hub: &TestHub, next: &str) -> (String, String) {
         .expect("login");
     assert_eq!(r.status(), 303);
     let location = r.headers()[LOCATION].to_str().expect("ascii").to_owned();
+    let redirect = format!(
+        "redirect_uri={}",
+        enc(&format!("{}/hub/oauth_callback", hub.base))
+    );
+    for part in [
+        "response_type=code",
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "nonce=",
+        "state=",
+        "scope=openid+profile+email",
+        &redirect,
+    ] {
+        assert!(location.contains(part), "{part} missing from {location}");
+    }
     let binding = cookie_value(&set_cookie(&r, "lodge_signin").expect("binding cookie"));
     (location, binding)
 }
