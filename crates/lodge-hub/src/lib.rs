@@ -92,6 +92,8 @@ pub struct Hub {
     pub oidc: Option<Arc<jwt::Provider>>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
+    /// Provider sign-ins each client address may start (each stores a pending sign-in).
+    pub(crate) signin_starts: limit::Buckets<std::net::IpAddr>,
     /// The hub's base URL (`server.base_url` of the address it serves on), set once the
     /// router is built: issuer, resource and redirect URLs come from it, never from `Host`.
     base_url: std::sync::OnceLock<String>,
@@ -153,6 +155,7 @@ impl Hub {
             feeds,
             oidc,
             request_budget: Default::default(),
+            signin_starts: Default::default(),
             base_url: Default::default(),
         }))
     }
@@ -330,6 +333,7 @@ impl Hub {
             self.flush().await;
             self.auth.sweep();
             self.request_budget.sweep(std::time::Instant::now());
+            self.signin_starts.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;
             if stopped > 0 {
                 tracing::info!(stopped, "idle upstream server instances stopped");

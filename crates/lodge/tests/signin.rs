@@ -910,3 +910,19 @@ async fn the_hub_signs_in_with_client_secret_post_and_as_a_public_client() {
         assert!(html.contains("Signed in as dave"), "{auth:?}: {html}");
     }
 }
+
+#[tokio::test]
+async fn sign_in_starts_are_limited_per_address() {
+    let o = oidc_hub(&[], "");
+    // Each start stores a pending sign-in: an unauthenticated loop must not grow the store.
+    for _ in 0..60 {
+        start_sign_in(&o.hub, "/hub/").await;
+    }
+    let r = client()
+        .get(format!("{}/hub/login", o.hub.base))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.expect("body").contains("Too many sign-ins"));
+}

@@ -32,6 +32,9 @@ use subtle::ConstantTimeEq;
 pub const BROWSER_COOKIE: &str = "lodge_signin";
 /// A sign-in must come back from the provider within this time.
 const PENDING_TTL: Duration = Duration::from_secs(600);
+/// Sign-ins one client address may start per minute: each stores a pending sign-in for
+/// [`PENDING_TTL`], so unauthenticated requests cannot grow the store without bound.
+const STARTS_PER_MINUTE: u32 = 60;
 
 /// The client for the provider's token and userinfo endpoints, built as the verifier builds
 /// its own (bounded time, no redirects).
@@ -71,7 +74,12 @@ fn provider_down(what: &str, e: &dyn std::fmt::Display) -> PageError {
 
 /// `GET /hub/login` with `[auth.oidc]`: records the pending sign-in and sends the browser to
 /// the provider's authorization endpoint.
-pub async fn start(hub: &Hub, headers: &HeaderMap, next: &str) -> Result<Response, PageError> {
+pub async fn start(
+    hub: &Hub,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+    next: &str,
+) -> Result<Response, PageError> {
     let Some((cfg, provider)) = configured(hub) else {
         return Err(error_page(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +88,19 @@ pub async fn start(hub: &Hub, headers: &HeaderMap, next: &str) -> Result<Respons
         )
         .into());
     };
+    if let Some(ip) = client
+        && let Err(wait) = hub.signin_starts.take(
+            ip,
+            crate::limit::Rate::per_minute(STARTS_PER_MINUTE),
+            std::time::Instant::now(),
+        )
+    {
+        let message = format!(
+            "Too many sign-ins were started from your address. Try again in {} seconds.",
+            crate::limit::retry_after_s(wait)
+        );
+        return Err(error_page(StatusCode::TOO_MANY_REQUESTS, "Slow down", &message).into());
+    }
     let meta = provider
         .metadata()
         .await

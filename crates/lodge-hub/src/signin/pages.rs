@@ -104,6 +104,7 @@ fn with_csrf_cookie(hub: &Hub, fresh: bool, token: &str, mut r: Response) -> Res
 /// `GET /hub/login[?next=PATH]`.
 pub async fn login(
     State(hub): State<Arc<Hub>>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> PageResult {
@@ -113,7 +114,7 @@ pub async fn login(
         return Ok(see_other(next));
     }
     if hub.config.auth.oidc.is_some() {
-        return super::oidc::start(&hub, &headers, next).await;
+        return super::oidc::start(&hub, &headers, client, next).await;
     }
     Ok(token_form(&hub, &headers, next, None))
 }
