@@ -55,8 +55,8 @@ pub struct Authenticator {
 /// How provider JWTs become principals.
 struct ProviderTokens {
     provider: Arc<Provider>,
-    username_claim: String,
-    normalize: bool,
+    /// `[auth.oidc]`, whose username rule (claim, normalisation) names the user.
+    oidc: lodge_core::config::OidcConfig,
     /// The hub's base URL, known once the router is built; the audiences derive from it.
     base_url: std::sync::OnceLock<String>,
     /// Verified JWTs by hash, until they expire: the signature is checked once per token.
@@ -97,8 +97,7 @@ impl Authenticator {
     ) -> Self {
         self.provider_tokens = Some(ProviderTokens {
             provider,
-            username_claim: oidc.username_claim.clone(),
-            normalize: oidc.username_normalize,
+            oidc: oidc.clone(),
             base_url: Default::default(),
             cache: RwLock::new(HashMap::new()),
         });
@@ -248,8 +247,7 @@ impl Authenticator {
         // The per-user endpoint names its user; which user comes from the (not yet verified)
         // claims, and is the one checked below once the signature holds.
         let named = jwt::unverified_claims(token)
-            .and_then(|c| c.str(&p.username_claim).map(str::to_owned))
-            .and_then(|v| user_name(&v, p.normalize));
+            .and_then(|c| crate::signin::provision::username(&p.oidc, &c.raw).ok());
         let own = format!("{base}/mcp");
         let per_user = named.map(|n| format!("{base}/user/{n}/mcp"));
         let mut audiences = vec![own.as_str()];
@@ -258,10 +256,9 @@ impl Authenticator {
             .provider
             .verify(token, p.provider.issuer(), &audiences, now)
             .await?;
-        let user = claims
-            .str(&p.username_claim)
-            .and_then(|v| user_name(v, p.normalize))
-            .ok_or(JwtError::MissingClaim("username_claim"))?;
+        // The same rule as browser sign-in, so a person is the same user either way.
+        let user = crate::signin::provision::username(&p.oidc, &claims.raw)
+            .map_err(|_| JwtError::MissingClaim("username_claim"))?;
         let expires_ms = claims.expires_ms().ok_or(JwtError::MissingClaim("exp"))?;
         Ok(Arc::new(JwtCached {
             user,
@@ -395,27 +392,6 @@ impl Authenticator {
     }
 }
 
-/// The Lodge user a username claim names: as is, or normalised when the operator asked for it
-/// (lowercase, an email's local part, other characters as `-`: the rule of browser sign-in).
-fn user_name(claim: &str, normalize: bool) -> Option<UserName> {
-    if !normalize {
-        return UserName::parse(claim).ok();
-    }
-    let lower = claim.trim().to_lowercase();
-    let local = lower.rsplit_once('@').map_or(lower.as_str(), |(l, _)| l);
-    let mapped: String = local
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    UserName::parse(&mapped).ok()
-}
-
 /// `Bearer T` or `token T` (JupyterHub's form), case-insensitive scheme, one space or more.
 fn parse_authorization(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim().split_once(' ')?;
@@ -427,18 +403,6 @@ fn parse_authorization(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::parse_authorization as p;
-
-    #[test]
-    fn username_claims_map_as_sign_in_maps_them() {
-        use super::user_name as u;
-        let name = |s: &str| lodge_core::UserName::parse(s).ok();
-        assert_eq!(u("alice", false), name("alice"));
-        assert_eq!(u("Alice", false), None);
-        assert_eq!(u("alice@example.org", false), None);
-        assert_eq!(u("Alice.Smith@example.org", true), name("alice-smith"));
-        assert_eq!(u(" Bob ", true), name("bob"));
-        assert_eq!(u("../etc", true), None);
-    }
 
     #[test]
     fn authorization_forms() {

@@ -18,6 +18,7 @@ pub mod metrics;
 mod rest;
 pub mod rooms;
 pub mod sessions;
+pub mod signin;
 pub mod tls;
 pub mod tools;
 pub mod upstream;
@@ -92,6 +93,8 @@ pub struct Hub {
     pub oidc: Option<Arc<jwt::Provider>>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
+    /// Provider sign-ins each client address may start (each stores a pending sign-in).
+    pub(crate) signin_starts: limit::Buckets<std::net::IpAddr>,
     /// The hub's base URL (`server.base_url` of the address it serves on), set once the
     /// router is built: issuer, resource and redirect URLs come from it, never from `Host`.
     base_url: std::sync::OnceLock<String>,
@@ -159,6 +162,7 @@ impl Hub {
             feeds,
             oidc,
             request_budget: Default::default(),
+            signin_starts: Default::default(),
             base_url: Default::default(),
         }))
     }
@@ -174,6 +178,17 @@ impl Hub {
             .route("/mcp", mcp_routes)
             .route("/user/{name}/mcp", user_mcp)
             .route("/hub/static/lodge.css", get(web::stylesheet))
+            .route("/hub/", get(signin::pages::home))
+            .route(
+                "/hub/login",
+                get(signin::pages::login).post(signin::pages::login_post),
+            )
+            .route(
+                "/hub/login/link/{secret}",
+                get(signin::pages::link).post(signin::pages::link_post),
+            )
+            .route("/hub/logout", axum::routing::post(signin::pages::logout))
+            .route("/hub/oauth_callback", get(signin::oidc::callback))
             .route("/api/health", get(rest::health))
             .route("/api/metrics", get(rest::metrics))
             .route("/api/users", get(rest::list_users).post(rest::add_user))
@@ -222,6 +237,7 @@ impl Hub {
         edge_config.tls = tls;
         let stop = CancellationToken::new();
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        let signin = tokio::spawn(signin::recheck::run(self.clone(), stop.clone()));
         let pruning = tokio::spawn(audit::prune_periodically(
             self.store.clone(),
             self.config.audit.clone(),
@@ -248,6 +264,7 @@ impl Hub {
         stop.cancel();
         let _ = maintenance.await;
         let _ = pruning.await;
+        let _ = signin.await;
         // Wait for every room to be stopped and cleaned up (cgroups, volumes) before exiting.
         let _ = rooms_stopped.await;
         self.flush().await;
@@ -328,6 +345,7 @@ impl Hub {
             self.flush().await;
             self.auth.sweep();
             self.request_budget.sweep(std::time::Instant::now());
+            self.signin_starts.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;
             if stopped > 0 {
                 tracing::info!(stopped, "idle upstream server instances stopped");

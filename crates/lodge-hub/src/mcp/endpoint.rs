@@ -110,14 +110,17 @@ async fn authenticate(
         .authenticate(authorization(headers), ip)
         .await
         .map_err(ApiError::mcp)?;
-    caller::resolve(
+    let caller = caller::resolve(
         &principal,
         target.as_deref(),
         &*hub.store,
         hub.config.auth.admin_access,
     )
     .await
-    .map_err(ApiError::mcp)
+    .map_err(ApiError::mcp)?;
+    crate::signin::fill_groups(hub, caller)
+        .await
+        .map_err(ApiError::mcp)
 }
 
 async fn post(
