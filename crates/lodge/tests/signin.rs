@@ -915,14 +915,30 @@ async fn the_hub_signs_in_with_client_secret_post_and_as_a_public_client() {
 async fn sign_in_starts_are_limited_per_address() {
     let o = oidc_hub(&[], "");
     // Each start stores a pending sign-in: an unauthenticated loop must not grow the store.
-    for _ in 0..60 {
-        start_sign_in(&o.hub, "/hub/").await;
-    }
-    let r = client()
-        .get(format!("{}/hub/login", o.hub.base))
-        .send()
-        .await
-        .expect("login");
+    // The budget is 60 a minute, refilled continuously (one a second): the loop may get one
+    // more start per second it took, never more.
+    let began = std::time::Instant::now();
+    let mut allowed = 0;
+    let r = loop {
+        let r = client()
+            .get(format!("{}/hub/login", o.hub.base))
+            .send()
+            .await
+            .expect("login");
+        if r.status() != 303 {
+            break r;
+        }
+        allowed += 1;
+        assert!(
+            allowed <= 200,
+            "200 sign-in starts in a row were all accepted"
+        );
+    };
+    let budget = 60 + began.elapsed().as_secs() + 1;
+    assert!(
+        (60..=budget).contains(&allowed),
+        "{allowed} starts were accepted before the limit (60 a minute, {budget} at most in this time)"
+    );
     assert_eq!(r.status(), 429);
     assert!(r.text().await.expect("body").contains("Too many sign-ins"));
 }
