@@ -14,9 +14,11 @@ mod http_util;
 pub mod limit;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 mod rest;
 pub mod rooms;
 pub mod sessions;
+pub mod signin;
 pub mod tools;
 pub mod upstream;
 pub mod web;
@@ -86,6 +88,8 @@ pub struct Hub {
     pub relay: Arc<mcp::relay::Relay>,
     /// Sessionful clients' standalone streams and resource subscriptions.
     pub feeds: Arc<mcp::feeds::Feeds>,
+    /// OAuth grants in flight: consent pages and authorization codes.
+    pub oauth: oauth::OAuth,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
     /// The hub's base URL (`server.base_url` of the address it serves on), set once the
@@ -142,6 +146,7 @@ impl Hub {
             inflight: Default::default(),
             relay: Arc::default(),
             feeds,
+            oauth: Default::default(),
             request_budget: Default::default(),
             base_url: Default::default(),
         }))
@@ -157,6 +162,7 @@ impl Hub {
             .route("/mcp", mcp_routes)
             .route("/user/{name}/mcp", user_mcp)
             .route("/hub/static/lodge.css", get(web::stylesheet))
+            .merge(oauth::routes())
             .route("/api/health", get(rest::health))
             .route("/api/metrics", get(rest::metrics))
             .route("/api/users", get(rest::list_users).post(rest::add_user))
@@ -306,6 +312,7 @@ impl Hub {
             }
             self.flush().await;
             self.auth.sweep();
+            self.oauth.sweep();
             self.request_budget.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;
             if stopped > 0 {
