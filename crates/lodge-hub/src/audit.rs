@@ -164,6 +164,37 @@ impl Auditor {
     }
 }
 
+// --- sign-in ---
+/// One sign-in event: a sign-in (action: the method), a refusal, a sign-out, a deprovision.
+pub struct SigninEvent<'a> {
+    pub kind: AuditKind,
+    /// The Lodge user, when known.
+    pub user: Option<&'a str>,
+    /// `oidc`, `token`, `link`, or `recheck` for a deprovision.
+    pub method: &'a str,
+    pub outcome: &'a str,
+    pub client: Option<IpAddr>,
+    /// Why it was refused or taken away, in words for the auditor.
+    pub detail: Option<String>,
+}
+
+impl Auditor {
+    pub fn signin(&self, e: SigninEvent<'_>) {
+        self.send(AuditRecord {
+            ts_ms: now_ms(),
+            kind: e.kind,
+            user: e.user.map(str::to_owned),
+            session: None,
+            action: e.method.to_owned(),
+            digest: None,
+            outcome: e.outcome.to_owned(),
+            duration_ms: None,
+            client: e.client.map(|c| c.to_string()),
+            detail: e.detail,
+        });
+    }
+}
+
 pub struct ToolCallRecord<'a> {
     pub user: &'a str,
     pub session: Option<&'a str>,

@@ -163,6 +163,17 @@ impl Hub {
             .route("/user/{name}/mcp", user_mcp)
             .route("/hub/static/lodge.css", get(web::stylesheet))
             .merge(oauth::routes())
+            .route("/hub/", get(signin::pages::home))
+            .route(
+                "/hub/login",
+                get(signin::pages::login).post(signin::pages::login_post),
+            )
+            .route(
+                "/hub/login/link/{secret}",
+                get(signin::pages::link).post(signin::pages::link_post),
+            )
+            .route("/hub/logout", axum::routing::post(signin::pages::logout))
+            .route("/hub/oauth_callback", get(signin::oidc::callback))
             .route("/api/health", get(rest::health))
             .route("/api/metrics", get(rest::metrics))
             .route("/api/users", get(rest::list_users).post(rest::add_user))

@@ -134,4 +134,56 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every access and refresh token of a grant family, in one transaction; returns
     /// the ids of the access tokens deleted (so caches can forget them).
     async fn revoke_family(&self, family: &str) -> Result<Vec<String>, StoreError>;
+
+    // --- sign-in ---
+    async fn create_web_session(&self, s: &NewWebSession) -> Result<(), StoreError>;
+    /// The session with this id hash and its user, whether expired or not.
+    async fn web_session(&self, id_hash: &[u8]) -> Result<Option<WebSessionRow>, StoreError>;
+    /// Records a use of the session (last seen).
+    async fn touch_web_session(&self, id_hash: &[u8], now_ms: i64) -> Result<(), StoreError>;
+    /// Ends one session; false if there was none.
+    async fn delete_web_session(&self, id_hash: &[u8]) -> Result<bool, StoreError>;
+    /// Ends every session of a user; how many there were.
+    async fn delete_web_sessions_of(&self, user_id: i64) -> Result<u64, StoreError>;
+    /// Deletes expired sessions, links and pending sign-ins; how many rows went.
+    async fn delete_expired_signin_state(&self, now_ms: i64) -> Result<u64, StoreError>;
+    async fn create_login_link(
+        &self,
+        hash: &[u8],
+        user_id: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError>;
+    async fn login_link(&self, hash: &[u8]) -> Result<Option<LoginLinkRow>, StoreError>;
+    /// Marks the link used if it is unused and unexpired at `now_ms`, atomically: true if this
+    /// call used it (so two concurrent uses cannot both succeed).
+    async fn use_login_link(&self, hash: &[u8], now_ms: i64) -> Result<bool, StoreError>;
+    async fn create_pending_signin(&self, p: &PendingSignin) -> Result<(), StoreError>;
+    /// Removes and returns the pending sign-in with this state hash (single use).
+    async fn take_pending_signin(
+        &self,
+        state_hash: &[u8],
+    ) -> Result<Option<PendingSignin>, StoreError>;
+    async fn identity_of(&self, user_id: i64) -> Result<Option<IdentityRow>, StoreError>;
+    async fn identity_by_subject(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<IdentityRow>, StoreError>;
+    /// Inserts or replaces the user's identity (the caller checked the binding rules).
+    async fn put_identity(&self, i: &IdentityRow) -> Result<(), StoreError>;
+    /// Identities last checked before `before_ms`, oldest first, at most `limit`.
+    async fn identities_due(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<IdentityRow>, StoreError>;
+    /// Sets a user's admin flag and profile (the provider's groups decide them at sign-in).
+    async fn set_user_role(
+        &self,
+        user_id: i64,
+        admin: bool,
+        profile: &str,
+    ) -> Result<(), StoreError>;
+    /// Deletes every token of a user; how many there were.
+    async fn revoke_user_tokens(&self, user_id: i64) -> Result<u64, StoreError>;
 }

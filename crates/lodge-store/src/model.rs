@@ -86,6 +86,14 @@ pub enum AuditKind {
     AuthFailure,
     ToolCall,
     Admin,
+    // --- sign-in ---
+    /// A person signed in (the action names the method: oidc, token, link).
+    SignIn,
+    /// A sign-in was refused (the detail says why).
+    SignInRefused,
+    SignOut,
+    /// The provider no longer vouches for a user: sessions, tokens and room were taken away.
+    Deprovision,
 }
 
 impl AuditKind {
@@ -94,6 +102,11 @@ impl AuditKind {
             AuditKind::AuthFailure => "auth_failure",
             AuditKind::ToolCall => "tool_call",
             AuditKind::Admin => "admin",
+            // --- sign-in ---
+            AuditKind::SignIn => "sign_in",
+            AuditKind::SignInRefused => "sign_in_refused",
+            AuditKind::SignOut => "sign_out",
+            AuditKind::Deprovision => "deprovision",
         }
     }
 
@@ -102,6 +115,11 @@ impl AuditKind {
             AuditKind::AuthFailure,
             AuditKind::ToolCall,
             AuditKind::Admin,
+            // --- sign-in ---
+            AuditKind::SignIn,
+            AuditKind::SignInRefused,
+            AuditKind::SignOut,
+            AuditKind::Deprovision,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -159,6 +177,84 @@ pub struct SecretFieldInfo {
     pub updated_ms: i64,
 }
 
+// --- sign-in ---
+
+/// A browser session as stored: the cookie value never is, only its SHA-256.
+#[derive(Clone, Debug)]
+pub struct NewWebSession {
+    pub id_hash: [u8; 32],
+    pub user_id: i64,
+    pub csrf: String,
+    /// How the person signed in: `oidc`, `token` or `link`.
+    pub method: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// A stored browser session with its user.
+#[derive(Clone, Debug)]
+pub struct WebSessionRow {
+    pub user: User,
+    pub csrf: String,
+    pub method: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// A one-time sign-in link as stored (found by the hash of its secret).
+#[derive(Clone, Debug)]
+pub struct LoginLinkRow {
+    pub user: User,
+    pub expires_ms: i64,
+    pub used_ms: Option<i64>,
+}
+
+/// A sign-in waiting for the provider's answer, found by the hash of its `state`.
+#[derive(Clone)]
+pub struct PendingSignin {
+    pub state_hash: [u8; 32],
+    /// SHA-256 of the cookie that binds the sign-in to the browser that started it.
+    pub browser_hash: [u8; 32],
+    pub verifier: String,
+    pub nonce: String,
+    pub next: String,
+    pub expires_ms: i64,
+}
+
+impl std::fmt::Debug for PendingSignin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSignin")
+            .field("next", &self.next)
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider identity a user is bound to.
+#[derive(Clone)]
+pub struct IdentityRow {
+    pub user_id: i64,
+    pub issuer: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// The provider's refresh token, sealed by the vault (opaque here).
+    pub refresh_sealed: Option<Vec<u8>>,
+    pub checked_ms: i64,
+}
+
+impl std::fmt::Debug for IdentityRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityRow")
+            .field("user_id", &self.user_id)
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("groups", &self.groups)
+            .field("checked_ms", &self.checked_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 // --- oauth ---
 
 /// What binds an OAuth access token to its grant: the client's name (shown by `token list`),
@@ -204,4 +300,26 @@ pub struct RefreshUse {
     pub expires_ms: i64,
     /// It had been rotated already: this presentation is a replay.
     pub replayed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditKind;
+
+    #[test]
+    fn audit_kind_names_are_their_json_names_and_parse_back() {
+        for k in [
+            AuditKind::AuthFailure,
+            AuditKind::ToolCall,
+            AuditKind::Admin,
+            AuditKind::SignIn,
+            AuditKind::SignInRefused,
+            AuditKind::SignOut,
+            AuditKind::Deprovision,
+        ] {
+            let json = serde_json::to_string(&k).expect("json");
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(AuditKind::parse(k.as_str()), Some(k));
+        }
+    }
 }

@@ -585,6 +585,267 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    // --- sign-in ---
+    async fn create_web_session(&self, s: &NewWebSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO web_sessions (id_hash, user_id, csrf, method, created_ms, expires_ms, \
+             last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.id_hash.as_slice())
+        .bind(s.user_id)
+        .bind(&s.csrf)
+        .bind(&s.method)
+        .bind(s.created_ms)
+        .bind(s.expires_ms)
+        .bind(s.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn web_session(&self, id_hash: &[u8]) -> Result<Option<WebSessionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT w.csrf, w.method, w.created_ms AS w_created_ms, w.expires_ms, w.last_seen_ms, \
+             u.id AS u_id, u.name AS u_name, u.admin AS u_admin, u.profile AS u_profile, \
+             u.created_ms AS u_created_ms \
+             FROM web_sessions w JOIN users u ON u.id = w.user_id WHERE w.id_hash = ?",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(WebSessionRow {
+            user: user_from_row(&r, "u_")?,
+            csrf: r.try_get("csrf")?,
+            method: r.try_get("method")?,
+            created_ms: r.try_get("w_created_ms")?,
+            expires_ms: r.try_get("expires_ms")?,
+            last_seen_ms: r.try_get("last_seen_ms")?,
+        }))
+    }
+
+    async fn touch_web_session(&self, id_hash: &[u8], now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE web_sessions SET last_seen_ms = max(last_seen_ms, ?) WHERE id_hash = ?",
+        )
+        .bind(now_ms)
+        .bind(id_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_web_session(&self, id_hash: &[u8]) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn delete_web_sessions_of(&self, user_id: i64) -> Result<u64, StoreError> {
+        let res = sqlx::query("DELETE FROM web_sessions WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
+    async fn delete_expired_signin_state(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM web_sessions WHERE expires_ms <= ?",
+            "DELETE FROM login_links WHERE expires_ms <= ?",
+            "DELETE FROM pending_signins WHERE expires_ms <= ?",
+        ] {
+            n += sqlx::query(sql)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
+    async fn create_login_link(
+        &self,
+        hash: &[u8],
+        user_id: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_links (hash, user_id, created_ms, expires_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(user_id)
+        .bind(now_ms())
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn login_link(&self, hash: &[u8]) -> Result<Option<LoginLinkRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT l.expires_ms, l.used_ms, u.id AS u_id, u.name AS u_name, u.admin AS u_admin, \
+             u.profile AS u_profile, u.created_ms AS u_created_ms \
+             FROM login_links l JOIN users u ON u.id = l.user_id WHERE l.hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(LoginLinkRow {
+            user: user_from_row(&r, "u_")?,
+            expires_ms: r.try_get("expires_ms")?,
+            used_ms: r.try_get("used_ms")?,
+        }))
+    }
+
+    async fn use_login_link(&self, hash: &[u8], now_ms: i64) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "UPDATE login_links SET used_ms = ?1 WHERE hash = ?2 AND used_ms IS NULL \
+             AND expires_ms > ?1",
+        )
+        .bind(now_ms)
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn create_pending_signin(&self, p: &PendingSignin) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pending_signins (state_hash, browser_hash, verifier, nonce, next, \
+             expires_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(p.state_hash.as_slice())
+        .bind(p.browser_hash.as_slice())
+        .bind(&p.verifier)
+        .bind(&p.nonce)
+        .bind(&p.next)
+        .bind(p.expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_pending_signin(
+        &self,
+        state_hash: &[u8],
+    ) -> Result<Option<PendingSignin>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM pending_signins WHERE state_hash = ? \
+             RETURNING state_hash, browser_hash, verifier, nonce, next, expires_ms",
+        )
+        .bind(state_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let hash32 = |col: &str| -> Result<[u8; 32], sqlx::Error> {
+            let v: Vec<u8> = r.try_get(col)?;
+            v.try_into()
+                .map_err(|_| sqlx::Error::Decode(format!("{col} is not 32 bytes").into()))
+        };
+        Ok(Some(PendingSignin {
+            state_hash: hash32("state_hash")?,
+            browser_hash: hash32("browser_hash")?,
+            verifier: r.try_get("verifier")?,
+            nonce: r.try_get("nonce")?,
+            next: r.try_get("next")?,
+            expires_ms: r.try_get("expires_ms")?,
+        }))
+    }
+
+    async fn identity_of(&self, user_id: i64) -> Result<Option<IdentityRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id, issuer, subject, groups, refresh, checked_ms FROM identities \
+             WHERE user_id = ?",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| identity_from_row(&r)).transpose()?)
+    }
+
+    async fn identity_by_subject(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<IdentityRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id, issuer, subject, groups, refresh, checked_ms FROM identities \
+             WHERE issuer = ? AND subject = ?",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| identity_from_row(&r)).transpose()?)
+    }
+
+    async fn put_identity(&self, i: &IdentityRow) -> Result<(), StoreError> {
+        let groups = serde_json::to_string(&i.groups)
+            .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
+        sqlx::query(
+            "INSERT INTO identities (user_id, issuer, subject, groups, refresh, checked_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET issuer = \
+             excluded.issuer, subject = excluded.subject, groups = excluded.groups, refresh = \
+             coalesce(excluded.refresh, identities.refresh), checked_ms = excluded.checked_ms",
+        )
+        .bind(i.user_id)
+        .bind(&i.issuer)
+        .bind(&i.subject)
+        .bind(groups)
+        .bind(i.refresh_sealed.as_deref())
+        .bind(i.checked_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn identities_due(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<IdentityRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, issuer, subject, groups, refresh, checked_ms FROM identities \
+             WHERE checked_ms < ? ORDER BY checked_ms LIMIT ?",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(identity_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn set_user_role(
+        &self,
+        user_id: i64,
+        admin: bool,
+        profile: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET admin = ?, profile = ? WHERE id = ?")
+            .bind(admin)
+            .bind(profile)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_user_tokens(&self, user_id: i64) -> Result<u64, StoreError> {
+        let res = sqlx::query("DELETE FROM tokens WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
     // --- oauth ---
     async fn create_oauth_token(
         &self,
@@ -744,6 +1005,18 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(ids)
     }
+}
+
+fn identity_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<IdentityRow, sqlx::Error> {
+    let groups: String = r.try_get("groups")?;
+    Ok(IdentityRow {
+        user_id: r.try_get("user_id")?,
+        issuer: r.try_get("issuer")?,
+        subject: r.try_get("subject")?,
+        groups: serde_json::from_str(&groups).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        refresh_sealed: r.try_get("refresh")?,
+        checked_ms: r.try_get("checked_ms")?,
+    })
 }
 
 // `sqlx::query` takes `&'static str`; these keep the shared SELECT in one place.

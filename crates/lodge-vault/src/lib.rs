@@ -37,6 +37,9 @@ pub type Fields = BTreeMap<String, Zeroizing<String>>;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most fields a secret may hold.
 pub const MAX_FIELDS: usize = 32;
+/// The secret name in the associated data of [`Vault::seal_internal`] blobs: `@` is outside
+/// the secret-name rule, so no user secret can be confused with them.
+const INTERNAL_NAME: &str = "@hub";
 /// Attempts at a step that another process can make stale (a rotation elsewhere, a user added).
 const ATTEMPTS: usize = 5;
 
@@ -257,6 +260,34 @@ impl Vault {
             .put_secret_fields(user_id, name, &sealed, lodge_core::time::now_ms())
             .await?;
         Ok(())
+    }
+
+    /// Seals a value the hub keeps for the user outside the secrets (the sign-in provider's
+    /// refresh token), with the user's data key. The associated data names `purpose` under a
+    /// name no secret can have (`@…`), so the blob opens only as this user's `purpose` and
+    /// never appears among the user's secrets. The caller stores the blob.
+    pub async fn seal_internal(
+        &self,
+        user_id: i64,
+        purpose: &str,
+        value: &str,
+    ) -> Result<Vec<u8>, VaultError> {
+        let dk = self
+            .data_key(user_id, true)
+            .await?
+            .ok_or(VaultError::CorruptDataKey { user: user_id })?;
+        crypto::seal_value(&dk, user_id, INTERNAL_NAME, purpose, value)
+    }
+
+    /// Opens what [`Vault::seal_internal`] sealed for this user and `purpose`.
+    pub async fn open_internal(
+        &self,
+        user_id: i64,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<String>, VaultError> {
+        let dk = self.existing_data_key(user_id).await?;
+        open_field(&dk, user_id, INTERNAL_NAME, purpose, sealed)
     }
 
     /// Every field of secret `name` of the user.

@@ -118,6 +118,14 @@ pub enum UserCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time browser sign-in link for a user (BASE/hub/login/link/SECRET; BASE is
+    /// server.public_url, else the configured bind address). It works once, until it expires.
+    LoginUrl {
+        name: String,
+        /// How long the link stays valid (at most 24h).
+        #[arg(long, default_value = "10m")]
+        expires: String,
+    },
     /// Remove a user, their tokens and sessions.
     Remove {
         name: String,

@@ -7,7 +7,7 @@
 
 use super::register::{self, Client};
 use super::token::{CODE_TTL, Code};
-use super::{SCOPES_SUPPORTED, endpoint_url, parse_params, random_string, resource_ok};
+use super::{SCOPES_SUPPORTED, endpoint_url, parse_params, resource_ok};
 use crate::Hub;
 use crate::audit::AdminAction;
 use crate::signin::{self, WebUser};
@@ -208,7 +208,7 @@ pub async fn authorize(
         resource,
         scope,
     };
-    let id = random_string(24);
+    let id = crate::signin::random_secret();
     {
         let Ok(mut pending) = hub.oauth.pending.lock() else {
             return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
@@ -369,7 +369,7 @@ pub async fn decide(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
             "the user denied the request",
         );
     }
-    let code = random_string(32);
+    let code = crate::signin::random_secret();
     let entry = Code {
         user_id: user.user_id,
         user: user.user.clone(),
@@ -383,7 +383,7 @@ pub async fn decide(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
         used: None,
     };
     if let Ok(mut codes) = hub.oauth.codes.lock() {
-        codes.insert(super::hash(&code), entry);
+        codes.insert(crate::signin::sha256(&code), entry);
     }
     hub.audit.admin(AdminAction {
         actor: Some(user.user.as_str()),

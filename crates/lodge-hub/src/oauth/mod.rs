@@ -137,21 +137,6 @@ pub fn resource_ok(base: &str, user: &UserName, resource: &str) -> bool {
     resource == endpoint_url(base, None) || resource == endpoint_url(base, Some(user.as_str()))
 }
 
-/// A random URL-safe string of `bytes` random bytes (codes, ids, refresh tokens).
-pub(crate) fn random_string(bytes: usize) -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut raw = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut raw);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-/// SHA-256 of a secret (codes and refresh tokens are kept only as hashes).
-pub(crate) fn hash(secret: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret.as_bytes()).into()
-}
-
 /// Parses a form or query string, refusing a parameter given twice (RFC 6749 §3.1: "request
 /// and response parameters MUST NOT be included more than once"), which would let two readers
 /// of the same request see different values.

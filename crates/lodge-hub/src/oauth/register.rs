@@ -251,7 +251,7 @@ pub async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(v) => v,
         Err((e, d)) => return refuse(StatusCode::BAD_REQUEST, &e, d),
     };
-    let id = format!("lodge-{}", super::random_string(16));
+    let id = format!("lodge-{}", crate::signin::random_secret());
     let name = name.unwrap_or_else(|| {
         url::Url::parse(&redirect_uris[0])
             .ok()

@@ -4,7 +4,7 @@
 //! `lodge_` tokens bound to the client's resource; refresh tokens are kept only as hashes.
 //! Every answer carries `Cache-Control: no-store` (RFC 6749 §5.1).
 
-use super::{parse_params, random_string};
+use super::parse_params;
 use crate::Hub;
 use crate::audit::AdminAction;
 use axum::Json;
@@ -173,7 +173,7 @@ async fn issue(hub: &Hub, g: &Grant<'_>) -> Result<Response, OAuthError> {
         }
     }
     let access = access.ok_or(StoreError::TokenCollision)?;
-    let refresh = format!("{REFRESH_PREFIX}{}", random_string(32));
+    let refresh = format!("{REFRESH_PREFIX}{}", crate::signin::random_secret());
     let refresh_ms = cfg.refresh_token_ttl.as_millis().min(i64::MAX as u128) as i64;
     hub.store
         .create_refresh(&NewRefresh {
@@ -229,8 +229,8 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
     let code = required(p, "code")?;
     let client_id = required(p, "client_id")?;
     let redirect_uri = required(p, "redirect_uri")?;
-    let key = super::hash(code);
-    let family = random_string(16);
+    let key = crate::signin::sha256(code);
+    let family = crate::signin::random_secret();
     // Whatever happens next, this presentation uses the code up.
     let (entry, replayed) = {
         let Ok(mut codes) = hub.oauth.codes.lock() else {

@@ -71,6 +71,36 @@ pub async fn user(g: &Global, c: UserCmd) -> Result<()> {
             }
             Ok(())
         }
+        UserCmd::LoginUrl { name, expires } => {
+            let ttl = lodge_core::duration::parse(&expires)?;
+            if ttl.is_zero() || ttl > lodge_hub::signin::LINK_MAX_TTL {
+                bail!("--expires {expires:?}: give a lifetime above 0 and at most 24h, e.g. 10m");
+            }
+            let n = UserName::parse(&name)?;
+            let Some(u) = ctx.store.user(&n).await? else {
+                bail!("no user named {n}: create it with 'lodge user add {n}'");
+            };
+            let server = &ctx.config.server;
+            let url = lodge_hub::signin::mint_login_link(
+                &*ctx.store,
+                &server.base_url(server.bind),
+                &u,
+                ttl,
+            )
+            .await?;
+            acc.audit.admin(lodge_hub::audit::AdminAction {
+                actor: None,
+                action: "user.login_url",
+                target: n.as_str(),
+                outcome: "ok",
+            });
+            println!("{url}");
+            eprintln!(
+                "one-time sign-in link for {n}, valid for {}: it works once; send it privately.",
+                lodge_core::duration::format(ttl)
+            );
+            Ok(())
+        }
         UserCmd::Remove { name, purge } => {
             let u = acc.remove_user(&name).await?;
             if purge {
