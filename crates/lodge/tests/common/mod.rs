@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod browser;
+pub mod oidc;
 pub mod peers;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lodge");
@@ -489,4 +491,29 @@ pub fn files_containing(dir: &Path, needles: &[&str]) -> Vec<String> {
     hits.sort();
     hits.dedup();
     hits
+}
+
+/// A peer process's stderr, kept in a temp file and shown when a test fails (the peers are
+/// chatty, and their output only matters then).
+pub struct PeerLog {
+    file: tempfile::NamedTempFile,
+    pub name: &'static str,
+}
+
+impl PeerLog {
+    pub fn new(name: &'static str) -> PeerLog {
+        PeerLog {
+            file: tempfile::NamedTempFile::new().expect("peer log file"),
+            name,
+        }
+    }
+
+    /// A handle for the child's stderr.
+    pub fn stdio(&self) -> Stdio {
+        Stdio::from(self.file.reopen().expect("reopen peer log"))
+    }
+
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(self.file.path()).unwrap_or_default()
+    }
 }

