@@ -76,9 +76,12 @@ pub fn secure_headers(h: &mut axum::http::HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not no-referrer: under it Chromium sends `Origin: null` with a page's own form POSTs, and
+    // the Origin guard (rightly) refuses those. same-origin still gives other origins nothing,
+    // so a client's redirect URI never sees the consent page's URL.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
