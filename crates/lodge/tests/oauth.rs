@@ -471,6 +471,11 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let p = request(&challenge, &[("client_id", &client_id), ("scope", "mcp")]);
     let r = get_authorize(&s, Some(&s.session), &p).await;
     assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"].to_str().expect("csp");
+    assert!(
+        csp.contains("form-action 'self' http://127.0.0.1:4711;"),
+        "the approval may redirect to the client and nowhere else: {csp}"
+    );
     let html = r.text().await.expect("html");
     assert!(html.contains("Editor &lt;b&gt;X&lt;/b&gt;"), "client name, escaped: {html}");
     assert!(html.contains("127.0.0.1:4711"), "the redirect host is shown: {html}");
@@ -917,4 +922,76 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
         .await
         .expect("json");
     assert!(m.get("registration_endpoint").is_none());
+}
+
+/// The conformance suite's `authorization` scenarios against the hub, with Chromium signing in
+/// through the token form and approving on the consent page, as a person would.
+#[tokio::test]
+async fn conformance_authorization_scenarios_pass_with_a_browser_at_the_consent_page() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let peers = common::peers::Peers::get();
+    let hub = TestHub::start_with_config(CONFIG, &[]);
+    hub.add_user("alice");
+    let token = hub.token("alice", &["--scopes", "self"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut suite = Command::new(peers.node())
+        .arg(peers.conformance_suite())
+        .args(["authorization", "--url", &hub.base, "--client-id", "cli"])
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the conformance suite");
+    let stdout = suite.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("/oauth/authorize?") {
+                let _ = tx.send(line.trim().to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the suite printed no authorization URL");
+
+    let mut browser = common::browser::Browser::start().await;
+    let page = browser.goto(&url).await;
+    assert!(page.url.contains("/hub/login?next="), "{}", page.url);
+    browser.fill("input[name=token]", &token).await;
+    browser.submit("input[name=token]").await;
+    if !browser.url().await.contains("/oauth/authorize?") {
+        let text = browser.text().await;
+        eprintln!("after sign-in: {text}");
+        browser
+            .wait_for_url(&format!("{}/oauth/authorize?", hub.base), Duration::from_secs(10))
+            .await;
+        assert!(browser.url().await.contains("/oauth/authorize?"), "{text}");
+    }
+    let text = browser.text().await;
+    assert!(text.contains("Allow Test CLI to use Lodge?"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    browser.screenshot("oauth-consent").await;
+    browser.click("button[value=approve]").await;
+    let landed = browser
+        .wait_for_url(
+            &format!("http://127.0.0.1:{port}/callback"),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(landed.contains("code="), "{landed}");
+
+    let status = suite.wait().expect("suite");
+    let out = reader.join().expect("reader");
+    assert!(status.success(), "the conformance suite failed:\n{out}");
+    assert!(out.contains("Total: 3 passed, 0 failed"), "{out}");
 }

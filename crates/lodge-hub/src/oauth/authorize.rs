@@ -251,7 +251,35 @@ fn redirect_host(uri: &str) -> String {
     }
 }
 
+/// The page's CSP with the client's redirect target added to `form-action`: browsers apply
+/// `form-action` to the redirect that answers the form too, and the approval's answer is a
+/// redirect to the client.
+fn allow_form_redirect(response: &mut Response, redirect_uri: &str) {
+    let Ok(url) = url::Url::parse(redirect_uri) else {
+        return;
+    };
+    let target = match url.origin() {
+        o @ url::Origin::Tuple(..) => o.ascii_serialization(),
+        url::Origin::Opaque(_) => format!("{}:", url.scheme()),
+    };
+    let h = response.headers_mut();
+    let csp = h
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .replace("form-action 'self'", &format!("form-action 'self' {target}"));
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+}
+
 fn consent_page(user: &WebUser, client: &Client, r: &Request, pending: &str) -> Response {
+    let mut page = consent_markup(user, client, r, pending);
+    allow_form_redirect(&mut page, &r.redirect_uri);
+    page
+}
+
+fn consent_markup(user: &WebUser, client: &Client, r: &Request, pending: &str) -> Response {
     let documented = client.id.starts_with("https://");
     web::page(
         StatusCode::OK,
