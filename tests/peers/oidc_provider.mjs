@@ -11,7 +11,8 @@
 //                 "password": "pw", "groups": ["staff"] }] }
 // When ready it prints one line: `listening on http://127.0.0.1:PORT` (that URL is the issuer).
 //
-// The login form accepts a user's preferred_username, email or sub with its password. Consent is
+// An authorization request without `scope` is taken as `scope=openid` (oidc-provider itself would
+// refuse it). The login form accepts a user's preferred_username, email or sub with its password. Consent is
 // granted automatically (every configured client is first-party here), so no consent page
 // appears. The `groups` claim rides on the `openid` scope (and a `groups` scope), so it is in the
 // ID token and userinfo whatever scopes the relying party asks for.
@@ -368,6 +369,15 @@ const server = http.createServer(async (req, res) => {
     if (path.startsWith('/test/')) return await admin(req, res, path);
     const m = path.match(/^\/interaction\/([^/]+)(?:\/(login))?$/);
     if (m) return await interaction(req, res, m[1], m[2]);
+    if (path === '/auth' && req.method === 'GET') {
+      // oidc-provider grants nothing to a request without scope and answers access_denied; plain
+      // OAuth clients (the conformance suite's code-grant scenario) send none: treat it as openid.
+      const url = new URL(req.url, 'http://x');
+      if (!url.searchParams.has('scope')) {
+        url.searchParams.set('scope', 'openid');
+        req.url = `${url.pathname}${url.search}`;
+      }
+    }
     return handler(req, res);
   } catch (err) {
     console.error(`${req.method} ${path}:`, err);

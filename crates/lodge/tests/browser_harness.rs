@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::auth_suite::{AuthorizationSuite, free_port};
 use common::browser::Browser;
 use common::oidc::OidcProvider;
 use serde_json::{Value, json};
@@ -131,19 +132,12 @@ async fn token_request(op: &OidcProvider, form: &[(&str, &str)]) -> (u16, Value)
         .post(format!("{}/token", op.issuer()))
         .basic_auth(CLIENT, Some(SECRET))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form_body(form))
+        .body(common::form_body(form))
         .send()
         .await
         .expect("token request");
     let status = response.status().as_u16();
     (status, response.json().await.expect("token answer is JSON"))
-}
-
-/// application/x-www-form-urlencoded, by the same serializer URL queries use.
-fn form_body(form: &[(&str, &str)]) -> String {
-    let mut url = reqwest::Url::parse("http://x/").expect("url");
-    url.query_pairs_mut().extend_pairs(form);
-    url.query().unwrap_or_default().to_owned()
 }
 
 fn jwt_parts(token: &str) -> (Value, Value, Vec<u8>, String) {
@@ -460,6 +454,51 @@ async fn minted_tokens_verify_against_the_published_jwks_and_attacks_do_not() {
         verifies(&minted.token, &jwks),
         "the old key is still published"
     );
+}
+
+/// The conformance suite's `authorization` runner, proven against the test provider (which is
+/// an OAuth authorization server too): the URL it prints is found, Chromium completes the code
+/// flow at it, and the suite's checks are read back.
+#[tokio::test]
+async fn the_authorization_suite_runner_completes_a_code_grant_through_chromium() {
+    let port = free_port();
+    let callback = format!("http://127.0.0.1:{port}/callback");
+    let op = OidcProvider::start(json!({
+        "clients": [{"client_id": "suite", "redirect_uris": [callback]}],
+        "users": [{"sub": "u-alice", "preferred_username": "alice", "password": "alice-pw"}]
+    }));
+    let mut suite = AuthorizationSuite::start(op.issuer(), "suite", None, port);
+    let url = suite
+        .authorization_url(Duration::from_secs(60))
+        .await
+        .expect("the suite asks for a sign-in");
+    assert!(url.starts_with(&format!("{}/auth?", op.issuer())), "{url}");
+
+    let mut browser = Browser::start().await;
+    browser.goto(&url).await;
+    browser.fill("input[name=login]", "alice").await;
+    browser.fill("input[name=password]", "alice-pw").await;
+    browser.click("button[type=submit]").await;
+    browser
+        .wait_for_url(&callback, Duration::from_secs(15))
+        .await;
+
+    let outcome = suite.finish(Duration::from_secs(60)).await;
+    assert!(
+        outcome.failures().is_empty() && outcome.success,
+        "{:?}\n{}",
+        outcome.failures(),
+        outcome.transcript
+    );
+    // The two scenarios' own checks (a metadata scenario may add warnings about optional fields).
+    for id in ["authorization-server-metadata", "authorization-code-grant"] {
+        assert_eq!(
+            outcome.status(id),
+            Some("SUCCESS"),
+            "{id}: {:?}",
+            outcome.checks
+        );
+    }
 }
 
 /// The SPKI PEM of an RSA JWK, as Node exports it: the bytes an HMAC-confused verifier would use.

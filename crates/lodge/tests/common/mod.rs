@@ -8,9 +8,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod auth_suite;
 pub mod browser;
+pub mod oauth_client;
 pub mod oidc;
 pub mod peers;
+pub mod test_ca;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lodge");
 
@@ -209,6 +212,14 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
+}
+
+/// An application/x-www-form-urlencoded body (token and revocation endpoints take forms), by the
+/// serializer URL queries use.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("url");
+    url.query_pairs_mut().extend_pairs(pairs);
+    url.query().unwrap_or_default().to_owned()
 }
 
 pub fn init_body(version: &str) -> serde_json::Value {
