@@ -127,8 +127,11 @@ pub trait Store: Send + Sync + 'static {
     async fn create_refresh(&self, new: &NewRefresh) -> Result<(), StoreError>;
     /// Marks a refresh token used (atomically: of two concurrent uses one sees a replay) and
     /// returns its grant; None if no such token.
-    async fn use_refresh(&self, hash: &TokenHash, now_ms: i64)
-    -> Result<Option<RefreshUse>, StoreError>;
+    async fn use_refresh(
+        &self,
+        hash: &TokenHash,
+        now_ms: i64,
+    ) -> Result<Option<RefreshUse>, StoreError>;
     /// The family of a refresh token, used or not (for revocation).
     async fn refresh_family(&self, hash: &TokenHash) -> Result<Option<String>, StoreError>;
     /// Deletes every access and refresh token of a grant family, in one transaction; returns

@@ -994,10 +994,11 @@ impl Store for SqliteStore {
 
     async fn revoke_family(&self, family: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar("DELETE FROM tokens WHERE family = ? RETURNING id")
-            .bind(family)
-            .fetch_all(&mut *tx)
-            .await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("DELETE FROM tokens WHERE family = ? RETURNING id")
+                .bind(family)
+                .fetch_all(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM oauth_refresh WHERE family = ?")
             .bind(family)
             .execute(&mut *tx)

@@ -117,7 +117,11 @@ async fn sign_in(hub: &TestHub, user: &str) -> String {
         .post(format!("{}/hub/login", hub.base))
         .header(COOKIE, format!("lodge_csrf={csrf_cookie}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", &csrf), ("token", &token), ("next", "/hub/")]))
+        .body(form(&[
+            ("csrf", &csrf),
+            ("token", &token),
+            ("next", "/hub/"),
+        ]))
         .send()
         .await
         .expect("post login");
@@ -174,7 +178,11 @@ fn query(p: &[(String, String)]) -> String {
     form(&f)
 }
 
-async fn get_authorize(s: &Setup, session: Option<&str>, p: &[(String, String)]) -> reqwest::Response {
+async fn get_authorize(
+    s: &Setup,
+    session: Option<&str>,
+    p: &[(String, String)],
+) -> reqwest::Response {
     let mut r = client().get(format!("{}/oauth/authorize?{}", s.hub.base, query(p)));
     if let Some(c) = session {
         r = r.header(COOKIE, format!("lodge_session={c}"));
@@ -191,8 +199,15 @@ async fn consent(s: &Setup, session: &str, p: &[(String, String)]) -> HashMap<St
     inputs(&html)
 }
 
-async fn post_decision(s: &Setup, session: &str, fields: &HashMap<String, String>) -> reqwest::Response {
-    let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+async fn post_decision(
+    s: &Setup,
+    session: &str,
+    fields: &HashMap<String, String>,
+) -> reqwest::Response {
+    let f: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     client()
         .post(format!("{}/oauth/authorize", s.hub.base))
         .header(COOKIE, format!("lodge_session={session}"))
@@ -267,7 +282,9 @@ async fn token_endpoint(hub: &TestHub, fields: &[(&str, &str)]) -> (u16, Value) 
         .expect("token");
     let status = r.status().as_u16();
     assert_eq!(
-        r.headers().get("cache-control").and_then(|v| v.to_str().ok()),
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
         Some("no-store"),
         "token responses are never cached"
     );
@@ -359,10 +376,19 @@ async fn metadata_documents_name_the_hub_and_its_endpoints() {
     };
     let m = get(format!("{base}/.well-known/oauth-authorization-server")).await;
     assert_eq!(m["issuer"], json!(base));
-    assert_eq!(m["authorization_endpoint"], json!(format!("{base}/oauth/authorize")));
+    assert_eq!(
+        m["authorization_endpoint"],
+        json!(format!("{base}/oauth/authorize"))
+    );
     assert_eq!(m["token_endpoint"], json!(format!("{base}/oauth/token")));
-    assert_eq!(m["registration_endpoint"], json!(format!("{base}/oauth/register")));
-    assert_eq!(m["revocation_endpoint"], json!(format!("{base}/oauth/revoke")));
+    assert_eq!(
+        m["registration_endpoint"],
+        json!(format!("{base}/oauth/register"))
+    );
+    assert_eq!(
+        m["revocation_endpoint"],
+        json!(format!("{base}/oauth/revoke"))
+    );
     assert_eq!(m["response_types_supported"], json!(["code"]));
     assert_eq!(m["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(m["token_endpoint_auth_methods_supported"], json!(["none"]));
@@ -374,8 +400,14 @@ async fn metadata_documents_name_the_hub_and_its_endpoints() {
     assert_eq!(m["scopes_supported"], json!(["mcp"]));
 
     for (path, resource) in [
-        ("/.well-known/oauth-protected-resource", format!("{base}/mcp")),
-        ("/.well-known/oauth-protected-resource/mcp", format!("{base}/mcp")),
+        (
+            "/.well-known/oauth-protected-resource",
+            format!("{base}/mcp"),
+        ),
+        (
+            "/.well-known/oauth-protected-resource/mcp",
+            format!("{base}/mcp"),
+        ),
         (
             "/.well-known/oauth-protected-resource/user/alice/mcp",
             format!("{base}/user/alice/mcp"),
@@ -388,11 +420,17 @@ async fn metadata_documents_name_the_hub_and_its_endpoints() {
         assert_eq!(d["scopes_supported"], json!(["mcp"]));
     }
     let r = client()
-        .get(format!("{base}/.well-known/oauth-protected-resource/user/..%2Fx/mcp"))
+        .get(format!(
+            "{base}/.well-known/oauth-protected-resource/user/..%2Fx/mcp"
+        ))
         .send()
         .await
         .expect("get");
-    assert_eq!(r.status(), 404, "no document for a name that is not a user name");
+    assert_eq!(
+        r.status(),
+        404,
+        "no document for a name that is not a user name"
+    );
 }
 
 #[tokio::test]
@@ -451,13 +489,18 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let r = get_authorize(&s, None, &request(&challenge, &[])).await;
     assert_eq!(r.status(), 303);
     let (loc, _) = location_params(&r);
-    assert!(loc.starts_with("/hub/login?next=%2Foauth%2Fauthorize%3F"), "{loc}");
+    assert!(
+        loc.starts_with("/hub/login?next=%2Foauth%2Fauthorize%3F"),
+        "{loc}"
+    );
 
     // Dynamic registration, then the flow with that client.
     let r = client()
         .post(format!("{}/oauth/register", hub.base))
-        .json(&json!({"client_name": "Editor <b>X</b>", "redirect_uris": [REDIRECT],
-                      "token_endpoint_auth_method": "none"}))
+        .json(
+            &json!({"client_name": "Editor <b>X</b>", "redirect_uris": [REDIRECT],
+                      "token_endpoint_auth_method": "none"}),
+        )
         .send()
         .await
         .expect("register");
@@ -471,15 +514,26 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let p = request(&challenge, &[("client_id", &client_id), ("scope", "mcp")]);
     let r = get_authorize(&s, Some(&s.session), &p).await;
     assert_eq!(r.status(), 200);
-    let csp = r.headers()["content-security-policy"].to_str().expect("csp");
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp");
     assert!(
         csp.contains("form-action 'self' http://127.0.0.1:4711;"),
         "the approval may redirect to the client and nowhere else: {csp}"
     );
     let html = r.text().await.expect("html");
-    assert!(html.contains("Editor &lt;b&gt;X&lt;/b&gt;"), "client name, escaped: {html}");
-    assert!(html.contains("127.0.0.1:4711"), "the redirect host is shown: {html}");
-    assert!(html.contains("<code>mcp</code>"), "the scope is shown: {html}");
+    assert!(
+        html.contains("Editor &lt;b&gt;X&lt;/b&gt;"),
+        "client name, escaped: {html}"
+    );
+    assert!(
+        html.contains("127.0.0.1:4711"),
+        "the redirect host is shown: {html}"
+    );
+    assert!(
+        html.contains("<code>mcp</code>"),
+        "the scope is shown: {html}"
+    );
     let fields = inputs(&html);
     let r = post_decision(&s, &s.session, &approve(&fields)).await;
     assert_eq!(r.status(), 303);
@@ -532,7 +586,11 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     .await;
     assert_eq!(status, 200, "{v}");
     let access2 = v["access_token"].as_str().expect("access").to_owned();
-    assert_ne!(v["refresh_token"].as_str(), Some(refresh_token.as_str()), "rotated");
+    assert_ne!(
+        v["refresh_token"].as_str(),
+        Some(refresh_token.as_str()),
+        "rotated"
+    );
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&access2)).await.0, 200);
 
     // Revocation (RFC 7009): refused at once, even though the hub had it cached.
@@ -615,7 +673,11 @@ async fn a_wrong_or_missing_code_verifier_gets_no_token() {
     let code = code_for(&s, &request(&challenge, &[])).await;
     let (other_verifier, _) = pkce();
     let (status, v) = exchange(&s.hub, &code, &other_verifier).await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
     assert!(v.get("access_token").is_none());
     // The code is spent by the failed attempt: an attacker gets one guess.
     let (verifier2, challenge2) = pkce();
@@ -630,7 +692,11 @@ async fn a_wrong_or_missing_code_verifier_gets_no_token() {
         ],
     )
     .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
     let (status, _) = exchange(&s.hub, &code2, &verifier2).await;
     assert_eq!(status, 400, "a code presented once is used up");
 }
@@ -646,7 +712,11 @@ async fn a_code_used_twice_is_refused_and_revokes_what_it_issued() {
     let rt = v["refresh_token"].as_str().expect("refresh").to_owned();
     assert_eq!(mcp_status(&s.hub.mcp_url(), Some(&access)).await.0, 200);
     let (status, v) = exchange(&s.hub, &code, &verifier).await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
     assert_eq!(mcp_status(&s.hub.mcp_url(), Some(&access)).await.0, 401);
     assert_eq!(refresh(&s.hub, &rt).await.0, 400);
     assert!(audit_has(&s.hub, "oauth.code_reuse").await);
@@ -662,7 +732,12 @@ async fn a_redirect_uri_mismatch_gets_an_error_page_never_a_redirect() {
         "http://127.0.0.1.evil.example/callback",
         "http://127.0.0.1:4711/callback#frag",
     ] {
-        let r = get_authorize(&s, Some(&s.session), &request(&challenge, &[("redirect_uri", evil)])).await;
+        let r = get_authorize(
+            &s,
+            Some(&s.session),
+            &request(&challenge, &[("redirect_uri", evil)]),
+        )
+        .await;
         assert_eq!(r.status(), 400, "{evil}");
         assert!(r.headers().get(LOCATION).is_none(), "no redirect to {evil}");
         let html = r.text().await.expect("html");
@@ -673,7 +748,13 @@ async fn a_redirect_uri_mismatch_gets_an_error_page_never_a_redirect() {
     let r = get_authorize(
         &s,
         Some(&s.session),
-        &request(&challenge, &[("client_id", "nobody"), ("redirect_uri", "https://evil.example/")]),
+        &request(
+            &challenge,
+            &[
+                ("client_id", "nobody"),
+                ("redirect_uri", "https://evil.example/"),
+            ],
+        ),
     )
     .await;
     assert_eq!(r.status(), 400);
@@ -691,7 +772,11 @@ async fn a_redirect_uri_mismatch_gets_an_error_page_never_a_redirect() {
         ],
     )
     .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -701,7 +786,10 @@ async fn a_token_for_another_audience_is_refused() {
     hub.add_user("bob");
     // Bound to alice's own endpoint: good at /mcp and /user/alice/mcp alike.
     let (access, _) = grant(&s, &[("resource", &hub.user_url("alice"))]).await;
-    assert_eq!(mcp_status(&hub.user_url("alice"), Some(&access)).await.0, 200);
+    assert_eq!(
+        mcp_status(&hub.user_url("alice"), Some(&access)).await.0,
+        200
+    );
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&access)).await.0, 200);
     let (status, www) = mcp_status(&hub.user_url("bob"), Some(&access)).await;
     assert_eq!(status, 401, "another endpoint is another audience");
@@ -714,10 +802,19 @@ async fn a_token_for_another_audience_is_refused() {
         hub.user_url("bob"),
         format!("{}/api/users", hub.base),
     ] {
-        let r = get_authorize(&s, Some(&s.session), &request(&challenge, &[("resource", &other)])).await;
+        let r = get_authorize(
+            &s,
+            Some(&s.session),
+            &request(&challenge, &[("resource", &other)]),
+        )
+        .await;
         assert_eq!(r.status(), 303, "{other}");
         let (_, q) = location_params(&r);
-        assert_eq!(q.get("error").map(String::as_str), Some("invalid_target"), "{other}");
+        assert_eq!(
+            q.get("error").map(String::as_str),
+            Some("invalid_target"),
+            "{other}"
+        );
     }
     // And a resource changed at the token endpoint.
     let (verifier, challenge) = pkce();
@@ -734,7 +831,11 @@ async fn a_token_for_another_audience_is_refused() {
         ],
     )
     .await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_target")), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -751,10 +852,18 @@ async fn a_refresh_token_reused_after_rotation_revokes_the_whole_family() {
     let (other, _) = grant(&s, &[]).await;
     // The replay: refused, and every token of the family stops working.
     let (status, v) = refresh(hub, &r1).await;
-    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&a1)).await.0, 401);
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&a2)).await.0, 401);
-    assert_eq!(refresh(hub, &r2).await.0, 400, "the newer refresh token is revoked too");
+    assert_eq!(
+        refresh(hub, &r2).await.0,
+        400,
+        "the newer refresh token is revoked too"
+    );
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&other)).await.0, 200);
     assert!(audit_has(hub, "oauth.refresh_reuse").await);
 }
@@ -766,7 +875,10 @@ async fn client_metadata_documents_on_private_addresses_or_plain_http_are_refuse
     for (doc, says) in [
         ("https://127.0.0.1:9/client.json", "internal address"),
         ("https://localhost:9/client.json", "internal address"),
-        ("https://169.254.169.254/latest/meta-data", "internal address"),
+        (
+            "https://169.254.169.254/latest/meta-data",
+            "internal address",
+        ),
         ("https://[fd00:ec2::254]/client.json", "internal address"),
         ("http://127.0.0.1:9/client.json", "https"),
     ] {
@@ -808,7 +920,10 @@ async fn client_metadata_documents_on_private_addresses_or_plain_http_are_refuse
     .await;
     assert_eq!(r.status(), 400);
     let html = r.text().await.expect("html");
-    assert!(!html.contains("internal address") && html.contains("fetch failed"), "{html}");
+    assert!(
+        !html.contains("internal address") && html.contains("fetch failed"),
+        "{html}"
+    );
     drop(listener);
 }
 
@@ -840,7 +955,10 @@ async fn consent_cannot_be_skipped_by_crafting_the_approval() {
     let r = client()
         .post(format!("{}/oauth/authorize", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[("pending", &fields["pending"]), ("decision", "approve")]))
+        .body(form(&[
+            ("pending", &fields["pending"]),
+            ("decision", "approve"),
+        ]))
         .send()
         .await
         .expect("post");
@@ -849,7 +967,10 @@ async fn consent_cannot_be_skipped_by_crafting_the_approval() {
     let bob_fields = approve(&consent(&s, &bob, &p).await);
     let mut f = fields.clone();
     f.insert("csrf".into(), bob_fields["csrf"].clone());
-    refused(&post_decision(&s, &bob, &f).await, "another session's pending id");
+    refused(
+        &post_decision(&s, &bob, &f).await,
+        "another session's pending id",
+    );
     // Alice's approval with a parameter changed.
     for (k, v) in [
         ("redirect_uri", "http://127.0.0.1:4712/callback"),
@@ -867,7 +988,10 @@ async fn consent_cannot_be_skipped_by_crafting_the_approval() {
     assert_eq!(r.status(), 303);
     let (_, q) = location_params(&r);
     assert!(q.contains_key("code"));
-    refused(&post_decision(&s, &s.session, &fields).await, "a pending id answered twice");
+    refused(
+        &post_decision(&s, &s.session, &fields).await,
+        "a pending id answered twice",
+    );
     // Deny sends access_denied.
     let denied = consent(&s, &s.session, &p).await;
     let mut f = denied.clone();
@@ -885,7 +1009,12 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
     let register = |body: Value| {
         let url = format!("{}/oauth/register", hub.base);
         async move {
-            let r = client().post(url).json(&body).send().await.expect("register");
+            let r = client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("register");
             let s = r.status().as_u16();
             (s, r.json::<Value>().await.unwrap_or(Value::Null))
         }
@@ -898,11 +1027,22 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
         json!({"client_name": "x"}),
     ] {
         let (s, v) = register(bad.clone()).await;
-        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_redirect_uri")), "{bad}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("invalid_redirect_uri")),
+            "{bad}"
+        );
     }
-    let (s, v) = register(json!({"redirect_uris": ["https://app.example/cb"], "client_name": "n".repeat(500)})).await;
-    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_client_metadata")));
-    let (s, v) = register(json!({"redirect_uris": ["https://app.example/cb", "myapp.example:/cb"]})).await;
+    let (s, v) = register(
+        json!({"redirect_uris": ["https://app.example/cb"], "client_name": "n".repeat(500)}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_client_metadata"))
+    );
+    let (s, v) =
+        register(json!({"redirect_uris": ["https://app.example/cb", "myapp.example:/cb"]})).await;
     assert_eq!(s, 201, "{v}");
 
     let off = TestHub::start_with_config("[auth.oauth]\ndynamic_registration = false\n", &[]);
@@ -914,7 +1054,10 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
         .expect("register");
     assert_eq!(r.status(), 403);
     let m: Value = client()
-        .get(format!("{}/.well-known/oauth-authorization-server", off.base))
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            off.base
+        ))
         .send()
         .await
         .expect("meta")

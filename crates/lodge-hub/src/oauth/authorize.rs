@@ -92,9 +92,9 @@ async fn client_and_redirect(
     hub: &Hub,
     p: &HashMap<String, String>,
 ) -> Result<(Client, String), Response> {
-    let id = p.get("client_id").ok_or_else(|| {
-        error_page(StatusCode::BAD_REQUEST, "the request names no client_id")
-    })?;
+    let id = p
+        .get("client_id")
+        .ok_or_else(|| error_page(StatusCode::BAD_REQUEST, "the request names no client_id"))?;
     let client = register::client(hub, id)
         .await
         .map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))?;
@@ -181,7 +181,10 @@ pub async fn authorize(
             );
         }
     };
-    let scope = match p.get("scope").map(|s| s.split_whitespace().collect::<Vec<_>>()) {
+    let scope = match p
+        .get("scope")
+        .map(|s| s.split_whitespace().collect::<Vec<_>>())
+    {
         None => "mcp".to_owned(),
         Some(v) if v.is_empty() => "mcp".to_owned(),
         Some(v) => {
@@ -267,7 +270,10 @@ fn allow_form_redirect(response: &mut Response, redirect_uri: &str) {
         .get(header::CONTENT_SECURITY_POLICY)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .replace("form-action 'self'", &format!("form-action 'self' {target}"));
+        .replace(
+            "form-action 'self'",
+            &format!("form-action 'self' {target}"),
+        );
     if let Ok(v) = HeaderValue::from_str(&csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
@@ -329,7 +335,10 @@ pub async fn decide(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
             "you are not signed in (any more): start again from the application",
         );
     };
-    let form = match std::str::from_utf8(&body).map_err(|e| e.to_string()).and_then(parse_params) {
+    let form = match std::str::from_utf8(&body)
+        .map_err(|e| e.to_string())
+        .and_then(parse_params)
+    {
         Ok(f) => f,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
     };

@@ -50,8 +50,8 @@ pub async fn resource_user(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     // Any well-formed name gets a document (no user listing through this endpoint).
-    let name = UserName::parse(&name)
-        .map_err(|_| ApiError::NotFound("no such MCP endpoint".into()))?;
+    let name =
+        UserName::parse(&name).map_err(|_| ApiError::NotFound("no such MCP endpoint".into()))?;
     Ok(protected_resource(&hub, Some(name.as_str())))
 }
 

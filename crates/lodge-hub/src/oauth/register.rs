@@ -33,7 +33,9 @@ pub struct Client {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("unknown client_id {0:?}: register the client first (dynamic registration or [auth.oauth.clients])")]
+    #[error(
+        "unknown client_id {0:?}: register the client first (dynamic registration or [auth.oauth.clients])"
+    )]
     Unknown(String),
     #[error("client ID metadata document {url}: {reason}")]
     Document { url: String, reason: String },
@@ -107,9 +109,12 @@ fn is_loopback_host(url: &url::Url) -> bool {
 /// private-use scheme (§7.1). Never a fragment (RFC 6749 §3.1.2), never credentials.
 pub fn check_redirect_uri(uri: &str) -> Result<url::Url, String> {
     if uri.len() > MAX_URI_LEN {
-        return Err(format!("a redirect URI is longer than {MAX_URI_LEN} characters"));
+        return Err(format!(
+            "a redirect URI is longer than {MAX_URI_LEN} characters"
+        ));
     }
-    let url = url::Url::parse(uri).map_err(|e| format!("redirect URI {uri:?} is not a URL: {e}"))?;
+    let url =
+        url::Url::parse(uri).map_err(|e| format!("redirect URI {uri:?} is not a URL: {e}"))?;
     if url.fragment().is_some() {
         return Err(format!("redirect URI {uri:?} has a fragment"));
     }
@@ -122,9 +127,9 @@ pub fn check_redirect_uri(uri: &str) -> Result<url::Url, String> {
         "http" => Err(format!(
             "redirect URI {uri:?} is plain http on a non-loopback host: use https"
         )),
-        s if NOT_PRIVATE_USE.contains(&s) => {
-            Err(format!("redirect URI {uri:?} has a scheme that cannot be a redirect target"))
-        }
+        s if NOT_PRIVATE_USE.contains(&s) => Err(format!(
+            "redirect URI {uri:?} has a scheme that cannot be a redirect target"
+        )),
         _ => Ok(url),
     }
 }
@@ -174,7 +179,12 @@ pub fn check_metadata(m: &Value) -> Result<(Vec<String>, Option<String>), (Strin
     let uris = m
         .get("redirect_uris")
         .and_then(Value::as_array)
-        .ok_or_else(|| bad("invalid_redirect_uri", "redirect_uris (an array) is required".into()))?;
+        .ok_or_else(|| {
+            bad(
+                "invalid_redirect_uri",
+                "redirect_uris (an array) is required".into(),
+            )
+        })?;
     if uris.is_empty() || uris.len() > MAX_REDIRECT_URIS {
         return Err(bad(
             "invalid_redirect_uri",
@@ -183,9 +193,12 @@ pub fn check_metadata(m: &Value) -> Result<(Vec<String>, Option<String>), (Strin
     }
     let mut out = Vec::new();
     for u in uris {
-        let s = u
-            .as_str()
-            .ok_or_else(|| bad("invalid_redirect_uri", "redirect_uris must be strings".into()))?;
+        let s = u.as_str().ok_or_else(|| {
+            bad(
+                "invalid_redirect_uri",
+                "redirect_uris must be strings".into(),
+            )
+        })?;
         check_redirect_uri(s).map_err(|e| bad("invalid_redirect_uri", e))?;
         out.push(s.to_owned());
     }
@@ -200,7 +213,10 @@ pub fn check_metadata(m: &Value) -> Result<(Vec<String>, Option<String>), (Strin
         {
             return Err(bad(
                 "invalid_client_metadata",
-                format!("{field} {v} is not supported (supported: {})", allowed.join(", ")),
+                format!(
+                    "{field} {v} is not supported (supported: {})",
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -212,7 +228,9 @@ pub fn check_metadata(m: &Value) -> Result<(Vec<String>, Option<String>), (Strin
         Some(_) => {
             return Err(bad(
                 "invalid_client_metadata",
-                format!("client_name must be a non-empty string of at most {MAX_NAME_LEN} characters"),
+                format!(
+                    "client_name must be a non-empty string of at most {MAX_NAME_LEN} characters"
+                ),
             ));
         }
     };

@@ -107,7 +107,8 @@ fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAu
             "send the parameters as application/x-www-form-urlencoded",
         ));
     }
-    let text = std::str::from_utf8(body).map_err(|_| err("invalid_request", "body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| err("invalid_request", "body is not UTF-8"))?;
     parse_params(text).map_err(|e| err("invalid_request", e))
 }
 
@@ -217,7 +218,9 @@ pub async fn token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes)
             "refresh_token" => refresh(&hub, &p).await,
             other => Err(err(
                 "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported (authorization_code, refresh_token)"),
+                format!(
+                    "grant_type {other:?} is not supported (authorization_code, refresh_token)"
+                ),
             )),
         }
     }
@@ -237,7 +240,10 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
             return Err(err("server_error", "internal error"));
         };
         let Some(c) = codes.get_mut(&key) else {
-            return Err(err("invalid_grant", "unknown or expired authorization code"));
+            return Err(err(
+                "invalid_grant",
+                "unknown or expired authorization code",
+            ));
         };
         let replayed = c.used.clone();
         if replayed.is_none() {
@@ -276,7 +282,10 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
         return Err(err("invalid_grant", "the authorization code expired"));
     }
     if client_id != entry.client_id {
-        return Err(err("invalid_grant", "the code was issued to another client"));
+        return Err(err(
+            "invalid_grant",
+            "the code was issued to another client",
+        ));
     }
     if redirect_uri != entry.redirect_uri {
         return Err(err(
@@ -298,7 +307,10 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
     {
         return Err(err(
             "invalid_target",
-            format!("resource differs from the authorized one ({})", entry.resource),
+            format!(
+                "resource differs from the authorized one ({})",
+                entry.resource
+            ),
         ));
     }
     // The person may have been removed (and a namesake created) since consenting.
@@ -322,7 +334,10 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
     hub.audit.admin(AdminAction {
         actor: Some(entry.user.as_str()),
         action: "oauth.grant",
-        target: &format!("{} {:?} {}", entry.client_id, entry.client_name, entry.resource),
+        target: &format!(
+            "{} {:?} {}",
+            entry.client_id, entry.client_name, entry.resource
+        ),
         outcome: "ok",
     });
     Ok(response)
@@ -355,13 +370,19 @@ async fn refresh(hub: &Hub, p: &HashMap<String, String>) -> Result<Response, OAu
         return Err(err("invalid_grant", "the refresh token expired"));
     }
     if client_id != r.client_id {
-        return Err(err("invalid_grant", "the refresh token belongs to another client"));
+        return Err(err(
+            "invalid_grant",
+            "the refresh token belongs to another client",
+        ));
     }
     let granted = r.scopes.to_vec();
     let scope = match p.get("scope") {
         None => granted.join(" "),
         Some(s) => {
-            if let Some(bad) = s.split_whitespace().find(|x| !granted.iter().any(|g| g == x)) {
+            if let Some(bad) = s
+                .split_whitespace()
+                .find(|x| !granted.iter().any(|g| g == x))
+            {
                 return Err(err(
                     "invalid_scope",
                     format!("scope {bad:?} was not granted"),
