@@ -30,24 +30,8 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn form(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    common::form_body(fields)
 }
 
 fn unescape(s: &str) -> String {
@@ -233,30 +217,12 @@ fn location_params(r: &reqwest::Response) -> (String, HashMap<String, String>) {
         .to_str()
         .expect("ascii")
         .to_owned();
-    let q = loc.split_once('?').map(|x| x.1).unwrap_or("");
-    let params = q
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
-        .collect();
+    // A relative Location (the hub's own pages) is read against any base.
+    let url = reqwest::Url::parse("http://relative.invalid")
+        .and_then(|b| b.join(&loc))
+        .expect("a URL");
+    let params = url.query_pairs().into_owned().collect();
     (loc, params)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.replace('+', " ").into_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            let h = std::str::from_utf8(&b[i + 1..i + 3]).expect("hex");
-            out.push(u8::from_str_radix(h, 16).expect("hex"));
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).expect("utf8")
 }
 
 /// Approves the request on the consent page; returns the code.
