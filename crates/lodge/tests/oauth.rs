@@ -1032,3 +1032,93 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
         .expect("json");
     assert!(m.get("registration_endpoint").is_none());
 }
+
+/// Browser-based clients (MCP Inspector) call the discovery documents and the token and
+/// registration endpoints from their own origin; the consent form keeps the Origin check.
+#[tokio::test]
+async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_consent_form() {
+    let s = setup().await;
+    let hub = &s.hub;
+    let origin = "http://localhost:6274";
+    let r = client()
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            hub.base
+        ))
+        .header("origin", origin)
+        .send()
+        .await
+        .expect("metadata");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/oauth/register", hub.base),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("ascii")
+            .contains("content-type")
+    );
+    let r = client()
+        .post(format!("{}/oauth/register", hub.base))
+        .header("origin", origin)
+        .json(&json!({"redirect_uris": ["http://localhost:6274/oauth/callback"]}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = client()
+        .post(format!("{}/oauth/token", hub.base))
+        .header("origin", origin)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "x"),
+            ("client_id", "cli"),
+        ]))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(
+        r.status(),
+        400,
+        "answered by the token endpoint, not the Origin guard"
+    );
+    // The consent form and the MCP endpoint still refuse a foreign origin.
+    let (_, challenge) = pkce();
+    let fields = approve(&consent(&s, &s.session, &request(&challenge, &[])).await);
+    let f: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = client()
+        .post(format!("{}/oauth/authorize", hub.base))
+        .header("origin", origin)
+        .header(COOKIE, format!("lodge_session={}", s.session))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(&f))
+        .send()
+        .await
+        .expect("decision");
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get(LOCATION).is_none());
+    let r = client()
+        .post(hub.mcp_url())
+        .header("origin", origin)
+        .json(&common::init_body("2025-11-25"))
+        .send()
+        .await
+        .expect("mcp");
+    assert_eq!(r.status(), 403);
+}

@@ -9,7 +9,7 @@
 use super::register::{Client, check_metadata};
 use lodge_core::config::OAuthConfig;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -105,8 +105,7 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00 // unique local, fd00:ec2::254 among them
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || a == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0))
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
 }

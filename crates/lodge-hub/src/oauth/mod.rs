@@ -51,30 +51,76 @@ impl OAuth {
 /// The discovery documents and the authorization server's endpoints.
 pub fn routes() -> axum::Router<std::sync::Arc<Hub>> {
     use axum::routing::{get, post};
-    axum::Router::new()
+    // Browser-based clients (MCP Inspector) read the documents and call these endpoints from
+    // their own origin; none of them acts on a cookie, so any origin may.
+    let public = axum::Router::new()
         .route(
             "/.well-known/oauth-protected-resource",
-            get(metadata::resource_root),
+            get(metadata::resource_root).options(preflight),
         )
         .route(
             "/.well-known/oauth-protected-resource/mcp",
-            get(metadata::resource_root),
+            get(metadata::resource_root).options(preflight),
         )
         .route(
             "/.well-known/oauth-protected-resource/user/{name}/mcp",
-            get(metadata::resource_user),
+            get(metadata::resource_user).options(preflight),
         )
         .route(
             "/.well-known/oauth-authorization-server",
-            get(metadata::authorization_server),
+            get(metadata::authorization_server).options(preflight),
         )
+        .route("/oauth/token", post(token::token).options(preflight))
+        .route(
+            "/oauth/register",
+            post(register::register).options(preflight),
+        )
+        .route("/oauth/revoke", post(token::revoke).options(preflight))
+        .layer(axum::middleware::map_response(any_origin));
+    axum::Router::new()
         .route(
             "/oauth/authorize",
             get(authorize::authorize).post(authorize::decide),
         )
-        .route("/oauth/token", post(token::token))
-        .route("/oauth/register", post(register::register))
-        .route("/oauth/revoke", post(token::revoke))
+        .merge(public)
+}
+
+/// May a request to `path` come from any browser origin? Only the endpoints that act on no
+/// cookie: the discovery documents, token, registration and revocation. `/oauth/authorize`
+/// (the consent form) keeps the hub's Origin check.
+pub fn cross_origin_ok(path: &str) -> bool {
+    path.starts_with("/.well-known/oauth-")
+        || matches!(path, "/oauth/token" | "/oauth/register" | "/oauth/revoke")
+}
+
+async fn any_origin(mut r: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+/// A CORS preflight: simple methods and the headers an OAuth client sends.
+async fn preflight() -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, mcp-protocol-version"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    r
 }
 
 /// The URL of an MCP endpoint: `BASE/mcp`, or `BASE/user/NAME/mcp` for `target` NAME.
