@@ -31,3 +31,13 @@ CREATE TABLE oauth_refresh (
     rotated_ms   INTEGER
 );
 CREATE INDEX oauth_refresh_family ON oauth_refresh(family);
+
+-- A grant lives only as long as its access tokens are not revoked: deleting one (`token revoke`,
+-- the REST API, `/oauth/revoke`, a user's deprovisioning, removal) ends the grant's refresh
+-- tokens too, so nothing can mint the access back. Expired access tokens are kept as rows, so
+-- expiry alone does not end the grant.
+CREATE TRIGGER tokens_end_grant AFTER DELETE ON tokens
+WHEN OLD.family IS NOT NULL
+BEGIN
+    DELETE FROM oauth_refresh WHERE family = OLD.family;
+END;

@@ -54,6 +54,8 @@ pub struct TokenAuth {
     pub expires_ms: Option<i64>,
     /// The MCP endpoint URL an OAuth access token is bound to; None: any endpoint.
     pub resource: Option<String>,
+    /// The OAuth grant family of an access token the hub issued.
+    pub family: Option<String>,
     pub user: User,
 }
 

@@ -189,7 +189,7 @@ impl Store for SqliteStore {
 
     async fn token_for_auth(&self, id: &str) -> Result<Option<TokenAuth>, StoreError> {
         let row = sqlx::query(
-            "SELECT t.id AS tid, t.hash, t.scopes, t.expires_ms, t.resource, u.id AS u_id, u.name AS u_name, \
+            "SELECT t.id AS tid, t.hash, t.scopes, t.expires_ms, t.resource, t.family, u.id AS u_id, u.name AS u_name, \
              u.admin AS u_admin, u.profile AS u_profile, u.created_ms AS u_created_ms \
              FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?",
         )
@@ -204,6 +204,7 @@ impl Store for SqliteStore {
             scopes: Scopes::from_stored(&scopes),
             expires_ms: r.try_get("expires_ms")?,
             resource: r.try_get("resource")?,
+            family: r.try_get("family")?,
             user: user_from_row(&r, "u_")?,
         }))
     }

@@ -571,8 +571,41 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let (status, www) = mcp_status(&hub.mcp_url(), Some(&access2)).await;
     assert_eq!(status, 401);
     assert!(www.contains(r#"error="invalid_token""#), "{www}");
-    // Revoking the refresh token ends the whole grant.
+    // ... and with it the whole grant: the older access token and the refresh token.
+    assert_eq!(mcp_status(&hub.mcp_url(), Some(&access)).await.0, 401);
     let rt2 = v["refresh_token"].as_str().expect("rt2").to_owned();
+    let (status, v) = token_endpoint(
+        hub,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt2),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+
+    // Revoking a refresh token ends its grant too.
+    let (verifier, challenge) = pkce();
+    let p = request(&challenge, &[("client_id", &client_id)]);
+    let fields = consent(&s, &s.session, &p).await;
+    let r = post_decision(&s, &s.session, &approve(&fields)).await;
+    let (_, q) = location_params(&r);
+    let (status, v) = token_endpoint(
+        hub,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &q["code"]),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let access = v["access_token"].as_str().expect("access").to_owned();
+    let rt2 = v["refresh_token"].as_str().expect("rt").to_owned();
+    assert_eq!(mcp_status(&hub.mcp_url(), Some(&access)).await.0, 200);
     let r = client()
         .post(format!("{}/oauth/revoke", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -1121,4 +1154,30 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .await
         .expect("mcp");
     assert_eq!(r.status(), 403);
+}
+
+/// Revoking an OAuth access token as people do (`lodge token revoke`, as deprovisioning does)
+/// ends its grant: the refresh token cannot mint the access back.
+#[tokio::test]
+async fn revoking_an_access_token_ends_its_grant() {
+    let s = setup().await;
+    let (access, rt) = grant(&s, &[]).await;
+    let listed = s.hub.ok(&["token", "list", "alice", "--json"]);
+    let tokens: Value = serde_json::from_str(&listed).expect("json");
+    let id = tokens
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["client"] == "Test CLI")
+        .and_then(|t| t["id"].as_str())
+        .unwrap_or_else(|| panic!("no token of the client in {listed}"))
+        .to_owned();
+    assert!(access.starts_with(&format!("lodge_{id}")));
+    s.hub.ok(&["token", "revoke", &id]);
+    let (status, v) = refresh(&s.hub, &rt).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
 }

@@ -414,8 +414,8 @@ async fn refresh(hub: &Hub, p: &HashMap<String, String>) -> Result<Response, OAu
     .await
 }
 
-/// `POST /oauth/revoke` (RFC 7009): an access token or a refresh token (then its whole
-/// grant). Unknown tokens get the same 200, as §2.2 asks.
+/// `POST /oauth/revoke` (RFC 7009): an access token or a refresh token, and with either the
+/// whole grant it belongs to. Unknown tokens get the same 200, as §2.2 asks.
 pub async fn revoke(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let p = form(&headers, &body)?;
@@ -424,7 +424,16 @@ pub async fn revoke(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
             if let Some(row) = hub.store.token_for_auth(id).await?
                 && hash.ct_eq(&row.hash)
             {
-                hub.store.revoke_token(id).await?;
+                // An access token the hub issued ends its whole grant (RFC 7009 §2.1 allows
+                // it): a client revoking means it is done with the grant.
+                match &row.family {
+                    Some(family) => {
+                        revoke_family(&hub, family).await?;
+                    }
+                    None => {
+                        hub.store.revoke_token(id).await?;
+                    }
+                }
                 hub.auth.invalidate(Some(id));
                 hub.audit.admin(AdminAction {
                     actor: Some(row.user.name.as_str()),
