@@ -96,6 +96,10 @@ pub enum AuditKind {
     SignOut,
     /// The provider no longer vouches for a user: sessions, tokens and room were taken away.
     Deprovision,
+    // --- oauth ---
+    /// An OAuth event: registration, consent, grant, code or refresh-token replay, revocation
+    /// (the action names it: `oauth.consent`, …).
+    OAuth,
 }
 
 impl AuditKind {
@@ -109,6 +113,8 @@ impl AuditKind {
             AuditKind::SignInRefused => "sign_in_refused",
             AuditKind::SignOut => "sign_out",
             AuditKind::Deprovision => "deprovision",
+            // --- oauth ---
+            AuditKind::OAuth => "oauth",
         }
     }
 
@@ -122,6 +128,8 @@ impl AuditKind {
             AuditKind::SignInRefused,
             AuditKind::SignOut,
             AuditKind::Deprovision,
+            // --- oauth ---
+            AuditKind::OAuth,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -524,6 +524,11 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let refresh_token = v["refresh_token"].as_str().expect("refresh").to_owned();
     assert!(audit_has(hub, "oauth.consent").await);
     assert!(audit_has(hub, "oauth.grant").await);
+    let oauth_only = hub.ok(&["audit", "--kind", "oauth", "--json"]);
+    assert!(
+        oauth_only.contains("oauth.consent") && !oauth_only.contains("\"sign_in\""),
+        "{oauth_only}"
+    );
 
     // A tool call with the access token.
     let sid = open_session(&hub.mcp_url(), &access).await;

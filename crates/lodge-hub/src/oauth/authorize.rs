@@ -9,7 +9,7 @@ use super::register::{self, Client};
 use super::token::{CODE_TTL, Code};
 use super::{SCOPES_SUPPORTED, endpoint_url, parse_params, resource_ok};
 use crate::Hub;
-use crate::audit::AdminAction;
+use crate::audit::OAuthEvent;
 use crate::signin::{self, WebUser};
 use crate::web;
 use axum::body::Bytes;
@@ -379,8 +379,8 @@ pub async fn decide(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
     let r = pending.request;
     let target = format!("{} {:?}", r.client_id, pending.client_name);
     if presented != r {
-        hub.audit.admin(AdminAction {
-            actor: Some(user.user.as_str()),
+        hub.audit.oauth(OAuthEvent {
+            user: Some(user.user.as_str()),
             action: "oauth.consent",
             target: &target,
             outcome: "refused: parameters changed",
@@ -392,8 +392,8 @@ pub async fn decide(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
     }
     let state = r.state.as_deref();
     if get("decision") != "approve" {
-        hub.audit.admin(AdminAction {
-            actor: Some(user.user.as_str()),
+        hub.audit.oauth(OAuthEvent {
+            user: Some(user.user.as_str()),
             action: "oauth.consent",
             target: &target,
             outcome: "denied",
@@ -422,8 +422,8 @@ pub async fn decide(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
     if let Ok(mut codes) = hub.oauth.codes.lock() {
         codes.insert(crate::signin::sha256(&code), entry);
     }
-    hub.audit.admin(AdminAction {
-        actor: Some(user.user.as_str()),
+    hub.audit.oauth(OAuthEvent {
+        user: Some(user.user.as_str()),
         action: "oauth.consent",
         target: &target,
         outcome: "approved",

@@ -4,7 +4,7 @@
 //! It never authenticates a client: every client is public, PKCE is what binds a code to it.
 
 use crate::Hub;
-use crate::audit::AdminAction;
+use crate::audit::OAuthEvent;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -291,8 +291,8 @@ pub async fn register(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             "storage failure; see the hub log".into(),
         );
     }
-    hub.audit.admin(AdminAction {
-        actor: None,
+    hub.audit.oauth(OAuthEvent {
+        user: None,
         action: "oauth.register",
         target: &format!("{id} {name:?}"),
         outcome: "ok",

@@ -6,7 +6,7 @@
 
 use super::parse_params;
 use crate::Hub;
-use crate::audit::AdminAction;
+use crate::audit::OAuthEvent;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -267,8 +267,8 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
     };
     if let Some(first) = replayed {
         let revoked = revoke_family(hub, &first).await?;
-        hub.audit.admin(AdminAction {
-            actor: Some(entry.user.as_str()),
+        hub.audit.oauth(OAuthEvent {
+            user: Some(entry.user.as_str()),
             action: "oauth.code_reuse",
             target: &format!("{} {:?}", entry.client_id, entry.client_name),
             outcome: &format!("grant revoked ({revoked} access tokens)"),
@@ -331,8 +331,8 @@ async fn exchange_code(hub: &Hub, p: &HashMap<String, String>) -> Result<Respons
         },
     )
     .await?;
-    hub.audit.admin(AdminAction {
-        actor: Some(entry.user.as_str()),
+    hub.audit.oauth(OAuthEvent {
+        user: Some(entry.user.as_str()),
         action: "oauth.grant",
         target: &format!(
             "{} {:?} {}",
@@ -355,8 +355,8 @@ async fn refresh(hub: &Hub, p: &HashMap<String, String>) -> Result<Response, OAu
     };
     if r.replayed {
         let revoked = revoke_family(hub, &r.family).await?;
-        hub.audit.admin(AdminAction {
-            actor: Some(r.user.name.as_str()),
+        hub.audit.oauth(OAuthEvent {
+            user: Some(r.user.name.as_str()),
             action: "oauth.refresh_reuse",
             target: &format!("{} {:?}", r.client_id, r.client_name),
             outcome: &format!("family revoked ({revoked} access tokens)"),
@@ -435,8 +435,8 @@ pub async fn revoke(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
                     }
                 }
                 hub.auth.invalidate(Some(id));
-                hub.audit.admin(AdminAction {
-                    actor: Some(row.user.name.as_str()),
+                hub.audit.oauth(OAuthEvent {
+                    user: Some(row.user.name.as_str()),
                     action: "oauth.revoke",
                     target: id,
                     outcome: "ok",
@@ -446,8 +446,8 @@ pub async fn revoke(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes
             && let Some(family) = hub.store.refresh_family(&TokenHash::of(t)).await?
         {
             revoke_family(&hub, &family).await?;
-            hub.audit.admin(AdminAction {
-                actor: None,
+            hub.audit.oauth(OAuthEvent {
+                user: None,
                 action: "oauth.revoke",
                 target: "refresh token family",
                 outcome: "ok",
