@@ -159,6 +159,9 @@ pub struct OidcConfig {
     pub client_secret: Option<crate::Secret<String>>,
     /// A file holding the client secret (trailing newline ignored); read at load.
     pub client_secret_file: Option<PathBuf>,
+    /// How the hub authenticates at the token endpoint when it has a secret:
+    /// `client_secret_basic` (HTTP Basic, the default) or `client_secret_post` (form fields).
+    pub token_endpoint_auth_method: String,
     pub scopes: Vec<String>,
     /// The ID-token claim that names the Lodge user.
     pub username_claim: String,
@@ -191,6 +194,7 @@ impl Default for OidcConfig {
             client_id: String::new(),
             client_secret: None,
             client_secret_file: None,
+            token_endpoint_auth_method: "client_secret_basic".into(),
             scopes: ["openid", "profile", "email"].map(String::from).to_vec(),
             username_claim: "preferred_username".into(),
             username_normalize: false,
@@ -232,6 +236,14 @@ impl OidcConfig {
             })?;
             self.client_secret = Some(crate::Secret::new(
                 text.trim_end_matches(['\n', '\r']).to_owned(),
+            ));
+        }
+        if !["client_secret_basic", "client_secret_post"]
+            .contains(&self.token_endpoint_auth_method.as_str())
+        {
+            return Err(format!(
+                "auth.oidc.token_endpoint_auth_method {:?}: use \"client_secret_basic\" or \"client_secret_post\"",
+                self.token_endpoint_auth_method
             ));
         }
         if !self.scopes.iter().any(|s| s == "openid") {

@@ -34,7 +34,9 @@ pub struct UpstreamConfig {
     /// How long an instance may take to start and answer `initialize`. Default 30 seconds.
     #[serde(default = "default_start", with = "serde_human")]
     pub start_timeout: Duration,
-    /// User names that get this server, or `"*"` for everyone (the default).
+    /// Who gets this server: user names, `"group:NAME"` for members of the identity
+    /// provider's group NAME (as of their last sign-in or recheck), or `"*"` for everyone (the
+    /// default).
     #[serde(default = "everyone")]
     pub enabled_for: Vec<String>,
     #[serde(default)]
@@ -159,6 +161,9 @@ fn valid_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// `enabled_for` entries naming a group of the identity provider start with this.
+pub const GROUP_PREFIX: &str = "group:";
+
 impl UpstreamConfig {
     /// The prefix of server `name`'s tool and prompt names and resource URIs: the configured
     /// one, else the name. Empty: shown unchanged.
@@ -166,9 +171,19 @@ impl UpstreamConfig {
         self.prefix.as_deref().unwrap_or(name)
     }
 
-    /// Is the server offered to `user`?
-    pub fn enabled_for(&self, user: &str) -> bool {
-        self.enabled_for.iter().any(|u| u == "*" || u == user)
+    /// Is the server offered to `user`, who is in the provider's `groups`?
+    pub fn enabled_for(&self, user: &str, groups: &[String]) -> bool {
+        self.enabled_for
+            .iter()
+            .any(|u| match u.strip_prefix(GROUP_PREFIX) {
+                Some(group) => groups.iter().any(|g| g == group),
+                None => u == "*" || u == user,
+            })
+    }
+
+    /// Does `enabled_for` name a group (so a caller's groups must be looked up)?
+    pub fn names_groups(&self) -> bool {
+        self.enabled_for.iter().any(|u| u.starts_with(GROUP_PREFIX))
     }
 
     /// The secrets the server's environment needs, as (name, field).
@@ -227,9 +242,15 @@ impl UpstreamConfig {
             ));
         }
         for user in &self.enabled_for {
-            if user != "*" && crate::UserName::parse(user).is_err() {
+            let ok = match user.strip_prefix(GROUP_PREFIX) {
+                Some(group) => {
+                    !group.is_empty() && group.len() <= 256 && !group.chars().any(char::is_control)
+                }
+                None => user == "*" || crate::UserName::parse(user).is_ok(),
+            };
+            if !ok {
                 return Err(format!(
-                    "{at}.enabled_for: {user:?} is neither a user name nor \"*\" (groups are not supported yet)"
+                    "{at}.enabled_for: {user:?} is neither a user name, \"group:NAME\" nor \"*\""
                 ));
             }
         }
@@ -286,16 +307,33 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.secrets().collect::<Vec<_>>(), vec![("github", "token")]);
         assert_eq!(c.env["MODE"], EnvValue::Literal("plain".into()));
-        assert!(c.enabled_for("alice") && !c.enabled_for("bob"));
+        assert!(c.enabled_for("alice", &[]) && !c.enabled_for("bob", &[]));
         assert!(c.tools.permits("git_status"));
         assert!(!c.tools.permits("git_push"));
         assert!(!c.tools.permits("shell"));
     }
 
     #[test]
+    fn groups_enable_their_members_only() {
+        let c = parse(
+            r#"command = ["x"]
+            enabled_for = ["group:ml team", "carol"]"#,
+        )
+        .unwrap();
+        assert!(c.names_groups());
+        let ml = vec!["staff".to_owned(), "ml team".to_owned()];
+        assert!(c.enabled_for("alice", &ml));
+        assert!(!c.enabled_for("alice", &["staff".to_owned()]));
+        assert!(c.enabled_for("carol", &[]));
+        // A user named like the group is not its member.
+        assert!(!c.enabled_for("group", &[]));
+        assert!(!parse(r#"command = ["x"]"#).unwrap().names_groups());
+    }
+
+    #[test]
     fn defaults_enable_everyone_and_every_tool() {
         let c = parse(r#"command = ["x"]"#).unwrap();
-        assert!(c.enabled_for("anyone"));
+        assert!(c.enabled_for("anyone", &[]));
         assert!(c.tools.permits("whatever"));
         assert_eq!(c.idle_timeout, Duration::from_secs(600));
     }
@@ -327,7 +365,12 @@ mod tests {
             (
                 r#"command = ["x"]
                 enabled_for = ["@admins"]"#,
-                "groups are not supported",
+                "neither a user name, \"group:NAME\"",
+            ),
+            (
+                r#"command = ["x"]
+                enabled_for = ["group:"]"#,
+                "neither a user name, \"group:NAME\"",
             ),
             (
                 r#"command = ["x"]

@@ -15,6 +15,9 @@ pub struct Caller {
     pub profile: String,
     /// The token owner when acting for someone else (a service token), else `None`.
     pub actor: Option<UserName>,
+    /// The identity provider's groups of the user (for `group:NAME` in `enabled_for`); empty
+    /// until [`crate::signin::fill_groups`] looks them up.
+    pub groups: std::sync::Arc<[String]>,
 }
 
 impl Caller {
@@ -25,6 +28,7 @@ impl Caller {
             admin: p.admin,
             profile: p.profile.clone(),
             actor: None,
+            groups: std::sync::Arc::from([]),
         }
     }
 }
@@ -90,5 +94,6 @@ pub async fn resolve(
         admin: user.admin,
         profile: user.profile,
         actor: Some(p.user.clone()),
+        groups: std::sync::Arc::from([]),
     })
 }

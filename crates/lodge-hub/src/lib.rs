@@ -11,6 +11,7 @@ pub mod edge;
 pub mod error;
 mod guard;
 mod http_util;
+pub mod jwt;
 pub mod limit;
 pub mod mcp;
 pub mod metrics;
@@ -90,8 +91,12 @@ pub struct Hub {
     pub feeds: Arc<mcp::feeds::Feeds>,
     /// OAuth grants in flight: consent pages and authorization codes.
     pub oauth: oauth::OAuth,
+    /// The organisation's OpenID provider (`[auth.oidc]`): discovery, keys, JWT verification.
+    pub oidc: Option<Arc<jwt::Provider>>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
     request_budget: limit::Buckets<i64>,
+    /// Provider sign-ins each client address may start (each stores a pending sign-in).
+    pub(crate) signin_starts: limit::Buckets<std::net::IpAddr>,
     /// The hub's base URL (`server.base_url` of the address it serves on), set once the
     /// router is built: issuer, resource and redirect URLs come from it, never from `Host`.
     base_url: std::sync::OnceLock<String>,
@@ -133,6 +138,11 @@ impl Hub {
         ));
         let tools = tools(&config, &sessions, &rooms, &vault, &upstreams);
         ::metrics::gauge!("lodge_sessions_active").set(sessions.count() as f64);
+        let oidc = config
+            .auth
+            .oidc
+            .as_ref()
+            .map(|o| Arc::new(jwt::Provider::new(&o.issuer)));
         Ok(Arc::new(Self {
             config,
             store,
@@ -147,7 +157,9 @@ impl Hub {
             relay: Arc::default(),
             feeds,
             oauth: Default::default(),
+            oidc,
             request_budget: Default::default(),
+            signin_starts: Default::default(),
             base_url: Default::default(),
         }))
     }
@@ -218,6 +230,7 @@ impl Hub {
         let edge_config = edge::EdgeConfig::new(&self.config.server, fd_budget);
         let stop = CancellationToken::new();
         let maintenance = tokio::spawn(self.clone().maintain(stop.clone()));
+        let signin = tokio::spawn(signin::recheck::run(self.clone(), stop.clone()));
         let pruning = tokio::spawn(audit::prune_periodically(
             self.store.clone(),
             self.config.audit.clone(),
@@ -244,6 +257,7 @@ impl Hub {
         stop.cancel();
         let _ = maintenance.await;
         let _ = pruning.await;
+        let _ = signin.await;
         // Wait for every room to be stopped and cleaned up (cgroups, volumes) before exiting.
         let _ = rooms_stopped.await;
         self.flush().await;
@@ -325,6 +339,7 @@ impl Hub {
             self.auth.sweep();
             self.oauth.sweep();
             self.request_budget.sweep(std::time::Instant::now());
+            self.signin_starts.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;
             if stopped > 0 {
                 tracing::info!(stopped, "idle upstream server instances stopped");

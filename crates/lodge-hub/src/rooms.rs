@@ -214,7 +214,7 @@ impl Rooms {
     fn limits(&self, caller: &Caller, profile: &Profile) -> Limits {
         let mut l = limits(profile);
         let server_needs_host = self.profiles.servers.values().any(|s| {
-            s.enabled_for(caller.user.as_str())
+            s.enabled_for(caller.user.as_str(), &caller.groups)
                 && s.profile
                     .as_deref()
                     .is_some_and(|p| self.profiles.profile(p).network == NetworkAccess::Host)

@@ -139,6 +139,7 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_family(&self, family: &str) -> Result<Vec<String>, StoreError>;
 
     // --- sign-in ---
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;
     async fn create_web_session(&self, s: &NewWebSession) -> Result<(), StoreError>;
     /// The session with this id hash and its user, whether expired or not.
     async fn web_session(&self, id_hash: &[u8]) -> Result<Option<WebSessionRow>, StoreError>;
@@ -172,9 +173,11 @@ pub trait Store: Send + Sync + 'static {
         issuer: &str,
         subject: &str,
     ) -> Result<Option<IdentityRow>, StoreError>;
-    /// Inserts or replaces the user's identity (the caller checked the binding rules).
+    /// Inserts or replaces the user's identity, refresh token included (the caller checked the
+    /// binding rules).
     async fn put_identity(&self, i: &IdentityRow) -> Result<(), StoreError>;
-    /// Identities last checked before `before_ms`, oldest first, at most `limit`.
+    /// Identities holding a refresh token and last checked before `before_ms`, oldest first,
+    /// at most `limit`.
     async fn identities_due(
         &self,
         before_ms: i64,

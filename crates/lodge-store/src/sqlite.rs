@@ -587,6 +587,15 @@ impl Store for SqliteStore {
     }
 
     // --- sign-in ---
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let row =
+            sqlx::query("SELECT id, name, admin, profile, created_ms FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| user_from_row(&r, "")).transpose()?)
+    }
+
     async fn create_web_session(&self, s: &NewWebSession) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, user_id, csrf, method, created_ms, expires_ms, \
@@ -792,7 +801,7 @@ impl Store for SqliteStore {
             "INSERT INTO identities (user_id, issuer, subject, groups, refresh, checked_ms) \
              VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET issuer = \
              excluded.issuer, subject = excluded.subject, groups = excluded.groups, refresh = \
-             coalesce(excluded.refresh, identities.refresh), checked_ms = excluded.checked_ms",
+             excluded.refresh, checked_ms = excluded.checked_ms",
         )
         .bind(i.user_id)
         .bind(&i.issuer)
@@ -812,7 +821,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<IdentityRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT user_id, issuer, subject, groups, refresh, checked_ms FROM identities \
-             WHERE checked_ms < ? ORDER BY checked_ms LIMIT ?",
+             WHERE refresh IS NOT NULL AND checked_ms < ? ORDER BY checked_ms LIMIT ?",
         )
         .bind(before_ms)
         .bind(limit)
@@ -840,11 +849,29 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_user_tokens(&self, user_id: i64) -> Result<u64, StoreError> {
-        let res = sqlx::query("DELETE FROM tokens WHERE user_id = ?")
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM tokens WHERE user_id = ?")
             .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(res.rows_affected())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        // OAuth refresh tokens, where the authorization server's table exists, go too: a
+        // refresh token would otherwise mint new access tokens for the deprovisioned user.
+        let oauth = sqlx::query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oauth_refresh'",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut refresh = 0;
+        if oauth.is_some() {
+            refresh = sqlx::query("DELETE FROM oauth_refresh WHERE user_id = ?")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n + refresh)
     }
 
     // --- oauth ---

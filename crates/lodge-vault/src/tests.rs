@@ -877,3 +877,29 @@ async fn a_deleted_verifier_with_data_keys_is_not_silently_reset() {
     assert!(matches!(e.open().await, Err(VaultError::MissingVerifier)));
     assert!(!e.key_path().exists());
 }
+
+#[tokio::test]
+async fn internal_values_open_only_as_their_user_and_purpose_and_are_not_secrets() {
+    let e = Env::new().await;
+    let v = e.open().await.unwrap();
+    let sealed = v
+        .seal_internal(e.alice, "oidc-refresh", "refresh-token-value")
+        .await
+        .unwrap();
+    assert!(!sealed.windows(7).any(|w| w == b"refresh"), "not in clear");
+    assert_eq!(
+        v.open_internal(e.alice, "oidc-refresh", &sealed)
+            .await
+            .unwrap()
+            .as_str(),
+        "refresh-token-value"
+    );
+    assert!(v.open_internal(e.alice, "other", &sealed).await.is_err());
+    v.put(e.bob, "x", fields(&[("f", "v")])).await.unwrap();
+    assert!(
+        v.open_internal(e.bob, "oidc-refresh", &sealed)
+            .await
+            .is_err()
+    );
+    assert!(v.list(e.alice).await.unwrap().is_empty(), "never listed");
+}

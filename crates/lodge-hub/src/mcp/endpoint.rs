@@ -115,14 +115,17 @@ async fn authenticate(
         .await
         .map_err(refuse)?;
     crate::oauth::check_audience(hub, &principal, target.as_deref(), ip).map_err(refuse)?;
-    caller::resolve(
+    let caller = caller::resolve(
         &principal,
         target.as_deref(),
         &*hub.store,
         hub.config.auth.admin_access,
     )
     .await
-    .map_err(refuse)
+    .map_err(refuse)?;
+    crate::signin::fill_groups(hub, caller)
+        .await
+        .map_err(ApiError::mcp)
 }
 
 async fn post(

@@ -246,6 +246,22 @@ pub async fn mint_login_link(
     ))
 }
 
+/// Adds the user's groups at the provider (as of their last sign-in or recheck) to `caller`,
+/// for `group:NAME` in `[servers.NAME] enabled_for`. Looked up only when some server names a
+/// group, so hubs without group-enabled servers do no extra lookup per request.
+pub async fn fill_groups(
+    hub: &Hub,
+    mut caller: crate::caller::Caller,
+) -> Result<crate::caller::Caller, crate::error::ApiError> {
+    if !hub.config.servers.values().any(|s| s.names_groups()) {
+        return Ok(caller);
+    }
+    if let Some(identity) = hub.store.identity_of(caller.user_id).await? {
+        caller.groups = identity.groups.into();
+    }
+    Ok(caller)
+}
+
 /// Deletes expired sessions, links and pending sign-ins.
 pub async fn sweep(store: &dyn Store) {
     match store.delete_expired_signin_state(now_ms()).await {

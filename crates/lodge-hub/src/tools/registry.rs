@@ -315,6 +315,7 @@ mod tests {
             admin: false,
             profile: "default".into(),
             actor: None,
+            groups: std::sync::Arc::from([]),
         }
     }
 

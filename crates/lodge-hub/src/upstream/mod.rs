@@ -302,22 +302,22 @@ impl Upstreams {
         })
     }
 
-    /// Servers offered to `user`.
-    fn enabled<'a, 'u>(
+    /// Servers offered to `caller` (by name, group or to everyone).
+    fn enabled<'a, 'c>(
         &'a self,
-        user: &'u str,
-    ) -> impl Iterator<Item = (&'a str, &'a UpstreamConfig)> + use<'a, 'u> {
+        caller: &'c Caller,
+    ) -> impl Iterator<Item = (&'a str, &'a UpstreamConfig)> + use<'a, 'c> {
         self.config
             .servers
             .iter()
-            .filter(move |(_, s)| s.enabled_for(user))
+            .filter(move |(_, s)| s.enabled_for(caller.user.as_str(), &caller.groups))
             .map(|(n, s)| (n.as_str(), s))
     }
 
-    /// The server offered to `user` that shows its names unprefixed (at most one: the config
+    /// The server offered to `caller` that shows its names unprefixed (at most one: the config
     /// refuses more).
-    fn unprefixed<'a>(&'a self, user: &str) -> Option<(&'a str, &'a UpstreamConfig)> {
-        self.enabled(user).find(|(n, s)| s.prefix(n).is_empty())
+    fn unprefixed<'a>(&'a self, caller: &Caller) -> Option<(&'a str, &'a UpstreamConfig)> {
+        self.enabled(caller).find(|(n, s)| s.prefix(n).is_empty())
     }
 
     /// The server enabled for `caller` that a `shown` tool or prompt name is routed to, and the
@@ -353,13 +353,12 @@ impl Upstreams {
         split: Option<(&'a str, &'a str)>,
         shown: &'a str,
     ) -> Option<(&'a str, &'a UpstreamConfig, &'a str)> {
-        let user = caller.user.as_str();
         split
             .and_then(|(prefix, own)| {
-                let (n, s) = self.enabled(user).find(|(n, s)| s.prefix(n) == prefix)?;
+                let (n, s) = self.enabled(caller).find(|(n, s)| s.prefix(n) == prefix)?;
                 Some((n, s, own))
             })
-            .or_else(|| self.unprefixed(user).map(|(n, s)| (n, s, shown)))
+            .or_else(|| self.unprefixed(caller).map(|(n, s)| (n, s, shown)))
     }
 
     /// How long one request to `server` may take: its profile's (else the user's) command
@@ -997,7 +996,7 @@ impl Upstreams {
         &'a self,
         caller: &Caller,
     ) -> Vec<(&'a str, &'a UpstreamConfig, Arc<Catalog>)> {
-        let enabled: Vec<_> = self.enabled(caller.user.as_str()).collect();
+        let enabled: Vec<_> = self.enabled(caller).collect();
         let lookups = enabled.into_iter().map(|(name, server)| async move {
             match self.catalog(caller, name, server).await {
                 Ok(c) => Some((name, server, c)),
@@ -1322,7 +1321,7 @@ impl Upstreams {
     /// (`running`, `stopped`, `failed`, or `backing off` until its next start is allowed) and
     /// why its last start failed, so a server whose tools are missing says why.
     pub fn status(&self, caller: &Caller) -> Vec<Value> {
-        self.enabled(caller.user.as_str())
+        self.enabled(caller)
             .map(|(name, server)| {
                 let running = self
                     .instances
