@@ -195,6 +195,36 @@ impl Auditor {
     }
 }
 
+// --- oauth ---
+/// One OAuth event, for [`Auditor::oauth`].
+pub struct OAuthEvent<'a> {
+    /// The person the grant is for, when known.
+    pub user: Option<&'a str>,
+    /// `oauth.register`, `oauth.consent`, `oauth.grant`, `oauth.code_reuse`,
+    /// `oauth.refresh_reuse`, `oauth.revoke`.
+    pub action: &'a str,
+    /// The client (id and name) and what else identifies the event.
+    pub target: &'a str,
+    pub outcome: &'a str,
+}
+
+impl Auditor {
+    pub fn oauth(&self, e: OAuthEvent<'_>) {
+        self.send(AuditRecord {
+            ts_ms: now_ms(),
+            kind: AuditKind::OAuth,
+            user: e.user.map(str::to_owned),
+            session: None,
+            action: e.action.to_owned(),
+            digest: None,
+            outcome: e.outcome.to_owned(),
+            duration_ms: None,
+            client: None,
+            detail: Some(e.target.to_owned()),
+        });
+    }
+}
+
 pub struct ToolCallRecord<'a> {
     pub user: &'a str,
     pub session: Option<&'a str>,

@@ -31,6 +31,9 @@ pub struct Principal {
     pub scopes: Scopes,
     /// When the presented token expires (None: never); a token it mints may not outlive it.
     pub expires_ms: Option<i64>,
+    /// The MCP endpoint URL an OAuth access token is bound to (its audience); None: a token
+    /// minted by a person, good wherever its scopes are.
+    pub resource: Option<String>,
 }
 
 struct Cached {
@@ -287,6 +290,7 @@ impl Authenticator {
             admin: row.user.admin,
             profile: row.user.profile,
             expires_ms: row.expires_ms,
+            resource: row.resource,
         };
         let entry = Arc::new(Cached {
             principal,

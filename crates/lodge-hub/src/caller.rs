@@ -33,6 +33,15 @@ impl Caller {
     }
 }
 
+/// A token without `mcp` for its owner's own endpoint: the 403 names the scope it needs.
+fn lacks_mcp() -> ApiError {
+    ApiError::InsufficientScope {
+        message: "token lacks scope 'mcp': create one with 'lodge token create USER --scopes mcp'"
+            .into(),
+        scope: "mcp".into(),
+    }
+}
+
 fn denied() -> ApiError {
     // One answer whether or not the user exists, so the endpoint cannot be used to list users.
     ApiError::Forbidden("this token may not use that user's MCP endpoint".into())
@@ -49,10 +58,7 @@ pub async fn resolve(
 ) -> Result<Caller, ApiError> {
     let Some(target) = target else {
         if !p.scopes.grants(ScopeKind::Mcp, &p.user, Some(&p.user)) {
-            return Err(ApiError::Forbidden(
-                "token lacks scope 'mcp': create one with 'lodge token create USER --scopes mcp'"
-                    .into(),
-            ));
+            return Err(lacks_mcp());
         }
         return Ok(Caller::own(p));
     };
@@ -61,7 +67,7 @@ pub async fn resolve(
         return if p.scopes.grants(ScopeKind::Mcp, &p.user, Some(&name)) {
             Ok(Caller::own(p))
         } else {
-            Err(denied())
+            Err(lacks_mcp())
         };
     }
     // The token's scopes decide; the owner being an admin only lets them hold the scope (the
@@ -70,7 +76,16 @@ pub async fn resolve(
         && p.scopes
             .grants(ScopeKind::AccessRooms, &p.user, Some(&name));
     if !allowed {
-        return Err(denied());
+        // With admin access on, the one scope that would do is named (the same answer whether
+        // or not the user exists); with it off, no scope would, so there is nothing to name.
+        return Err(if admin_access {
+            ApiError::InsufficientScope {
+                message: "this token may not use that user's MCP endpoint".into(),
+                scope: format!("access:rooms!user={name}"),
+            }
+        } else {
+            denied()
+        });
     }
     let user = store.user(&name).await?.ok_or_else(denied)?;
     Ok(Caller {

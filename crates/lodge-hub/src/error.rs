@@ -18,6 +18,10 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The token is valid but lacks a scope: `scope` lists every scope the request needs
+    /// (RFC 6750 `insufficient_scope`, a 403).
+    #[error("{message}")]
+    InsufficientScope { message: String, scope: String },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -49,13 +53,20 @@ pub enum ApiError {
     /// The inner failure on an MCP endpoint: its status and headers, a JSON-RPC body.
     #[error(transparent)]
     Mcp(Box<ApiError>),
+    /// A refusal by a protected resource whose challenge names its metadata document
+    /// (RFC 9728 `resource_metadata`), so an MCP client can discover how to get a token.
+    #[error("{inner}")]
+    Challenged {
+        inner: Box<ApiError>,
+        resource_metadata: String,
+    },
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::NoCredentials(_) | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -66,14 +77,14 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::JsonRpc { status, .. } => *status,
-            ApiError::Mcp(inner) => inner.status(),
+            ApiError::Mcp(inner) | ApiError::Challenged { inner, .. } => inner.status(),
         }
     }
 
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::NoCredentials(_) | ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::InsufficientScope { .. } => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
@@ -84,7 +95,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
             ApiError::JsonRpc { .. } => "jsonrpc",
-            ApiError::Mcp(inner) => inner.code(),
+            ApiError::Mcp(inner) | ApiError::Challenged { inner, .. } => inner.code(),
         }
     }
 }
@@ -115,22 +126,53 @@ impl ApiError {
         self.respond(body)
     }
 
+    /// The same failure from a protected resource whose metadata is at `resource_metadata`.
+    pub fn challenged(self, resource_metadata: String) -> Self {
+        match self {
+            ApiError::Mcp(inner) => ApiError::Mcp(Box::new(inner.challenged(resource_metadata))),
+            ApiError::Challenged { .. } => self,
+            other => ApiError::Challenged {
+                inner: Box::new(other),
+                resource_metadata,
+            },
+        }
+    }
+
+    /// The `WWW-Authenticate` value of a 401 or scope 403 (RFC 6750 §3), None for others.
+    fn challenge(&self, resource_metadata: Option<&str>) -> Option<String> {
+        let mut c = String::from(r#"Bearer realm="lodge""#);
+        if let Some(url) = resource_metadata {
+            c.push_str(&format!(r#", resource_metadata="{url}""#));
+        }
+        match self {
+            ApiError::NoCredentials(_) => {}
+            ApiError::Unauthorized(_) => c.push_str(r#", error="invalid_token""#),
+            ApiError::InsufficientScope { scope, .. } => {
+                c.push_str(&format!(r#", error="insufficient_scope", scope="{scope}""#));
+            }
+            ApiError::Challenged {
+                inner,
+                resource_metadata,
+            } => return inner.challenge(Some(resource_metadata)),
+            _ => return None,
+        }
+        Some(c)
+    }
+
     fn respond(self, body: serde_json::Value) -> Response {
         let mut resp = (self.status(), axum::Json(body)).into_response();
         let h = resp.headers_mut();
-        match &self {
-            ApiError::NoCredentials(_) => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer realm="lodge""#),
-                );
-            }
-            ApiError::Unauthorized(_) => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer realm="lodge", error="invalid_token""#),
-                );
-            }
+        if let Some(v) = self
+            .challenge(None)
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        let base = match &self {
+            ApiError::Challenged { inner, .. } => inner.as_ref(),
+            other => other,
+        };
+        match base {
             ApiError::TooManyRequests { retry_after_s, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
                     h.insert(header::RETRY_AFTER, v);

@@ -1,7 +1,8 @@
 //! DNS-rebinding and cross-origin protection, as the MCP transport spec requires: the `Host`
 //! header must name this hub, and a browser `Origin`, when present, must be the hub's own (the
 //! Host the request was sent to, or `public_url`) or configured. Runs before authentication on
-//! every route.
+//! every route; the OAuth endpoints that act on no cookie (discovery, token, registration,
+//! revocation) take any origin, as browser-based MCP clients call them.
 
 use crate::error::ApiError;
 use axum::extract::{Request, State};
@@ -116,7 +117,10 @@ pub async fn check(State(g): State<Arc<HostGuard>>, req: Request, next: Next) ->
         }
         None => return ApiError::BadRequest("missing Host header".into()).into_response(),
     };
-    if let Some(origin) = headers.get(http::header::ORIGIN) {
+    // The OAuth endpoints that act on no cookie answer any origin (browser-based MCP clients).
+    if let Some(origin) = headers.get(http::header::ORIGIN)
+        && !crate::oauth::cross_origin_ok(req.uri().path())
+    {
         let ok = origin.to_str().is_ok_and(|o| g.origin_ok(o, host));
         if !ok {
             return ApiError::Forbidden(

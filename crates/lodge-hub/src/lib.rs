@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod limit;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 mod rest;
 pub mod rooms;
 pub mod sessions;
@@ -89,6 +90,8 @@ pub struct Hub {
     pub relay: Arc<mcp::relay::Relay>,
     /// Sessionful clients' standalone streams and resource subscriptions.
     pub feeds: Arc<mcp::feeds::Feeds>,
+    /// OAuth grants in flight: consent pages and authorization codes.
+    pub oauth: oauth::OAuth,
     /// The organisation's OpenID provider (`[auth.oidc]`): discovery, keys, JWT verification.
     pub oidc: Option<Arc<jwt::Provider>>,
     /// Each user's MCP request budget (`[profiles.NAME] requests_per_second`, `request_burst`).
@@ -160,6 +163,7 @@ impl Hub {
             inflight: Default::default(),
             relay: Arc::default(),
             feeds,
+            oauth: Default::default(),
             oidc,
             request_budget: Default::default(),
             signin_starts: Default::default(),
@@ -178,6 +182,7 @@ impl Hub {
             .route("/mcp", mcp_routes)
             .route("/user/{name}/mcp", user_mcp)
             .route("/hub/static/lodge.css", get(web::stylesheet))
+            .merge(oauth::routes())
             .route("/hub/", get(signin::pages::home))
             .route(
                 "/hub/login",
@@ -344,6 +349,7 @@ impl Hub {
             }
             self.flush().await;
             self.auth.sweep();
+            self.oauth.sweep();
             self.request_budget.sweep(std::time::Instant::now());
             self.signin_starts.sweep(std::time::Instant::now());
             let stopped = self.upstreams.cull().await;

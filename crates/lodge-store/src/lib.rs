@@ -9,7 +9,7 @@ pub use model::*;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use lodge_core::UserName;
+use lodge_core::{TokenHash, UserName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -114,6 +114,29 @@ pub trait Store: Send + Sync + 'static {
         new_verifier: &[u8],
         keys: &[DataKeyRewrap],
     ) -> Result<bool, StoreError>;
+
+    // --- oauth ---
+    /// Inserts an OAuth access token: a token row bound to its client, resource and family.
+    async fn create_oauth_token(
+        &self,
+        new: &NewTokenRow,
+        binding: &TokenBinding,
+    ) -> Result<TokenInfo, StoreError>;
+    async fn create_oauth_client(&self, client: &OAuthClientRow) -> Result<(), StoreError>;
+    async fn oauth_client(&self, id: &str) -> Result<Option<OAuthClientRow>, StoreError>;
+    async fn create_refresh(&self, new: &NewRefresh) -> Result<(), StoreError>;
+    /// Marks a refresh token used (atomically: of two concurrent uses one sees a replay) and
+    /// returns its grant; None if no such token.
+    async fn use_refresh(
+        &self,
+        hash: &TokenHash,
+        now_ms: i64,
+    ) -> Result<Option<RefreshUse>, StoreError>;
+    /// The family of a refresh token, used or not (for revocation).
+    async fn refresh_family(&self, hash: &TokenHash) -> Result<Option<String>, StoreError>;
+    /// Deletes every access and refresh token of a grant family, in one transaction; returns
+    /// the ids of the access tokens deleted (so caches can forget them).
+    async fn revoke_family(&self, family: &str) -> Result<Vec<String>, StoreError>;
 
     // --- sign-in ---
     async fn user_by_id(&self, id: i64) -> Result<Option<User>, StoreError>;

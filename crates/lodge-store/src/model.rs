@@ -40,6 +40,9 @@ pub struct TokenInfo {
     pub created_ms: i64,
     pub expires_ms: Option<i64>,
     pub last_used_ms: Option<i64>,
+    /// The OAuth client holding the token (its name), None for tokens minted by people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// A token row joined with its owner, for verification.
@@ -49,6 +52,10 @@ pub struct TokenAuth {
     pub hash: Vec<u8>,
     pub scopes: Scopes,
     pub expires_ms: Option<i64>,
+    /// The MCP endpoint URL an OAuth access token is bound to; None: any endpoint.
+    pub resource: Option<String>,
+    /// The OAuth grant family of an access token the hub issued.
+    pub family: Option<String>,
     pub user: User,
 }
 
@@ -89,6 +96,10 @@ pub enum AuditKind {
     SignOut,
     /// The provider no longer vouches for a user: sessions, tokens and room were taken away.
     Deprovision,
+    // --- oauth ---
+    /// An OAuth event: registration, consent, grant, code or refresh-token replay, revocation
+    /// (the action names it: `oauth.consent`, …).
+    OAuth,
 }
 
 impl AuditKind {
@@ -102,6 +113,8 @@ impl AuditKind {
             AuditKind::SignInRefused => "sign_in_refused",
             AuditKind::SignOut => "sign_out",
             AuditKind::Deprovision => "deprovision",
+            // --- oauth ---
+            AuditKind::OAuth => "oauth",
         }
     }
 
@@ -115,6 +128,8 @@ impl AuditKind {
             AuditKind::SignInRefused,
             AuditKind::SignOut,
             AuditKind::Deprovision,
+            // --- oauth ---
+            AuditKind::OAuth,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -248,6 +263,53 @@ impl std::fmt::Debug for IdentityRow {
             .field("checked_ms", &self.checked_ms)
             .finish_non_exhaustive()
     }
+}
+
+// --- oauth ---
+
+/// What binds an OAuth access token to its grant: the client's name (shown by `token list`),
+/// the MCP endpoint URL it may be used at, and the grant family a replay revokes.
+#[derive(Clone, Debug)]
+pub struct TokenBinding {
+    pub client: String,
+    pub resource: String,
+    pub family: String,
+}
+
+/// A client registered through RFC 7591 dynamic registration.
+#[derive(Clone, Debug)]
+pub struct OAuthClientRow {
+    pub id: String,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub created_ms: i64,
+}
+
+/// A new refresh token (its hash) and the grant it renews.
+#[derive(Clone, Debug)]
+pub struct NewRefresh {
+    pub hash: TokenHash,
+    pub family: String,
+    pub user_id: i64,
+    pub client_id: String,
+    pub client_name: String,
+    pub resource: String,
+    pub scopes: Scopes,
+    pub expires_ms: i64,
+}
+
+/// A refresh token as presented: its grant, and whether it had been used before.
+#[derive(Clone, Debug)]
+pub struct RefreshUse {
+    pub family: String,
+    pub user: User,
+    pub client_id: String,
+    pub client_name: String,
+    pub resource: String,
+    pub scopes: Scopes,
+    pub expires_ms: i64,
+    /// It had been rotated already: this presentation is a replay.
+    pub replayed: bool,
 }
 
 #[cfg(test)]

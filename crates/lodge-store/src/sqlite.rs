@@ -90,11 +90,12 @@ fn token_info_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenInfo, sqlx:
         created_ms: row.try_get("created_ms")?,
         expires_ms: row.try_get("expires_ms")?,
         last_used_ms: row.try_get("last_used_ms")?,
+        client: row.try_get("client")?,
     })
 }
 
 const TOKEN_INFO_SELECT: &str = "SELECT t.id, u.name AS user_name, t.scopes, t.note, t.created_ms, \
-     t.expires_ms, t.last_used_ms FROM tokens t JOIN users u ON u.id = t.user_id";
+     t.expires_ms, t.last_used_ms, t.client FROM tokens t JOIN users u ON u.id = t.user_id";
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -178,6 +179,7 @@ impl Store for SqliteStore {
                 created_ms,
                 expires_ms: new.expires_ms,
                 last_used_ms: None,
+                client: None,
             }),
             Ok(_) => Err(StoreError::Database(sqlx::Error::RowNotFound)),
             Err(e) if is_unique_violation(&e) => Err(StoreError::TokenCollision),
@@ -187,7 +189,7 @@ impl Store for SqliteStore {
 
     async fn token_for_auth(&self, id: &str) -> Result<Option<TokenAuth>, StoreError> {
         let row = sqlx::query(
-            "SELECT t.id AS tid, t.hash, t.scopes, t.expires_ms, u.id AS u_id, u.name AS u_name, \
+            "SELECT t.id AS tid, t.hash, t.scopes, t.expires_ms, t.resource, t.family, u.id AS u_id, u.name AS u_name, \
              u.admin AS u_admin, u.profile AS u_profile, u.created_ms AS u_created_ms \
              FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?",
         )
@@ -201,6 +203,8 @@ impl Store for SqliteStore {
             hash: r.try_get("hash")?,
             scopes: Scopes::from_stored(&scopes),
             expires_ms: r.try_get("expires_ms")?,
+            resource: r.try_get("resource")?,
+            family: r.try_get("family")?,
             user: user_from_row(&r, "u_")?,
         }))
     }
@@ -868,6 +872,167 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(n + refresh)
+    }
+
+    // --- oauth ---
+    async fn create_oauth_token(
+        &self,
+        new: &NewTokenRow,
+        binding: &TokenBinding,
+    ) -> Result<TokenInfo, StoreError> {
+        let created_ms = now_ms();
+        let res = sqlx::query(
+            "INSERT INTO tokens (id, user_id, hash, scopes, note, created_ms, expires_ms, client, \
+             resource, family) SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ? FROM users WHERE name = ?",
+        )
+        .bind(&new.id)
+        .bind(new.hash.0.as_slice())
+        .bind(new.scopes.to_stored())
+        .bind(&new.note)
+        .bind(created_ms)
+        .bind(new.expires_ms)
+        .bind(&binding.client)
+        .bind(&binding.resource)
+        .bind(&binding.family)
+        .bind(new.user.as_str())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(r) if r.rows_affected() == 1 => Ok(TokenInfo {
+                id: new.id.clone(),
+                user: new.user.clone(),
+                scopes: new.scopes.to_vec(),
+                note: new.note.clone(),
+                created_ms,
+                expires_ms: new.expires_ms,
+                last_used_ms: None,
+                client: Some(binding.client.clone()),
+            }),
+            Ok(_) => Err(StoreError::Database(sqlx::Error::RowNotFound)),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::TokenCollision),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_oauth_client(&self, client: &OAuthClientRow) -> Result<(), StoreError> {
+        let uris = serde_json::to_string(&client.redirect_uris)
+            .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
+        sqlx::query(
+            "INSERT INTO oauth_clients (id, name, redirect_uris, created_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(uris)
+        .bind(client.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn oauth_client(&self, id: &str) -> Result<Option<OAuthClientRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, redirect_uris, created_ms FROM oauth_clients WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let uris: String = r.try_get("redirect_uris")?;
+        Ok(Some(OAuthClientRow {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            redirect_uris: serde_json::from_str(&uris)
+                .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+            created_ms: r.try_get("created_ms")?,
+        }))
+    }
+
+    async fn create_refresh(&self, new: &NewRefresh) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_refresh (hash, family, user_id, client_id, client_name, resource, \
+             scopes, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(new.hash.0.as_slice())
+        .bind(&new.family)
+        .bind(new.user_id)
+        .bind(&new.client_id)
+        .bind(&new.client_name)
+        .bind(&new.resource)
+        .bind(new.scopes.to_stored())
+        .bind(now_ms())
+        .bind(new.expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn use_refresh(
+        &self,
+        hash: &TokenHash,
+        now_ms: i64,
+    ) -> Result<Option<RefreshUse>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT r.family, r.client_id, r.client_name, r.resource, r.scopes, r.expires_ms, \
+             r.rotated_ms, u.id AS u_id, u.name AS u_name, u.admin AS u_admin, \
+             u.profile AS u_profile, u.created_ms AS u_created_ms \
+             FROM oauth_refresh r JOIN users u ON u.id = r.user_id WHERE r.hash = ?",
+        )
+        .bind(hash.0.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let rotated: Option<i64> = r.try_get("rotated_ms")?;
+        if rotated.is_none() {
+            // Only the first use sets it; a concurrent second use finds it set (the
+            // transaction holds SQLite's write lock from this UPDATE to the commit).
+            let done = sqlx::query(
+                "UPDATE oauth_refresh SET rotated_ms = ? WHERE hash = ? AND rotated_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(hash.0.as_slice())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Database(sqlx::Error::RowNotFound));
+            }
+        }
+        tx.commit().await?;
+        let scopes: String = r.try_get("scopes")?;
+        Ok(Some(RefreshUse {
+            family: r.try_get("family")?,
+            user: user_from_row(&r, "u_")?,
+            client_id: r.try_get("client_id")?,
+            client_name: r.try_get("client_name")?,
+            resource: r.try_get("resource")?,
+            scopes: Scopes::from_stored(&scopes),
+            expires_ms: r.try_get("expires_ms")?,
+            replayed: rotated.is_some(),
+        }))
+    }
+
+    async fn refresh_family(&self, hash: &TokenHash) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT family FROM oauth_refresh WHERE hash = ?")
+                .bind(hash.0.as_slice())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("DELETE FROM tokens WHERE family = ? RETURNING id")
+                .bind(family)
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM oauth_refresh WHERE family = ?")
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 }
 

@@ -15,7 +15,6 @@ const CLIENT: &str = "conformance";
 const CLIENT_NAME: &str = "MCP conformance suite";
 
 #[tokio::test]
-#[ignore = "needs the OAuth server"]
 async fn the_authorization_suite_passes_against_the_hub() {
     // The suite's callback listener binds this port once the metadata scenario has run; the hub
     // must know the redirect URI before it starts.

@@ -115,7 +115,6 @@ async fn full_run(hub: &TestHub, client: &mut OAuthClient) -> (String, String) {
 }
 
 #[tokio::test]
-#[ignore = "needs the OAuth server"]
 async fn the_sdk_client_registers_dynamically_and_completes_the_flow() {
     let hub = TestHub::start_logged(&[]);
     let mut client = OAuthClient::start(
@@ -133,7 +132,6 @@ async fn the_sdk_client_registers_dynamically_and_completes_the_flow() {
 }
 
 #[tokio::test]
-#[ignore = "needs the OAuth server"]
 async fn the_sdk_client_uses_a_client_id_metadata_document() {
     let ca = TestCa::new();
     let config = format!(

@@ -105,11 +105,16 @@ async fn authenticate(
     ip: Option<std::net::IpAddr>,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
+    // Every refusal names this endpoint's metadata, so a client can find the authorization
+    // server (RFC 9728 §5.1).
+    let metadata = crate::oauth::resource_metadata_url(hub.base_url(), target.as_deref());
+    let refuse = |e: ApiError| e.challenged(metadata.clone()).mcp();
     let principal = hub
         .auth
         .authenticate(authorization(headers), ip)
         .await
-        .map_err(ApiError::mcp)?;
+        .map_err(refuse)?;
+    crate::oauth::check_audience(hub, &principal, target.as_deref(), ip).map_err(refuse)?;
     let caller = caller::resolve(
         &principal,
         target.as_deref(),
@@ -117,7 +122,7 @@ async fn authenticate(
         hub.config.auth.admin_access,
     )
     .await
-    .map_err(ApiError::mcp)?;
+    .map_err(refuse)?;
     crate::signin::fill_groups(hub, caller)
         .await
         .map_err(ApiError::mcp)

@@ -155,17 +155,21 @@ pub async fn token(g: &Global, c: TokenCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
             } else {
                 println!(
-                    "{:<10} {:<28} {:<25} {:<25} NOTE",
-                    "ID", "SCOPES", "EXPIRES", "LAST USED"
+                    "{:<10} {:<28} {:<25} {:<25} {:<24} NOTE",
+                    "ID", "SCOPES", "EXPIRES", "LAST USED", "CLIENT"
                 );
                 for t in tokens {
                     println!(
-                        "{:<10} {:<28} {:<25} {:<25} {}",
+                        "{:<10} {:<28} {:<25} {:<25} {:<24} {}",
                         t.id,
                         t.scopes.join(","),
                         opt_time(t.expires_ms),
                         opt_time(t.last_used_ms),
-                        // Notes are free text from whoever made the token.
+                        // Client names and notes are free text from whoever made the token
+                        // (an OAuth client names itself).
+                        t.client
+                            .as_deref()
+                            .map_or_else(|| "-".into(), lodge_core::text::for_people),
                         lodge_core::text::for_people(&t.note)
                     );
                 }
