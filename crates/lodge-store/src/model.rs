@@ -99,6 +99,7 @@ pub enum AuditKind {
     // --- oauth ---
     /// An OAuth event: registration, consent, grant, code or refresh-token replay, revocation
     /// (the action names it: `oauth.consent`, …).
+    #[serde(rename = "oauth")]
     OAuth,
 }
 
@@ -118,21 +119,20 @@ impl AuditKind {
         }
     }
 
+    /// Every kind, in the order help texts list them.
+    pub const ALL: [AuditKind; 8] = [
+        AuditKind::AuthFailure,
+        AuditKind::ToolCall,
+        AuditKind::Admin,
+        AuditKind::SignIn,
+        AuditKind::SignInRefused,
+        AuditKind::SignOut,
+        AuditKind::Deprovision,
+        AuditKind::OAuth,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            AuditKind::AuthFailure,
-            AuditKind::ToolCall,
-            AuditKind::Admin,
-            // --- sign-in ---
-            AuditKind::SignIn,
-            AuditKind::SignInRefused,
-            AuditKind::SignOut,
-            AuditKind::Deprovision,
-            // --- oauth ---
-            AuditKind::OAuth,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -318,15 +318,7 @@ mod tests {
 
     #[test]
     fn audit_kind_names_are_their_json_names_and_parse_back() {
-        for k in [
-            AuditKind::AuthFailure,
-            AuditKind::ToolCall,
-            AuditKind::Admin,
-            AuditKind::SignIn,
-            AuditKind::SignInRefused,
-            AuditKind::SignOut,
-            AuditKind::Deprovision,
-        ] {
+        for k in AuditKind::ALL {
             let json = serde_json::to_string(&k).expect("json");
             assert_eq!(json, format!("\"{}\"", k.as_str()));
             assert_eq!(AuditKind::parse(k.as_str()), Some(k));

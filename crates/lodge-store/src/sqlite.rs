@@ -855,21 +855,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        // OAuth refresh tokens, where the authorization server's table exists, go too: a
-        // refresh token would otherwise mint new access tokens for the deprovisioned user.
-        let oauth = sqlx::query(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oauth_refresh'",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let mut refresh = 0;
-        if oauth.is_some() {
-            refresh = sqlx::query("DELETE FROM oauth_refresh WHERE user_id = ?")
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
+        // OAuth refresh tokens go too: one would otherwise mint new access tokens for the
+        // deprovisioned user.
+        let refresh = sqlx::query("DELETE FROM oauth_refresh WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n + refresh)
     }

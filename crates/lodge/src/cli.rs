@@ -222,8 +222,8 @@ pub struct AuditArgs {
     /// exports the records `[audit] retention` will prune next.
     #[arg(long)]
     pub until: Option<String>,
-    /// Only one kind: auth_failure, tool_call, admin, sign_in, sign_in_refused, sign_out or
-    /// deprovision.
+    /// Only one kind: auth_failure, tool_call, admin, sign_in, sign_in_refused, sign_out,
+    /// deprovision or oauth.
     #[arg(long)]
     pub kind: Option<String>,
     /// At most this many records (the newest).

@@ -39,7 +39,8 @@ pub async fn run(g: &Global, a: AuditArgs) -> Result<()> {
     let kind = match a.kind.as_deref() {
         None => None,
         Some(k) => Some(AuditKind::parse(k).ok_or_else(|| {
-            anyhow::anyhow!("invalid --kind {k:?}: use auth_failure, tool_call, admin, sign_in, sign_in_refused, sign_out or deprovision")
+            let kinds: Vec<&str> = AuditKind::ALL.iter().map(|k| k.as_str()).collect();
+            anyhow::anyhow!("invalid --kind {k:?}: use one of {}", kinds.join(", "))
         })?),
     };
     if let Some(u) = &a.user {
