@@ -13,6 +13,7 @@
 
 mod flood;
 mod jupyter;
+mod oauth;
 mod scale;
 mod tokens;
 mod upstream;
@@ -265,7 +266,7 @@ async fn measure(
             stats,
         }));
     }
-    let verification = tokens::run(a, issuer, &hub.base, &client, bars)
+    let verification = tokens::run(a, issuer, &hub.base, &client, &tokens.bench_self, bars)
         .await
         .context("token verification figures")?;
     let mut throughput = Vec::new();
@@ -479,6 +480,8 @@ async fn lodge_cli(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
 /// sections' users (none for a section that does not run).
 struct Tokens {
     bench: String,
+    /// `bench`'s token with scope `self`, which signs it in at `/hub/login` for OAuth grants.
+    bench_self: String,
     bulk: String,
     rooms: Option<RoomTokens>,
     upstream: Vec<String>,
@@ -503,6 +506,7 @@ async fn provision(
     bars: &Bars,
 ) -> Result<Tokens> {
     let bench = user_with_token(exe, dir, "bench", &[]).await?;
+    let bench_self = create_token(exe, dir, "bench", &["--scopes", "self"]).await?;
     let bulk = user_with_token(exe, dir, "bench-bulk", &[]).await?;
     let rooms = if a.skip_rooms {
         None
@@ -540,6 +544,7 @@ async fn provision(
     .await?;
     Ok(Tokens {
         bench,
+        bench_self,
         bulk,
         rooms,
         upstream,

@@ -23,6 +23,8 @@ const KID: &str = "bench-rs256";
 const FIG_LODGE: &str = "lodge_ token (baseline)";
 const FIG_JWT_CACHED: &str = "provider JWT (verified before)";
 const FIG_JWT_MISS: &str = "provider JWT (new: signature check)";
+const FIG_OAUTH: &str = "OAuth access token (hub-issued)";
+const FIG_SIGN_IN: &str = "sign-in to first tool call (hub share)";
 
 /// The bench's OpenID issuer: serves its discovery document and key set until dropped.
 pub(super) struct Issuer {
@@ -140,6 +142,11 @@ async fn serve(listener: TcpListener, discovery: String, jwks: String) {
 pub(super) struct Section {
     baseline: Row,
     rows: Vec<Row>,
+    /// A whole OAuth grant as an MCP client meets it, the hub's share only (registration,
+    /// token-form sign-in, consent, code exchange, first tool call); no baseline applies.
+    sign_in: Row,
+    /// How many grants `sign_in` timed.
+    grants: usize,
 }
 
 #[derive(Serialize)]
@@ -151,12 +158,14 @@ struct Row {
     vs_baseline: Option<Overhead>,
 }
 
-/// Measures the rows for user `bench` (`lodge` is its token, `c` its client).
+/// Measures the rows for user `bench` (`c` its client with its `mcp` token; `self_token` signs
+/// it in for the OAuth grants).
 pub(super) async fn run(
     a: &BenchArgs,
     issuer: &Issuer,
     hub_base: &str,
     c: &Client,
+    self_token: &str,
     bars: &Bars,
 ) -> Result<Section> {
     let stateless = |c: &Client| {
@@ -185,13 +194,41 @@ pub(super) async fn run(
         }
     })
     .await?;
+    let access = super::oauth::sign_in_to_first_call(hub_base, self_token, c).await?;
+    let (_, oauth) = timed_calls(
+        a.warmup,
+        a.requests,
+        bars,
+        FIG_OAUTH,
+        stateless(&c.for_token(&access)),
+    )
+    .await?;
+    // Each grant stores a client and tokens: a hundred show the spread without growing the
+    // store much.
+    let grants = (a.requests / 20).clamp(10, 100);
+    let (_, sign_in) = timed_calls(1, grants, bars, FIG_SIGN_IN, || async {
+        super::oauth::sign_in_to_first_call(hub_base, self_token, c)
+            .await
+            .map(drop)
+    })
+    .await?;
     let row = |figure, stats: Stats| Row {
         figure,
         vs_baseline: Some(Overhead::between(&baseline, &stats)),
         stats,
     };
     Ok(Section {
-        rows: vec![row(FIG_JWT_CACHED, cached), row(FIG_JWT_MISS, miss)],
+        rows: vec![
+            row(FIG_OAUTH, oauth),
+            row(FIG_JWT_CACHED, cached),
+            row(FIG_JWT_MISS, miss),
+        ],
+        sign_in: Row {
+            figure: FIG_SIGN_IN,
+            stats: sign_in,
+            vs_baseline: None,
+        },
+        grants,
         baseline: Row {
             figure: FIG_LODGE,
             stats: baseline,
@@ -224,4 +261,11 @@ pub(super) fn print(s: &Section) {
             sig3(o.ratio_p99)
         );
     }
+    println!(
+        "{:<38} {:>10} {:>10}   ({} grants: register, token-form sign-in, consent, code exchange, first call)",
+        s.sign_in.figure,
+        fmt_us(s.sign_in.stats.p50_us),
+        fmt_us(s.sign_in.stats.p99_us),
+        s.grants
+    );
 }

@@ -233,6 +233,9 @@ impl Authenticator {
             admin: user.admin,
             profile: user.profile,
             expires_ms: Some(entry.expires_ms),
+            // Its audience was checked to be one of this user's endpoints (`/mcp` or
+            // `/user/NAME/mcp`), which count as one; with scope `mcp` only, nothing else opens.
+            resource: None,
         };
         if let Ok(mut c) = entry.checked.lock() {
             *c = Some((principal.clone(), now));
