@@ -20,6 +20,47 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// One token row: a person's (no binding) or one the OAuth server issued to a client,
+    /// bound to a resource and a grant's family.
+    async fn insert_token(
+        &self,
+        new: &NewTokenRow,
+        binding: Option<&TokenBinding>,
+    ) -> Result<TokenInfo, StoreError> {
+        let created_ms = now_ms();
+        let res = sqlx::query(
+            "INSERT INTO tokens (id, user_id, hash, scopes, note, created_ms, expires_ms, client, \
+             resource, family) SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ? FROM users WHERE name = ?",
+        )
+        .bind(&new.id)
+        .bind(new.hash.0.as_slice())
+        .bind(new.scopes.to_stored())
+        .bind(&new.note)
+        .bind(created_ms)
+        .bind(new.expires_ms)
+        .bind(binding.map(|b| &b.client))
+        .bind(binding.map(|b| &b.resource))
+        .bind(binding.map(|b| &b.family))
+        .bind(new.user.as_str())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(r) if r.rows_affected() == 1 => Ok(TokenInfo {
+                id: new.id.clone(),
+                user: new.user.clone(),
+                scopes: new.scopes.to_vec(),
+                note: new.note.clone(),
+                created_ms,
+                expires_ms: new.expires_ms,
+                last_used_ms: None,
+                client: binding.map(|b| b.client.clone()),
+            }),
+            Ok(_) => Err(StoreError::Database(sqlx::Error::RowNotFound)),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::TokenCollision),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens (creating if needed) `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |message: String| StoreError::Open {
@@ -156,35 +197,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, new: &NewTokenRow) -> Result<TokenInfo, StoreError> {
-        let created_ms = now_ms();
-        let res = sqlx::query(
-            "INSERT INTO tokens (id, user_id, hash, scopes, note, created_ms, expires_ms) \
-             SELECT ?, id, ?, ?, ?, ?, ? FROM users WHERE name = ?",
-        )
-        .bind(&new.id)
-        .bind(new.hash.0.as_slice())
-        .bind(new.scopes.to_stored())
-        .bind(&new.note)
-        .bind(created_ms)
-        .bind(new.expires_ms)
-        .bind(new.user.as_str())
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(r) if r.rows_affected() == 1 => Ok(TokenInfo {
-                id: new.id.clone(),
-                user: new.user.clone(),
-                scopes: new.scopes.to_vec(),
-                note: new.note.clone(),
-                created_ms,
-                expires_ms: new.expires_ms,
-                last_used_ms: None,
-                client: None,
-            }),
-            Ok(_) => Err(StoreError::Database(sqlx::Error::RowNotFound)),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::TokenCollision),
-            Err(e) => Err(e.into()),
-        }
+        self.insert_token(new, None).await
     }
 
     async fn token_for_auth(&self, id: &str) -> Result<Option<TokenAuth>, StoreError> {
@@ -872,38 +885,7 @@ impl Store for SqliteStore {
         new: &NewTokenRow,
         binding: &TokenBinding,
     ) -> Result<TokenInfo, StoreError> {
-        let created_ms = now_ms();
-        let res = sqlx::query(
-            "INSERT INTO tokens (id, user_id, hash, scopes, note, created_ms, expires_ms, client, \
-             resource, family) SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ? FROM users WHERE name = ?",
-        )
-        .bind(&new.id)
-        .bind(new.hash.0.as_slice())
-        .bind(new.scopes.to_stored())
-        .bind(&new.note)
-        .bind(created_ms)
-        .bind(new.expires_ms)
-        .bind(&binding.client)
-        .bind(&binding.resource)
-        .bind(&binding.family)
-        .bind(new.user.as_str())
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(r) if r.rows_affected() == 1 => Ok(TokenInfo {
-                id: new.id.clone(),
-                user: new.user.clone(),
-                scopes: new.scopes.to_vec(),
-                note: new.note.clone(),
-                created_ms,
-                expires_ms: new.expires_ms,
-                last_used_ms: None,
-                client: Some(binding.client.clone()),
-            }),
-            Ok(_) => Err(StoreError::Database(sqlx::Error::RowNotFound)),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::TokenCollision),
-            Err(e) => Err(e.into()),
-        }
+        self.insert_token(new, Some(binding)).await
     }
 
     async fn create_oauth_client(&self, client: &OAuthClientRow) -> Result<(), StoreError> {

@@ -11,7 +11,6 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICA
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// A configured client whose loopback redirect matches on any port.
 const CONFIG: &str = r#"
@@ -22,14 +21,6 @@ redirect_uris = ["http://127.0.0.1/callback"]
 const REDIRECT: &str = "http://127.0.0.1:4711/callback";
 
 /// No redirects followed, no cookies kept: each test says what it sends.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-}
-
 fn form(fields: &[(&str, &str)]) -> String {
     common::form_body(fields)
 }
@@ -88,7 +79,7 @@ struct Setup {
 
 async fn sign_in(hub: &TestHub, user: &str) -> String {
     let token = hub.token(user, &["--scopes", "self"]);
-    let r = client()
+    let r = common::no_redirects()
         .get(format!("{}/hub/login?next=%2Fhub%2F", hub.base))
         .send()
         .await
@@ -97,7 +88,7 @@ async fn sign_in(hub: &TestHub, user: &str) -> String {
     let csrf_cookie = set_cookie(&r, "lodge_csrf").expect("csrf cookie");
     let html = r.text().await.expect("body");
     let csrf = inputs(&html).remove("csrf").expect("csrf field");
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/hub/login", hub.base))
         .header(COOKIE, format!("lodge_csrf={csrf_cookie}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -167,7 +158,7 @@ async fn get_authorize(
     session: Option<&str>,
     p: &[(String, String)],
 ) -> reqwest::Response {
-    let mut r = client().get(format!("{}/oauth/authorize?{}", s.hub.base, query(p)));
+    let mut r = common::no_redirects().get(format!("{}/oauth/authorize?{}", s.hub.base, query(p)));
     if let Some(c) = session {
         r = r.header(COOKIE, format!("lodge_session={c}"));
     }
@@ -192,7 +183,7 @@ async fn post_decision(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    client()
+    common::no_redirects()
         .post(format!("{}/oauth/authorize", s.hub.base))
         .header(COOKIE, format!("lodge_session={session}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -239,7 +230,7 @@ async fn code_for(s: &Setup, p: &[(String, String)]) -> String {
 }
 
 async fn token_endpoint(hub: &TestHub, fields: &[(&str, &str)]) -> (u16, Value) {
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/token", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(form(fields))
@@ -298,7 +289,7 @@ async fn grant(s: &Setup, extra: &[(&str, &str)]) -> (String, String) {
 
 /// The status of an `initialize` on `url` with `token`, and its `WWW-Authenticate`.
 async fn mcp_status(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut r = client()
+    let mut r = common::no_redirects()
         .post(url)
         .header("accept", "application/json, text/event-stream")
         .json(&common::init_body("2025-11-25"));
@@ -315,22 +306,12 @@ async fn mcp_status(url: &str, token: Option<&str>) -> (u16, String) {
     (r.status().as_u16(), www)
 }
 
-async fn audit_has(hub: &TestHub, needle: &str) -> bool {
-    for _ in 0..50 {
-        if hub.ok(&["audit", "--json"]).contains(needle) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn metadata_documents_name_the_hub_and_its_endpoints() {
     let hub = TestHub::start();
     let base = &hub.base;
     let get = |path: String| async move {
-        let r = client().get(path).send().await.expect("get");
+        let r = common::no_redirects().get(path).send().await.expect("get");
         assert_eq!(r.status(), 200);
         assert!(
             r.headers()[CONTENT_TYPE]
@@ -385,7 +366,7 @@ async fn metadata_documents_name_the_hub_and_its_endpoints() {
         assert_eq!(d["bearer_methods_supported"], json!(["header"]));
         assert_eq!(d["scopes_supported"], json!(["mcp"]));
     }
-    let r = client()
+    let r = common::no_redirects()
         .get(format!(
             "{base}/.well-known/oauth-protected-resource/user/..%2Fx/mcp"
         ))
@@ -461,7 +442,7 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     );
 
     // Dynamic registration, then the flow with that client.
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/register", hub.base))
         .json(
             &json!({"client_name": "Editor <b>X</b>", "redirect_uris": [REDIRECT],
@@ -474,7 +455,7 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let reg: Value = r.json().await.expect("json");
     let client_id = reg["client_id"].as_str().expect("client_id").to_owned();
     assert_eq!(reg["token_endpoint_auth_method"], "none");
-    assert!(audit_has(hub, "oauth.register").await);
+    assert!(common::audit_has(hub, "oauth.register").await);
 
     let (verifier, challenge) = pkce();
     let p = request(&challenge, &[("client_id", &client_id), ("scope", "mcp")]);
@@ -522,8 +503,8 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     assert_eq!(v["expires_in"], 3600);
     let access = v["access_token"].as_str().expect("access").to_owned();
     let refresh_token = v["refresh_token"].as_str().expect("refresh").to_owned();
-    assert!(audit_has(hub, "oauth.consent").await);
-    assert!(audit_has(hub, "oauth.grant").await);
+    assert!(common::audit_has(hub, "oauth.consent").await);
+    assert!(common::audit_has(hub, "oauth.grant").await);
     let oauth_only = hub.ok(&["audit", "--kind", "oauth", "--json"]);
     assert!(
         oauth_only.contains("oauth.consent") && !oauth_only.contains("\"sign_in\""),
@@ -565,7 +546,7 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&access2)).await.0, 200);
 
     // Revocation (RFC 7009): refused at once, even though the hub had it cached.
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/revoke", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(form(&[("token", &access2), ("client_id", &client_id)]))
@@ -611,7 +592,7 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let access = v["access_token"].as_str().expect("access").to_owned();
     let rt2 = v["refresh_token"].as_str().expect("rt").to_owned();
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&access)).await.0, 200);
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/revoke", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(form(&[("token", &rt2)]))
@@ -723,7 +704,7 @@ async fn a_code_used_twice_is_refused_and_revokes_what_it_issued() {
     );
     assert_eq!(mcp_status(&s.hub.mcp_url(), Some(&access)).await.0, 401);
     assert_eq!(refresh(&s.hub, &rt).await.0, 400);
-    assert!(audit_has(&s.hub, "oauth.code_reuse").await);
+    assert!(common::audit_has(&s.hub, "oauth.code_reuse").await);
 }
 
 #[tokio::test]
@@ -798,7 +779,7 @@ async fn a_token_for_another_audience_is_refused() {
     let (status, www) = mcp_status(&hub.user_url("bob"), Some(&access)).await;
     assert_eq!(status, 401, "another endpoint is another audience");
     assert!(www.contains(r#"error="invalid_token""#), "{www}");
-    assert!(audit_has(hub, "token for another resource").await);
+    assert!(common::audit_has(hub, "token for another resource").await);
     // A resource that is not one of the user's endpoints is refused at the start.
     let (_, challenge) = pkce();
     for other in [
@@ -869,7 +850,7 @@ async fn a_refresh_token_reused_after_rotation_revokes_the_whole_family() {
         "the newer refresh token is revoked too"
     );
     assert_eq!(mcp_status(&hub.mcp_url(), Some(&other)).await.0, 200);
-    assert!(audit_has(hub, "oauth.refresh_reuse").await);
+    assert!(common::audit_has(hub, "oauth.refresh_reuse").await);
 }
 
 #[tokio::test]
@@ -956,7 +937,7 @@ async fn consent_cannot_be_skipped_by_crafting_the_approval() {
     f.insert("csrf".into(), "x".repeat(43));
     refused(&post_decision(&s, &s.session, &f).await, "other csrf");
     // No session at all.
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/authorize", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(form(&[
@@ -986,7 +967,7 @@ async fn consent_cannot_be_skipped_by_crafting_the_approval() {
         f.insert(k.into(), v.into());
         refused(&post_decision(&s, &s.session, &f).await, k);
     }
-    assert!(audit_has(hub, "parameters changed").await);
+    assert!(common::audit_has(hub, "parameters changed").await);
     // The untouched approval still works (the attempts did not consume it), once.
     let r = post_decision(&s, &s.session, &fields).await;
     assert_eq!(r.status(), 303);
@@ -1013,7 +994,7 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
     let register = |body: Value| {
         let url = format!("{}/oauth/register", hub.base);
         async move {
-            let r = client()
+            let r = common::no_redirects()
                 .post(url)
                 .json(&body)
                 .send()
@@ -1050,14 +1031,14 @@ async fn registration_validates_redirect_uris_and_can_be_turned_off() {
     assert_eq!(s, 201, "{v}");
 
     let off = TestHub::start_with_config("[auth.oauth]\ndynamic_registration = false\n", &[]);
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/register", off.base))
         .json(&json!({"redirect_uris": ["https://app.example/cb"]}))
         .send()
         .await
         .expect("register");
     assert_eq!(r.status(), 403);
-    let m: Value = client()
+    let m: Value = common::no_redirects()
         .get(format!(
             "{}/.well-known/oauth-authorization-server",
             off.base
@@ -1078,7 +1059,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
     let s = setup().await;
     let hub = &s.hub;
     let origin = "http://localhost:6274";
-    let r = client()
+    let r = common::no_redirects()
         .get(format!(
             "{}/.well-known/oauth-authorization-server",
             hub.base
@@ -1089,7 +1070,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .expect("metadata");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
-    let r = client()
+    let r = common::no_redirects()
         .request(
             reqwest::Method::OPTIONS,
             format!("{}/oauth/register", hub.base),
@@ -1107,7 +1088,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
             .expect("ascii")
             .contains("content-type")
     );
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/register", hub.base))
         .header("origin", origin)
         .json(&json!({"redirect_uris": ["http://localhost:6274/oauth/callback"]}))
@@ -1116,7 +1097,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .expect("register");
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/token", hub.base))
         .header("origin", origin)
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -1140,7 +1121,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let r = client()
+    let r = common::no_redirects()
         .post(format!("{}/oauth/authorize", hub.base))
         .header("origin", origin)
         .header(COOKIE, format!("lodge_session={}", s.session))
@@ -1151,7 +1132,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .expect("decision");
     assert_eq!(r.status(), 403);
     assert!(r.headers().get(LOCATION).is_none());
-    let r = client()
+    let r = common::no_redirects()
         .post(hub.mcp_url())
         .header("origin", origin)
         .json(&common::init_body("2025-11-25"))

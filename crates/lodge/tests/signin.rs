@@ -9,14 +9,6 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use std::time::Duration;
 
 /// A client that does not follow redirects and keeps no cookies: each test says what it sends.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-}
-
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -69,7 +61,7 @@ struct Form {
 }
 
 async fn open_login(hub: &TestHub) -> Form {
-    let r = client()
+    let r = common::no_redirects()
         .get(format!("{}/hub/login?next=%2Fhub%2F", hub.base))
         .send()
         .await
@@ -85,7 +77,7 @@ async fn open_login(hub: &TestHub) -> Form {
 }
 
 async fn post_login(hub: &TestHub, cookies: &str, fields: &[(&str, &str)]) -> reqwest::Response {
-    client()
+    common::no_redirects()
         .post(format!("{}/hub/login", hub.base))
         .header(COOKIE, cookies)
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -107,24 +99,12 @@ async fn sign_in_with_token(hub: &TestHub, token: &str, next: &str) -> reqwest::
 }
 
 async fn home(hub: &TestHub, session: &str) -> reqwest::Response {
-    client()
+    common::no_redirects()
         .get(format!("{}/hub/", hub.base))
         .header(COOKIE, format!("lodge_session={session}"))
         .send()
         .await
         .expect("get home")
-}
-
-async fn audit_has(hub: &TestHub, needle: &str) -> bool {
-    // The audit writer batches; give it a moment.
-    for _ in 0..50 {
-        let out = hub.ok(&["audit", "--json"]);
-        if out.contains(needle) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 #[tokio::test]
@@ -133,7 +113,7 @@ async fn token_form_signs_in_lands_on_next_and_signs_out() {
     hub.add_user("alice");
     let token = hub.token("alice", &["--scopes", "mcp,self"]);
 
-    let r = client()
+    let r = common::no_redirects()
         .get(format!("{}/hub/", hub.base))
         .send()
         .await
@@ -162,7 +142,7 @@ async fn token_form_signs_in_lands_on_next_and_signs_out() {
         let session = session.clone();
         let base = hub.base.clone();
         async move {
-            client()
+            common::no_redirects()
                 .post(format!("{base}/hub/logout"))
                 .header(COOKIE, format!("lodge_session={session}"))
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -181,8 +161,8 @@ async fn token_form_signs_in_lands_on_next_and_signs_out() {
     let cleared = set_cookie(&r, "lodge_session").expect("cleared cookie");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert_eq!(home(&hub, &session).await.status(), 303, "session ended");
-    assert!(audit_has(&hub, "\"kind\":\"sign_in\"").await);
-    assert!(audit_has(&hub, "\"kind\":\"sign_out\"").await);
+    assert!(common::audit_has(&hub, "\"kind\":\"sign_in\"").await);
+    assert!(common::audit_has(&hub, "\"kind\":\"sign_out\"").await);
 }
 
 #[tokio::test]
@@ -198,7 +178,7 @@ async fn token_form_refuses_a_token_without_self() {
         html.contains("scope &#39;self&#39;") || html.contains("scope 'self'"),
         "{html}"
     );
-    assert!(audit_has(&hub, "token lacks scope self").await);
+    assert!(common::audit_has(&hub, "token lacks scope self").await);
 
     let r = sign_in_with_token(&hub, "lodge_notavalidtokenatallxxxxxxxxxxxxxxxxxxx", "/").await;
     assert_eq!(r.status(), 401);
@@ -290,7 +270,7 @@ async fn the_session_cookie_is_secure_when_the_hub_is_reached_over_https() {
     let hub = TestHub::start_env(&[("LODGE_SERVER_PUBLIC_URL", "https://lodge.example")]);
     hub.add_user("alice");
     let token = hub.token("alice", &["--scopes", "mcp,self"]);
-    let r = client()
+    let r = common::no_redirects()
         .get(format!("{}/hub/login", hub.base))
         .send()
         .await
@@ -315,7 +295,7 @@ fn login_link_path(hub: &TestHub, user: &str, extra: &[&str]) -> String {
 }
 
 async fn use_link(hub: &TestHub, path: &str) -> reqwest::Response {
-    let r = client()
+    let r = common::no_redirects()
         .get(format!("{}{path}", hub.base))
         .send()
         .await
@@ -325,7 +305,7 @@ async fn use_link(hub: &TestHub, path: &str) -> reqwest::Response {
     }
     let csrf_cookie = cookie_value(&set_cookie(&r, "lodge_csrf").expect("csrf cookie"));
     let html = r.text().await.expect("body");
-    client()
+    common::no_redirects()
         .post(format!("{}{path}", hub.base))
         .header(COOKIE, format!("lodge_csrf={csrf_cookie}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -348,7 +328,7 @@ async fn login_url_works_once_then_is_refused_and_expires() {
     let path = login_link_path(&hub, "alice", &[]);
 
     // Opening the link spends nothing (link previews); the button does.
-    let preview = client()
+    let preview = common::no_redirects()
         .get(format!("{}{path}", hub.base))
         .send()
         .await
@@ -376,7 +356,7 @@ async fn login_url_works_once_then_is_refused_and_expires() {
     )
     .await;
     assert_eq!(r.status(), 404);
-    assert!(audit_has(&hub, "\"action\":\"link\"").await);
+    assert!(common::audit_has(&hub, "\"action\":\"link\"").await);
 
     let out = hub.lodge(&["user", "login-url", "alice", "--expires", "30d"]);
     assert!(!out.status.success(), "a month-long link is refused");
@@ -457,7 +437,7 @@ fn oidc_hub_as(auth: Option<&str>, env: &[(&str, &str)], config: &str) -> Oidc {
 /// `GET /hub/login` without a browser: the provider URL it redirects to, and the
 /// browser-binding cookie it sets.
 async fn start_sign_in(hub: &TestHub, next: &str) -> (String, String) {
-    let r = client()
+    let r = common::no_redirects()
         .get(format!("{}/hub/login?next={}", hub.base, enc(next)))
         .send()
         .await
@@ -500,11 +480,11 @@ async fn provider_login(o: &Oidc, auth_url: &str, login: &str, password: &str) -
             .collect::<Vec<_>>()
             .join("; ");
         let request = match post.take() {
-            Some(body) => client()
+            Some(body) => common::no_redirects()
                 .post(&url)
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(body),
-            None => client().get(&url),
+            None => common::no_redirects().get(&url),
         };
         let r = request
             .header(COOKIE, cookies)
@@ -539,7 +519,7 @@ async fn provider_login(o: &Oidc, auth_url: &str, login: &str, password: &str) -
 }
 
 async fn get_with(url: &str, cookies: &str) -> reqwest::Response {
-    client()
+    common::no_redirects()
         .get(url)
         .header(COOKIE, cookies)
         .send()
@@ -612,7 +592,7 @@ async fn a_browser_signs_in_through_the_providers_own_form_and_out() {
         "the cookie is cleared"
     );
     assert_eq!(home(&o.hub, &session.value).await.status(), 303);
-    assert!(audit_has(&o.hub, "\"action\":\"oidc\"").await);
+    assert!(common::audit_has(&o.hub, "\"action\":\"oidc\"").await);
 }
 
 #[tokio::test]
@@ -709,7 +689,7 @@ async fn a_replayed_or_spliced_callback_is_refused_and_fixation_fails() {
     let r = get_with(&spliced, &format!("lodge_signin={binding}")).await;
     assert_eq!(r.status(), 403);
     assert!(set_cookie(&r, "lodge_session").is_none());
-    assert!(audit_has(&o.hub, "sign_in_refused").await);
+    assert!(common::audit_has(&o.hub, "sign_in_refused").await);
 }
 
 #[tokio::test]
@@ -795,10 +775,13 @@ async fn alice_everywhere(o: &Oidc) -> (String, common::Mcp) {
 
 async fn assert_deprovisioned(o: &Oidc, session: &str, mcp: &common::Mcp, why: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !audit_has(&o.hub, "\"kind\":\"deprovision\"").await {
+    while !common::audit_has(&o.hub, "\"kind\":\"deprovision\"").await {
         assert!(std::time::Instant::now() < deadline, "never deprovisioned");
     }
-    assert!(audit_has(&o.hub, why).await, "audit names why: {why}");
+    assert!(
+        common::audit_has(&o.hub, why).await,
+        "audit names why: {why}"
+    );
     assert_eq!(
         home(&o.hub, session).await.status(),
         303,
@@ -920,7 +903,7 @@ async fn sign_in_starts_are_limited_per_address() {
     let began = std::time::Instant::now();
     let mut allowed = 0;
     let r = loop {
-        let r = client()
+        let r = common::no_redirects()
             .get(format!("{}/hub/login", o.hub.base))
             .send()
             .await

@@ -529,3 +529,24 @@ impl PeerLog {
         std::fs::read_to_string(self.file.path()).unwrap_or_default()
     }
 }
+
+/// An HTTP client that shows redirects instead of following them (sign-in and OAuth tests
+/// read each `Location`).
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Does the audit trail hold `needle` within five seconds? (The writer batches.)
+pub async fn audit_has(hub: &TestHub, needle: &str) -> bool {
+    for _ in 0..50 {
+        if hub.ok(&["audit", "--json"]).contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
