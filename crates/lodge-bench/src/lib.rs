@@ -266,7 +266,7 @@ async fn measure(
             stats,
         }));
     }
-    let verification = tokens::run(a, issuer, &hub.base, &client, &tokens.bench_self, bars)
+    let verification = tokens::run(a, issuer, hub, &client, bars)
         .await
         .context("token verification figures")?;
     let mut throughput = Vec::new();
@@ -480,8 +480,6 @@ async fn lodge_cli(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
 /// sections' users (none for a section that does not run).
 struct Tokens {
     bench: String,
-    /// `bench`'s token with scope `self`, which signs it in at `/hub/login` for OAuth grants.
-    bench_self: String,
     bulk: String,
     rooms: Option<RoomTokens>,
     upstream: Vec<String>,
@@ -506,7 +504,6 @@ async fn provision(
     bars: &Bars,
 ) -> Result<Tokens> {
     let bench = user_with_token(exe, dir, "bench", &[]).await?;
-    let bench_self = create_token(exe, dir, "bench", &["--scopes", "self"]).await?;
     let bulk = user_with_token(exe, dir, "bench-bulk", &[]).await?;
     let rooms = if a.skip_rooms {
         None
@@ -544,7 +541,6 @@ async fn provision(
     .await?;
     Ok(Tokens {
         bench,
-        bench_self,
         bulk,
         rooms,
         upstream,

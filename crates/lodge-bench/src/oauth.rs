@@ -1,5 +1,5 @@
 //! The hub's own share of an MCP client's sign-in, timed end to end as a client and a browser
-//! drive it over HTTP: dynamic registration, the person's sign-in (the token form, so no
+//! drive it over HTTP: dynamic registration, the person's sign-in (a one-time link, so no
 //! identity provider's time is counted), consent, the code exchange and the first tool call.
 //! It also yields an OAuth access token for the verification rows. It measures; it checks
 //! only what it needs to go on.
@@ -13,20 +13,16 @@ use std::collections::HashMap;
 /// bench reads the code from the hub's redirect without following it.
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
-/// One complete grant for the user whose `self_token` signs them in; returns the access token
-/// after its first tool call succeeded.
-pub(super) async fn sign_in_to_first_call(
-    base: &str,
-    self_token: &str,
-    c: &Client,
-) -> Result<String> {
+/// One complete grant for the user whom the one-time `link` (a path) signs in; returns the
+/// access token after its first tool call succeeded.
+pub(super) async fn sign_in_to_first_call(base: &str, link: &str, c: &Client) -> Result<String> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let client_id = register(&http, base).await?;
     let (verifier, challenge) = pkce();
     let authorize = authorize_path(base, &client_id, &challenge);
-    let session = sign_in(&http, base, self_token, &authorize).await?;
+    let session = sign_in(&http, base, link).await?;
     let code = consent(&http, base, &session, &authorize).await?;
     let access = exchange(&http, base, &client_id, &code, &verifier).await?;
     c.for_token(&access).session_info_stateless().await?;
@@ -84,26 +80,37 @@ fn authorize_path(base: &str, client_id: &str, challenge: &str) -> String {
     format!("/oauth/authorize?{q}")
 }
 
-/// Signs in through `/hub/login`'s token form; returns the `lodge_session` cookie.
-async fn sign_in(http: &reqwest::Client, base: &str, token: &str, next: &str) -> Result<String> {
-    let login = format!("{base}/hub/login");
-    let r = http.get(&login).send().await.context("GET /hub/login")?;
-    ensure!(r.status() == 200, "/hub/login answered {}", r.status());
+/// Signs in through a one-time link (its page, then its button's POST); returns the
+/// `lodge_session` cookie.
+async fn sign_in(http: &reqwest::Client, base: &str, link: &str) -> Result<String> {
+    let url = format!("{base}{link}");
+    let r = http
+        .get(&url)
+        .send()
+        .await
+        .context("GET the sign-in link")?;
+    ensure!(
+        r.status() == 200,
+        "the sign-in link answered {}",
+        r.status()
+    );
     let csrf_cookie = cookie(&r, "lodge_csrf").context("no lodge_csrf cookie")?;
     let fields = inputs(&r.text().await?);
-    let csrf = fields.get("csrf").context("no csrf field on /hub/login")?;
+    let csrf = fields
+        .get("csrf")
+        .context("no csrf field on the link page")?;
     let r = http
-        .post(&login)
+        .post(&url)
         .header(reqwest::header::COOKIE, format!("lodge_csrf={csrf_cookie}"))
         .header(
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
-        .body(form(&[("csrf", csrf), ("token", token), ("next", next)]))
+        .body(form(&[("csrf", csrf)]))
         .send()
         .await
-        .context("POST /hub/login")?;
-    ensure!(r.status() == 303, "token sign-in answered {}", r.status());
+        .context("POST the sign-in link")?;
+    ensure!(r.status() == 303, "link sign-in answered {}", r.status());
     cookie(&r, "lodge_session").context("sign-in set no lodge_session cookie")
 }
 

@@ -5,7 +5,9 @@
 //! provider is a minimal OpenID issuer in this process (discovery and a JWKS over loopback
 //! HTTP, an RSA-2048 key, RS256 as most providers sign), so no network or Node is needed.
 
-use super::{Bars, BenchArgs, Client, ConfigPart, Overhead, Stats, fmt_us, sig3, timed_calls};
+use super::{
+    Bars, BenchArgs, Client, ConfigPart, HubProcess, Overhead, Stats, fmt_us, sig3, timed_calls,
+};
 use anyhow::{Context as _, Result, anyhow};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
@@ -158,16 +160,17 @@ struct Row {
     vs_baseline: Option<Overhead>,
 }
 
-/// Measures the rows for user `bench` (`c` its client with its `mcp` token; `self_token` signs
-/// it in for the OAuth grants).
+/// Measures the rows for user `bench` (`c` its client with its `mcp` token). The OAuth grants
+/// sign `bench` in with one-time links (`lodge user login-url`), made before the timing: the
+/// hub is configured with a provider here, whose sign-in is not the hub's share.
 pub(super) async fn run(
     a: &BenchArgs,
     issuer: &Issuer,
-    hub_base: &str,
+    hub: &HubProcess,
     c: &Client,
-    self_token: &str,
     bars: &Bars,
 ) -> Result<Section> {
+    let hub_base = hub.base.as_str();
     let stateless = |c: &Client| {
         let c = c.clone();
         move || {
@@ -194,7 +197,12 @@ pub(super) async fn run(
         }
     })
     .await?;
-    let access = super::oauth::sign_in_to_first_call(hub_base, self_token, c).await?;
+    // Each grant stores a client and tokens: a hundred show the spread without growing the
+    // store much.
+    let grants = (a.requests / 20).clamp(10, 100);
+    let mut links = sign_in_links(hub, grants + 2).await?.into_iter();
+    let mut next_link = move || links.next().context("ran out of sign-in links");
+    let access = super::oauth::sign_in_to_first_call(hub_base, &next_link()?, c).await?;
     let (_, oauth) = timed_calls(
         a.warmup,
         a.requests,
@@ -203,13 +211,13 @@ pub(super) async fn run(
         stateless(&c.for_token(&access)),
     )
     .await?;
-    // Each grant stores a client and tokens: a hundred show the spread without growing the
-    // store much.
-    let grants = (a.requests / 20).clamp(10, 100);
-    let (_, sign_in) = timed_calls(1, grants, bars, FIG_SIGN_IN, || async {
-        super::oauth::sign_in_to_first_call(hub_base, self_token, c)
-            .await
-            .map(drop)
+    let (_, sign_in) = timed_calls(1, grants, bars, FIG_SIGN_IN, || {
+        let link = next_link();
+        async move {
+            super::oauth::sign_in_to_first_call(hub_base, &link?, c)
+                .await
+                .map(drop)
+        }
     })
     .await?;
     let row = |figure, stats: Stats| Row {
@@ -237,6 +245,20 @@ pub(super) async fn run(
     })
 }
 
+/// `n` one-time sign-in links for user `bench`, as paths (`/hub/login/link/…`).
+async fn sign_in_links(hub: &HubProcess, n: usize) -> Result<Vec<String>> {
+    let mut links = Vec::with_capacity(n);
+    for _ in 0..n {
+        let url =
+            super::lodge_cli(&hub.exe, hub._dir.path(), &["user", "login-url", "bench"]).await?;
+        let at = url
+            .find("/hub/login/link/")
+            .with_context(|| format!("login-url printed no link: {url:?}"))?;
+        links.push(url[at..].trim().to_owned());
+    }
+    Ok(links)
+}
+
 pub(super) fn print(s: &Section) {
     println!("verification cost per request: stateless session_info, sequential, by bearer kind");
     println!(
@@ -262,7 +284,7 @@ pub(super) fn print(s: &Section) {
         );
     }
     println!(
-        "{:<38} {:>10} {:>10}   ({} grants: register, token-form sign-in, consent, code exchange, first call)",
+        "{:<38} {:>10} {:>10}   ({} grants: register, link sign-in, consent, code exchange, first call)",
         s.sign_in.figure,
         fmt_us(s.sign_in.stats.p50_us),
         fmt_us(s.sign_in.stats.p99_us),
