@@ -12,12 +12,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use lodge_core::time::now_ms;
 use lodge_core::{NewToken, Scopes, TokenHash, UserName};
 use lodge_store::{NewRefresh, NewTokenRow, StoreError, TokenBinding};
 use serde_json::json;
-use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,8 +123,7 @@ fn pkce_ok(verifier: &str, challenge: &str) -> bool {
         && verifier
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let computed = crate::signin::pkce_challenge(verifier);
     shaped && bool::from(computed.as_bytes().ct_eq(challenge.as_bytes()))
 }
 

@@ -56,6 +56,12 @@ pub(crate) fn sha256(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
+/// PKCE S256 (RFC 7636): the challenge for `verifier`, as the hub sends it to the provider and
+/// as its own authorization server checks a client's.
+pub(crate) fn pkce_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(verifier))
+}
+
 /// Is `s` shaped like what [`random_secret`] makes? Checked before any lookup.
 fn secret_shaped(s: &str) -> bool {
     s.len() == 43

@@ -18,7 +18,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use lodge_core::config::OidcConfig;
 use lodge_core::time::now_ms;
 use lodge_store::PendingSignin;
@@ -53,11 +53,6 @@ pub(crate) fn configured(hub: &Hub) -> Option<(&OidcConfig, &Arc<jwt::Provider>)
 
 fn redirect_uri(hub: &Hub) -> String {
     format!("{}/hub/oauth_callback", hub.base_url())
-}
-
-/// PKCE S256 (RFC 7636): the challenge sent for `verifier`.
-fn challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(sha256(verifier))
 }
 
 /// The provider cannot be reached or understood: a page saying so (nothing is refused).
@@ -126,7 +121,7 @@ pub async fn start(
         .append_pair("scope", &cfg.scopes.join(" "))
         .append_pair("state", &state)
         .append_pair("nonce", &nonce)
-        .append_pair("code_challenge", &challenge(&verifier))
+        .append_pair("code_challenge", &super::pkce_challenge(&verifier))
         .append_pair("code_challenge_method", "S256")
         .finish();
     let endpoint = &meta.authorization_endpoint;
