@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine;
 use common::{Mcp, TestHub, open_session};
-use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::collections::HashMap;
@@ -19,11 +19,6 @@ name = "Test CLI"
 redirect_uris = ["http://127.0.0.1/callback"]
 "#;
 const REDIRECT: &str = "http://127.0.0.1:4711/callback";
-
-/// No redirects followed, no cookies kept: each test says what it sends.
-fn form(fields: &[(&str, &str)]) -> String {
-    common::form_body(fields)
-}
 
 fn unescape(s: &str) -> String {
     s.replace("&quot;", "\"")
@@ -92,7 +87,7 @@ async fn sign_in(hub: &TestHub, user: &str) -> String {
         .post(format!("{}/hub/login", hub.base))
         .header(COOKIE, format!("lodge_csrf={csrf_cookie}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[
+        .body(common::form_body(&[
             ("csrf", &csrf),
             ("token", &token),
             ("next", "/hub/"),
@@ -104,16 +99,9 @@ async fn sign_in(hub: &TestHub, user: &str) -> String {
     set_cookie(&r, "lodge_session").expect("session cookie")
 }
 
+/// The value of the cookie `name` a response sets.
 fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| {
-            let pair = v.split(';').next().expect("pair");
-            pair.split_once('=').expect("=").1.to_owned()
-        })
+    common::set_cookie(r, name).map(|h| common::cookie_value(&h))
 }
 
 async fn setup_with(config: &str) -> Setup {
@@ -150,7 +138,7 @@ fn request(challenge: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn query(p: &[(String, String)]) -> String {
     let f: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    form(&f)
+    common::form_body(&f)
 }
 
 async fn get_authorize(
@@ -187,7 +175,7 @@ async fn post_decision(
         .post(format!("{}/oauth/authorize", s.hub.base))
         .header(COOKIE, format!("lodge_session={session}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&f))
+        .body(common::form_body(&f))
         .send()
         .await
         .expect("decision")
@@ -233,7 +221,7 @@ async fn token_endpoint(hub: &TestHub, fields: &[(&str, &str)]) -> (u16, Value) 
     let r = common::no_redirects()
         .post(format!("{}/oauth/token", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(fields))
+        .body(common::form_body(fields))
         .send()
         .await
         .expect("token");
@@ -549,7 +537,10 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let r = common::no_redirects()
         .post(format!("{}/oauth/revoke", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[("token", &access2), ("client_id", &client_id)]))
+        .body(common::form_body(&[
+            ("token", &access2),
+            ("client_id", &client_id),
+        ]))
         .send()
         .await
         .expect("revoke");
@@ -595,7 +586,7 @@ async fn the_code_flow_reaches_a_tool_call_refreshes_and_is_refused_after_revoca
     let r = common::no_redirects()
         .post(format!("{}/oauth/revoke", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[("token", &rt2)]))
+        .body(common::form_body(&[("token", &rt2)]))
         .send()
         .await
         .expect("revoke");
@@ -940,7 +931,7 @@ async fn consent_cannot_be_skipped_by_crafting_the_approval() {
     let r = common::no_redirects()
         .post(format!("{}/oauth/authorize", hub.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[
+        .body(common::form_body(&[
             ("pending", &fields["pending"]),
             ("decision", "approve"),
         ]))
@@ -1101,7 +1092,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .post(format!("{}/oauth/token", hub.base))
         .header("origin", origin)
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[
+        .body(common::form_body(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", "x"),
             ("client_id", "cli"),
@@ -1126,7 +1117,7 @@ async fn browser_clients_reach_the_public_endpoints_from_any_origin_but_not_the_
         .header("origin", origin)
         .header(COOKIE, format!("lodge_session={}", s.session))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&f))
+        .body(common::form_body(&f))
         .send()
         .await
         .expect("decision");

@@ -8,7 +8,7 @@ use common::TestHub;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use std::time::Duration;
 
-/// A client that does not follow redirects and keeps no cookies: each test says what it sends.
+/// Percent-encodes a query value (unreserved characters kept).
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -19,30 +19,6 @@ fn enc(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn form(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// The whole `Set-Cookie` header that sets `name`, if any.
-fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(str::to_owned)
-}
-
-/// The value a `Set-Cookie` header sets.
-fn cookie_value(set_cookie: &str) -> String {
-    let pair = set_cookie.split(';').next().expect("pair");
-    pair.split_once('=').expect("=").1.to_owned()
 }
 
 /// The value of the hidden `csrf` field in a page.
@@ -67,7 +43,8 @@ async fn open_login(hub: &TestHub) -> Form {
         .await
         .expect("get login");
     assert_eq!(r.status(), 200);
-    let csrf_cookie = cookie_value(&set_cookie(&r, "lodge_csrf").expect("csrf cookie"));
+    let csrf_cookie =
+        common::cookie_value(&common::set_cookie(&r, "lodge_csrf").expect("csrf cookie"));
     let html = r.text().await.expect("body");
     assert!(html.contains("Lodge token"), "{html}");
     Form {
@@ -81,7 +58,7 @@ async fn post_login(hub: &TestHub, cookies: &str, fields: &[(&str, &str)]) -> re
         .post(format!("{}/hub/login", hub.base))
         .header(COOKIE, cookies)
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(fields))
+        .body(common::form_body(fields))
         .send()
         .await
         .expect("post login")
@@ -124,12 +101,12 @@ async fn token_form_signs_in_lands_on_next_and_signs_out() {
     let r = sign_in_with_token(&hub, &token, "/hub/?tab=1").await;
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()[LOCATION], "/hub/?tab=1");
-    let set = set_cookie(&r, "lodge_session").expect("session cookie");
+    let set = common::set_cookie(&r, "lodge_session").expect("session cookie");
     for flag in ["HttpOnly", "SameSite=Lax", "Path=/;"] {
         assert!(set.contains(flag), "{set} lacks {flag}");
     }
     assert!(!set.contains("Secure"), "plain http: {set}");
-    let session = cookie_value(&set);
+    let session = common::cookie_value(&set);
 
     let r = home(&hub, &session).await;
     assert_eq!(r.status(), 200);
@@ -146,7 +123,7 @@ async fn token_form_signs_in_lands_on_next_and_signs_out() {
                 .post(format!("{base}/hub/logout"))
                 .header(COOKIE, format!("lodge_session={session}"))
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(form(&[("csrf", &csrf)]))
+                .body(common::form_body(&[("csrf", &csrf)]))
                 .send()
                 .await
                 .expect("logout")
@@ -158,7 +135,7 @@ async fn token_form_signs_in_lands_on_next_and_signs_out() {
 
     let r = logout(csrf).await;
     assert_eq!(r.status(), 200);
-    let cleared = set_cookie(&r, "lodge_session").expect("cleared cookie");
+    let cleared = common::set_cookie(&r, "lodge_session").expect("cleared cookie");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert_eq!(home(&hub, &session).await.status(), 303, "session ended");
     assert!(common::audit_has(&hub, "\"kind\":\"sign_in\"").await);
@@ -172,7 +149,7 @@ async fn token_form_refuses_a_token_without_self() {
     let mcp_only = hub.token("alice", &[]);
     let r = sign_in_with_token(&hub, &mcp_only, "/hub/").await;
     assert_eq!(r.status(), 403);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
     let html = r.text().await.expect("body");
     assert!(
         html.contains("scope &#39;self&#39;") || html.contains("scope 'self'"),
@@ -182,7 +159,7 @@ async fn token_form_refuses_a_token_without_self() {
 
     let r = sign_in_with_token(&hub, "lodge_notavalidtokenatallxxxxxxxxxxxxxxxxxxx", "/").await;
     assert_eq!(r.status(), 401);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
 }
 
 #[tokio::test]
@@ -199,11 +176,11 @@ async fn token_form_refuses_a_wrong_or_missing_csrf_token() {
     )
     .await;
     assert_eq!(r.status(), 403);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
     // No cookie at all (a cross-site post carries none under SameSite=Lax).
     let r = post_login(&hub, "", &[("csrf", &f.csrf), ("token", &token)]).await;
     assert_eq!(r.status(), 403);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
 }
 
 #[tokio::test]
@@ -226,7 +203,7 @@ async fn a_session_cookie_planted_before_sign_in_is_never_the_one_after() {
             )
             .await;
             assert_eq!(r.status(), 303);
-            cookie_value(&set_cookie(&r, "lodge_session").expect("cookie"))
+            common::cookie_value(&common::set_cookie(&r, "lodge_session").expect("cookie"))
         }
     };
     let planted = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -275,10 +252,10 @@ async fn the_session_cookie_is_secure_when_the_hub_is_reached_over_https() {
         .send()
         .await
         .expect("login");
-    let csrf_set = set_cookie(&r, "lodge_csrf").expect("csrf cookie");
+    let csrf_set = common::set_cookie(&r, "lodge_csrf").expect("csrf cookie");
     assert!(csrf_set.contains("; Secure"), "{csrf_set}");
     let r = sign_in_with_token(&hub, &token, "/hub/").await;
-    let set = set_cookie(&r, "lodge_session").expect("session cookie");
+    let set = common::set_cookie(&r, "lodge_session").expect("session cookie");
     for flag in ["HttpOnly", "SameSite=Lax", "; Secure"] {
         assert!(set.contains(flag), "{set} lacks {flag}");
     }
@@ -303,13 +280,14 @@ async fn use_link(hub: &TestHub, path: &str) -> reqwest::Response {
     if r.status() != 200 {
         return r;
     }
-    let csrf_cookie = cookie_value(&set_cookie(&r, "lodge_csrf").expect("csrf cookie"));
+    let csrf_cookie =
+        common::cookie_value(&common::set_cookie(&r, "lodge_csrf").expect("csrf cookie"));
     let html = r.text().await.expect("body");
     common::no_redirects()
         .post(format!("{}{path}", hub.base))
         .header(COOKIE, format!("lodge_csrf={csrf_cookie}"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", &csrf_in(&html))]))
+        .body(common::form_body(&[("csrf", &csrf_in(&html))]))
         .send()
         .await
         .expect("post link")
@@ -336,7 +314,7 @@ async fn login_url_works_once_then_is_refused_and_expires() {
     assert_eq!(preview.status(), 200);
     let r = use_link(&hub, &path).await;
     assert_eq!(r.status(), 303);
-    let session = cookie_value(&set_cookie(&r, "lodge_session").expect("cookie"));
+    let session = common::cookie_value(&common::set_cookie(&r, "lodge_session").expect("cookie"));
     let html = home(&hub, &session).await.text().await.expect("home");
     assert!(html.contains("Signed in as alice"), "{html}");
 
@@ -459,7 +437,8 @@ async fn start_sign_in(hub: &TestHub, next: &str) -> (String, String) {
     ] {
         assert!(location.contains(part), "{part} missing from {location}");
     }
-    let binding = cookie_value(&set_cookie(&r, "lodge_signin").expect("binding cookie"));
+    let binding =
+        common::cookie_value(&common::set_cookie(&r, "lodge_signin").expect("binding cookie"));
     (location, binding)
 }
 
@@ -513,7 +492,10 @@ async fn provider_login(o: &Oidc, auth_url: &str, login: &str, password: &str) -
         let action = &html[at + 8..];
         let action = &action[..action.find('"').expect("quote")];
         url = format!("{}{action}", o.op.issuer());
-        post = Some(form(&[("login", login), ("password", password)]));
+        post = Some(common::form_body(&[
+            ("login", login),
+            ("password", password),
+        ]));
     }
     panic!("the provider never redirected to {callback}");
 }
@@ -536,10 +518,10 @@ async fn oidc_sign_in(o: &Oidc, login: &str, password: &str) -> reqwest::Respons
 
 async fn session_of(r: reqwest::Response) -> String {
     let status = r.status();
-    let set = set_cookie(&r, "lodge_session");
+    let set = common::set_cookie(&r, "lodge_session");
     let text = r.text().await.unwrap_or_default();
     assert_eq!(status, 303, "sign-in did not complete: {text}");
-    cookie_value(&set.expect("session cookie"))
+    common::cookie_value(&set.expect("session cookie"))
 }
 
 fn user_json(hub: &TestHub, name: &str) -> Value {
@@ -622,7 +604,7 @@ async fn a_forged_state_is_refused() {
     )
     .await;
     assert_eq!(r.status(), 400);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
     assert!(r.text().await.expect("body").contains("stale or forged"));
 }
 
@@ -634,7 +616,7 @@ async fn a_state_from_another_browser_is_refused() {
     let (_, other) = start_sign_in(&o.hub, "/hub/").await;
     let r = get_with(&callback, &format!("lodge_signin={other}")).await;
     assert_eq!(r.status(), 400);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
     assert!(r.text().await.expect("body").contains("another browser"));
     // The state is spent even so: the right browser cannot use it afterwards either.
     let r = get_with(&callback, "").await;
@@ -661,7 +643,7 @@ async fn a_replayed_or_spliced_callback_is_refused_and_fixation_fails() {
     // The same callback again (its code, state and ID token nonce replayed): refused.
     let r = get_with(&callback, &format!("lodge_signin={binding}")).await;
     assert_eq!(r.status(), 400);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
 
     // A code from one sign-in spliced onto another sign-in's state: that sign-in's PKCE
     // verifier and nonce do not fit, so the provider's code is refused.
@@ -688,7 +670,7 @@ async fn a_replayed_or_spliced_callback_is_refused_and_fixation_fails() {
     );
     let r = get_with(&spliced, &format!("lodge_signin={binding}")).await;
     assert_eq!(r.status(), 403);
-    assert!(set_cookie(&r, "lodge_session").is_none());
+    assert!(common::set_cookie(&r, "lodge_session").is_none());
     assert!(common::audit_has(&o.hub, "sign_in_refused").await);
 }
 
